@@ -1,0 +1,278 @@
+"""Argument parsing and dispatch for the `drive` console script.
+
+Each subcommand names its handler as "module:function"; the module is imported only when that
+subcommand runs, so `drive --help` never loads pyfuse3, the server or httpx. A handler takes
+the parsed arguments and returns an exit status. Failures the user can cause are raised as
+`UserError` and print one line on stderr; `--debug` adds the traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import logging
+import os
+import sys
+import traceback
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+from drive.errors import NotLandedError, UserError
+
+log = logging.getLogger(__name__)
+
+Handler = Callable[[argparse.Namespace], int]
+Configure = Callable[[argparse.ArgumentParser], None]
+
+
+@dataclass(frozen=True, slots=True)
+class Command:
+    """One subcommand: its name, one-line help, its handler and its own arguments."""
+
+    name: str
+    help: str
+    handler: str
+    configure: Configure | None = None
+
+
+def _server_data(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--data", required=True, metavar="DIR", help="the server's data directory"
+    )
+
+
+def _serve_args(p: argparse.ArgumentParser) -> None:
+    _server_data(p)
+    p.add_argument(
+        "--listen",
+        default="127.0.0.1:8443",
+        metavar="HOST:PORT",
+        help="address to listen on (default 127.0.0.1:8443; port 0 picks a free one)",
+    )
+    p.add_argument("--cert", metavar="FILE", help="TLS certificate (PEM); default: self-signed")
+    p.add_argument("--key", metavar="FILE", help="TLS private key (PEM) for --cert")
+    p.add_argument("--config", metavar="FILE", help="server config (TOML); default DIR/server.toml")
+
+
+def _adduser_args(p: argparse.ArgumentParser) -> None:
+    _server_data(p)
+    p.add_argument("name", help="user name")
+    p.add_argument(
+        "--password-stdin", action="store_true", help="read the password from stdin"
+    )
+    p.add_argument("--quota", metavar="SIZE", help="storage quota, e.g. 10G (default: none)")
+
+
+def _passwd_args(p: argparse.ArgumentParser) -> None:
+    _server_data(p)
+    p.add_argument("name", help="user name")
+    p.add_argument(
+        "--password-stdin", action="store_true", help="read the password from stdin"
+    )
+
+
+def _deluser_args(p: argparse.ArgumentParser) -> None:
+    _server_data(p)
+    p.add_argument("name", help="user name")
+    p.add_argument("--yes", action="store_true", help="do not ask for confirmation")
+
+
+def _list_users_args(p: argparse.ArgumentParser) -> None:
+    _server_data(p)
+    p.add_argument("--json", action="store_true", help="print JSON")
+
+
+SERVER_COMMANDS: tuple[Command, ...] = (
+    Command("serve", "run the server in the foreground", "drive.server_cmds:serve", _serve_args),
+    Command("adduser", "create a user", "drive.server_cmds:adduser", _adduser_args),
+    Command("passwd", "change a user's password", "drive.server_cmds:passwd", _passwd_args),
+    Command("deluser", "delete a user and their data", "drive.server_cmds:deluser", _deluser_args),
+    Command("list-users", "list users", "drive.server_cmds:list_users", _list_users_args),
+)
+
+
+def _login_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("url", metavar="URL", help="server URL, e.g. https://127.0.0.1:8443")
+    p.add_argument("--user", required=True, help="user name")
+    p.add_argument(
+        "--password-stdin", action="store_true", help="read the password from stdin"
+    )
+    p.add_argument("--device", help="this device's name (default: the host name)")
+    p.add_argument(
+        "--trust-fingerprint",
+        metavar="SHA256",
+        help="pin the server certificate with this SHA-256 fingerprint without asking",
+    )
+
+
+def _mount_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("mountpoint", metavar="MOUNTPOINT", help="an empty directory")
+    p.add_argument(
+        "--foreground", action="store_true", help="stay in the foreground until unmounted"
+    )
+    p.add_argument(
+        "--cache-size", metavar="SIZE", help="block cache size limit, e.g. 10G (default 5G)"
+    )
+    p.add_argument(
+        "--allow-other", action="store_true", help="let other local users use the mount"
+    )
+
+
+def _unmount_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("mountpoint", metavar="MOUNTPOINT")
+    p.add_argument(
+        "--wait", action="store_true", help="return only when every change reached the server"
+    )
+
+
+def _json_only(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--json", action="store_true", help="print JSON for scripts")
+
+
+def _revisions_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("path", metavar="PATH", help="a path inside the drive or a mount point")
+    p.add_argument("--limit", type=int, default=20, metavar="N", help="at most N (default 20)")
+    p.add_argument("--json", action="store_true", help="print JSON for scripts")
+
+
+def _restore_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("path", metavar="PATH", help="a path inside the drive or a mount point")
+    p.add_argument("revision", type=int, metavar="REVISION")
+
+
+def _undelete_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("path", metavar="PATH", help="a path inside the drive or a mount point")
+
+
+def _up_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "mountpoint", nargs="?", metavar="MOUNTPOINT", help="where to mount (default ~/Drive)"
+    )
+
+
+CLIENT_COMMANDS: tuple[Command, ...] = (
+    Command(
+        "up",
+        "start everything on this machine: local server, user, login, mount",
+        "drive.up:up",
+        _up_args,
+    ),
+    Command("login", "log this device in to a server", "drive.client_cmds:login", _login_args),
+    Command("logout", "log this device out", "drive.client_cmds:logout"),
+    Command("mount", "mount the drive and run the sync daemon", "drive.mount_cmds:mount",
+            _mount_args),
+    Command("unmount", "unmount the drive", "drive.mount_cmds:unmount", _unmount_args),
+    Command("status", "show sync state, pending uploads and conflicts",
+            "drive.client_cmds:status", _json_only),
+    Command("revisions", "list a file's revisions", "drive.client_cmds:revisions",
+            _revisions_args),
+    Command("restore", "bring back an old revision of a file", "drive.client_cmds:restore",
+            _restore_args),
+    Command("trash", "list deleted files and folders", "drive.client_cmds:trash", _json_only),
+    Command("undelete", "bring a deleted file or folder back", "drive.client_cmds:undelete",
+            _undelete_args),
+)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """Build the whole argument tree (cheap: imports no subcommand module)."""
+    parser = argparse.ArgumentParser(
+        prog="drive",
+        description="A self-hosted cloud drive: mount it, use it like a folder, and every "
+        "device stays in step.",
+        epilog="Start here: `drive up` runs a local server, logs in and mounts ~/Drive.",
+    )
+    parser.add_argument(
+        "--home",
+        metavar="DIR",
+        help="client state directory (default: $DRIVE_HOME, else the platform's usual places)",
+    )
+    parser.add_argument("--debug", action="store_true", help="show tracebacks and debug logs")
+    parser.add_argument(
+        "--log-level",
+        default=None,
+        choices=["debug", "info", "warning", "error"],
+        help="log level on stderr (default warning)",
+    )
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+
+    for cmd in CLIENT_COMMANDS:
+        p = sub.add_parser(cmd.name, help=cmd.help, description=cmd.help)
+        if cmd.configure:
+            cmd.configure(p)
+        p.set_defaults(handler=cmd.handler)
+
+    server = sub.add_parser("server", help="run and administer a server",
+                            description="Run and administer a drive server.")
+    server_sub = server.add_subparsers(dest="server_command", metavar="COMMAND")
+    for cmd in SERVER_COMMANDS:
+        p = server_sub.add_parser(cmd.name, help=cmd.help, description=cmd.help)
+        if cmd.configure:
+            cmd.configure(p)
+        p.set_defaults(handler=cmd.handler)
+    server.set_defaults(subparser=server)
+
+    auth = sub.add_parser("auth", help="tokens for scripts", description="Tokens for scripts.")
+    auth_sub = auth.add_subparsers(dest="auth_command", metavar="COMMAND")
+    tok = auth_sub.add_parser(
+        "token",
+        help="print this device's bearer token",
+        description="Print this device's bearer token (use as `Authorization: Bearer TOKEN`).",
+    )
+    tok.set_defaults(handler="drive.client_cmds:auth_token")
+    auth.set_defaults(subparser=auth)
+    return parser
+
+
+def _resolve(spec: str) -> Handler:
+    module_name, _, func_name = spec.partition(":")
+    try:
+        module = importlib.import_module(module_name)
+    except ModuleNotFoundError as exc:
+        if exc.name == module_name:
+            raise NotLandedError(spec) from exc
+        raise
+    handler = getattr(module, func_name, None)
+    if handler is None:
+        raise NotLandedError(spec)
+    return handler  # type: ignore[no-any-return]  # getattr on a module is Any
+
+
+def _setup_logging(args: argparse.Namespace) -> None:
+    level_name = "debug" if args.debug else (args.log_level or "warning")
+    logging.basicConfig(
+        level=getattr(logging, level_name.upper()),
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        stream=sys.stderr,
+    )
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the `drive` command and return its exit status."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.home:
+        os.environ["DRIVE_HOME"] = os.path.abspath(args.home)
+    _setup_logging(args)
+    handler_spec: str | None = getattr(args, "handler", None)
+    if handler_spec is None:
+        sub: argparse.ArgumentParser = getattr(args, "subparser", parser)
+        sub.print_help(sys.stderr)
+        return 2
+    try:
+        return _resolve(handler_spec)(args)
+    except NotLandedError as exc:
+        print(f"drive: {exc}", file=sys.stderr)
+        return 3
+    except UserError as exc:
+        if args.debug:
+            traceback.print_exc()
+        print(f"drive: {exc}", file=sys.stderr)
+        return exc.exit_status
+    except KeyboardInterrupt:
+        print("drive: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())
