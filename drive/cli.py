@@ -36,9 +36,7 @@ class Command:
 
 
 def _server_data(p: argparse.ArgumentParser) -> None:
-    p.add_argument(
-        "--data", required=True, metavar="DIR", help="the server's data directory"
-    )
+    p.add_argument("--data", required=True, metavar="DIR", help="the server's data directory")
 
 
 def _serve_args(p: argparse.ArgumentParser) -> None:
@@ -57,18 +55,14 @@ def _serve_args(p: argparse.ArgumentParser) -> None:
 def _adduser_args(p: argparse.ArgumentParser) -> None:
     _server_data(p)
     p.add_argument("name", help="user name")
-    p.add_argument(
-        "--password-stdin", action="store_true", help="read the password from stdin"
-    )
+    p.add_argument("--password-stdin", action="store_true", help="read the password from stdin")
     p.add_argument("--quota", metavar="SIZE", help="storage quota, e.g. 10G (default: none)")
 
 
 def _passwd_args(p: argparse.ArgumentParser) -> None:
     _server_data(p)
     p.add_argument("name", help="user name")
-    p.add_argument(
-        "--password-stdin", action="store_true", help="read the password from stdin"
-    )
+    p.add_argument("--password-stdin", action="store_true", help="read the password from stdin")
 
 
 def _deluser_args(p: argparse.ArgumentParser) -> None:
@@ -94,9 +88,7 @@ SERVER_COMMANDS: tuple[Command, ...] = (
 def _login_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("url", metavar="URL", help="server URL, e.g. https://127.0.0.1:8443")
     p.add_argument("--user", required=True, help="user name")
-    p.add_argument(
-        "--password-stdin", action="store_true", help="read the password from stdin"
-    )
+    p.add_argument("--password-stdin", action="store_true", help="read the password from stdin")
     p.add_argument("--device", help="this device's name (default: the host name)")
     p.add_argument(
         "--trust-fingerprint",
@@ -113,9 +105,7 @@ def _mount_args(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--cache-size", metavar="SIZE", help="block cache size limit, e.g. 10G (default 5G)"
     )
-    p.add_argument(
-        "--allow-other", action="store_true", help="let other local users use the mount"
-    )
+    p.add_argument("--allow-other", action="store_true", help="let other local users use the mount")
 
 
 def _unmount_args(p: argparse.ArgumentParser) -> None:
@@ -159,18 +149,30 @@ CLIENT_COMMANDS: tuple[Command, ...] = (
     ),
     Command("login", "log this device in to a server", "drive.client_cmds:login", _login_args),
     Command("logout", "log this device out", "drive.client_cmds:logout"),
-    Command("mount", "mount the drive and run the sync daemon", "drive.mount_cmds:mount",
-            _mount_args),
+    Command(
+        "mount", "mount the drive and run the sync daemon", "drive.mount_cmds:mount", _mount_args
+    ),
     Command("unmount", "unmount the drive", "drive.mount_cmds:unmount", _unmount_args),
-    Command("status", "show sync state, pending uploads and conflicts",
-            "drive.client_cmds:status", _json_only),
-    Command("revisions", "list a file's revisions", "drive.client_cmds:revisions",
-            _revisions_args),
-    Command("restore", "bring back an old revision of a file", "drive.client_cmds:restore",
-            _restore_args),
+    Command(
+        "status",
+        "show sync state, pending uploads and conflicts",
+        "drive.client_cmds:status",
+        _json_only,
+    ),
+    Command("revisions", "list a file's revisions", "drive.client_cmds:revisions", _revisions_args),
+    Command(
+        "restore",
+        "bring back an old revision of a file",
+        "drive.client_cmds:restore",
+        _restore_args,
+    ),
     Command("trash", "list deleted files and folders", "drive.client_cmds:trash", _json_only),
-    Command("undelete", "bring a deleted file or folder back", "drive.client_cmds:undelete",
-            _undelete_args),
+    Command(
+        "undelete",
+        "bring a deleted file or folder back",
+        "drive.client_cmds:undelete",
+        _undelete_args,
+    ),
 )
 
 
@@ -202,8 +204,11 @@ def build_parser() -> argparse.ArgumentParser:
             cmd.configure(p)
         p.set_defaults(handler=cmd.handler)
 
-    server = sub.add_parser("server", help="run and administer a server",
-                            description="Run and administer a drive server.")
+    server = sub.add_parser(
+        "server",
+        help="run and administer a server",
+        description="Run and administer a drive server.",
+    )
     server_sub = server.add_subparsers(dest="server_command", metavar="COMMAND")
     for cmd in SERVER_COMMANDS:
         p = server_sub.add_parser(cmd.name, help=cmd.help, description=cmd.help)
