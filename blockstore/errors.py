@@ -1,0 +1,50 @@
+"""The exceptions every `blockstore` caller may catch.
+
+One small module so that `server`, `syncd` and `mountfs` can map these to HTTP statuses or
+errnos in one place each, without importing the modules that raise them.
+"""
+
+from __future__ import annotations
+
+__all__ = [
+    "BlockNotFound",
+    "BlockstoreError",
+    "CacheFullError",
+    "CorruptBlockError",
+    "InvalidPath",
+    "KeyUnwrapError",
+    "WireFormatError",
+]
+
+
+class BlockstoreError(Exception):
+    """Base class of every error raised on purpose by `blockstore`."""
+
+
+class CorruptBlockError(BlockstoreError):
+    """A frame failed to decode, decrypt or verify.
+
+    Raised instead of ever returning bytes that might be wrong: tampered, truncated or
+    swapped frames, wrong keys, unknown format versions, plaintext whose SHA-256 is not the
+    block id it was stored under.
+    """
+
+
+class KeyUnwrapError(CorruptBlockError):
+    """A wrapped data key could not be unwrapped (wrong master key, wrong account, damage)."""
+
+
+class BlockNotFound(BlockstoreError, LookupError):
+    """The store holds no object under the requested key."""
+
+
+class CacheFullError(BlockstoreError):
+    """The block cache cannot make room: everything left is pinned (or the block is too big)."""
+
+
+class InvalidPath(BlockstoreError, ValueError):
+    """A drive path breaks the rules of docs/protocol.md ("Paths"). The message says which."""
+
+
+class WireFormatError(BlockstoreError, ValueError):
+    """A JSON body does not have the shape of the wire record it claims to be."""

@@ -1,0 +1,490 @@
+"""Shared wire types of the HTTP protocol (docs/protocol.md): records, error codes, paths.
+
+Pure: no I/O, no HTTP library. `server` and `syncd` both build and parse their JSON bodies
+with these, so the two sides cannot drift apart. `from_json` accepts the already-parsed JSON
+value (what `json.loads` returns) and raises `WireFormatError` (a `ValueError`) for anything
+that does not have the record's exact shape: missing or extra-typed fields, bools where ints
+belong, malformed block ids, invalid paths. Unknown extra fields are ignored so that the
+protocol can grow.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any, Final, Literal, TypeAlias, get_args
+
+from .errors import InvalidPath, WireFormatError
+from .ids import BlockId, is_block_id
+
+__all__ = [
+    "CHANGE_OPS",
+    "ERROR_STATUS",
+    "ERR_BAD_REQUEST",
+    "ERR_CONFLICT",
+    "ERR_EXISTS",
+    "ERR_INTERNAL",
+    "ERR_NOT_EMPTY",
+    "ERR_NOT_FOUND",
+    "ERR_QUOTA_EXCEEDED",
+    "ERR_RATE_LIMITED",
+    "ERR_TOO_LARGE",
+    "ERR_UNAUTHORIZED",
+    "FILE_KINDS",
+    "LIST_LIMIT_MAX",
+    "LONGPOLL_MAX_SECONDS",
+    "LONGPOLL_MIN_SECONDS",
+    "MAX_BLOCK_BYTES",
+    "MAX_FILE_BYTES",
+    "MAX_MISSING_IDS",
+    "MAX_NAME_BYTES",
+    "MAX_PATH_BYTES",
+    "MOVE_MODES",
+    "ROOT_ID",
+    "ROOT_PATH",
+    "BlockList",
+    "Change",
+    "ChangeOp",
+    "FileKind",
+    "FileRecord",
+    "FileState",
+    "InvalidPath",
+    "MoveMode",
+    "RevisionInfo",
+    "error_body",
+    "is_within",
+    "join_path",
+    "path_parts",
+    "split_path",
+    "validate_name",
+    "validate_path",
+]
+
+# -- limits -----------------------------------------------------------------------------
+
+MAX_FILE_BYTES: Final = 10 * 10**9
+MAX_NAME_BYTES: Final = 255
+MAX_PATH_BYTES: Final = 4096
+MAX_BLOCK_BYTES: Final = 8 * 1024 * 1024
+"""Largest plaintext of one block on the wire (413 above)."""
+MAX_MISSING_IDS: Final = 10_000
+"""Most ids in one `POST /api/v1/blocks/missing`."""
+LIST_LIMIT_MAX: Final = 5000
+LONGPOLL_MIN_SECONDS: Final = 30
+LONGPOLL_MAX_SECONDS: Final = 480
+ROOT_ID: Final = 1
+ROOT_PATH: Final = "/"
+
+# -- error codes ------------------------------------------------------------------------
+
+ERR_BAD_REQUEST: Final = "bad_request"
+ERR_UNAUTHORIZED: Final = "unauthorized"
+ERR_NOT_FOUND: Final = "not_found"
+ERR_CONFLICT: Final = "conflict"
+ERR_EXISTS: Final = "exists"
+ERR_NOT_EMPTY: Final = "not_empty"
+ERR_TOO_LARGE: Final = "too_large"
+ERR_RATE_LIMITED: Final = "rate_limited"
+ERR_QUOTA_EXCEEDED: Final = "quota_exceeded"
+ERR_INTERNAL: Final = "internal"
+
+ERROR_STATUS: Final[Mapping[str, int]] = {
+    ERR_BAD_REQUEST: 400,
+    ERR_UNAUTHORIZED: 401,
+    ERR_NOT_FOUND: 404,
+    ERR_CONFLICT: 409,
+    ERR_EXISTS: 409,
+    ERR_NOT_EMPTY: 409,
+    ERR_TOO_LARGE: 413,
+    ERR_RATE_LIMITED: 429,
+    ERR_QUOTA_EXCEEDED: 507,
+    ERR_INTERNAL: 500,
+}
+"""HTTP status of each error code."""
+
+
+def error_body(code: str, message: str, **extra: Any) -> dict[str, Any]:
+    """Return the JSON body of an error answer: `{"error", "message", **extra}`.
+
+    Raises:
+        ValueError: `code` is not one of the protocol's codes.
+    """
+    if code not in ERROR_STATUS:
+        raise ValueError(f"unknown error code {code!r}")
+    return {"error": code, "message": message, **extra}
+
+
+# -- enumerations -----------------------------------------------------------------------
+
+FileKind: TypeAlias = Literal["file", "dir", "symlink"]
+FileState: TypeAlias = Literal["done", "pending"]
+ChangeOp: TypeAlias = Literal[
+    "create", "update", "mkdir", "symlink", "setattr", "move", "delete", "restore",
+    "undelete", "pending",
+]  # fmt: skip
+MoveMode: TypeAlias = Literal["noreplace", "replace", "exchange"]
+FILE_KINDS: Final[tuple[str, ...]] = get_args(FileKind)
+FILE_STATES: Final[tuple[str, ...]] = get_args(FileState)
+CHANGE_OPS: Final[tuple[str, ...]] = get_args(ChangeOp)
+MOVE_MODES: Final[tuple[str, ...]] = get_args(MoveMode)
+
+BlockList: TypeAlias = tuple[tuple[BlockId, int], ...]
+"""Ordered `(block id, plaintext size)` pairs of a file's content."""
+
+# -- paths ------------------------------------------------------------------------------
+
+
+def _utf8(text: str, what: str) -> bytes:
+    try:
+        return text.encode("utf-8")
+    except UnicodeEncodeError:
+        raise InvalidPath(f"{what} is not valid UTF-8 (lone surrogate): {text!r}") from None
+
+
+def validate_name(name: str) -> str:
+    """Check one path component and return it unchanged.
+
+    Raises:
+        InvalidPath: empty, `.` or `..`, contains `/` or NUL, not UTF-8, or over
+            `MAX_NAME_BYTES` bytes in UTF-8.
+    """
+    if not isinstance(name, str):
+        raise InvalidPath(f"a name must be a str, not {type(name).__name__}")
+    if name == "":
+        raise InvalidPath("empty name")
+    if name in (".", ".."):
+        raise InvalidPath(f"name {name!r} is not allowed")
+    if "/" in name:
+        raise InvalidPath(f"name {name!r} contains '/'")
+    if "\x00" in name:
+        raise InvalidPath(f"name {name!r} contains NUL")
+    size = len(_utf8(name, "name"))
+    if size > MAX_NAME_BYTES:
+        raise InvalidPath(f"name is {size} bytes in UTF-8, over {MAX_NAME_BYTES}: {name[:40]!r}...")
+    return name
+
+
+def validate_path(path: str) -> str:
+    """Check an absolute drive path and return it unchanged (nothing is normalised).
+
+    Rules (docs/protocol.md "Paths"): starts with `/`; `/` alone is the root; no empty
+    component (so no `//` and no trailing `/`), no `.` or `..`, no NUL, each component at
+    most 255 bytes and the whole path at most 4096 bytes in UTF-8.
+
+    Raises:
+        InvalidPath: with a message naming the broken rule.
+    """
+    if not isinstance(path, str):
+        raise InvalidPath(f"a path must be a str, not {type(path).__name__}")
+    if path == ROOT_PATH:
+        return path
+    if not path.startswith("/"):
+        raise InvalidPath(f"path must be absolute (start with '/'): {path[:80]!r}")
+    size = len(_utf8(path, "path"))
+    if size > MAX_PATH_BYTES:
+        raise InvalidPath(f"path is {size} bytes in UTF-8, over {MAX_PATH_BYTES}")
+    for part in path[1:].split("/"):
+        if part == "":
+            raise InvalidPath(f"path has an empty component ('//' or trailing '/'): {path!r}")
+        validate_name(part)
+    return path
+
+
+def path_parts(path: str) -> list[str]:
+    """Return the components of a valid path (`[]` for the root). Validates first."""
+    validate_path(path)
+    return [] if path == ROOT_PATH else path[1:].split("/")
+
+
+def split_path(path: str) -> tuple[str, str]:
+    """Split a valid path into `(parent path, name)`: `/a/b` -> (`/a`, `b`), `/a` -> (`/`, `a`).
+
+    Raises:
+        InvalidPath: `path` is invalid, or is the root (which has no parent or name).
+    """
+    validate_path(path)
+    if path == ROOT_PATH:
+        raise InvalidPath("the root directory has no parent")
+    parent, _, name = path.rpartition("/")
+    return (parent or ROOT_PATH), name
+
+
+def join_path(parent: str, name: str) -> str:
+    """Return the path of `name` inside directory `parent`, checking both and the result.
+
+    Raises:
+        InvalidPath: `parent` or `name` is invalid, or the result is over 4096 bytes.
+    """
+    validate_path(parent)
+    validate_name(name)
+    joined = f"/{name}" if parent == ROOT_PATH else f"{parent}/{name}"
+    return validate_path(joined)
+
+
+def is_within(path: str, ancestor: str) -> bool:
+    """Return True if `path` is `ancestor` or lies below it (for "move into itself" checks).
+
+    Both must be valid paths. Compares components, so `/ab` is not within `/a`.
+    """
+    validate_path(path)
+    validate_path(ancestor)
+    if ancestor == ROOT_PATH or path == ancestor:
+        return True
+    return path.startswith(ancestor + "/")
+
+
+# -- JSON field readers -----------------------------------------------------------------
+
+
+def _obj(value: object, what: str) -> Mapping[str, object]:
+    if not isinstance(value, Mapping):
+        raise WireFormatError(f"{what}: expected a JSON object, got {type(value).__name__}")
+    return value
+
+
+def _field(obj: Mapping[str, object], key: str, what: str) -> object:
+    try:
+        return obj[key]
+    except KeyError:
+        raise WireFormatError(f"{what}: missing field {key!r}") from None
+
+
+def _int(obj: Mapping[str, object], key: str, what: str, *, minimum: int | None = 0) -> int:
+    value = _field(obj, key, what)
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise WireFormatError(f"{what}.{key}: expected an integer, got {value!r:.60}")
+    if minimum is not None and value < minimum:
+        raise WireFormatError(f"{what}.{key}: {value} is below {minimum}")
+    return value
+
+
+def _opt_int(obj: Mapping[str, object], key: str, what: str) -> int | None:
+    return None if obj.get(key) is None else _int(obj, key, what)
+
+
+def _float(obj: Mapping[str, object], key: str, what: str) -> float:
+    value = _field(obj, key, what)
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise WireFormatError(f"{what}.{key}: expected a number, got {value!r:.60}")
+    return float(value)
+
+
+def _str(obj: Mapping[str, object], key: str, what: str) -> str:
+    value = _field(obj, key, what)
+    if not isinstance(value, str):
+        raise WireFormatError(f"{what}.{key}: expected a string, got {value!r:.60}")
+    return value
+
+
+def _opt_str(obj: Mapping[str, object], key: str, what: str) -> str | None:
+    return None if obj.get(key) is None else _str(obj, key, what)
+
+
+def _bool(obj: Mapping[str, object], key: str, what: str) -> bool:
+    value = _field(obj, key, what)
+    if not isinstance(value, bool):
+        raise WireFormatError(f"{what}.{key}: expected true or false, got {value!r:.60}")
+    return value
+
+
+def _choice(obj: Mapping[str, object], key: str, what: str, choices: tuple[str, ...]) -> str:
+    value = _str(obj, key, what)
+    if value not in choices:
+        raise WireFormatError(f"{what}.{key}: {value!r:.60} is not one of {choices}")
+    return value
+
+
+def _path(obj: Mapping[str, object], key: str, what: str) -> str:
+    value = _str(obj, key, what)
+    try:
+        return validate_path(value)
+    except InvalidPath as exc:
+        raise WireFormatError(f"{what}.{key}: {exc}") from None
+
+
+def _content_hash(obj: Mapping[str, object], what: str) -> str | None:
+    value = _opt_str(obj, "content_hash", what)
+    if value is not None and not is_block_id(value):
+        raise WireFormatError(f"{what}.content_hash: not a lowercase hex SHA-256")
+    return value
+
+
+def blocks_from_json(value: object, what: str = "blocks") -> BlockList:
+    """Parse a JSON `[[block_id, size], ...]` list into a `BlockList`.
+
+    Raises:
+        WireFormatError: not a list of `[64-hex-id, non-negative int]` pairs.
+    """
+    if not isinstance(value, list | tuple):
+        raise WireFormatError(f"{what}: expected a list, got {type(value).__name__}")
+    out: list[tuple[BlockId, int]] = []
+    for i, item in enumerate(value):
+        if not isinstance(item, list | tuple) or len(item) != 2:
+            raise WireFormatError(f"{what}[{i}]: expected [block_id, size]")
+        bid, size = item
+        if not is_block_id(bid):
+            raise WireFormatError(f"{what}[{i}]: {bid!r:.80} is not a block id")
+        if isinstance(size, bool) or not isinstance(size, int) or size < 0:
+            raise WireFormatError(f"{what}[{i}]: size {size!r:.40} is not a non-negative int")
+        out.append((BlockId(bid), size))
+    return tuple(out)
+
+
+def blocks_to_json(blocks: BlockList) -> list[list[str | int]]:
+    """Return the JSON form `[[block_id, size], ...]` of a block list."""
+    return [[bid, size] for bid, size in blocks]
+
+
+# -- records ----------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class FileRecord:
+    """A file, directory or symlink as the server describes it (docs/protocol.md "Records").
+
+    `blocks` is None for directories, symlinks and in `list` answers; `target` is set only
+    for symlinks; `mode` holds permission bits only.
+    """
+
+    id: int
+    parent_id: int | None
+    name: str
+    path: str
+    kind: FileKind
+    mode: int
+    size: int
+    mtime_ns: int
+    rev: int
+    state: FileState = "done"
+    content_hash: str | None = None
+    blocks: BlockList | None = None
+    target: str | None = None
+    deleted: bool = False
+
+    def to_json(self) -> dict[str, Any]:
+        """Return the JSON object (a dict ready for `json.dumps`)."""
+        return {
+            "id": self.id,
+            "parent_id": self.parent_id,
+            "name": self.name,
+            "path": self.path,
+            "kind": self.kind,
+            "mode": self.mode,
+            "size": self.size,
+            "mtime_ns": self.mtime_ns,
+            "rev": self.rev,
+            "state": self.state,
+            "content_hash": self.content_hash,
+            "blocks": None if self.blocks is None else blocks_to_json(self.blocks),
+            "target": self.target,
+            "deleted": self.deleted,
+        }
+
+    @classmethod
+    def from_json(cls, value: object) -> FileRecord:
+        """Parse a decoded JSON value; raises `WireFormatError` if it is not a FileRecord.
+
+        Besides types, checks that `path` is valid, that `name` is its last component (`""`
+        and `parent_id` null only for the root) and that `mode` fits in 0o7777.
+        """
+        w = "FileRecord"
+        obj = _obj(value, w)
+        path = _path(obj, "path", w)
+        name = _str(obj, "name", w)
+        expected_name = "" if path == ROOT_PATH else path.rpartition("/")[2]
+        if name != expected_name:
+            raise WireFormatError(f"{w}.name {name!r:.60} is not the last component of {path!r}")
+        mode = _int(obj, "mode", w)
+        if mode > 0o7777:
+            raise WireFormatError(f"{w}.mode {mode:o} has bits outside 0o7777")
+        raw_blocks = obj.get("blocks")
+        return cls(
+            id=_int(obj, "id", w, minimum=1),
+            parent_id=_opt_int(obj, "parent_id", w),
+            name=name,
+            path=path,
+            kind=_choice(obj, "kind", w, FILE_KINDS),  # type: ignore[arg-type]  # checked
+            mode=mode,
+            size=_int(obj, "size", w),
+            mtime_ns=_int(obj, "mtime_ns", w, minimum=None),
+            rev=_int(obj, "rev", w),
+            state=_choice(obj, "state", w, FILE_STATES),  # type: ignore[arg-type]  # checked
+            content_hash=_content_hash(obj, w),
+            blocks=None if raw_blocks is None else blocks_from_json(raw_blocks, f"{w}.blocks"),
+            target=_opt_str(obj, "target", w),
+            deleted=_bool(obj, "deleted", w),
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class Change:
+    """One journal entry of the change feed (docs/protocol.md "Change feed")."""
+
+    seq: int
+    op: ChangeOp
+    file: FileRecord
+    old_path: str | None
+    device: str
+    user: str
+    time: float
+
+    def to_json(self) -> dict[str, Any]:
+        """Return the JSON object (a dict ready for `json.dumps`)."""
+        return {
+            "seq": self.seq,
+            "op": self.op,
+            "file": self.file.to_json(),
+            "old_path": self.old_path,
+            "device": self.device,
+            "user": self.user,
+            "time": self.time,
+        }
+
+    @classmethod
+    def from_json(cls, value: object) -> Change:
+        """Parse a decoded JSON value; raises `WireFormatError` if it is not a Change."""
+        w = "Change"
+        obj = _obj(value, w)
+        return cls(
+            seq=_int(obj, "seq", w),
+            op=_choice(obj, "op", w, CHANGE_OPS),  # type: ignore[arg-type]  # checked
+            file=FileRecord.from_json(_field(obj, "file", w)),
+            old_path=None if obj.get("old_path") is None else _path(obj, "old_path", w),
+            device=_str(obj, "device", w),
+            user=_str(obj, "user", w),
+            time=_float(obj, "time", w),
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class RevisionInfo:
+    """One entry of `GET /api/v1/revisions` (newest first); `time` is unix seconds."""
+
+    revision: int
+    size: int
+    time: float
+    device: str
+    content_hash: str | None
+
+    def to_json(self) -> dict[str, Any]:
+        """Return the JSON object (a dict ready for `json.dumps`)."""
+        return {
+            "revision": self.revision,
+            "size": self.size,
+            "time": self.time,
+            "device": self.device,
+            "content_hash": self.content_hash,
+        }
+
+    @classmethod
+    def from_json(cls, value: object) -> RevisionInfo:
+        """Parse a decoded JSON value; raises `WireFormatError` if it is not a RevisionInfo."""
+        w = "RevisionInfo"
+        obj = _obj(value, w)
+        return cls(
+            revision=_int(obj, "revision", w, minimum=1),
+            size=_int(obj, "size", w),
+            time=_float(obj, "time", w),
+            device=_str(obj, "device", w),
+            content_hash=_content_hash(obj, w),
+        )
