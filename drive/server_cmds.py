@@ -1,0 +1,129 @@
+"""`drive server ...`: thin wrappers that parse arguments and call into `server`.
+
+The logic lives in `server.admin` (users) and `server.serve` (the service); this module only
+reads passwords, formats output and turns operator mistakes into `UserError`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import getpass
+import json
+import sys
+from pathlib import Path
+
+from drive.errors import UserError
+
+
+def _data_dir(args: argparse.Namespace) -> Path:
+    return Path(args.data).expanduser().resolve()
+
+
+def _read_password(args: argparse.Namespace, confirm: bool = True) -> str:
+    if args.password_stdin:
+        line = sys.stdin.readline()
+        password = line.rstrip("\r\n")
+        if not password:
+            raise UserError("no password on stdin (expected one line)")
+        return password
+    if not sys.stdin.isatty():
+        raise UserError(
+            "stdin is not a terminal: pass --password-stdin and write the password on stdin"
+        )
+    password = getpass.getpass("Password: ")
+    if confirm and getpass.getpass("Password (again): ") != password:
+        raise UserError("the passwords do not match")
+    return password
+
+
+def serve(args: argparse.Namespace) -> int:
+    """Run the server in the foreground until SIGTERM/SIGINT."""
+    from server.serve import ServeError, run_server
+
+    if (args.cert is None) != (args.key is None):
+        raise UserError("--cert and --key go together")
+    try:
+        return run_server(
+            data_dir=_data_dir(args),
+            listen=args.listen,
+            cert=Path(args.cert) if args.cert else None,
+            key=Path(args.key) if args.key else None,
+            config_path=Path(args.config) if args.config else None,
+        )
+    except ServeError as exc:
+        raise UserError(str(exc)) from exc
+
+
+def adduser(args: argparse.Namespace) -> int:
+    """Create a user."""
+    from server import admin
+    from server.errors import AccountError
+
+    try:
+        quota = admin.parse_size(args.quota) if args.quota else None
+        password = _read_password(args)
+        admin.add_user(_data_dir(args), args.name, password, quota)
+    except AccountError as exc:
+        raise UserError(str(exc)) from exc
+    print(f"drive server: user {args.name} created")
+    return 0
+
+
+def passwd(args: argparse.Namespace) -> int:
+    """Change a user's password."""
+    from server import admin
+    from server.errors import AccountError
+
+    try:
+        password = _read_password(args)
+        admin.set_password(_data_dir(args), args.name, password)
+    except AccountError as exc:
+        raise UserError(str(exc)) from exc
+    print(f"drive server: password of {args.name} changed")
+    return 0
+
+
+def deluser(args: argparse.Namespace) -> int:
+    """Delete a user and all their data."""
+    from server import admin
+    from server.errors import AccountError
+
+    if not args.yes:
+        if not sys.stdin.isatty():
+            raise UserError("refusing to delete without --yes (stdin is not a terminal)")
+        answer = input(f"Delete user {args.name} and all their files? [y/N] ")
+        if answer.strip().lower() not in ("y", "yes"):
+            raise UserError("not deleted")
+    try:
+        admin.delete_user(_data_dir(args), args.name)
+    except AccountError as exc:
+        raise UserError(str(exc)) from exc
+    print(f"drive server: user {args.name} deleted")
+    return 0
+
+
+def list_users(args: argparse.Namespace) -> int:
+    """List users."""
+    from server import admin
+
+    users = admin.list_users(_data_dir(args))
+    if args.json:
+        print(
+            json.dumps(
+                [
+                    {
+                        "name": u.name,
+                        "quota_bytes": u.quota_bytes,
+                        "used_bytes": u.used_bytes,
+                        "devices": u.devices,
+                        "created_at": u.created_at,
+                    }
+                    for u in users
+                ]
+            )
+        )
+        return 0
+    for u in users:
+        quota = "unlimited" if u.quota_bytes is None else f"{u.quota_bytes} B"
+        print(f"{u.name}\tused {u.used_bytes} B\tquota {quota}\tdevices {u.devices}")
+    return 0

@@ -1,0 +1,56 @@
+"""The ASGI application: the route table, error handlers and the outer middleware.
+
+Starlette (not FastAPI) because the routes parse their own small JSON bodies against
+`blockstore.wire` and the per-connection footprint matters for thousands of long polls.
+"""
+
+from __future__ import annotations
+
+import logging
+
+from starlette.applications import Starlette
+from starlette.exceptions import HTTPException
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.types import ASGIApp
+
+from server import routes_api, routes_files
+from server.errors import ApiError, BadRequest, Internal, NotFound
+from server.services import Services
+from server.web import DriveMiddleware, error_response, request_id
+
+log = logging.getLogger(__name__)
+
+
+async def _api_error(request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, ApiError)
+    return error_response(exc)
+
+
+async def _http_error(request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, HTTPException)
+    if exc.status_code == 404:
+        return error_response(NotFound("no such endpoint"))
+    err = BadRequest(exc.detail or "bad request")
+    err.status = exc.status_code
+    return error_response(err)
+
+
+async def _unexpected(request: Request, exc: Exception) -> Response:
+    rid = request_id(request)
+    log.error("request %s failed", rid, exc_info=exc)
+    return error_response(Internal("internal error", request_id=rid))
+
+
+def build_app(services: Services) -> ASGIApp:
+    """The whole HTTP API over `services`."""
+    app = Starlette(
+        routes=[*routes_api.ROUTES, *routes_files.ROUTES],
+        exception_handlers={
+            ApiError: _api_error,
+            HTTPException: _http_error,
+            Exception: _unexpected,
+        },
+    )
+    app.state.services = services
+    return DriveMiddleware(app, services.metrics)

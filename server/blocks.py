@@ -1,0 +1,152 @@
+"""The block service: verify, seal and store blocks; find missing ones; read them back; GC.
+
+Invariant: a block row exists exactly while its object is in the store. A put and a garbage
+collection of the same key hold the same (striped) lock around "store + row" and "row +
+delete", so a collection can never remove an object that a put just recorded. Everything
+touching disk, SQLite or crypto runs in worker threads; the `*_sync` methods are called
+only from there.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import zlib
+
+import trio
+
+from blockstore.aio import run_cpu, run_io
+from blockstore.codec import decode_wire, encode_wire, seal, unseal
+from blockstore.errors import BlockNotFound, CorruptBlockError
+from blockstore.ids import BlockId
+from blockstore.keys import DataKey
+from blockstore.store import LocalDirStore
+from server.db import Database, accounts
+from server.db import blocks as block_rows
+from server.db.accounts import Principal
+from server.errors import BadRequest, Internal, NotFound, QuotaExceeded, TooLarge
+from server.keyring import Keyring
+from server.metrics import Metrics
+
+log = logging.getLogger(__name__)
+
+_STRIPES = 256
+GC_BATCH = 1000
+
+
+class BlockService:
+    """Per-account encrypted, deduplicated block storage."""
+
+    def __init__(
+        self,
+        db: Database,
+        store: LocalDirStore,
+        keyring: Keyring,
+        metrics: Metrics,
+        max_block_bytes: int,
+    ) -> None:
+        self.db = db
+        self.store = store
+        self.keyring = keyring
+        self.metrics = metrics
+        self.max_block_bytes = max_block_bytes
+        self._locks = [threading.Lock() for _ in range(_STRIPES)]
+
+    def _lock(self, key: str) -> threading.Lock:
+        return self._locks[zlib.crc32(key.encode()) % _STRIPES]
+
+    def _data_key(self, user_id: int, account: str) -> DataKey:
+        key = self.keyring.cached(account)
+        if key is None:
+            acct, wrapped = self.db.call(accounts.account_key, user_id)
+            key = self.keyring.data_key(acct, wrapped)
+        return key
+
+    # -- writing ------------------------------------------------------------------------
+
+    def store_plain_sync(self, who: Principal, bid: BlockId, plaintext: bytes) -> bool:
+        """Store a verified plaintext block for `who` (worker thread); True if new."""
+        key = f"{who.account}/{bid}"
+        with self._lock(key):
+            if self.db.call(block_rows.touch_if_present, who.user_id, bid):
+                self.metrics.add("dedupe_hits")
+                return False
+            quota, used = self.db.call(accounts.usage, who.user_id)
+            if quota is not None and used + len(plaintext) > quota:
+                raise QuotaExceeded(
+                    f"storage quota of {quota} bytes exceeded ({used} used, "
+                    f"{len(plaintext)} more needed)"
+                )
+            sealed = seal(self._data_key(who.user_id, who.account), who.account, bid, plaintext)
+            self.store.put(key, sealed)
+            self.db.call(block_rows.insert, who.user_id, bid, len(plaintext), len(sealed))
+            self.metrics.add("block_bytes_stored", len(sealed))
+            return True
+
+    async def put_wire(self, who: Principal, bid: BlockId, frame: bytes) -> bool:
+        """PUT /blocks/{id}: decode, verify the id, seal and store; True if new."""
+        self.metrics.add("block_bytes_received", len(frame))
+        try:
+            plaintext = await run_cpu(_decode, frame, self.max_block_bytes, bid)
+        except CorruptBlockError as exc:
+            if "exceeds" in str(exc):
+                raise TooLarge(f"block is over {self.max_block_bytes} bytes") from None
+            raise BadRequest(f"rejected block {bid}: {exc}") from None
+        return await trio.to_thread.run_sync(self.store_plain_sync, who, bid, plaintext)
+
+    # -- reading ------------------------------------------------------------------------
+
+    def get_plain_sync(self, who: Principal, bid: BlockId) -> bytes:
+        """The plaintext of a block `who` holds (worker thread); never wrong bytes."""
+        if not self.db.call(block_rows.has_block, who.user_id, bid):
+            raise NotFound(f"no block {bid}")
+        try:
+            frame = self.store.get(f"{who.account}/{bid}")
+            return unseal(self._data_key(who.user_id, who.account), who.account, bid, frame)
+        except BlockNotFound:
+            log.error("block %s of account %s is recorded but missing", bid, who.account)
+            raise Internal("corrupt block: missing from the block store") from None
+        except CorruptBlockError as exc:
+            log.error("block %s of account %s is corrupt: %s", bid, who.account, exc)
+            raise Internal("corrupt block") from None
+
+    async def get_plain(self, who: Principal, bid: BlockId) -> bytes:
+        """The plaintext of a block (async)."""
+        data = await run_io(self.get_plain_sync, who, bid)
+        return data
+
+    async def get_wire(self, who: Principal, bid: BlockId) -> bytes:
+        """GET /blocks/{id}: the block as a wire frame."""
+        plaintext = await self.get_plain(who, bid)
+        frame = await run_cpu(encode_wire, plaintext)
+        self.metrics.add("block_bytes_served", len(frame))
+        return frame
+
+    async def missing(self, who: Principal, ids: list[BlockId]) -> list[BlockId]:
+        """The ids (in request order, once each) that `who` does not hold."""
+        have = await self.db.run(block_rows.present, who.user_id, ids)
+        return [b for b in dict.fromkeys(ids) if b not in have]
+
+    # -- garbage collection -----------------------------------------------------------------
+
+    def collect_sync(self, grace_seconds: float) -> int:
+        """Delete unreferenced blocks older than the grace period; returns how many."""
+        removed = 0
+        accounts_by_user: dict[int, str] = {}
+        for user_id, bid in self.db.call(block_rows.gc_candidates, grace_seconds, GC_BATCH):
+            account = accounts_by_user.get(user_id)
+            if account is None:
+                account = self.db.call(accounts.account_key, user_id)[0]
+                accounts_by_user[user_id] = account
+            key = f"{account}/{bid}"
+            with self._lock(key):
+                if self.db.call(block_rows.forget_if_unused, user_id, bid, grace_seconds):
+                    self.store.delete(key)
+                    removed += 1
+        if removed:
+            log.info("collected %d unreferenced blocks", removed)
+        return removed
+
+
+def _decode(frame: bytes, max_plaintext: int, bid: BlockId) -> bytes:
+    return decode_wire(frame, max_plaintext, expected_id=bid)

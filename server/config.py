@@ -1,0 +1,95 @@
+"""Server configuration: limits and tunables, read from TOML (`DATA/server.toml` or `--config`).
+
+Every knob has a default that suits one machine; tests override a few (a low rate limit, a
+short long-poll clamp) by writing a small TOML file. Unknown keys are an error, so a typo in
+the config never silently falls back to a default.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import tomllib
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+MIB = 1024 * 1024
+
+
+class ConfigError(Exception):
+    """The config file is unreadable or holds an unknown key or a value of the wrong type."""
+
+
+@dataclass(frozen=True, slots=True)
+class ServerConfig:
+    """Limits and tunables of one server process (see docs/protocol.md for their effects)."""
+
+    max_file_bytes: int = 10 * 10**9
+    max_json_bytes: int = 1 * MIB
+    max_block_bytes: int = 8 * MIB
+    max_block_frame_overhead_bytes: int = 64 * 1024
+    rate_per_second: float = 50.0
+    rate_burst: int = 200
+    login_rate_per_second: float = 5.0
+    login_rate_burst: int = 20
+    journal_keep_entries: int = 100_000
+    journal_keep_days: float = 30.0
+    revisions_kept: int = 100
+    longpoll_min_seconds: float = 30.0
+    longpoll_max_seconds: float = 480.0
+    longpoll_jitter_fraction: float = 0.1
+    longpoll_max_open: int = 50_000
+    longpoll_backoff_seconds: int = 60
+    upload_session_days: float = 7.0
+    block_gc_grace_seconds: float = 24 * 3600.0
+    maintenance_interval_seconds: float = 600.0
+    auth_cache_seconds: float = 3.0
+    db_threads: int = 8
+    keep_alive_seconds: float = 75.0
+    backlog: int = 4096
+
+    @property
+    def max_block_frame_bytes(self) -> int:
+        """The largest PUT /blocks body accepted: the plaintext limit plus frame overhead."""
+        return self.max_block_bytes + self.max_block_frame_overhead_bytes
+
+    @classmethod
+    def from_mapping(cls, values: dict[str, Any]) -> ServerConfig:
+        """Build a config from a parsed TOML table, checking names and types."""
+        fields = {f.name: f for f in dataclasses.fields(cls)}
+        kwargs: dict[str, Any] = {}
+        for key, value in values.items():
+            name = key.replace("-", "_")
+            if name not in fields:
+                raise ConfigError(f"unknown server config key {key!r}")
+            default = getattr(cls(), name)
+            if (
+                isinstance(default, float)
+                and isinstance(value, int)
+                and not isinstance(value, bool)
+            ):
+                value = float(value)
+            if type(value) is not type(default):
+                raise ConfigError(
+                    f"server config key {key!r} must be {type(default).__name__}, "
+                    f"not {type(value).__name__}"
+                )
+            kwargs[name] = value
+        return cls(**kwargs)
+
+
+def load_config(path: Path | None, data_dir: Path) -> ServerConfig:
+    """Load `path`, else `DATA/server.toml` if it exists, else the defaults."""
+    if path is None:
+        candidate = data_dir / "server.toml"
+        if not candidate.exists():
+            return ServerConfig()
+        path = candidate
+    try:
+        with path.open("rb") as f:
+            table = tomllib.load(f)
+    except OSError as exc:
+        raise ConfigError(f"cannot read server config {path}: {exc.strerror}") from exc
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"server config {path} is not valid TOML: {exc}") from exc
+    return ServerConfig.from_mapping(table)

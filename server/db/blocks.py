@@ -1,0 +1,122 @@
+"""Block rows: which blocks an account holds, their sizes and reference counts.
+
+A row exists exactly while the block is in the store (the block service keeps the two in
+step under a per-key lock). `refcount` counts references from kept versions; a block whose
+count dropped to zero records `zero_since`, and is collected only after a grace period, so
+a block uploaded for a commit that has not happened yet is never collected under it.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+import time
+from collections import Counter
+from collections.abc import Iterable, Sequence
+
+from server.db import write_txn
+
+_BATCH = 500
+
+
+def present(conn: sqlite3.Connection, user_id: int, ids: Sequence[str]) -> set[str]:
+    """The subset of `ids` this user holds."""
+    found: set[str] = set()
+    unique = list(dict.fromkeys(ids))
+    for i in range(0, len(unique), _BATCH):
+        batch = unique[i : i + _BATCH]
+        marks = ",".join("?" * len(batch))
+        rows = conn.execute(
+            f"SELECT block_id FROM blocks WHERE user_id = ? AND block_id IN ({marks})",
+            (user_id, *batch),
+        )
+        found.update(str(r[0]) for r in rows)
+    return found
+
+
+def touch_if_present(conn: sqlite3.Connection, user_id: int, block_id: str) -> bool:
+    """If the block is held, restart its grace period (a new upload wants it); True if held."""
+    with write_txn(conn):
+        cur = conn.execute(
+            "UPDATE blocks SET last_access = ?,"
+            " zero_since = CASE WHEN refcount = 0 THEN ? ELSE zero_since END"
+            " WHERE user_id = ? AND block_id = ?",
+            (time.time(), time.time(), user_id, block_id),
+        )
+        return cur.rowcount > 0
+
+
+def insert(
+    conn: sqlite3.Connection, user_id: int, block_id: str, size: int, stored_size: int
+) -> bool:
+    """Record a newly stored block (refcount 0, grace period starting now).
+
+    Returns:
+        False if another writer recorded it first.
+    """
+    now = time.time()
+    with write_txn(conn):
+        cur = conn.execute(
+            "INSERT INTO blocks (user_id, block_id, size, stored_size, refcount, created_at,"
+            " last_access, zero_since) VALUES (?, ?, ?, ?, 0, ?, ?, ?)"
+            " ON CONFLICT (user_id, block_id) DO NOTHING",
+            (user_id, block_id, size, stored_size, now, now, now),
+        )
+        if cur.rowcount > 0:
+            conn.execute(
+                "UPDATE users SET used_bytes = used_bytes + ? WHERE id = ?", (size, user_id)
+            )
+            return True
+        return False
+
+
+def add_refs(conn: sqlite3.Connection, user_id: int, ids: Iterable[str], delta: int) -> None:
+    """Add `delta` (+1/-1) references per occurrence (inside the caller's transaction)."""
+    counts = Counter(ids)
+    now = time.time()
+    conn.executemany(
+        "UPDATE blocks SET refcount = refcount + ?,"
+        " zero_since = CASE WHEN refcount + ? <= 0 THEN ? ELSE NULL END"
+        " WHERE user_id = ? AND block_id = ?",
+        [(delta * n, delta * n, now, user_id, bid) for bid, n in counts.items()],
+    )
+
+
+def gc_candidates(
+    conn: sqlite3.Connection, grace_seconds: float, limit: int
+) -> list[tuple[int, str]]:
+    """Unreferenced blocks whose grace period is over: `(user_id, block_id)`."""
+    cutoff = time.time() - grace_seconds
+    rows = conn.execute(
+        "SELECT user_id, block_id FROM blocks WHERE refcount <= 0 AND zero_since IS NOT NULL"
+        " AND zero_since < ? LIMIT ?",
+        (cutoff, limit),
+    ).fetchall()
+    return [(int(r[0]), str(r[1])) for r in rows]
+
+
+def forget_if_unused(
+    conn: sqlite3.Connection, user_id: int, block_id: str, grace_seconds: float
+) -> bool:
+    """Delete the row if it is still unreferenced past its grace period; True if deleted."""
+    cutoff = time.time() - grace_seconds
+    with write_txn(conn):
+        row = conn.execute(
+            "SELECT size FROM blocks WHERE user_id = ? AND block_id = ? AND refcount <= 0"
+            " AND zero_since IS NOT NULL AND zero_since < ?",
+            (user_id, block_id, cutoff),
+        ).fetchone()
+        if row is None:
+            return False
+        conn.execute("DELETE FROM blocks WHERE user_id = ? AND block_id = ?", (user_id, block_id))
+        conn.execute(
+            "UPDATE users SET used_bytes = used_bytes - ? WHERE id = ?", (int(row[0]), user_id)
+        )
+        return True
+
+
+def has_block(conn: sqlite3.Connection, user_id: int, block_id: str) -> bool:
+    """True if the user holds the block."""
+    row = conn.execute(
+        "SELECT 1 FROM blocks WHERE user_id = ? AND block_id = ?", (user_id, block_id)
+    ).fetchone()
+    return row is not None

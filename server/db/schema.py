@@ -1,0 +1,184 @@
+"""The metadata schema as an ordered list of migrations, and the code that applies them.
+
+Each migration is a list of portable SQL statements (types and syntax that SQLite and
+PostgreSQL both accept: INTEGER/BIGINT/TEXT/DOUBLE PRECISION/BLOB->BYTEA aside, partial
+unique indexes, ON CONFLICT upserts). `schema_version` holds the number of migrations
+applied; a database newer than this code is refused rather than guessed at.
+
+Identity: user-facing file ids are per namespace (`files` is keyed by `(ns_id, id)`), so every
+namespace's root is id 1 and one user can never name another user's file by its number.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+
+MIGRATIONS: list[list[str]] = [
+    [
+        """CREATE TABLE users (
+            id INTEGER PRIMARY KEY,
+            name TEXT NOT NULL UNIQUE,
+            account TEXT NOT NULL UNIQUE,
+            pw_hash TEXT NOT NULL,
+            quota_bytes BIGINT,
+            used_bytes BIGINT NOT NULL DEFAULT 0,
+            wrapped_key BLOB NOT NULL,
+            root_ns INTEGER,
+            created_at DOUBLE PRECISION NOT NULL
+        )""",
+        """CREATE TABLE devices (
+            id INTEGER PRIMARY KEY,
+            user_id INTEGER NOT NULL REFERENCES users(id) ON DELETE CASCADE,
+            name TEXT NOT NULL,
+            token_hash TEXT NOT NULL UNIQUE,
+            created_at DOUBLE PRECISION NOT NULL,
+            last_seen DOUBLE PRECISION,
+            revoked_at DOUBLE PRECISION
+        )""",
+        "CREATE INDEX devices_user ON devices (user_id)",
+        """CREATE TABLE namespaces (
+            id INTEGER PRIMARY KEY,
+            owner_id INTEGER NOT NULL REFERENCES users(id) ON DELETE CASCADE,
+            kind TEXT NOT NULL,
+            head_seq BIGINT NOT NULL DEFAULT 0,
+            trimmed_seq BIGINT NOT NULL DEFAULT 0,
+            next_file_id BIGINT NOT NULL DEFAULT 2
+        )""",
+        """CREATE TABLE files (
+            ns_id INTEGER NOT NULL REFERENCES namespaces(id) ON DELETE CASCADE,
+            id BIGINT NOT NULL,
+            parent_id BIGINT,
+            name TEXT NOT NULL,
+            kind TEXT NOT NULL,
+            mode INTEGER NOT NULL,
+            mtime_ns BIGINT NOT NULL,
+            rev INTEGER NOT NULL DEFAULT 0,
+            size BIGINT NOT NULL DEFAULT 0,
+            content_hash TEXT,
+            target TEXT,
+            deleted_at DOUBLE PRECISION,
+            trash_root BIGINT,
+            trash_path TEXT,
+            PRIMARY KEY (ns_id, id)
+        )""",
+        """CREATE UNIQUE INDEX files_live_name ON files (ns_id, parent_id, name)
+            WHERE deleted_at IS NULL""",
+        "CREATE INDEX files_trash ON files (ns_id, trash_root)",
+        """CREATE TABLE file_versions (
+            ns_id INTEGER NOT NULL,
+            file_id BIGINT NOT NULL,
+            rev INTEGER NOT NULL,
+            state TEXT NOT NULL,
+            size BIGINT NOT NULL,
+            content_hash TEXT,
+            mtime_ns BIGINT NOT NULL,
+            device TEXT NOT NULL,
+            created_at DOUBLE PRECISION NOT NULL,
+            commit_id TEXT,
+            PRIMARY KEY (ns_id, file_id, rev),
+            FOREIGN KEY (ns_id, file_id) REFERENCES files(ns_id, id) ON DELETE CASCADE
+        )""",
+        """CREATE UNIQUE INDEX file_versions_commit ON file_versions (ns_id, commit_id)
+            WHERE commit_id IS NOT NULL""",
+        """CREATE TABLE version_blocks (
+            ns_id INTEGER NOT NULL,
+            file_id BIGINT NOT NULL,
+            rev INTEGER NOT NULL,
+            idx INTEGER NOT NULL,
+            block_id TEXT NOT NULL,
+            size INTEGER NOT NULL,
+            PRIMARY KEY (ns_id, file_id, rev, idx),
+            FOREIGN KEY (ns_id, file_id, rev)
+                REFERENCES file_versions(ns_id, file_id, rev) ON DELETE CASCADE
+        )""",
+        """CREATE TABLE blocks (
+            user_id INTEGER NOT NULL REFERENCES users(id) ON DELETE CASCADE,
+            block_id TEXT NOT NULL,
+            size INTEGER NOT NULL,
+            stored_size INTEGER NOT NULL,
+            refcount INTEGER NOT NULL DEFAULT 0,
+            tier TEXT NOT NULL DEFAULT 'hot',
+            created_at DOUBLE PRECISION NOT NULL,
+            last_access DOUBLE PRECISION NOT NULL,
+            zero_since DOUBLE PRECISION,
+            PRIMARY KEY (user_id, block_id)
+        )""",
+        "CREATE INDEX blocks_zero ON blocks (zero_since)",
+        """CREATE TABLE journal (
+            ns_id INTEGER NOT NULL REFERENCES namespaces(id) ON DELETE CASCADE,
+            seq BIGINT NOT NULL,
+            op TEXT NOT NULL,
+            file_id BIGINT NOT NULL,
+            record TEXT NOT NULL,
+            old_path TEXT,
+            device TEXT NOT NULL,
+            user_name TEXT NOT NULL,
+            created_at DOUBLE PRECISION NOT NULL,
+            PRIMARY KEY (ns_id, seq)
+        )""",
+        """CREATE TABLE upload_sessions (
+            id TEXT PRIMARY KEY,
+            user_id INTEGER NOT NULL REFERENCES users(id) ON DELETE CASCADE,
+            ns_id INTEGER NOT NULL,
+            path TEXT NOT NULL,
+            base_rev INTEGER,
+            total_size BIGINT,
+            reserved_id BIGINT,
+            device TEXT NOT NULL,
+            created_at DOUBLE PRECISION NOT NULL,
+            expires_at DOUBLE PRECISION NOT NULL,
+            result TEXT
+        )""",
+        "CREATE INDEX upload_sessions_expiry ON upload_sessions (expires_at)",
+        """CREATE TABLE shares (
+            ns_id INTEGER NOT NULL REFERENCES namespaces(id) ON DELETE CASCADE,
+            user_id INTEGER NOT NULL REFERENCES users(id) ON DELETE CASCADE,
+            access TEXT NOT NULL,
+            PRIMARY KEY (ns_id, user_id)
+        )""",
+    ],
+]
+
+SCHEMA_VERSION = len(MIGRATIONS)
+
+
+class SchemaTooNew(Exception):
+    """The database was written by a newer server than this one."""
+
+
+def migrate(conn: sqlite3.Connection) -> int:
+    """Apply the migrations this database lacks, each in its own transaction.
+
+    Returns:
+        The schema version now in place.
+    """
+    conn.execute("BEGIN IMMEDIATE")
+    try:
+        conn.execute("CREATE TABLE IF NOT EXISTS schema_version (version INTEGER NOT NULL)")
+        row = conn.execute("SELECT version FROM schema_version").fetchone()
+        if row is None:
+            conn.execute("INSERT INTO schema_version (version) VALUES (0)")
+            current = 0
+        else:
+            current = int(row[0])
+        conn.execute("COMMIT")
+    except BaseException:
+        conn.execute("ROLLBACK")
+        raise
+    if current > SCHEMA_VERSION:
+        raise SchemaTooNew(
+            f"database schema version {current} is newer than this server ({SCHEMA_VERSION})"
+        )
+    for version in range(current, SCHEMA_VERSION):
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            (now,) = conn.execute("SELECT version FROM schema_version").fetchone()
+            if now == version:
+                for stmt in MIGRATIONS[version]:
+                    conn.execute(stmt)
+                conn.execute("UPDATE schema_version SET version = ?", (version + 1,))
+            conn.execute("COMMIT")
+        except BaseException:
+            conn.execute("ROLLBACK")
+            raise
+    return SCHEMA_VERSION

@@ -1,0 +1,275 @@
+"""File content changes: commit a version (optimistic concurrency), revisions, restore.
+
+A commit is one transaction: check the base revision, check every block is held, insert the
+version and its block list, take references on the blocks, update the file row, prune the
+oldest versions beyond the per-file limit (dropping their references) and journal the change.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import sqlite3
+import time
+from dataclasses import dataclass
+
+from blockstore.ids import BlockId
+from blockstore.wire import FileRecord, RevisionInfo
+from server.db import blocks as block_rows
+from server.db import journal, read_txn, write_txn
+from server.db.files import (
+    DEFAULT_FILE_MODE,
+    block_list,
+    child,
+    get_row,
+    insert_entry,
+    need,
+    need_parent_dir,
+    new_file_id,
+    path_of,
+    record,
+)
+from server.db.journal import Actor
+from server.errors import BadRequest, Conflict, Exists, NotFound, QuotaExceeded, TooLarge
+
+EMPTY_HASH = hashlib.sha256(b"").hexdigest()
+
+
+@dataclass(frozen=True, slots=True)
+class CommitRequest:
+    """One new version of the file at `path` (see POST /api/v1/commit)."""
+
+    path: str
+    base_rev: int | None
+    blocks: tuple[tuple[BlockId, int], ...]
+    size: int
+    mtime_ns: int
+    mode: int | None
+    commit_id: str | None
+    content_hash: str | None = None
+    overwrite: bool = False
+    """Seeds' upload API: without base_rev, replace an existing file's content."""
+    reserved_id: int | None = None
+    """A file id reserved by an upload session for a file that did not exist yet."""
+    op: str | None = None
+    """Journal op to use instead of create/update (restore)."""
+
+
+@dataclass(frozen=True, slots=True)
+class Limits:
+    """Limits a commit enforces."""
+
+    max_file_bytes: int
+    revisions_kept: int
+
+
+def _content_hash(req: CommitRequest) -> str | None:
+    if req.content_hash is not None:
+        return req.content_hash
+    if not req.blocks:
+        return EMPTY_HASH
+    if len(req.blocks) == 1:
+        return str(req.blocks[0][0])  # one block: its id is the SHA-256 of the whole content
+    return None
+
+
+def _previous(conn: sqlite3.Connection, actor: Actor, commit_id: str) -> FileRecord | None:
+    row = conn.execute(
+        "SELECT file_id, rev, size, content_hash, mtime_ns FROM file_versions"
+        " WHERE ns_id = ? AND commit_id = ?",
+        (actor.ns_id, commit_id),
+    ).fetchone()
+    if row is None:
+        return None
+    frow = get_row(conn, actor.ns_id, int(row[0]))
+    assert frow is not None
+    file_id, rev = int(row[0]), int(row[1])
+    return record(
+        conn,
+        actor.ns_id,
+        frow,
+        path_of(conn, actor.ns_id, file_id),
+        rev=rev,
+        size=int(row[2]),
+        content_hash=row[3],
+        mtime_ns=int(row[4]),
+        blocks=block_list(conn, actor.ns_id, file_id, rev),
+    )
+
+
+def _prune(conn: sqlite3.Connection, actor: Actor, file_id: int, keep: int) -> None:
+    old = conn.execute(
+        "SELECT rev FROM file_versions WHERE ns_id = ? AND file_id = ? ORDER BY rev DESC",
+        (actor.ns_id, file_id),
+    ).fetchall()
+    for (rev,) in old[keep:]:
+        ids = [b for b, _ in block_list(conn, actor.ns_id, file_id, int(rev))]
+        block_rows.add_refs(conn, actor.user_id, ids, -1)
+        conn.execute(
+            "DELETE FROM version_blocks WHERE ns_id = ? AND file_id = ? AND rev = ?",
+            (actor.ns_id, file_id, rev),
+        )
+        conn.execute(
+            "DELETE FROM file_versions WHERE ns_id = ? AND file_id = ? AND rev = ?",
+            (actor.ns_id, file_id, rev),
+        )
+
+
+def commit(
+    conn: sqlite3.Connection, actor: Actor, req: CommitRequest, limits: Limits
+) -> tuple[FileRecord, bool]:
+    """Commit a new version; returns the record and whether the file was created.
+
+    Raises:
+        Conflict: base revision mismatch (with `current`), BadRequest: missing blocks or a
+        wrong size, NotFound: no parent, TooLarge, QuotaExceeded, Exists: a directory there.
+    """
+    ns = actor.ns_id
+    if req.size != sum(size for _, size in req.blocks):
+        raise BadRequest("size is not the sum of the block sizes")
+    if req.size > limits.max_file_bytes:
+        raise TooLarge(f"file of {req.size} bytes is over the limit of {limits.max_file_bytes}")
+    with write_txn(conn):
+        if req.commit_id is not None:
+            previous = _previous(conn, actor, req.commit_id)
+            if previous is not None:
+                return previous, False
+        parent, name = need_parent_dir(conn, ns, req.path)
+        row = child(conn, ns, int(parent["id"]), name)
+        if row is not None and row["kind"] != "file":
+            if req.base_rev is None and not req.overwrite:
+                raise Conflict(
+                    f"exists: {req.path}", current=record(conn, ns, row, req.path).to_json()
+                )
+            raise Exists(f"not a regular file: {req.path}")
+        if req.base_rev is None:
+            if row is not None and not req.overwrite:
+                current = record(conn, ns, row, req.path).to_json()
+                raise Conflict(f"file exists: {req.path}", current=current)
+        elif row is None or int(row["rev"]) != req.base_rev:
+            gone_or = None if row is None else record(conn, ns, row, req.path).to_json()
+            raise Conflict(f"{req.path} is no longer at revision {req.base_rev}", current=gone_or)
+        ids = [b for b, _ in req.blocks]
+        missing = set(ids) - block_rows.present(conn, actor.user_id, ids)
+        if missing:
+            ordered = [b for b in dict.fromkeys(ids) if b in missing]
+            raise BadRequest(f"{len(ordered)} blocks are missing", missing=ordered)
+        quota, used = conn.execute(
+            "SELECT quota_bytes, used_bytes FROM users WHERE id = ?", (actor.user_id,)
+        ).fetchone()
+        if quota is not None and used > quota:
+            raise QuotaExceeded(f"storage quota of {quota} bytes exceeded ({used} used)")
+        created = row is None
+        if row is None:
+            file_id = req.reserved_id or new_file_id(conn, ns)
+            if get_row(conn, ns, file_id) is not None:
+                file_id = new_file_id(conn, ns)
+            mode = DEFAULT_FILE_MODE if req.mode is None else req.mode
+            row = insert_entry(
+                conn, ns, file_id, int(parent["id"]), name, "file", mode, req.mtime_ns
+            )
+        file_id = int(row["id"])
+        rev = int(row["rev"]) + 1
+        chash = _content_hash(req)
+        conn.execute(
+            "INSERT INTO file_versions (ns_id, file_id, rev, state, size, content_hash,"
+            " mtime_ns, device, created_at, commit_id) VALUES (?, ?, ?, 'done', ?, ?, ?, ?, ?, ?)",
+            (ns, file_id, rev, req.size, chash, req.mtime_ns, actor.device, time.time(),
+             req.commit_id),
+        )  # fmt: skip
+        conn.executemany(
+            "INSERT INTO version_blocks (ns_id, file_id, rev, idx, block_id, size)"
+            " VALUES (?, ?, ?, ?, ?, ?)",
+            [(ns, file_id, rev, i, bid, size) for i, (bid, size) in enumerate(req.blocks)],
+        )
+        block_rows.add_refs(conn, actor.user_id, ids, +1)
+        mode = int(row["mode"]) if req.mode is None else req.mode & 0o7777
+        conn.execute(
+            "UPDATE files SET rev = ?, size = ?, content_hash = ?, mtime_ns = ?, mode = ?"
+            " WHERE ns_id = ? AND id = ?",
+            (rev, req.size, chash, req.mtime_ns, mode, ns, file_id),
+        )
+        _prune(conn, actor, file_id, limits.revisions_kept)
+        new = get_row(conn, ns, file_id)
+        assert new is not None
+        rec = record(conn, ns, new, req.path)
+        op = req.op or ("create" if created else "update")
+        journal.append(conn, actor, op, rec)
+        return rec, created
+
+
+def revisions(conn: sqlite3.Connection, ns_id: int, path: str, limit: int) -> list[RevisionInfo]:
+    """Kept versions of a file, newest first."""
+    with read_txn(conn):
+        row = need(conn, ns_id, path)
+        if row["kind"] != "file":
+            raise BadRequest(f"not a regular file: {path}")
+        rows = conn.execute(
+            "SELECT rev, size, created_at, device, content_hash FROM file_versions"
+            " WHERE ns_id = ? AND file_id = ? AND state = 'done' ORDER BY rev DESC LIMIT ?",
+            (ns_id, row["id"], limit),
+        ).fetchall()
+    return [RevisionInfo(int(r[0]), int(r[1]), float(r[2]), str(r[3]), r[4]) for r in rows]
+
+
+def version_of(conn: sqlite3.Connection, ns_id: int, path: str, revision: int | None) -> FileRecord:
+    """The record of a file as of `revision` (None: the current one), with its blocks."""
+    with read_txn(conn):
+        row = need(conn, ns_id, path)
+        if row["kind"] != "file":
+            raise BadRequest(f"not a regular file: {path}")
+        if revision is None or revision == int(row["rev"]):
+            return record(conn, ns_id, row, path)
+        v = conn.execute(
+            "SELECT size, content_hash, mtime_ns FROM file_versions"
+            " WHERE ns_id = ? AND file_id = ? AND rev = ?",
+            (ns_id, row["id"], revision),
+        ).fetchone()
+        if v is None:
+            raise NotFound(f"{path} has no revision {revision}")
+        return record(
+            conn, ns_id, row, path, rev=revision, size=int(v[0]), content_hash=v[1],
+            mtime_ns=int(v[2]), blocks=block_list(conn, ns_id, int(row["id"]), revision),
+        )  # fmt: skip
+
+
+def restore(
+    conn: sqlite3.Connection, actor: Actor, path: str, revision: int, limits: Limits
+) -> FileRecord:
+    """Make a new revision with the content of an old one."""
+    old = version_of(conn, actor.ns_id, path, revision)
+    assert old.blocks is not None
+    req = CommitRequest(
+        path=path, base_rev=None, blocks=old.blocks, size=old.size, mtime_ns=time.time_ns(),
+        mode=None, commit_id=None, content_hash=old.content_hash, overwrite=True, op="restore",
+    )  # fmt: skip
+    rec, _ = commit(conn, actor, req, limits)
+    return rec
+
+
+def mark_pending(
+    conn: sqlite3.Connection, actor: Actor, path: str, reserve: bool, size: int = 0
+) -> int | None:
+    """Journal a `pending` change for `path` (R10): someone is changing this file.
+
+    For an existing file the entry carries its record with state "pending". For a file that
+    does not exist yet (only when `reserve`, for uploads) a file id is reserved and the entry
+    carries a provisional record (rev 0) with that id; returns the reserved id.
+    """
+    with write_txn(conn):
+        parent, name = need_parent_dir(conn, actor.ns_id, path)
+        row = child(conn, actor.ns_id, int(parent["id"]), name)
+        if row is not None:
+            if row["kind"] != "file":
+                raise Exists(f"not a regular file: {path}")
+            rec = record(conn, actor.ns_id, row, path, state="pending")
+            journal.append(conn, actor, "pending", rec)
+            return None
+        if not reserve:
+            raise NotFound(f"no such file: {path}")
+        file_id = new_file_id(conn, actor.ns_id)
+        rec = FileRecord(
+            id=file_id, parent_id=int(parent["id"]), name=name, path=path, kind="file",
+            mode=DEFAULT_FILE_MODE, size=size, mtime_ns=time.time_ns(), rev=0, state="pending",
+        )  # fmt: skip
+        journal.append(conn, actor, "pending", rec)
+        return file_id

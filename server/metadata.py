@@ -1,0 +1,130 @@
+"""The metadata service: file-tree operations for one principal, journaled and announced.
+
+Each method runs one database operation (one transaction) in a worker thread and, if it
+changed anything, wakes the namespace's long-poll waiters afterwards. Routes call these and
+never touch SQL.
+"""
+
+from __future__ import annotations
+
+import time
+
+from blockstore.wire import FileRecord, RevisionInfo
+from server.config import ServerConfig
+from server.db import Database, files, journal, moves, versions
+from server.db.accounts import Principal
+from server.db.journal import Actor, Delta
+from server.db.moves import TrashItem
+from server.db.versions import CommitRequest, Limits
+from server.feed import ChangeFeed
+from server.metrics import Metrics
+
+
+def actor_of(who: Principal) -> Actor:
+    """The journal's view of a principal (their root namespace)."""
+    return Actor(who.ns_id, who.user_id, who.user, who.device)
+
+
+class Metadata:
+    """File tree, versions and the journal, for authenticated callers."""
+
+    def __init__(
+        self, db: Database, feed: ChangeFeed, metrics: Metrics, config: ServerConfig
+    ) -> None:
+        self.db = db
+        self.feed = feed
+        self.metrics = metrics
+        self.limits = Limits(config.max_file_bytes, config.revisions_kept)
+
+    async def meta(self, who: Principal, path: str | None, file_id: int | None) -> FileRecord:
+        """A record by path or by id."""
+        if path is not None:
+            return await self.db.run(files.meta_by_path, who.ns_id, path)
+        assert file_id is not None
+        return await self.db.run(files.meta_by_id, who.ns_id, file_id)
+
+    async def list_dir(
+        self, who: Principal, path: str, limit: int, after: str | None
+    ) -> tuple[list[FileRecord], str | None]:
+        """One page of a directory listing."""
+        return await self.db.run(files.list_dir, who.ns_id, path, limit, after)
+
+    async def commit(self, who: Principal, req: CommitRequest) -> tuple[FileRecord, bool]:
+        """A new version; returns (record, created)."""
+        start = time.perf_counter()
+        rec, created = await self.db.run(versions.commit, actor_of(who), req, self.limits)
+        self.metrics.observe_commit(time.perf_counter() - start)
+        await self.feed.notify(who.ns_id)
+        return rec, created
+
+    async def mkdir(self, who: Principal, path: str, mode: int) -> FileRecord:
+        """Create a directory."""
+        rec = await self.db.run(files.mkdir, actor_of(who), path, mode)
+        await self.feed.notify(who.ns_id)
+        return rec
+
+    async def symlink(self, who: Principal, path: str, target: str) -> FileRecord:
+        """Create a symlink."""
+        rec = await self.db.run(files.symlink, actor_of(who), path, target)
+        await self.feed.notify(who.ns_id)
+        return rec
+
+    async def setattr(
+        self, who: Principal, path: str, mode: int | None, mtime_ns: int | None
+    ) -> FileRecord:
+        """chmod / utimens."""
+        rec = await self.db.run(files.setattr_, actor_of(who), path, mode, mtime_ns)
+        await self.feed.notify(who.ns_id)
+        return rec
+
+    async def move(self, who: Principal, src: str, dst: str, mode: str) -> FileRecord:
+        """Move or rename atomically."""
+        rec = await self.db.run(moves.move, actor_of(who), src, dst, mode)
+        await self.feed.notify(who.ns_id)
+        return rec
+
+    async def delete(self, who: Principal, path: str, recursive: bool) -> FileRecord:
+        """Move to the trash."""
+        rec = await self.db.run(moves.delete, actor_of(who), path, recursive)
+        await self.feed.notify(who.ns_id)
+        return rec
+
+    async def undelete(self, who: Principal, path: str) -> FileRecord:
+        """Bring back from the trash."""
+        rec = await self.db.run(moves.undelete, actor_of(who), path)
+        await self.feed.notify(who.ns_id)
+        return rec
+
+    async def trash(self, who: Principal) -> list[TrashItem]:
+        """The trash, newest first."""
+        return await self.db.run(moves.trash, who.ns_id)
+
+    async def revisions(self, who: Principal, path: str, limit: int) -> list[RevisionInfo]:
+        """Kept versions, newest first."""
+        return await self.db.run(versions.revisions, who.ns_id, path, limit)
+
+    async def version_of(self, who: Principal, path: str, revision: int | None) -> FileRecord:
+        """A file as of a revision (None: current), with blocks."""
+        return await self.db.run(versions.version_of, who.ns_id, path, revision)
+
+    async def restore(self, who: Principal, path: str, revision: int) -> FileRecord:
+        """A new revision with an old revision's content."""
+        rec = await self.db.run(versions.restore, actor_of(who), path, revision, self.limits)
+        await self.feed.notify(who.ns_id)
+        return rec
+
+    async def mark_pending(
+        self, who: Principal, path: str, reserve: bool, size: int = 0
+    ) -> int | None:
+        """Journal "someone is changing this file" (R10)."""
+        reserved = await self.db.run(versions.mark_pending, actor_of(who), path, reserve, size)
+        await self.feed.notify(who.ns_id)
+        return reserved
+
+    async def cursor(self, who: Principal) -> int:
+        """The journal head."""
+        return await self.feed.head(who.ns_id)
+
+    async def delta(self, who: Principal, cursor: int, limit: int) -> Delta:
+        """Changes after a cursor."""
+        return await self.db.run(journal.delta, who.ns_id, cursor, limit)

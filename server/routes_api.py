@@ -1,0 +1,346 @@
+"""Routes of `/api/v1/*` (docs/protocol.md): parse, call one service, serialise. No logic.
+
+Every route except `info` and `login` authenticates first (`principal`), which also applies
+the per-token rate limit.
+"""
+
+from __future__ import annotations
+
+import time
+from importlib import metadata as importlib_metadata
+
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.routing import Route
+
+from blockstore.errors import WireFormatError
+from blockstore.ids import BlockId, parse_block_id
+from blockstore.wire import LIST_LIMIT_MAX, MAX_MISSING_IDS, MOVE_MODES, blocks_from_json
+from server.db.accounts import Principal
+from server.db.versions import CommitRequest
+from server.errors import BadRequest, RateLimited
+from server.services import Services
+from server.web import (
+    RATE_HEADERS_KEY,
+    check_path,
+    get_bool,
+    get_int,
+    get_str,
+    json_response,
+    query_int,
+    query_path,
+    read_body,
+    read_json,
+)
+
+OCTET = "application/octet-stream"
+
+
+def services(request: Request) -> Services:
+    """The process's services (set on the app at startup)."""
+    s: Services = request.app.state.services
+    return s
+
+
+def _rate(request: Request, key: str, login: bool = False) -> None:
+    s = services(request)
+    verdict = (s.login_limiter if login else s.limiter).take(key)
+    request.scope[RATE_HEADERS_KEY] = verdict.headers()
+    if not verdict.allowed:
+        raise RateLimited(f"too many requests; retry in {verdict.retry_after} s")
+
+
+async def principal(request: Request) -> Principal:
+    """Authenticate the caller (401) and take one rate-limit token (429)."""
+    who = await services(request).auth.authenticate(request.headers.get("authorization"))
+    _rate(request, who.token_hash)
+    return who
+
+
+def _version() -> str:
+    try:
+        return importlib_metadata.version("drive")
+    except importlib_metadata.PackageNotFoundError:
+        return "0"
+
+
+async def info(request: Request) -> Response:
+    s = services(request)
+    return json_response(
+        {"server": "drive", "version": _version(), "api": 1, "fingerprint": s.fingerprint}
+    )
+
+
+async def login(request: Request) -> Response:
+    s = services(request)
+    _rate(request, f"login:{request.client.host if request.client else '-'}", login=True)
+    body = await read_json(request, s.config.max_json_bytes)
+    result = await s.auth.login(
+        get_str(body, "user"), get_str(body, "password"), get_str(body, "device", "device")
+    )
+    return json_response(
+        {"token": result.token, "user": result.user, "device_id": result.device_id,
+         "device": result.device}
+    )  # fmt: skip
+
+
+async def logout(request: Request) -> Response:
+    who = await principal(request)
+    await services(request).auth.logout(who)
+    return json_response({"ok": True})
+
+
+async def whoami(request: Request) -> Response:
+    who = await principal(request)
+    from server.db import accounts
+
+    quota, used = await services(request).db.run(accounts.usage, who.user_id)
+    return json_response(
+        {"user": who.user, "device": who.device, "device_id": who.device_id,
+         "quota_bytes": quota, "used_bytes": used}
+    )  # fmt: skip
+
+
+def _block_id(request: Request) -> BlockId:
+    try:
+        return parse_block_id(request.path_params["block_id"])
+    except ValueError as exc:
+        raise BadRequest(str(exc)) from None
+
+
+async def blocks_missing(request: Request) -> Response:
+    who = await principal(request)
+    s = services(request)
+    body = await read_json(request, s.config.max_json_bytes)
+    ids = body.get("ids")
+    if not isinstance(ids, list) or len(ids) > MAX_MISSING_IDS:
+        raise BadRequest(f"'ids' must be a list of at most {MAX_MISSING_IDS} block ids")
+    try:
+        parsed = [parse_block_id(i) if isinstance(i, str) else parse_block_id("") for i in ids]
+    except ValueError as exc:
+        raise BadRequest(str(exc)) from None
+    return json_response({"missing": await s.blocks.missing(who, parsed)})
+
+
+async def block_put(request: Request) -> Response:
+    who = await principal(request)
+    s = services(request)
+    bid = _block_id(request)
+    frame = await read_body(request, s.config.max_block_frame_bytes)
+    new = await s.blocks.put_wire(who, bid, frame)
+    return json_response({"id": bid, "stored": new}, 201 if new else 200)
+
+
+async def block_get(request: Request) -> Response:
+    who = await principal(request)
+    frame = await services(request).blocks.get_wire(who, _block_id(request))
+    return Response(frame, media_type=OCTET)
+
+
+async def meta(request: Request) -> Response:
+    who = await principal(request)
+    file_id = query_int(request, "id", None, minimum=1)
+    path = None if file_id is not None else query_path(request)
+    rec = await services(request).metadata.meta(who, path, file_id)
+    return json_response(rec.to_json())
+
+
+async def list_dir(request: Request) -> Response:
+    who = await principal(request)
+    path = query_path(request)
+    limit = query_int(request, "limit", 1000, minimum=1, maximum=LIST_LIMIT_MAX)
+    assert limit is not None
+    after = request.query_params.get("after")
+    entries, nxt = await services(request).metadata.list_dir(who, path, limit, after)
+    return json_response({"entries": [e.to_json() for e in entries], "next": nxt})
+
+
+async def commit(request: Request) -> Response:
+    who = await principal(request)
+    s = services(request)
+    body = await read_json(request, s.config.max_json_bytes)
+    try:
+        blocks = blocks_from_json(body.get("blocks"))
+    except WireFormatError as exc:
+        raise BadRequest(str(exc)) from None
+    commit_id = body.get("commit_id")
+    if commit_id is not None and not isinstance(commit_id, str):
+        raise BadRequest("field 'commit_id' must be a string")
+    req = CommitRequest(
+        path=check_path(body.get("path")),
+        base_rev=get_int(body, "base_rev", optional=True),
+        blocks=blocks,
+        size=get_int(body, "size") or 0,
+        mtime_ns=get_int(body, "mtime_ns", optional=True, minimum=None) or time.time_ns(),
+        mode=get_int(body, "mode", optional=True),
+        commit_id=commit_id,
+    )
+    rec, _ = await s.metadata.commit(who, req)
+    return json_response(rec.to_json())
+
+
+async def mkdir(request: Request) -> Response:
+    who = await principal(request)
+    s = services(request)
+    body = await read_json(request, s.config.max_json_bytes)
+    mode = get_int(body, "mode", optional=True)
+    rec = await s.metadata.mkdir(who, check_path(body.get("path")), 0o755 if mode is None else mode)
+    return json_response(rec.to_json())
+
+
+async def symlink(request: Request) -> Response:
+    who = await principal(request)
+    s = services(request)
+    body = await read_json(request, s.config.max_json_bytes)
+    target = get_str(body, "target")
+    if not target or "\x00" in target or len(target.encode("utf-8")) > 4096:
+        raise BadRequest("symlink target must be 1-4096 bytes without NUL")
+    rec = await s.metadata.symlink(who, check_path(body.get("path")), target)
+    return json_response(rec.to_json())
+
+
+async def setattr_(request: Request) -> Response:
+    who = await principal(request)
+    s = services(request)
+    body = await read_json(request, s.config.max_json_bytes)
+    rec = await s.metadata.setattr(
+        who, check_path(body.get("path")), get_int(body, "mode", optional=True),
+        get_int(body, "mtime_ns", optional=True, minimum=None),
+    )  # fmt: skip
+    return json_response(rec.to_json())
+
+
+async def move(request: Request) -> Response:
+    who = await principal(request)
+    s = services(request)
+    body = await read_json(request, s.config.max_json_bytes)
+    mode = get_str(body, "mode", "noreplace")
+    if mode not in MOVE_MODES:
+        raise BadRequest(f"mode must be one of {', '.join(MOVE_MODES)}")
+    rec = await s.metadata.move(
+        who, check_path(body.get("from"), "from"), check_path(body.get("to"), "to"), mode
+    )
+    return json_response(rec.to_json())
+
+
+async def delete(request: Request) -> Response:
+    who = await principal(request)
+    s = services(request)
+    body = await read_json(request, s.config.max_json_bytes)
+    rec = await s.metadata.delete(
+        who, check_path(body.get("path")), get_bool(body, "recursive", False)
+    )
+    return json_response({"deleted": rec.to_json()})
+
+
+async def editing(request: Request) -> Response:
+    who = await principal(request)
+    s = services(request)
+    body = await read_json(request, s.config.max_json_bytes)
+    await s.metadata.mark_pending(who, check_path(body.get("path")), reserve=False)
+    return json_response({"ok": True})
+
+
+async def revisions(request: Request) -> Response:
+    who = await principal(request)
+    limit = query_int(request, "limit", 100, minimum=1, maximum=10_000)
+    assert limit is not None
+    revs = await services(request).metadata.revisions(who, query_path(request), limit)
+    return json_response({"revisions": [r.to_json() for r in revs]})
+
+
+async def restore(request: Request) -> Response:
+    who = await principal(request)
+    s = services(request)
+    body = await read_json(request, s.config.max_json_bytes)
+    revision = get_int(body, "revision", minimum=1)
+    assert revision is not None
+    rec = await s.metadata.restore(who, check_path(body.get("path")), revision)
+    return json_response(rec.to_json())
+
+
+async def trash(request: Request) -> Response:
+    who = await principal(request)
+    items = await services(request).metadata.trash(who)
+    return json_response(
+        {"entries": [{"id": t.id, "path": t.path, "kind": t.kind, "deleted_at": t.deleted_at}
+                     for t in items]}
+    )  # fmt: skip
+
+
+async def undelete(request: Request) -> Response:
+    who = await principal(request)
+    s = services(request)
+    body = await read_json(request, s.config.max_json_bytes)
+    rec = await s.metadata.undelete(who, check_path(body.get("path")))
+    return json_response(rec.to_json())
+
+
+async def cursor(request: Request) -> Response:
+    who = await principal(request)
+    return json_response({"cursor": str(await services(request).metadata.cursor(who))})
+
+
+def _cursor(request: Request) -> int:
+    raw = request.query_params.get("cursor", "")
+    if not raw.isdigit():
+        raise BadRequest("query parameter 'cursor' must be a cursor from /cursor or /delta")
+    return int(raw)
+
+
+async def delta(request: Request) -> Response:
+    who = await principal(request)
+    limit = query_int(request, "limit", 1000, minimum=1, maximum=LIST_LIMIT_MAX)
+    assert limit is not None
+    d = await services(request).metadata.delta(who, _cursor(request), limit)
+    return json_response(
+        {"entries": d.entries, "cursor": str(d.cursor), "has_more": d.has_more, "reset": d.reset}
+    )
+
+
+async def longpoll(request: Request) -> Response:
+    who = await principal(request)
+    cur = _cursor(request)
+    timeout = query_int(request, "timeout", 120, minimum=0, maximum=86400)
+    assert timeout is not None
+
+    async def wait_disconnect() -> None:
+        while (await request.receive())["type"] != "http.disconnect":
+            pass
+
+    result = await services(request).feed.longpoll(who.ns_id, cur, timeout, wait_disconnect)
+    if result is None:
+        return Response(status_code=499)  # the client is gone; nothing will read this
+    return json_response({"changes": result.changes, "backoff": result.backoff})
+
+
+async def metrics(request: Request) -> Response:
+    return Response(services(request).metrics.render(), media_type="text/plain; version=0.0.4")
+
+
+ROUTES = [
+    Route("/api/v1/info", info, methods=["GET"]),
+    Route("/api/v1/login", login, methods=["POST"]),
+    Route("/api/v1/logout", logout, methods=["POST"]),
+    Route("/api/v1/whoami", whoami, methods=["GET"]),
+    Route("/api/v1/blocks/missing", blocks_missing, methods=["POST"]),
+    Route("/api/v1/blocks/{block_id}", block_put, methods=["PUT"]),
+    Route("/api/v1/blocks/{block_id}", block_get, methods=["GET"]),
+    Route("/api/v1/meta", meta, methods=["GET"]),
+    Route("/api/v1/list", list_dir, methods=["GET"]),
+    Route("/api/v1/commit", commit, methods=["POST"]),
+    Route("/api/v1/mkdir", mkdir, methods=["POST"]),
+    Route("/api/v1/symlink", symlink, methods=["POST"]),
+    Route("/api/v1/setattr", setattr_, methods=["POST"]),
+    Route("/api/v1/move", move, methods=["POST"]),
+    Route("/api/v1/delete", delete, methods=["POST"]),
+    Route("/api/v1/editing", editing, methods=["POST"]),
+    Route("/api/v1/revisions", revisions, methods=["GET"]),
+    Route("/api/v1/restore", restore, methods=["POST"]),
+    Route("/api/v1/trash", trash, methods=["GET"]),
+    Route("/api/v1/undelete", undelete, methods=["POST"]),
+    Route("/api/v1/cursor", cursor, methods=["GET"]),
+    Route("/api/v1/delta", delta, methods=["GET"]),
+    Route("/api/v1/longpoll", longpoll, methods=["GET"]),
+    Route("/metrics", metrics, methods=["GET"]),
+]

@@ -1,0 +1,94 @@
+"""The composition root of one server process: every service, built once from a data dir.
+
+Layout of the data directory: `drive.db` (metadata, SQLite WAL), `master.key` (0600),
+`blocks/` (sealed blocks, `{account}/{block id}`), `uploads/` (resumable sessions and
+spooled bodies), `tls/` (self-signed certificate), `server.toml` (optional config),
+`server.json` (written while serving).
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+
+import trio
+
+from blockstore.store import LocalDirStore
+from server.admin import BLOCKS_DIR
+from server.auth import Authenticator
+from server.blocks import BlockService
+from server.config import ServerConfig
+from server.db import Database, journal
+from server.feed import ChangeFeed
+from server.keyring import Keyring, load_master
+from server.metadata import Metadata
+from server.metrics import Metrics
+from server.ratelimit import RateLimiter
+from server.uploads import Uploads
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class Services:
+    """Everything a request handler may use."""
+
+    data_dir: Path
+    config: ServerConfig
+    fingerprint: str
+    db: Database
+    metrics: Metrics
+    auth: Authenticator
+    blocks: BlockService
+    feed: ChangeFeed
+    metadata: Metadata
+    uploads: Uploads
+    limiter: RateLimiter
+    login_limiter: RateLimiter
+
+    @classmethod
+    def open(cls, data_dir: Path, config: ServerConfig, fingerprint: str) -> Services:
+        """Open (initialising on first use) the data directory. Blocking: call at startup."""
+        data_dir.mkdir(parents=True, exist_ok=True)
+        metrics = Metrics()
+        db = Database(data_dir, config.db_threads)
+        keyring = Keyring(load_master(data_dir))
+        store = LocalDirStore(data_dir / BLOCKS_DIR)
+        blocks = BlockService(db, store, keyring, metrics, config.max_block_bytes)
+        feed = ChangeFeed(db, config, metrics)
+        metadata = Metadata(db, feed, metrics, config)
+        return cls(
+            data_dir=data_dir,
+            config=config,
+            fingerprint=fingerprint,
+            db=db,
+            metrics=metrics,
+            auth=Authenticator(db, config.auth_cache_seconds),
+            blocks=blocks,
+            feed=feed,
+            metadata=metadata,
+            uploads=Uploads(data_dir, db, blocks, metadata, metrics, config),
+            limiter=RateLimiter(config.rate_per_second, config.rate_burst),
+            login_limiter=RateLimiter(config.login_rate_per_second, config.login_rate_burst),
+        )
+
+    async def maintain_once(self) -> None:
+        """One round of housekeeping: expire sessions, trim journals, collect blocks."""
+        c = self.config
+        await self.uploads.expire()
+        await self.db.run(journal.trim, c.journal_keep_entries, c.journal_keep_days * 86400)
+        await trio.to_thread.run_sync(self.blocks.collect_sync, c.block_gc_grace_seconds)
+
+    async def maintenance_loop(self) -> None:
+        """Housekeeping every `maintenance_interval_seconds`, forever."""
+        while True:
+            try:
+                await self.maintain_once()
+            except Exception:
+                log.exception("maintenance round failed; retrying next round")
+            await trio.sleep(self.config.maintenance_interval_seconds)
+
+    def close(self) -> None:
+        """Release the database connections."""
+        self.db.close()

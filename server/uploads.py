@@ -1,0 +1,320 @@
+"""The seeds' upload API (R2): simple (`uploadType=media`) and resumable uploads.
+
+Bodies are streamed to a file under DATA/uploads (never held whole in memory), then cut with
+the same content-defined chunker the clients use, so server-side uploads dedupe with blocks
+that sync clients made. A resumable session's bytes live in `DATA/uploads/{id}.part`; the
+file's length is what arrived, so a session resumes after either side restarts, even after
+SIGKILL. Finishing a session commits with `commit_id = "upload:{id}"`, which makes a
+finish that was interrupted after the commit safe to repeat.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import os
+import re
+import secrets
+import time
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import trio
+
+from blockstore.aio import run_io
+from blockstore.chunker import chunk_stream
+from blockstore.ids import BlockId, block_id
+from blockstore.wire import FileRecord, split_path
+from server.blocks import BlockService
+from server.config import ServerConfig
+from server.db import Database, accounts, sessions
+from server.db.accounts import Principal
+from server.db.versions import CommitRequest
+from server.errors import BadRequest, NotFound, QuotaExceeded, TooLarge
+from server.metadata import Metadata
+from server.metrics import Metrics
+
+UPLOADS_DIR = "uploads"
+WRITE_BUFFER_BYTES = 1024 * 1024
+_RANGE_RE = re.compile(r"bytes\s+(?:(\d+)-(\d+)|\*)/(\d+|\*)")
+
+
+@dataclass(frozen=True, slots=True)
+class PartResult:
+    """The state of a session after a part: finished (record) or bytes received so far."""
+
+    received: int
+    record: FileRecord | None = None
+    created: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class ContentRange:
+    """A parsed `Content-Range: bytes START-END/TOTAL` (start None for `bytes */TOTAL`)."""
+
+    start: int | None
+    end: int | None
+    total: int | None
+
+
+def parse_content_range(header: str | None) -> ContentRange:
+    """Parse a Content-Range request header; 400 if malformed."""
+    if header is None:
+        raise BadRequest("Content-Range header required (bytes START-END/TOTAL or bytes */TOTAL)")
+    m = _RANGE_RE.fullmatch(header.strip())
+    if m is None:
+        raise BadRequest(f"malformed Content-Range: {header[:100]!r}")
+    total = None if m.group(3) == "*" else int(m.group(3))
+    if m.group(1) is None:
+        if total is None:
+            raise BadRequest("Content-Range 'bytes */*' says nothing")
+        return ContentRange(None, None, total)
+    start, end = int(m.group(1)), int(m.group(2))
+    if end < start or (total is not None and end >= total):
+        raise BadRequest(f"Content-Range out of order: {header[:100]!r}")
+    return ContentRange(start, end, total)
+
+
+class _HashingReader:
+    """A read-only binary stream that hashes what passes through it (whole-file SHA-256)."""
+
+    def __init__(self, f: object) -> None:
+        self._f = f
+        self.sha = hashlib.sha256()
+
+    def read(self, n: int = -1) -> bytes:
+        data: bytes = self._f.read(n)  # type: ignore[attr-defined]  # a binary file
+        self.sha.update(data)
+        return data
+
+    def readinto(self, buf: bytearray | memoryview) -> int:
+        n: int = self._f.readinto(buf)  # type: ignore[attr-defined]  # a binary file
+        self.sha.update(memoryview(buf)[:n])
+        return n
+
+
+class Uploads:
+    """Simple and resumable uploads for authenticated callers."""
+
+    def __init__(
+        self,
+        data_dir: Path,
+        db: Database,
+        blocks: BlockService,
+        metadata: Metadata,
+        metrics: Metrics,
+        config: ServerConfig,
+    ) -> None:
+        self.dir = data_dir / UPLOADS_DIR
+        self.dir.mkdir(parents=True, exist_ok=True)
+        self.db = db
+        self.blocks = blocks
+        self.metadata = metadata
+        self.metrics = metrics
+        self.config = config
+        self._locks: dict[str, trio.Lock] = {}
+
+    # -- shared pieces --------------------------------------------------------------------
+
+    async def _check_room(self, who: Principal, size: int | None) -> None:
+        if size is None:
+            return
+        if size > self.config.max_file_bytes:
+            raise TooLarge(
+                f"file of {size} bytes is over the limit of {self.config.max_file_bytes}"
+            )
+        quota, used = await self.db.run(accounts.usage, who.user_id)
+        if quota is not None and used + size > quota:
+            raise QuotaExceeded(f"storage quota of {quota} bytes would be exceeded ({used} used)")
+
+    async def _append(self, path: Path, body: AsyncIterator[bytes], skip: int, limit: int) -> int:
+        """Append the body (minus its first `skip` bytes) to `path`; returns bytes written."""
+        f = await run_io(open, path, "ab")
+        written = 0
+        buf = bytearray()
+        try:
+            async for piece in body:
+                if skip:
+                    cut = min(skip, len(piece))
+                    piece, skip = piece[cut:], skip - cut
+                buf += piece
+                written += len(piece)
+                if written > limit:
+                    raise TooLarge(f"upload is over the limit of {limit} bytes")
+                if len(buf) >= WRITE_BUFFER_BYTES:
+                    await run_io(f.write, bytes(buf))
+                    buf.clear()
+        finally:
+            if buf:
+                await run_io(f.write, bytes(buf))
+            await run_io(f.flush)
+            await run_io(os.fsync, f.fileno())
+            await run_io(f.close)
+        self.metrics.add("block_bytes_received", written)
+        return written
+
+    def _ingest_sync(
+        self, who: Principal, path: Path
+    ) -> tuple[list[tuple[BlockId, int]], int, str]:
+        """Chunk a spooled file and store its blocks (worker thread)."""
+        refs: list[tuple[BlockId, int]] = []
+        size = 0
+        with open(path, "rb") as f:
+            reader = _HashingReader(f)
+            for chunk in chunk_stream(reader):  # type: ignore[arg-type]  # duck-typed stream
+                bid = block_id(chunk.data)
+                self.blocks.store_plain_sync(who, bid, chunk.data)
+                refs.append((bid, len(chunk.data)))
+                size += len(chunk.data)
+        return refs, size, reader.sha.hexdigest()
+
+    async def _commit_file(
+        self, who: Principal, path: str, base_rev: int | None, spooled: Path,
+        commit_id: str | None, reserved_id: int | None,
+    ) -> tuple[FileRecord, bool]:  # fmt: skip
+        refs, size, sha = await trio.to_thread.run_sync(self._ingest_sync, who, spooled)
+        req = CommitRequest(
+            path=path, base_rev=base_rev, blocks=tuple(refs), size=size,
+            mtime_ns=time.time_ns(), mode=None,
+            commit_id=commit_id, content_hash=sha, overwrite=True, reserved_id=reserved_id,
+        )  # fmt: skip
+        return await self.metadata.commit(who, req)
+
+    # -- simple upload ----------------------------------------------------------------------
+
+    async def simple(
+        self,
+        who: Principal,
+        path: str,
+        base_rev: int | None,
+        body: AsyncIterator[bytes],
+        content_length: int | None,
+    ) -> tuple[FileRecord, bool]:
+        """POST /files/upload?uploadType=media."""
+        split_path(path)
+        await self._check_room(who, content_length)
+        spooled = self.dir / f"tmp-{secrets.token_hex(12)}"
+        try:
+            await self._append(spooled, body, 0, self.config.max_file_bytes)
+            return await self._commit_file(who, path, base_rev, spooled, None, None)
+        finally:
+            with contextlib.suppress(FileNotFoundError):
+                await run_io(os.unlink, spooled)
+
+    # -- resumable upload --------------------------------------------------------------------
+
+    def _part(self, session_id: str) -> Path:
+        return self.dir / f"{session_id}.part"
+
+    async def start(
+        self, who: Principal, path: str, base_rev: int | None, total: int | None
+    ) -> tuple[str, float]:
+        """Open a session (journals `pending` for the path); returns (id, expiry)."""
+        split_path(path)
+        await self._check_room(who, total)
+        reserved = await self.metadata.mark_pending(who, path, reserve=True, size=total or 0)
+        session_id = secrets.token_urlsafe(24)
+        await run_io(self._part(session_id).touch)
+        expires = await self.db.run(
+            sessions.create, session_id, who.user_id, who.ns_id, path, base_rev, total,
+            reserved, who.device, self.config.upload_session_days * 86400,
+        )  # fmt: skip
+        return session_id, expires
+
+    async def put_part(
+        self,
+        who: Principal,
+        session_id: str,
+        content_range: ContentRange,
+        body: AsyncIterator[bytes],
+    ) -> PartResult:
+        """PUT /files/upload/sessions/{id}: store a part, finish when everything arrived."""
+        lock = self._locks.setdefault(session_id, trio.Lock())
+        async with lock:
+            try:
+                return await self._put_part_locked(who, session_id, content_range, body)
+            finally:
+                if not lock.statistics().tasks_waiting:
+                    self._locks.pop(session_id, None)
+
+    async def _put_part_locked(
+        self, who: Principal, session_id: str, cr: ContentRange, body: AsyncIterator[bytes]
+    ) -> PartResult:
+        session = await self.db.run(sessions.get, session_id, who.user_id)
+        if session is None:
+            raise NotFound("no such upload session (or it expired)")
+        if session.result is not None:
+            result = json.loads(session.result)
+            return PartResult(-1, FileRecord.from_json(result["file"]), bool(result["created"]))
+        part = self._part(session_id)
+        try:
+            received = (await run_io(os.stat, part)).st_size
+        except FileNotFoundError:
+            raise NotFound("upload session data is gone") from None
+        total = session.total_size
+        if cr.total is not None:
+            if total is not None and cr.total != total:
+                raise BadRequest(f"total size changed from {total} to {cr.total}")
+            if total is None:
+                await self._check_room(who, cr.total)
+                await self.db.run(sessions.set_total, session_id, cr.total)
+                total = cr.total
+        if cr.start is not None and cr.end is not None:
+            if cr.start > received:
+                raise BadRequest(
+                    f"part starts at byte {cr.start} but only {received} bytes arrived; "
+                    "ask with 'Content-Range: bytes */TOTAL' and resume from there"
+                )
+            limit = (total if total is not None else self.config.max_file_bytes) - received
+            skip = received - cr.start
+            wanted = cr.end + 1 - received
+            if wanted > 0:
+                received += await self._append(part, _take(body, skip + wanted), skip, limit)
+        if total is not None and received >= total:
+            if received > total:
+                raise BadRequest(f"received {received} bytes, more than the total {total}")
+            return await self._finish(who, session_id, session, part)
+        return PartResult(received)
+
+    async def _finish(
+        self, who: Principal, session_id: str, session: sessions.Session, part: Path
+    ) -> PartResult:
+        rec, created = await self._commit_file(
+            who, session.path, session.base_rev, part, f"upload:{session_id}",
+            session.reserved_id,
+        )  # fmt: skip
+        result = json.dumps({"file": rec.to_json(), "created": created})
+        await self.db.run(sessions.set_result, session_id, result)
+        with contextlib.suppress(FileNotFoundError):
+            await run_io(os.unlink, part)
+        return PartResult(rec.size, rec, created)
+
+    async def expire(self) -> int:
+        """Delete expired sessions and orphaned part files; returns how many went."""
+        gone = await self.db.run(sessions.expire)
+        live = await self.db.run(sessions.live_ids)
+
+        def sweep() -> int:
+            n = 0
+            for entry in os.scandir(self.dir):
+                name = entry.name
+                if name.endswith(".part") and name[: -len(".part")] not in live:
+                    os.unlink(entry.path)
+                    n += 1
+            return n
+
+        await run_io(sweep)
+        return len(gone)
+
+
+async def _take(body: AsyncIterator[bytes], n: int) -> AsyncIterator[bytes]:
+    """The first `n` bytes of a body stream (the rest is read and dropped)."""
+    async for piece in body:
+        if n <= 0:
+            continue
+        if len(piece) > n:
+            piece = piece[:n]
+        n -= len(piece)
+        yield piece

@@ -1,0 +1,203 @@
+"""HTTP plumbing shared by the routes: the outer ASGI middleware, JSON in and out, parsing.
+
+The middleware gives every request an id (`X-Request-Id`), counts it by route and status,
+adds the rate-limit headers, and turns errors into the protocol's JSON: an `ApiError` into
+its status and code, anything else into 500 `internal` with the request id, logged with the
+traceback on the server and never shown to the client.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import secrets
+from collections.abc import AsyncIterator, Mapping
+from typing import Any
+
+from starlette.requests import ClientDisconnect, Request
+from starlette.responses import Response
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from blockstore.errors import InvalidPath
+from blockstore.wire import validate_path
+from server.errors import ApiError, BadRequest, Internal, TooLarge
+from server.metrics import Metrics
+
+log = logging.getLogger(__name__)
+
+REQUEST_ID_KEY = "drive.request_id"
+RATE_HEADERS_KEY = "drive.rate_headers"
+
+
+def json_response(
+    body: Any, status: int = 200, headers: Mapping[str, str] | None = None
+) -> Response:
+    """A compact JSON response."""
+    return Response(
+        json.dumps(body, separators=(",", ":"), ensure_ascii=False).encode("utf-8"),
+        status_code=status,
+        headers=dict(headers or {}),
+        media_type="application/json",
+    )
+
+
+def error_response(exc: ApiError) -> Response:
+    """The JSON answer of an ApiError (with its extra headers)."""
+    return json_response(exc.body(), exc.status, exc.headers)
+
+
+class DriveMiddleware:
+    """Outermost ASGI layer: request ids, metrics, rate-limit headers, last-resort errors."""
+
+    def __init__(self, app: ASGIApp, metrics: Metrics) -> None:
+        self.app = app
+        self.metrics = metrics
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        request_id = secrets.token_hex(8)
+        scope[REQUEST_ID_KEY] = request_id
+        status = 500
+        started = False
+
+        async def send_wrapper(message: Message) -> None:
+            nonlocal status, started
+            if message["type"] == "http.response.start":
+                started = True
+                status = int(message["status"])
+                headers = list(message.get("headers", []))
+                headers.append((b"x-request-id", request_id.encode()))
+                for k, v in scope.get(RATE_HEADERS_KEY, {}).items():
+                    headers.append((k.lower().encode(), v.encode()))
+                message = {**message, "headers": headers}
+            await send(message)
+
+        try:
+            await self.app(scope, receive, send_wrapper)
+        except ApiError as exc:
+            if not started:
+                await error_response(exc)(scope, receive, send_wrapper)
+            else:
+                log.warning("request %s failed after its answer started: %s", request_id, exc)
+        except Exception:
+            if not started:
+                log.exception("request %s failed", request_id)
+                body = Internal("internal error", request_id=request_id)
+                await error_response(body)(scope, receive, send_wrapper)
+            else:
+                log.debug("request %s: exception after the answer started", request_id)
+        finally:
+            route = scope.get("route")
+            name = getattr(route, "path", None) or "unmatched"
+            self.metrics.count_request(name, status)
+
+
+def request_id(request: Request) -> str:
+    """This request's id (also in the log and the X-Request-Id header)."""
+    return str(request.scope.get(REQUEST_ID_KEY, "-"))
+
+
+async def read_body(request: Request, limit: int) -> bytes:
+    """The whole body, refusing (413) more than `limit` bytes before reading them."""
+    declared = request.headers.get("content-length")
+    if declared is not None and declared.isdigit() and int(declared) > limit:
+        raise TooLarge(f"request body over {limit} bytes")
+    chunks: list[bytes] = []
+    size = 0
+    async for piece in request.stream():
+        size += len(piece)
+        if size > limit:
+            raise TooLarge(f"request body over {limit} bytes")
+        chunks.append(piece)
+    return b"".join(chunks)
+
+
+async def read_json(request: Request, limit: int) -> dict[str, Any]:
+    """A JSON object body (at most `limit` bytes)."""
+    raw = await read_body(request, limit)
+    try:
+        value = json.loads(raw)
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise BadRequest(f"body is not valid JSON: {exc}") from None
+    if not isinstance(value, dict):
+        raise BadRequest("body must be a JSON object")
+    return value
+
+
+async def body_stream(request: Request) -> AsyncIterator[bytes]:
+    """The body as it arrives; ends quietly if the client goes away (resume covers it)."""
+    try:
+        async for piece in request.stream():
+            if piece:
+                yield piece
+    except ClientDisconnect:
+        return
+
+
+def check_path(value: object, what: str = "path") -> str:
+    """A valid drive path, else 400."""
+    if not isinstance(value, str):
+        raise BadRequest(f"{what} must be a string")
+    try:
+        return validate_path(value)
+    except InvalidPath as exc:
+        raise BadRequest(f"invalid {what}: {exc}") from None
+
+
+def get_str(obj: Mapping[str, Any], key: str, default: str | None = None) -> str:
+    """A required (or defaulted) string field."""
+    value = obj.get(key, default)
+    if not isinstance(value, str):
+        raise BadRequest(f"field {key!r} must be a string")
+    return value
+
+
+def get_int(
+    obj: Mapping[str, Any], key: str, *, optional: bool = False, minimum: int | None = 0
+) -> int | None:
+    """An integer field (None if optional and absent or null)."""
+    value = obj.get(key)
+    if value is None:
+        if optional:
+            return None
+        raise BadRequest(f"field {key!r} is required")
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise BadRequest(f"field {key!r} must be an integer")
+    if minimum is not None and value < minimum:
+        raise BadRequest(f"field {key!r} must be at least {minimum}")
+    return value
+
+
+def get_bool(obj: Mapping[str, Any], key: str, default: bool = False) -> bool:
+    """A boolean field."""
+    value = obj.get(key, default)
+    if not isinstance(value, bool):
+        raise BadRequest(f"field {key!r} must be true or false")
+    return value
+
+
+def query_int(
+    request: Request, key: str, default: int | None = None, *, minimum: int = 0,
+    maximum: int | None = None,
+) -> int | None:  # fmt: skip
+    """An integer query parameter, else 400."""
+    raw = request.query_params.get(key)
+    if raw is None or raw == "":
+        return default
+    try:
+        value = int(raw)
+    except ValueError:
+        raise BadRequest(f"query parameter {key!r} must be an integer") from None
+    if value < minimum or (maximum is not None and value > maximum):
+        raise BadRequest(f"query parameter {key!r} out of range")
+    return value
+
+
+def query_path(request: Request, key: str = "path") -> str:
+    """A required path query parameter."""
+    raw = request.query_params.get(key)
+    if raw is None:
+        raise BadRequest(f"query parameter {key!r} is required")
+    return check_path(raw, key)
