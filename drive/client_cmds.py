@@ -1,0 +1,295 @@
+"""Client subcommands: login, logout, auth token, status, revisions, restore, trash, undelete.
+
+Thin wrappers over `syncd.remote`: parse, make one or two calls, print. Failures the user
+can cause become `UserError` (one line on stderr, non-zero exit).
+"""
+
+from __future__ import annotations
+
+import argparse
+import getpass
+import json
+import os
+import shutil
+import socket
+import sys
+import time
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from typing import Any, TypeVar
+
+import trio
+
+from drive.errors import UserError
+from syncd import errors
+from syncd.config import (
+    ClientConfig,
+    load_config,
+    normalize_fingerprint,
+    remove_config,
+    save_config,
+)
+from syncd.home import Home, resolve_home
+from syncd.remote import RemoteClient, fetch_certificate
+from syncd.remote import login as remote_login
+
+__all__ = [
+    "auth_token",
+    "login",
+    "logout",
+    "restore",
+    "revisions",
+    "status",
+    "to_drive_path",
+    "trash",
+    "undelete",
+]
+
+T = TypeVar("T")
+
+
+def _config() -> tuple[Home, ClientConfig]:
+    home = resolve_home()
+    try:
+        return home, load_config(home)
+    except errors.NotLoggedIn as exc:
+        raise UserError(str(exc)) from None
+
+
+def _run(cfg: ClientConfig, fn: Callable[[RemoteClient], Awaitable[T]]) -> T:
+    async def main() -> T:
+        rc = RemoteClient.from_config(cfg)
+        try:
+            return await fn(rc)
+        finally:
+            await rc.aclose()
+
+    try:
+        return trio.run(main)
+    except errors.Unauthorized as exc:
+        raise UserError(f"not authorised ({exc}); log in again with `drive login`") from exc
+    except errors.CertificateMismatch as exc:
+        raise UserError(str(exc)) from exc
+    except errors.Offline as exc:
+        raise UserError(f"server unreachable: {exc}") from exc
+    except errors.NotFound as exc:
+        raise UserError(f"not found: {exc}") from exc
+    except errors.RemoteError as exc:
+        raise UserError(f"the server refused: {exc}") from exc
+
+
+def _mount_points() -> list[Path]:
+    out: list[Path] = []
+    try:
+        with open("/proc/self/mountinfo") as f:
+            for line in f:
+                left, _, right = line.partition(" - ")
+                fstype = right.split()[0] if right else ""
+                if fstype.startswith("fuse") and "drive" in fstype:
+                    out.append(Path(left.split()[4].replace("\\040", " ")))
+    except OSError:
+        pass
+    return out
+
+
+def to_drive_path(text: str) -> str:
+    """A path inside a mount point becomes its drive path; a drive path stays as is."""
+    local = Path(text).expanduser()
+    if local.is_absolute() or local.exists():
+        absolute = Path(os.path.abspath(local))
+        for mp in _mount_points():
+            if absolute == mp or mp in absolute.parents:
+                rel = absolute.relative_to(mp).as_posix()
+                return "/" if rel == "." else "/" + rel
+    if not text.startswith("/"):
+        raise UserError(f"{text!r} is neither inside a mounted drive nor an absolute drive path")
+    return text.rstrip("/") or "/"
+
+
+# -- login / logout / token ----------------------------------------------------------------
+
+
+def login(args: argparse.Namespace) -> int:
+    home = resolve_home()
+    url = args.url.rstrip("/")
+    try:
+        pem, fp = fetch_certificate(url)
+    except errors.SyncError as exc:
+        raise UserError(str(exc)) from None
+    if args.trust_fingerprint:
+        try:
+            want = normalize_fingerprint(args.trust_fingerprint)
+        except ValueError as exc:
+            raise UserError(str(exc)) from None
+        if want != fp:
+            raise UserError(
+                f"certificate fingerprint mismatch: {url} presents {fp}, expected {want}"
+            )
+    elif sys.stdin.isatty() and not args.password_stdin:
+        print(f"{url} presents a certificate with SHA-256 fingerprint\n  {fp}", file=sys.stderr)
+        if input("Trust it? [y/N] ").strip().lower() not in ("y", "yes"):
+            raise UserError("certificate not trusted; nothing changed")
+    else:
+        raise UserError(
+            f"the server's certificate is not trusted yet; check it and pass "
+            f"--trust-fingerprint {fp}"
+        )
+    if args.password_stdin:
+        password = sys.stdin.readline().rstrip("\r\n")
+    elif sys.stdin.isatty():
+        password = getpass.getpass(f"password for {args.user}: ")
+    else:
+        raise UserError("no password: use --password-stdin or run on a terminal")
+    device = args.device or socket.gethostname()
+    try:
+        body = trio.run(remote_login, url, pem, args.user, password, device)
+    except errors.Unauthorized:
+        raise UserError("wrong user name or password") from None
+    except errors.SyncError as exc:
+        raise UserError(f"login failed: {exc}") from None
+    _forget_other_account(home, url, args.user)
+    save_config(
+        home,
+        ClientConfig(
+            server_url=url,
+            user=str(body.get("user", args.user)),
+            device=str(body.get("device", device)),
+            device_id=int(body.get("device_id", 0)),
+            token=str(body["token"]),
+            fingerprint=fp,
+            cert_pem=pem,
+        ),
+    )
+    print(f"logged in to {url} as {args.user} (device {device})")
+    return 0
+
+
+def _forget_other_account(home: Home, url: str, user: str) -> None:
+    """Local state belongs to one account: drop it when logging in as someone else."""
+    try:
+        old = load_config(home)
+    except errors.NotLoggedIn:
+        old = None
+    if old is not None and (old.server_url, old.user) == (url, user):
+        return
+    if home.state_path.exists() and any(home.state_path.iterdir()):
+        from syncd.state import StateDB
+
+        st = StateDB(home.state_path)
+        try:
+            pending = st.op_count()
+        finally:
+            st.close()
+        if pending:
+            raise UserError(
+                f"{pending} local changes of the previous login are not uploaded yet; "
+                "mount and let them sync, or use another --home"
+            )
+    for path in (home.state_path, home.cache_path, home.dirty_path):
+        shutil.rmtree(path, ignore_errors=True)
+
+
+def logout(args: argparse.Namespace) -> int:
+    home, cfg = _config()
+    try:
+        _run(cfg, lambda rc: rc.logout())
+    except UserError as exc:
+        print(f"drive: could not revoke the token on the server ({exc})", file=sys.stderr)
+    remove_config(home)
+    print("logged out")
+    return 0
+
+
+def auth_token(args: argparse.Namespace) -> int:
+    _, cfg = _config()
+    print(cfg.token)
+    return 0
+
+
+# -- status ---------------------------------------------------------------------------------
+
+
+def status(args: argparse.Namespace) -> int:
+    home, cfg = _config()
+    from syncd.state import StateDB
+
+    pending = 0
+    conflicts: list[Any] = []
+    if home.state_path.exists():
+        st = StateDB(home.state_path)
+        try:
+            pending = st.op_count()
+            conflicts = list(st.get_meta("conflicts", []))
+        finally:
+            st.close()
+    try:
+        mstat = json.loads(home.status_path.read_text())
+    except (OSError, ValueError):
+        mstat = {}
+    try:
+        _run(cfg, lambda rc: rc.whoami())
+        online = True
+    except UserError:
+        online = False
+    body = {
+        "online": online,
+        "pending": pending,
+        "conflicts": conflicts,
+        "cache_bytes": int(mstat.get("cache_bytes", 0)),
+        "mounted": bool(mstat.get("mounted", False)),
+        "server": cfg.server_url,
+        "user": cfg.user,
+        "device": cfg.device,
+    }
+    if args.json:
+        print(json.dumps(body))
+        return 0
+    print(f"{cfg.user}@{cfg.server_url} (device {cfg.device}): {'online' if online else 'OFFLINE'}")
+    print(f"pending uploads: {pending}")
+    print(f"cache: {int(mstat.get('cache_bytes', 0)) / (1 << 20):.1f} MiB")
+    for c in conflicts[-10:]:
+        print(f"conflict: {c.get('path')} -> saved as {c.get('saved_as')}")
+    return 0
+
+
+# -- history ----------------------------------------------------------------------------
+
+
+def revisions(args: argparse.Namespace) -> int:
+    _, cfg = _config()
+    path = to_drive_path(args.path)
+    revs = _run(cfg, lambda rc: rc.revisions(path, args.limit))
+    if args.json:
+        print(json.dumps([r.to_json() for r in revs]))
+        return 0
+    for r in revs:
+        when = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(r.time))
+        print(f"{r.revision:>6}  {r.size:>12}  {when}  {r.device}")
+    return 0
+
+
+def restore(args: argparse.Namespace) -> int:
+    _, cfg = _config()
+    path = to_drive_path(args.path)
+    rec = _run(cfg, lambda rc: rc.restore(path, args.revision))
+    print(f"restored {path} from revision {args.revision} as revision {rec.rev}")
+    return 0
+
+
+def trash(args: argparse.Namespace) -> int:
+    _, cfg = _config()
+    entries = _run(cfg, lambda rc: rc.trash())
+    if args.json:
+        print(json.dumps(entries))
+        return 0
+    for e in entries:
+        print(f"{e.get('kind', '?'):8} {e.get('path')}")
+    return 0
+
+
+def undelete(args: argparse.Namespace) -> int:
+    _, cfg = _config()
+    path = to_drive_path(args.path)
+    rec = _run(cfg, lambda rc: rc.undelete(path))
+    print(f"undeleted {rec.path}")
+    return 0

@@ -1,0 +1,211 @@
+"""`drive mount` and `drive unmount`: checks that give one clear line, then the mount.
+
+`drive mount MP` (without `--foreground`) starts `drive mount MP --foreground` as a detached
+process logging to HOME/mount.log and returns only once MP is mounted, or exits non-zero
+with the reason from that log.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import re
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from drive.errors import UserError
+
+__all__ = ["check_mountpoint", "mount", "parse_size", "unmount"]
+
+MOUNT_WAIT_S = 30.0
+UNMOUNT_WAIT_S = 30.0
+_SIZE = re.compile(r"(\d+(?:\.\d+)?)\s*([kmgt]?)(i?b?)", re.IGNORECASE)
+_UNITS = {"": 1, "k": 1 << 10, "m": 1 << 20, "g": 1 << 30, "t": 1 << 40}
+
+
+def parse_size(text: str) -> int:
+    """`10G`, `512M`, `1.5GiB`, `4096` -> bytes (binary units)."""
+    m = _SIZE.fullmatch(text.strip())
+    if not m:
+        raise UserError(f"not a size: {text!r} (use e.g. 512M or 10G)")
+    value = float(m.group(1)) * _UNITS[m.group(2).lower()]
+    if value < 64 << 20:
+        raise UserError(f"--cache-size {text} is too small (at least 64M)")
+    return int(value)
+
+
+def check_mountpoint(path: Path) -> None:
+    """One clear `UserError` if `path` cannot be mounted on."""
+    if os.path.ismount(path):
+        raise UserError(f"{path} is already mounted")
+    if not path.exists():
+        raise UserError(f"mount point {path} does not exist")
+    if not path.is_dir():
+        raise UserError(f"mount point {path} is not a directory")
+    try:
+        if any(path.iterdir()):
+            raise UserError(f"mount point {path} is not empty")
+    except PermissionError as exc:
+        raise UserError(f"cannot read mount point {path}: {exc.strerror}") from None
+
+
+def _home_and_config() -> tuple[object, object]:
+    from syncd.config import load_config
+    from syncd.errors import NotLoggedIn
+    from syncd.home import resolve_home
+
+    home = resolve_home()
+    try:
+        cfg = load_config(home)
+    except NotLoggedIn as exc:
+        raise UserError(str(exc)) from None
+    return home, cfg
+
+
+def mount(args: argparse.Namespace) -> int:
+    from mountfs.main import DEFAULT_CACHE_BYTES
+    from syncd.home import Home
+
+    home, _ = _home_and_config()
+    assert isinstance(home, Home)
+    mp = Path(args.mountpoint).expanduser().absolute()
+    check_mountpoint(mp)
+    cache_bytes = parse_size(args.cache_size) if args.cache_size else DEFAULT_CACHE_BYTES
+    if args.foreground:
+        return _foreground(home, mp, cache_bytes, args.allow_other)
+    return _background(home, mp, args)
+
+
+def _foreground(home: object, mp: Path, cache_bytes: int, allow_other: bool) -> int:
+    from mountfs.main import run_mount
+    from syncd.errors import SyncError
+    from syncd.home import Home
+
+    assert isinstance(home, Home)
+    home.ensure()
+    try:
+        run_mount(home, mp, cache_bytes=cache_bytes, allow_other=allow_other)
+    except SyncError as exc:
+        raise UserError(str(exc)) from exc
+    except RuntimeError as exc:  # pyfuse3.init: fuse device missing, permission, ...
+        raise UserError(f"cannot mount {mp}: {exc}") from exc
+    return 0
+
+
+def _background(home: object, mp: Path, args: argparse.Namespace) -> int:
+    from syncd.home import Home
+
+    assert isinstance(home, Home)
+    home.ensure()
+    argv = [sys.executable, "-m", "drive.cli", "--home", str(home.root)]
+    argv += ["--log-level", args.log_level or "info"] if not args.debug else ["--debug"]
+    argv += ["mount", str(mp), "--foreground"]
+    if args.cache_size:
+        argv += ["--cache-size", args.cache_size]
+    if args.allow_other:
+        argv.append("--allow-other")
+    log = open(home.log_path, "ab")  # noqa: SIM115  # handed to the child
+    start = log.tell()
+    try:
+        proc = subprocess.Popen(
+            argv, stdin=subprocess.DEVNULL, stdout=log, stderr=log, start_new_session=True
+        )
+    finally:
+        log.close()
+    deadline = time.monotonic() + MOUNT_WAIT_S
+    while not os.path.ismount(mp):
+        rc = proc.poll()
+        if rc is not None:
+            raise UserError(f"mount failed: {_last_line(home.log_path, start) or f'exit {rc}'}")
+        if time.monotonic() > deadline:
+            proc.terminate()
+            raise UserError(f"{mp} was not mounted after {MOUNT_WAIT_S:.0f}s; see {home.log_path}")
+        time.sleep(0.05)
+    print(f"mounted at {mp} (log: {home.log_path})")
+    return 0
+
+
+def _last_line(path: Path, start: int) -> str:
+    try:
+        with open(path, "rb") as f:
+            f.seek(start)
+            lines = [ln for ln in f.read().decode(errors="replace").splitlines() if ln.strip()]
+    except OSError:
+        return ""
+    return lines[-1].removeprefix("drive: ") if lines else ""
+
+
+def unmount(args: argparse.Namespace) -> int:
+    from syncd.home import Home
+
+    home, _ = _home_and_config()
+    assert isinstance(home, Home)
+    mp = Path(args.mountpoint).expanduser().absolute()
+    if not os.path.ismount(mp):
+        raise UserError(f"{mp} is not mounted")
+    if args.wait:
+        _wait_queue_empty(home)
+    pid = _mount_pid(home)
+    res = subprocess.run(
+        ["fusermount3", "-u", str(mp)], capture_output=True, text=True, check=False
+    )
+    if res.returncode != 0:
+        msg = res.stderr.strip().splitlines()[-1] if res.stderr.strip() else "fusermount3 failed"
+        raise UserError(f"cannot unmount {mp}: {msg}")
+    if pid:
+        deadline = time.monotonic() + UNMOUNT_WAIT_S
+        while _alive(pid) and time.monotonic() < deadline:
+            time.sleep(0.05)
+    return 0
+
+
+def _mount_pid(home: object) -> int | None:
+    from syncd.home import Home
+
+    assert isinstance(home, Home)
+    try:
+        body = json.loads(home.status_path.read_text())
+    except (OSError, ValueError):
+        return None
+    pid = body.get("pid")
+    return pid if isinstance(pid, int) and body.get("mounted") else None
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().split()[2] != "Z"
+    except OSError:
+        return False
+
+
+def _wait_queue_empty(home: object) -> None:
+    from syncd.home import Home
+    from syncd.state import StateDB
+
+    assert isinstance(home, Home)
+    state = StateDB(home.state_path)
+    tty = sys.stderr.isatty()
+    try:
+        shown = -1
+        while True:
+            n = state.op_count()
+            if n == 0:
+                break
+            if tty and n != shown:
+                print(f"\rwaiting for {n} changes to reach the server...", end="", file=sys.stderr)
+                shown = n
+            time.sleep(0.1)
+        if tty and shown >= 0:
+            print("\rall changes are on the server.                 ", file=sys.stderr)
+    finally:
+        state.close()

@@ -1,0 +1,138 @@
+"""The composition root of a mount: open the stores, wire the parts, run until unmounted.
+
+One process runs the FUSE session and the sync pieces in one trio nursery: block read-ahead,
+the uploader, the kernel invalidator and a small status writer (for `drive status`).
+Teardown is registered right after each setup (`AsyncExitStack`), so an unmount, a signal
+or a crash still closes LMDB cleanly and releases the mount point.
+"""
+
+from __future__ import annotations
+
+import faulthandler
+import json
+import logging
+import os
+import signal
+from contextlib import AsyncExitStack
+from pathlib import Path
+
+import pyfuse3
+import trio
+
+from blockstore.aio import run_io
+from blockstore.cache import LmdbBlockCache
+from mountfs.invalidate import Invalidator
+from mountfs.ops import DriveOperations
+from mountfs.vfs import Vfs
+from syncd import errors
+from syncd.blocks import BlockFetcher
+from syncd.config import load_config
+from syncd.content import ContentStore
+from syncd.home import Home
+from syncd.remote import RemoteClient
+from syncd.state import StateDB
+from syncd.tree import TreeSync
+from syncd.uploader import Uploader
+
+__all__ = ["DEFAULT_CACHE_BYTES", "run_mount"]
+
+log = logging.getLogger(__name__)
+
+DEFAULT_CACHE_BYTES = 5 << 30
+MAX_FUSE_TASKS = 64
+STATUS_EVERY_S = 1.0
+QUOTA_EVERY_S = 60.0
+
+
+def run_mount(home: Home, mountpoint: Path, *, cache_bytes: int, allow_other: bool) -> None:
+    """Mount and serve until unmounted (blocking). Raises `SyncError` for setup failures."""
+    faulthandler.enable()
+    faulthandler.register(signal.SIGUSR1)
+    trio.run(_serve, home, mountpoint, cache_bytes, allow_other)
+
+
+async def _serve(home: Home, mountpoint: Path, cache_bytes: int, allow_other: bool) -> None:
+    cfg = load_config(home)
+    home.ensure()
+    async with AsyncExitStack() as stack:
+        state = StateDB(home.state_path)
+        stack.callback(state.close)
+        cache = LmdbBlockCache(home.cache_path, cache_bytes, sync=False)
+        stack.callback(cache.close)
+        remote = RemoteClient.from_config(cfg)
+        stack.push_async_callback(remote.aclose)
+        invalidator = Invalidator()
+        fetcher = BlockFetcher(cache, remote, fetch_timeout_s=cfg.fetch_timeout_s)
+        content = ContentStore(state, home.dirty_path, fetcher, cache_bytes)
+        tree = TreeSync(state, remote, on_removed=invalidator.entry, on_changed=invalidator.inode)
+        uploader = Uploader(state, content, remote, cache, cfg.device,
+                            on_changed=invalidator.inode)  # fmt: skip
+        quota = [1 << 50, 0]
+        vfs = Vfs(state, content, tree, uploader, quota=lambda: (quota[0], quota[1]))
+        options = {"fsname=drive", "subtype=drive", "default_permissions", "noatime"}
+        if allow_other:
+            options.add("allow_other")
+        pyfuse3.init(DriveOperations(vfs), str(mountpoint), options)
+        try:
+            async with trio.open_nursery() as nursery:
+                await nursery.start(fetcher.run)
+                await nursery.start(uploader.run)
+                nursery.start_soon(invalidator.run)
+                nursery.start_soon(_signals, nursery)
+                nursery.start_soon(_status_writer, home, uploader, cache, state)
+                nursery.start_soon(_quota_refresher, remote, quota)
+                log.info("mounted %s at %s (device %s)", cfg.server_url, mountpoint, cfg.device)
+                await pyfuse3.main(max_tasks=MAX_FUSE_TASKS)
+                nursery.cancel_scope.cancel()
+        finally:
+            pyfuse3.close(unmount=True)
+            log.info("unmounted %s; %d changes still queued", mountpoint, state.op_count())
+            await _write_status(home, uploader, cache, state, mounted=False)
+
+
+async def _signals(nursery: trio.Nursery) -> None:
+    with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT, signal.SIGHUP) as sigs:
+        async for _ in sigs:
+            log.info("signal received; unmounting")
+            pyfuse3.terminate()
+            return
+
+
+async def _status_writer(home: Home, uploader: Uploader, cache: LmdbBlockCache,
+                         state: StateDB) -> None:  # fmt: skip
+    while True:
+        await _write_status(home, uploader, cache, state, mounted=True)
+        await trio.sleep(STATUS_EVERY_S)
+
+
+async def _write_status(home: Home, uploader: Uploader, cache: LmdbBlockCache, state: StateDB,
+                        *, mounted: bool) -> None:  # fmt: skip
+    body = {
+        "mounted": mounted,
+        "pid": os.getpid(),
+        "online": uploader.online,
+        "pending": state.op_count(),
+        "cache_bytes": cache.used_bytes(),
+        "dirty_bytes": uploader.content.dirty_bytes,
+        "last_error": uploader.last_error,
+    }
+    tmp = home.status_path.with_suffix(".tmp")
+    data = json.dumps(body).encode()
+
+    def write() -> None:
+        tmp.write_bytes(data)
+        os.replace(tmp, home.status_path)
+
+    await run_io(write)
+
+
+async def _quota_refresher(remote: RemoteClient, quota: list[int]) -> None:
+    while True:
+        try:
+            who = await remote.whoami()
+            q = who.get("quota_bytes")
+            quota[0] = int(q) if isinstance(q, int) and q > 0 else 1 << 50
+            quota[1] = int(who.get("used_bytes") or 0)
+        except errors.SyncError as exc:
+            log.debug("whoami failed: %s", exc)
+        await trio.sleep(QUOTA_EVERY_S)

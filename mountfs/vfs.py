@@ -1,0 +1,543 @@
+"""POSIX semantics of the drive, without the kernel: the tree, lookups, renames, handles.
+
+`mountfs.ops` calls exactly one method here per FUSE request. Everything is local-first:
+namespace changes update LMDB at once and append an operation to the durable upload queue
+(the uploader replays them to the server in order); file data lives in `ContentStore`.
+
+Lookup counts and deferred deletion (pyfuse3 gotchas): `unlink` only removes the name; the
+inode and its local data go when the kernel has forgotten it and no handle is open, so an
+unlinked file that is still open keeps working until its last close.
+
+Concurrency: runs on the trio thread. Each method does its LMDB work in one `with
+state.write()` block without an `await` inside; awaits happen only for content and network.
+"""
+
+from __future__ import annotations
+
+import errno
+import logging
+import os
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from blockstore.wire import MAX_NAME_BYTES
+from mountfs.attrs import Attr, FsStats, VfsError, attr_of
+from mountfs.handles import FileHandle
+from syncd.content import ContentStore, read_blocks
+from syncd.state import ROOT_INO, Node, StateDB
+from syncd.tree import TreeSync, path_of
+from syncd.uploader import Uploader
+
+__all__ = ["RENAME_EXCHANGE", "RENAME_NOREPLACE", "Vfs"]
+
+log = logging.getLogger(__name__)
+
+RENAME_NOREPLACE = 1
+RENAME_EXCHANGE = 2
+DEFAULT_QUOTA_BYTES = 1 << 50
+
+
+def _name(raw: bytes) -> str:
+    if len(raw) > MAX_NAME_BYTES:
+        raise VfsError(errno.ENAMETOOLONG)
+    if raw in (b".", b"..") or b"/" in raw or not raw:
+        raise VfsError(errno.EINVAL)
+    try:
+        return raw.decode("utf-8")
+    except UnicodeDecodeError:
+        raise VfsError(errno.EINVAL, "names must be UTF-8") from None
+
+
+@dataclass(slots=True)
+class _DirHandle:
+    ino: int
+    entries: list[tuple[str, int]] = field(default_factory=list)
+
+
+class Vfs:
+    """The filesystem's behaviour. See the module docstring."""
+
+    def __init__(
+        self,
+        state: StateDB,
+        content: ContentStore,
+        tree: TreeSync,
+        uploader: Uploader | None,
+        *,
+        uid: int | None = None,
+        gid: int | None = None,
+        quota: Callable[[], tuple[int, int]] | None = None,
+    ) -> None:
+        self.state = state
+        self.content = content
+        self.tree = tree
+        self.uploader = uploader
+        self.uid = os.getuid() if uid is None else uid
+        self.gid = os.getgid() if gid is None else gid
+        self._quota = quota
+        self._lookups: dict[int, int] = {}
+        self._handles: dict[int, FileHandle | _DirHandle] = {}
+        self._open_count: dict[int, int] = {}
+        self._next_fh = 1
+        self._kernel_version: dict[int, int] = {}
+        self._local_gen: dict[int, int] = {}
+        self.ensure_root()
+
+    # -- helpers ------------------------------------------------------------------------
+
+    def ensure_root(self) -> None:
+        if self.state.node(ROOT_INO) is None:
+            now = time.time_ns()
+            root = Node(
+                ino=ROOT_INO, parent=ROOT_INO, name="", kind="dir", mode=0o755,
+                mtime_ns=now, ctime_ns=now, server_id=1, rev=1,
+            )  # fmt: skip
+            with self.state.write() as w:
+                w.put_node(root)
+
+    def _node(self, ino: int) -> Node:
+        node = self.state.node(ino)
+        if node is None:
+            raise VfsError(errno.ENOENT)
+        return node
+
+    def _dir(self, ino: int) -> Node:
+        node = self._node(ino)
+        if node.kind != "dir":
+            raise VfsError(errno.ENOTDIR)
+        return node
+
+    def _attr(self, node: Node) -> Attr:
+        return attr_of(node, self.uid, self.gid)
+
+    def _path(self, ino: int) -> str:
+        try:
+            return path_of(self.state, ino)
+        except KeyError:
+            raise VfsError(errno.ENOENT) from None
+
+    def _child_path(self, parent: int, name: str) -> str:
+        p = self._path(parent)
+        return f"/{name}" if p == "/" else f"{p}/{name}"
+
+    async def _child(self, parent: int, name: str) -> Node | None:
+        self._dir(parent)
+        await self.tree.ensure_listed(parent)
+        ino = self.state.lookup(parent, name)
+        return None if ino is None else self.state.node(ino)
+
+    def _wake(self) -> None:
+        if self.uploader is not None:
+            self.uploader.wake()
+
+    def _new_node(self, parent: int, name: str, kind: str, mode: int) -> Node:
+        now = time.time_ns()
+        with self.state.write() as w:
+            ino = w.next_ino()
+        return Node(
+            ino=ino, parent=parent, name=name, kind=kind, mode=mode & 0o7777,
+            mtime_ns=now, ctime_ns=now, listed=kind == "dir",
+        )  # fmt: skip
+
+    def _touch_dir(self, node: Node) -> None:
+        node.mtime_ns = node.ctime_ns = time.time_ns()
+
+    def _queue_commit(self, node: Node) -> None:
+        """Put `node`'s content in the durable upload queue (coalesced)."""
+        if not node.linked:
+            return
+        path = self._path(node.ino)
+        with self.state.write() as w:
+            w.put_node(node)
+            last = w.last_op()
+            if not (last and last.get("op") == "commit" and last.get("ino") == node.ino
+                    and last.get("path") == path):  # fmt: skip
+                w.add_op({"op": "commit", "ino": node.ino, "path": path})
+        self._wake()
+
+    # -- lookups and attributes ---------------------------------------------------------
+
+    async def lookup(self, parent: int, raw: bytes) -> Attr:
+        if raw == b".":
+            return self._attr(self._dir(parent))
+        if raw == b"..":
+            return self._attr(self._node(self._dir(parent).parent))
+        node = await self._child(parent, _name(raw))
+        if node is None:
+            raise VfsError(errno.ENOENT)
+        self._lookups[node.ino] = self._lookups.get(node.ino, 0) + 1
+        return self._attr(node)
+
+    def remember(self, ino: int) -> None:
+        """The kernel learned `ino` through readdirplus or create."""
+        self._lookups[ino] = self._lookups.get(ino, 0) + 1
+
+    def forget(self, items: list[tuple[int, int]]) -> None:
+        for ino, n in items:
+            left = self._lookups.get(ino, 0) - n
+            if left > 0:
+                self._lookups[ino] = left
+                continue
+            self._lookups.pop(ino, None)
+            self._kernel_version.pop(ino, None)
+            self._maybe_drop(ino)
+
+    def _maybe_drop(self, ino: int) -> None:
+        """Free an unlinked inode once the kernel forgot it and nobody has it open."""
+        if ino == ROOT_INO or self._lookups.get(ino) or self._open_count.get(ino):
+            return
+        node = self.state.node(ino)
+        if node is None or node.linked:
+            return
+        self.content.discard(node)
+        with self.state.write() as w:
+            w.delete_node(ino)
+
+    async def getattr(self, ino: int) -> Attr:
+        return self._attr(self._node(ino))
+
+    async def setattr(
+        self,
+        ino: int,
+        *,
+        mode: int | None = None,
+        uid: int | None = None,
+        gid: int | None = None,
+        size: int | None = None,
+        mtime_ns: int | None = None,
+        fh: int | None = None,
+    ) -> Attr:
+        node = self._node(ino)
+        if (uid is not None and uid != self.uid) or (gid is not None and gid != self.gid):
+            raise VfsError(errno.EPERM, "the drive keeps no file owners")
+        op: dict[str, Any] = {}
+        if size is not None:
+            if node.kind == "dir":
+                raise VfsError(errno.EISDIR)
+            if node.kind != "file":
+                raise VfsError(errno.EINVAL)
+            await self.content.truncate(node, size)
+            self._local_gen[ino] = self._local_gen.get(ino, 0) + 1
+            handle = self._handles.get(fh) if fh is not None else None
+            if isinstance(handle, FileHandle):
+                handle.dirty = True
+            else:
+                await self.content.flush(node)
+                self._queue_commit(node)
+        if mode is not None:
+            node.mode = mode & 0o7777
+            op["mode"] = node.mode
+        if mtime_ns is not None:
+            node.mtime_ns = mtime_ns
+            op["mtime_ns"] = mtime_ns
+        if mode is not None or mtime_ns is not None or size is not None:
+            node.ctime_ns = time.time_ns()
+        with self.state.write() as w:
+            w.put_node(node)
+            if op and node.linked and (node.kind != "file" or node.dirty is None):
+                w.add_op({"op": "setattr", "ino": ino, "path": self._path(ino), **op})
+        self._wake()
+        return self._attr(node)
+
+    async def readlink(self, ino: int) -> bytes:
+        node = self._node(ino)
+        if node.kind != "symlink" or node.target is None:
+            raise VfsError(errno.EINVAL)
+        return node.target.encode()
+
+    # -- namespace changes --------------------------------------------------------------
+
+    async def mkdir(self, parent: int, raw: bytes, mode: int) -> Attr:
+        name = _name(raw)
+        pnode = self._dir(parent)
+        if await self._child(parent, name) is not None:
+            raise VfsError(errno.EEXIST)
+        node = self._new_node(parent, name, "dir", mode)
+        self.tree.fresh.add(node.ino)
+        self._touch_dir(pnode)
+        with self.state.write() as w:
+            w.put_node(node)
+            w.put_node(pnode)
+            w.link(parent, name, node.ino)
+            w.add_op({"op": "mkdir", "ino": node.ino, "path": self._child_path(parent, name),
+                      "mode": node.mode})  # fmt: skip
+        self._wake()
+        self.remember(node.ino)
+        return self._attr(node)
+
+    async def symlink(self, parent: int, raw: bytes, target: bytes) -> Attr:
+        name = _name(raw)
+        pnode = self._dir(parent)
+        if await self._child(parent, name) is not None:
+            raise VfsError(errno.EEXIST)
+        try:
+            text = target.decode("utf-8")
+        except UnicodeDecodeError:
+            raise VfsError(errno.EINVAL, "symlink targets must be UTF-8") from None
+        node = self._new_node(parent, name, "symlink", 0o777)
+        node.target = text
+        node.size = len(target)
+        self._touch_dir(pnode)
+        with self.state.write() as w:
+            w.put_node(node)
+            w.put_node(pnode)
+            w.link(parent, name, node.ino)
+            w.add_op({"op": "symlink", "ino": node.ino,
+                      "path": self._child_path(parent, name), "target": text})  # fmt: skip
+        self._wake()
+        self.remember(node.ino)
+        return self._attr(node)
+
+    async def unlink(self, parent: int, raw: bytes) -> None:
+        await self._remove(parent, _name(raw), want_dir=False)
+
+    async def rmdir(self, parent: int, raw: bytes) -> None:
+        await self._remove(parent, _name(raw), want_dir=True)
+
+    async def _remove(self, parent: int, name: str, *, want_dir: bool) -> None:
+        pnode = self._dir(parent)
+        node = await self._child(parent, name)
+        if node is None:
+            raise VfsError(errno.ENOENT)
+        if want_dir and node.kind != "dir":
+            raise VfsError(errno.ENOTDIR)
+        if not want_dir and node.kind == "dir":
+            raise VfsError(errno.EISDIR)
+        if want_dir:
+            await self.tree.ensure_listed(node.ino)
+            if self.state.has_children(node.ino):
+                raise VfsError(errno.ENOTEMPTY)
+        path = self._child_path(parent, name)
+        node.linked = False
+        node.ctime_ns = time.time_ns()
+        self._touch_dir(pnode)
+        with self.state.write() as w:
+            w.unlink(parent, name)
+            w.put_node(node)
+            w.put_node(pnode)
+            w.add_op({"op": "delete", "ino": node.ino, "path": path, "recursive": False})
+        self._wake()
+        self._maybe_drop(node.ino)
+
+    async def rename(self, p_old: int, raw_old: bytes, p_new: int, raw_new: bytes,
+                     flags: int) -> None:  # fmt: skip
+        old, new = _name(raw_old), _name(raw_new)
+        src = await self._child(p_old, old)
+        if src is None:
+            raise VfsError(errno.ENOENT)
+        dst = await self._child(p_new, new)
+        if src is dst:
+            return
+        if src.kind == "dir":
+            anc = p_new
+            while True:
+                if anc == src.ino:
+                    raise VfsError(errno.EINVAL, "cannot move a directory into itself")
+                if anc == ROOT_INO:
+                    break
+                anc = self._node(anc).parent
+        from_path, to_path = self._child_path(p_old, old), self._child_path(p_new, new)
+        if flags & RENAME_EXCHANGE:
+            if dst is None:
+                raise VfsError(errno.ENOENT)
+            mode = "exchange"
+        elif dst is not None:
+            if flags & RENAME_NOREPLACE:
+                raise VfsError(errno.EEXIST)
+            if src.kind == "dir" and dst.kind != "dir":
+                raise VfsError(errno.ENOTDIR)
+            if src.kind != "dir" and dst.kind == "dir":
+                raise VfsError(errno.EISDIR)
+            if dst.kind == "dir":
+                await self.tree.ensure_listed(dst.ino)
+                if self.state.has_children(dst.ino):
+                    raise VfsError(errno.ENOTEMPTY)
+            mode = "replace"
+        else:
+            mode = "noreplace"
+        now = time.time_ns()
+        dirs = {p_old: self._node(p_old), p_new: self._node(p_new)}
+        with self.state.write() as w:
+            w.unlink(p_old, old)
+            if mode == "exchange" and dst is not None:
+                w.unlink(p_new, new)
+                dst.parent, dst.name, dst.ctime_ns = p_old, old, now
+                w.link(p_old, old, dst.ino)
+                w.put_node(dst)
+            elif dst is not None:
+                w.unlink(p_new, new)
+                dst.linked = False
+                w.put_node(dst)
+            src.parent, src.name, src.ctime_ns = p_new, new, now
+            w.link(p_new, new, src.ino)
+            w.put_node(src)
+            for d in dirs.values():
+                d.mtime_ns = d.ctime_ns = now
+                w.put_node(d)
+            w.add_op({"op": "move", "ino": src.ino, "from": from_path, "to": to_path,
+                      "mode": mode})  # fmt: skip
+        self._wake()
+        if dst is not None and mode == "replace":
+            self._maybe_drop(dst.ino)
+
+    # -- directories --------------------------------------------------------------------
+
+    async def opendir(self, ino: int) -> int:
+        self._dir(ino)
+        await self.tree.ensure_listed(ino)
+        fh = self._next_fh
+        self._next_fh += 1
+        self._handles[fh] = _DirHandle(ino, self.state.children(ino))
+        return fh
+
+    async def readdir(self, fh: int, start: int, reply: Callable[[bytes, Attr, int], bool]) -> None:
+        """Call `reply(name, attr, next)` from entry `start` on, until it returns False."""
+        handle = self._handles.get(fh)
+        if not isinstance(handle, _DirHandle):
+            raise VfsError(errno.EBADF)
+        for i in range(start, len(handle.entries)):
+            name, ino = handle.entries[i]
+            node = self.state.node(ino)
+            if node is None or not node.linked:
+                continue
+            if not reply(name.encode(), self._attr(node), i + 1):
+                break
+            self.remember(ino)
+
+    async def releasedir(self, fh: int) -> None:
+        self._handles.pop(fh, None)
+
+    async def fsyncdir(self, fh: int) -> None:
+        from blockstore.aio import run_io
+
+        await run_io(self.state.sync)
+
+    # -- files --------------------------------------------------------------------------
+
+    def _new_handle(self, node: Node, *, write: bool) -> FileHandle:
+        fh = self._next_fh
+        self._next_fh += 1
+        handle = FileHandle(fh=fh, ino=node.ino, writable=write,
+                            local_gen=self._local_gen.get(node.ino, 0))  # fmt: skip
+        if node.dirty is None and node.blocks is not None:
+            handle.snapshot = (list(node.blocks), list(node.block_starts()), node.size)
+        self._handles[fh] = handle
+        self._open_count[node.ino] = self._open_count.get(node.ino, 0) + 1
+        return handle
+
+    async def open(self, ino: int, flags: int) -> tuple[int, bool]:
+        """Open a file; returns `(fh, keep_cache)`."""
+        node = self._node(ino)
+        if node.kind == "dir":
+            raise VfsError(errno.EISDIR)
+        if node.kind != "file":
+            raise VfsError(errno.ELOOP)
+        write = (flags & os.O_ACCMODE) != os.O_RDONLY
+        if flags & os.O_TRUNC and write:
+            await self.content.truncate(node, 0)
+            self._local_gen[ino] = self._local_gen.get(ino, 0) + 1
+        elif node.dirty is None and node.blocks is None and node.size > 0:
+            await self.tree.load_blocks(node)
+        handle = self._new_handle(node, write=write)
+        if flags & os.O_TRUNC and write:
+            handle.dirty = True
+        keep = self._kernel_version.get(ino) == node.version
+        self._kernel_version[ino] = node.version
+        return handle.fh, keep
+
+    async def create(self, parent: int, raw: bytes, mode: int, flags: int) -> tuple[int, Attr]:
+        name = _name(raw)
+        pnode = self._dir(parent)
+        if await self._child(parent, name) is not None:
+            raise VfsError(errno.EEXIST)
+        node = self._new_node(parent, name, "file", mode)
+        self.content.start_dirty(node, empty=True)
+        self._touch_dir(pnode)
+        with self.state.write() as w:
+            w.put_node(node)
+            w.put_node(pnode)
+            w.link(parent, name, node.ino)
+        handle = self._new_handle(node, write=True)
+        handle.dirty = True
+        self._kernel_version[node.ino] = node.version
+        self.remember(node.ino)
+        return handle.fh, self._attr(node)
+
+    def _file(self, fh: int) -> tuple[FileHandle, Node]:
+        handle = self._handles.get(fh)
+        if not isinstance(handle, FileHandle):
+            raise VfsError(errno.EBADF)
+        return handle, self._node(handle.ino)
+
+    async def read(self, fh: int, off: int, size: int) -> bytes:
+        handle, node = self._file(fh)
+        sequential = off == handle.last_end
+        handle.last_end = off + size
+        snap = handle.snapshot
+        if snap is not None and handle.local_gen == self._local_gen.get(node.ino, 0):
+            blocks, starts, fsize = snap
+            return await read_blocks(
+                self.content.fetcher,
+                blocks,
+                starts,
+                off,
+                min(off + size, fsize),
+                readahead=8 if sequential else 0,
+            )
+        handle.snapshot = None
+        return await self.content.read(node, off, size, readahead=sequential)
+
+    async def write(self, fh: int, off: int, data: bytes) -> int:
+        handle, node = self._file(fh)
+        n = await self.content.write(node, off, data)
+        handle.dirty = True
+        handle.snapshot = None
+        self._local_gen[node.ino] = self._local_gen.get(node.ino, 0) + 1
+        self._kernel_version[node.ino] = node.version  # the kernel saw this write
+        return n
+
+    async def flush(self, fh: int) -> None:
+        handle, node = self._file(fh)
+        if handle.dirty:
+            handle.dirty = False
+            await self.content.flush(node)
+            self._queue_commit(node)
+
+    async def fsync(self, fh: int) -> None:
+        await self.flush(fh)
+
+    async def release(self, fh: int) -> None:
+        handle = self._handles.get(fh)
+        if not isinstance(handle, FileHandle):
+            return
+        if handle.dirty and self.state.node(handle.ino) is not None:
+            await self.flush(fh)
+        self._handles.pop(fh, None)
+        left = self._open_count.get(handle.ino, 1) - 1
+        if left:
+            self._open_count[handle.ino] = left
+        else:
+            self._open_count.pop(handle.ino, None)
+            node = self.state.node(handle.ino)
+            if node is not None and node.dirty is None:
+                self.content.close_fd(handle.ino)
+            self._maybe_drop(handle.ino)
+
+    # -- the rest -----------------------------------------------------------------------
+
+    async def statfs(self) -> FsStats:
+        quota, used = self._quota() if self._quota else (DEFAULT_QUOTA_BYTES, 0)
+        bsize = 4096
+        return FsStats(
+            block_size=bsize,
+            blocks=max(1, quota // bsize),
+            blocks_free=max(0, (quota - used) // bsize),
+            files=1 << 32,
+            files_free=1 << 31,
+            name_max=MAX_NAME_BYTES,
+        )
+
+    def open_handles(self) -> int:
+        return len(self._handles)

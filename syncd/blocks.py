@@ -1,0 +1,216 @@
+"""Getting a block's plaintext for a read: memory, then the LMDB cache, then the server.
+
+One request per block however many readers want it (single flight), read-ahead in the
+background, and a bounded wait when the server is unreachable: after `fetch_timeout_s` the
+read fails with `Offline` and one log line says which block and why.
+
+Concurrency: everything here runs on the trio thread except the CPU (decode, SHA-256) and
+LMDB payload work, which goes through `blockstore.aio`. `_inflight` and `_mem` are touched
+only between checkpoints on the trio thread.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections import OrderedDict
+from collections.abc import Iterable
+from typing import Protocol
+
+import trio
+
+from blockstore.aio import run_cpu, run_io
+from blockstore.codec import decode_wire
+from blockstore.errors import CacheFullError, CorruptBlockError
+from blockstore.ids import BlockId
+from syncd import errors
+
+__all__ = ["BlockCacheLike", "BlockFetcher", "BlockSource"]
+
+log = logging.getLogger(__name__)
+
+MEM_CACHE_BYTES = 64 << 20
+"""Decoded blocks kept in memory: a 1 MiB block serves 8 kernel reads of 128 KiB."""
+READAHEAD_PARALLEL = 8
+RETRY_SLEEP_S = 0.25
+
+
+class BlockCacheLike(Protocol):
+    """What we need of `blockstore.cache.LmdbBlockCache`."""
+
+    def get(self, block_id: BlockId) -> bytes | None: ...
+    def put(self, block_id: BlockId, data: bytes) -> object: ...
+    def pin(self, block_id: BlockId, owner: str) -> object: ...
+    def unpin_owner(self, owner: str) -> object: ...
+    def used_bytes(self) -> int: ...
+
+
+class BlockSource(Protocol):
+    """Where blocks come from when they are not cached (the server)."""
+
+    async def get_block(self, bid: BlockId) -> bytes: ...
+
+
+class _Flight:
+    __slots__ = ("data", "done", "error")
+
+    def __init__(self) -> None:
+        self.done = trio.Event()
+        self.data: bytes | None = None
+        self.error: BaseException | None = None
+
+
+class BlockFetcher:
+    """Single-flight, cached block reads. Start `run()` in a nursery for read-ahead."""
+
+    def __init__(
+        self,
+        cache: BlockCacheLike,
+        source: BlockSource | None,
+        *,
+        fetch_timeout_s: float = 10.0,
+        mem_bytes: int = MEM_CACHE_BYTES,
+    ) -> None:
+        self.cache = cache
+        self.source = source
+        self.fetch_timeout_s = fetch_timeout_s
+        self._mem: OrderedDict[BlockId, bytes] = OrderedDict()
+        self._mem_bytes = 0
+        self._mem_limit = mem_bytes
+        self._inflight: dict[BlockId, _Flight] = {}
+        self._prefetch_send, self._prefetch_recv = trio.open_memory_channel[BlockId](256)
+        self.fetched_from_server = 0
+
+    # -- memory layer -------------------------------------------------------------------
+
+    def _remember(self, bid: BlockId, data: bytes) -> None:
+        if bid in self._mem or len(data) > self._mem_limit // 4:
+            return
+        self._mem[bid] = data
+        self._mem_bytes += len(data)
+        while self._mem_bytes > self._mem_limit:
+            _, old = self._mem.popitem(last=False)
+            self._mem_bytes -= len(old)
+
+    def remember(self, bid: BlockId, data: bytes) -> None:
+        """Offer a block we already have in memory (e.g. just uploaded)."""
+        self._remember(bid, data)
+
+    def peek(self, bid: BlockId) -> bytes | None:
+        """The block if it is in memory (no I/O)."""
+        data = self._mem.get(bid)
+        if data is not None:
+            self._mem.move_to_end(bid)
+        return data
+
+    # -- the read path ------------------------------------------------------------------
+
+    async def get(self, bid: BlockId) -> bytes:
+        """Return the plaintext of block `bid`.
+
+        Raises:
+            Offline: not cached and the server stayed unreachable for `fetch_timeout_s`.
+            RemoteError: the server refused (e.g. 404, or 500 "corrupt block").
+            CorruptBlockError: the server sent bytes that are not this block.
+        """
+        data = self.peek(bid)
+        if data is not None:
+            await trio.lowlevel.checkpoint()
+            return data
+        flight = self._inflight.get(bid)
+        if flight is None:
+            flight = _Flight()
+            self._inflight[bid] = flight
+            try:
+                flight.data = await self._load(bid)
+                self._remember(bid, flight.data)
+            except BaseException as exc:
+                flight.error = exc
+                raise
+            finally:
+                del self._inflight[bid]
+                flight.done.set()
+            return flight.data
+        await flight.done.wait()
+        if flight.error is not None:
+            if isinstance(flight.error, trio.Cancelled):
+                return await self.get(bid)  # the first reader was cancelled, not us
+            raise flight.error
+        assert flight.data is not None
+        return flight.data
+
+    async def _load(self, bid: BlockId) -> bytes:
+        cached = await run_io(self.cache.get, bid)
+        if cached is not None:
+            return cached
+        data = await self._download(bid)
+        try:
+            await run_io(self.cache.put, bid, data)
+        except CacheFullError:
+            log.debug("block cache full of pinned blocks; not caching %s", bid)
+        return data
+
+    async def _download(self, bid: BlockId) -> bytes:
+        if self.source is None:
+            raise errors.Offline(f"block {bid} is not cached and no server is configured")
+        deadline = trio.current_time() + self.fetch_timeout_s
+        last: errors.Offline | None = None
+        while True:
+            remaining = deadline - trio.current_time()
+            if remaining <= 0:
+                reason = last or "timed out"
+                log.warning(
+                    "block %s is not cached and the server is unreachable after %.1fs: %s",
+                    bid,
+                    self.fetch_timeout_s,
+                    reason,
+                )
+                raise errors.Offline(f"block {bid} not cached; server unreachable: {reason}")
+            try:
+                with trio.fail_after(remaining):
+                    frame = await self.source.get_block(bid)
+                break
+            except errors.Offline as exc:
+                last = exc
+                await trio.sleep(min(RETRY_SLEEP_S, max(0.0, deadline - trio.current_time())))
+            except trio.TooSlowError:
+                last = errors.Offline("request timed out")
+        try:
+            data = await run_cpu(_decode, frame, bid)
+        except CorruptBlockError:
+            log.error("server sent a block that does not match its id %s", bid)
+            raise
+        self.fetched_from_server += 1
+        return data
+
+    # -- read-ahead ---------------------------------------------------------------------
+
+    def prefetch(self, bids: Iterable[BlockId]) -> None:
+        """Ask for blocks in the background (dropped silently when the queue is full)."""
+        for bid in bids:
+            if bid in self._mem or bid in self._inflight:
+                continue
+            try:
+                self._prefetch_send.send_nowait(bid)
+            except trio.WouldBlock:
+                return
+
+    async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        """Serve read-ahead requests with `READAHEAD_PARALLEL` workers until cancelled."""
+        async with trio.open_nursery() as nursery:
+            for _ in range(READAHEAD_PARALLEL):
+                nursery.start_soon(self._prefetch_worker, self._prefetch_recv.clone())
+            task_status.started()
+
+    async def _prefetch_worker(self, recv: trio.MemoryReceiveChannel[BlockId]) -> None:
+        async with recv:
+            async for bid in recv:
+                if bid in self._mem:
+                    continue
+                try:
+                    await self.get(bid)
+                except (errors.SyncError, CorruptBlockError) as exc:
+                    log.debug("read-ahead of %s failed: %s", bid, exc)
+
+
+def _decode(frame: bytes, bid: BlockId) -> bytes:
+    return decode_wire(frame, expected_id=bid)

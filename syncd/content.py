@@ -1,0 +1,315 @@
+"""File content on this client: reading a revision's blocks, and local dirty edits.
+
+A clean file is its block list (read through `BlockFetcher`). The first write, truncate or
+O_TRUNC turns it dirty: a sparse local file `home/dirty/<ino>` plus `Dirty.ranges` (which
+bytes of it are valid) over the base revision's blocks. Writes return at local-disk speed;
+`flush()` makes them durable (fsync of the data, then the LMDB record) for the uploader.
+`materialize()` fills the gaps from the base blocks so the uploader can chunk a whole file.
+
+Both the mount (reads/writes) and the uploader (materialize/finish) use this one class, so
+the rules about ranges live in one place.
+
+Concurrency: on the trio thread. Disk I/O goes through `run_io`. A per-inode lock
+serialises the "pwrite then update ranges" steps of writers and of `materialize`, so a
+gap filled from the base can never overwrite a user's write.
+"""
+
+from __future__ import annotations
+
+import bisect
+import contextlib
+import errno
+import logging
+import os
+import time
+from collections.abc import Sequence
+from pathlib import Path
+
+import trio
+
+from blockstore.aio import run_io
+from blockstore.ids import BlockId
+from blockstore.wire import MAX_FILE_BYTES
+from syncd import ranges as rg
+from syncd.blocks import BlockCacheLike, BlockFetcher
+from syncd.state import Dirty, Node, StateDB
+
+__all__ = ["ContentStore", "NoSpace", "read_blocks"]
+
+log = logging.getLogger(__name__)
+
+READAHEAD_BLOCKS = 8
+
+
+class NoSpace(OSError):
+    """Local storage limit reached and nothing can be evicted (ENOSPC)."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(errno.ENOSPC, message)
+
+
+class TooBig(OSError):
+    def __init__(self, message: str) -> None:
+        super().__init__(errno.EFBIG, message)
+
+
+def _pin_all(cache: BlockCacheLike, blocks: Sequence[tuple[BlockId, int]], owner: str) -> None:
+    for bid, _ in blocks:
+        cache.pin(bid, owner)
+
+
+def _starts(blocks: Sequence[tuple[BlockId, int]]) -> list[int]:
+    out: list[int] = []
+    pos = 0
+    for _, size in blocks:
+        out.append(pos)
+        pos += size
+    return out
+
+
+async def read_blocks(
+    fetcher: BlockFetcher,
+    blocks: Sequence[tuple[BlockId, int]],
+    starts: Sequence[int],
+    off: int,
+    end: int,
+    *,
+    readahead: int = 0,
+) -> bytes:
+    """Bytes `[off, end)` of the content made of `blocks` (starting at `starts`).
+
+    Past the last block reads as nothing; `readahead` > 0 prefetches the next blocks.
+    """
+    if not blocks or off >= end:
+        await trio.lowlevel.checkpoint()
+        return b""
+    i = bisect.bisect_right(starts, off) - 1
+    parts: list[bytes] = []
+    pos = off
+    last = i
+    while pos < end and i < len(blocks):
+        bid, size = blocks[i]
+        bstart = starts[i]
+        if bstart + size <= pos:
+            i += 1
+            continue
+        data = await fetcher.get(bid)
+        lo = pos - bstart
+        hi = min(size, end - bstart)
+        parts.append(data[lo:hi] if (lo, hi) != (0, len(data)) else data)
+        pos = bstart + hi
+        last = i
+        i += 1
+    if readahead:
+        fetcher.prefetch(b for b, _ in blocks[last + 1 : last + 1 + readahead])
+    return parts[0] if len(parts) == 1 else b"".join(parts)
+
+
+class ContentStore:
+    """Reads and writes the content of files, clean or dirty."""
+
+    def __init__(
+        self, state: StateDB, dirty_dir: Path, fetcher: BlockFetcher, limit_bytes: int
+    ) -> None:
+        self.state = state
+        self.dirty_dir = dirty_dir
+        self.fetcher = fetcher
+        self.limit_bytes = limit_bytes
+        self._fds: dict[int, int] = {}
+        self._locks: dict[int, trio.Lock] = {}
+        self._pinned: set[int] = set()
+        self.dirty_bytes = sum(rg.total(n.dirty.ranges) for n in state.dirty_nodes() if n.dirty)
+
+    # -- helpers --------------------------------------------------------------------------
+
+    def path(self, ino: int) -> Path:
+        return self.dirty_dir / str(ino)
+
+    def _lock(self, ino: int) -> trio.Lock:
+        lock = self._locks.get(ino)
+        if lock is None:
+            lock = self._locks[ino] = trio.Lock()
+        return lock
+
+    def _fd(self, ino: int) -> int:
+        fd = self._fds.get(ino)
+        if fd is None:
+            fd = os.open(self.path(ino), os.O_RDWR | os.O_CREAT, 0o600)
+            self._fds[ino] = fd
+        return fd
+
+    def close_fd(self, ino: int) -> None:
+        fd = self._fds.pop(ino, None)
+        if fd is not None:
+            os.close(fd)
+
+    def _reserve(self, nbytes: int) -> None:
+        """Refuse a write that would make unsynced data exceed the local storage limit.
+
+        Clean cached blocks are always evictable, so only dirty data can fill the limit;
+        the block cache's own bound shrinks as dirty data grows (evicted on its next put).
+        """
+        if nbytes > 0 and self.dirty_bytes + nbytes > self.limit_bytes:
+            log.warning(
+                "local storage limit of %d bytes is full of unsynced data (%d bytes); "
+                "write refused with ENOSPC",
+                self.limit_bytes,
+                self.dirty_bytes,
+            )
+            raise NoSpace("local cache full of unsynced data")
+        self._resize_cache(nbytes)
+
+    def _resize_cache(self, extra: int = 0) -> None:
+        cache = self.fetcher.cache
+        if hasattr(cache, "max_bytes"):
+            cache.max_bytes = max(1 << 20, self.limit_bytes - self.dirty_bytes - extra)
+
+    def start_dirty(self, node: Node, *, empty: bool = False) -> Dirty:
+        """Turn `node` dirty (idempotent). `empty`: the old content is not needed (O_TRUNC)."""
+        if node.dirty is not None:
+            return node.dirty
+        if empty or not node.blocks:
+            node.dirty = Dirty(base_blocks=[], base_size=0, ranges=[])
+        else:
+            node.dirty = Dirty(base_blocks=list(node.blocks), base_size=node.size, ranges=[])
+        self._fd(node.ino)
+        node.version += 1
+        return node.dirty
+
+    async def _pin_base(self, node: Node) -> None:
+        dirty = node.dirty
+        if dirty is None or not dirty.base_blocks or node.ino in self._pinned:
+            return
+        self._pinned.add(node.ino)
+        await run_io(_pin_all, self.fetcher.cache, dirty.base_blocks, f"dirty:{node.ino}")
+
+    # -- reads ------------------------------------------------------------------------------
+
+    async def read(self, node: Node, off: int, size: int, *, readahead: bool = False) -> bytes:
+        """Read the current local content of `node` (dirty data first)."""
+        end = min(off + size, node.size)
+        if off >= end:
+            await trio.lowlevel.checkpoint()
+            return b""
+        dirty = node.dirty
+        if dirty is None:
+            return await read_blocks(
+                self.fetcher,
+                node.blocks or [],
+                node.block_starts(),
+                off,
+                end,
+                readahead=READAHEAD_BLOCKS if readahead else 0,
+            )
+        fd = self._fd(node.ino)
+        pieces: list[bytes] = []
+        base_starts: list[int] | None = None
+        for s, e, inside in rg.covered(dirty.ranges, off, end):
+            if inside:
+                pieces.append(await run_io(os.pread, fd, e - s, s))
+                continue
+            bend = min(e, dirty.base_size)
+            if s < bend:
+                if base_starts is None:
+                    base_starts = _starts(dirty.base_blocks)
+                pieces.append(
+                    await read_blocks(self.fetcher, dirty.base_blocks, base_starts, s, bend)
+                )
+            if max(s, bend) < e:
+                pieces.append(bytes(e - max(s, bend)))
+        return b"".join(pieces)
+
+    # -- writes -----------------------------------------------------------------------------
+
+    async def write(self, node: Node, off: int, data: bytes) -> int:
+        end = off + len(data)
+        if end > MAX_FILE_BYTES:
+            raise TooBig(f"files are limited to {MAX_FILE_BYTES} bytes")
+        dirty = self.start_dirty(node)
+        await self._pin_base(node)
+        new_bytes = sum(e - s for s, e in rg.gaps(dirty.ranges, off, end))
+        self._reserve(new_bytes)
+        async with self._lock(node.ino):
+            fd = self._fd(node.ino)
+            written = await run_io(os.pwrite, fd, data, off)
+            dirty.ranges = rg.add(dirty.ranges, off, off + written)
+            dirty.gen += 1
+        self.dirty_bytes += new_bytes
+        node.size = max(node.size, off + written)
+        node.mtime_ns = node.ctime_ns = time.time_ns()
+        node.version += 1
+        return written
+
+    async def truncate(self, node: Node, size: int) -> None:
+        if size > MAX_FILE_BYTES:
+            raise TooBig(f"files are limited to {MAX_FILE_BYTES} bytes")
+        dirty = self.start_dirty(node, empty=size == 0)
+        await self._pin_base(node)
+        async with self._lock(node.ino):
+            if size < node.size:
+                before = rg.total(dirty.ranges)
+                dirty.ranges = rg.clip(dirty.ranges, size)
+                dirty.base_size = min(dirty.base_size, size)
+                self.dirty_bytes -= before - rg.total(dirty.ranges)
+                await run_io(os.ftruncate, self._fd(node.ino), size)
+            dirty.gen += 1
+        node.size = size
+        node.mtime_ns = node.ctime_ns = time.time_ns()
+        node.version += 1
+
+    async def flush(self, node: Node) -> None:
+        """Make the dirty data of `node` durable (data fsync, then its LMDB record)."""
+        if node.dirty is not None and node.ino in self._fds:
+            await run_io(os.fdatasync, self._fds[node.ino])
+        with self.state.write() as w:
+            w.put_node(node)
+        await run_io(self.state.sync)
+
+    # -- for the uploader -------------------------------------------------------------------
+
+    async def materialize(self, node: Node) -> None:
+        """Fill every gap of the dirty file so it holds the whole content."""
+        dirty = node.dirty
+        if dirty is None:
+            return
+        base_starts = _starts(dirty.base_blocks)
+        for gs, ge in rg.gaps(dirty.ranges, 0, min(dirty.base_size, node.size)):
+            pos = gs
+            while pos < ge:
+                i = bisect.bisect_right(base_starts, pos) - 1
+                bid, bsize = dirty.base_blocks[i]
+                bstart = base_starts[i]
+                stop = min(ge, bstart + bsize)
+                data = await self.fetcher.get(bid)
+                async with self._lock(node.ino):
+                    for s, e in rg.gaps(dirty.ranges, pos, stop):
+                        await run_io(
+                            os.pwrite, self._fd(node.ino), data[s - bstart : e - bstart], s
+                        )
+                        dirty.ranges = rg.add(dirty.ranges, s, e)
+                        self.dirty_bytes += e - s
+                pos = stop
+        async with self._lock(node.ino):
+            fd = self._fd(node.ino)
+            if (await run_io(os.fstat, fd)).st_size != node.size:
+                await run_io(os.ftruncate, fd, node.size)
+            self.dirty_bytes += node.size - rg.total(dirty.ranges)
+            dirty.ranges = [(0, node.size)] if node.size else []
+
+    def finish_clean(self, node: Node) -> None:
+        """The uploaded content is on the server: drop the dirty file and its pins."""
+        if node.dirty is not None:
+            self.dirty_bytes -= rg.total(node.dirty.ranges)
+            node.dirty = None
+        self.close_fd(node.ino)
+        self._locks.pop(node.ino, None)
+        with contextlib.suppress(FileNotFoundError):
+            self.path(node.ino).unlink()
+        if node.ino in self._pinned or node.dirty is None:
+            self._pinned.discard(node.ino)
+            self.fetcher.cache.unpin_owner(f"dirty:{node.ino}")
+        self._resize_cache()
+
+    def discard(self, node: Node) -> None:
+        """The file is gone (unlinked and forgotten): drop local content."""
+        self.finish_clean(node)

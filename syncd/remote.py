@@ -1,0 +1,365 @@
+"""The client's one HTTP module: typed calls over the server's API (docs/protocol.md).
+
+Everything that crosses the network from the client goes through `RemoteClient`: one
+`httpx.AsyncClient` (HTTP/1.1 keep-alive; trio's sockets set TCP_NODELAY) whose TLS context
+trusts exactly one certificate, the one pinned at login (no CA store, no host name check: the
+pin is the identity). HTTP failures become `syncd.errors` exceptions here and nowhere else.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import socket
+import ssl
+from collections.abc import Mapping
+from typing import Any
+from urllib.parse import urlsplit
+
+import httpx
+
+from blockstore.ids import BlockId
+from blockstore.wire import Change, FileRecord, RevisionInfo, blocks_to_json
+from syncd import errors
+from syncd.config import ClientConfig
+
+__all__ = ["RemoteClient", "fetch_certificate", "login", "pinned_ssl_context"]
+
+log = logging.getLogger(__name__)
+
+CONNECT_TIMEOUT_S = 5.0
+READ_TIMEOUT_S = 60.0
+LONGPOLL_MARGIN_S = 60.0
+MAX_CONNECTIONS = 32
+
+_ERRORS: Mapping[str, type[errors.RemoteError]] = {
+    "bad_request": errors.BadRequest,
+    "unauthorized": errors.Unauthorized,
+    "not_found": errors.NotFound,
+    "conflict": errors.Conflict,
+    "exists": errors.Exists,
+    "not_empty": errors.NotEmpty,
+    "too_large": errors.TooLarge,
+    "rate_limited": errors.RateLimited,
+    "quota_exceeded": errors.QuotaExceeded,
+    "internal": errors.ServerError,
+}
+_BY_STATUS: Mapping[int, type[errors.RemoteError]] = {
+    400: errors.BadRequest,
+    401: errors.Unauthorized,
+    404: errors.NotFound,
+    409: errors.Conflict,
+    413: errors.TooLarge,
+    429: errors.RateLimited,
+    507: errors.QuotaExceeded,
+}
+
+
+def fetch_certificate(url: str, timeout: float = CONNECT_TIMEOUT_S) -> tuple[str, str]:
+    """Connect to `url` without verifying and return `(certificate PEM, SHA-256 hex)`.
+
+    Blocking (sockets); callers on the trio thread run it in a worker thread. Only used at
+    login, to show or check the fingerprint before anything secret is sent.
+
+    Raises:
+        Offline: the server cannot be reached or does not speak TLS.
+    """
+    parts = urlsplit(url)
+    if parts.scheme != "https" or not parts.hostname:
+        raise errors.BadRequest(f"the server URL must be https://HOST[:PORT], not {url!r}")
+    port = parts.port or 443
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    ctx.check_hostname = False
+    ctx.verify_mode = ssl.CERT_NONE
+    try:
+        with (
+            socket.create_connection((parts.hostname, port), timeout=timeout) as sock,
+            ctx.wrap_socket(sock, server_hostname=parts.hostname) as tls,
+        ):
+            der = tls.getpeercert(binary_form=True)
+    except OSError as exc:
+        raise errors.Offline(f"cannot reach {url}: {exc}") from exc
+    if der is None:
+        raise errors.Offline(f"{url} presented no certificate")
+    return ssl.DER_cert_to_PEM_cert(der), hashlib.sha256(der).hexdigest()
+
+
+def pinned_ssl_context(cert_pem: str) -> ssl.SSLContext:
+    """Return a TLS context that accepts exactly the pinned certificate (leaf as anchor)."""
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    ctx.check_hostname = False
+    ctx.verify_mode = ssl.CERT_REQUIRED
+    ctx.load_verify_locations(cadata=cert_pem)
+    ctx.verify_flags |= ssl.VERIFY_X509_PARTIAL_CHAIN
+    return ctx
+
+
+def _raise_for(resp: httpx.Response) -> None:
+    if resp.status_code < 400:
+        return
+    try:
+        body = resp.json()
+    except ValueError:
+        body = {}
+    if not isinstance(body, dict):
+        body = {}
+    code = body.get("error")
+    message = str(body.get("message") or resp.reason_phrase or resp.status_code)
+    exc_type = _ERRORS.get(code) if isinstance(code, str) else None
+    if exc_type is None:
+        exc_type = _BY_STATUS.get(resp.status_code, errors.ServerError)
+    text = f"{resp.request.method} {resp.request.url.path}: {resp.status_code} {message}"
+    if exc_type is errors.RateLimited:
+        try:
+            retry = float(resp.headers.get("X-Ratelimit-Retry-After", "1"))
+        except ValueError:
+            retry = 1.0
+        raise errors.RateLimited(text, body, retry_after=retry)
+    raise exc_type(text, body)
+
+
+def _new_http(base_url: str, cert_pem: str, token: str | None) -> httpx.AsyncClient:
+    headers = {"User-Agent": "drive-client/0.1"}
+    if token:
+        headers["Authorization"] = f"Bearer {token}"
+    return httpx.AsyncClient(
+        base_url=base_url.rstrip("/"),
+        verify=pinned_ssl_context(cert_pem),
+        headers=headers,
+        timeout=httpx.Timeout(READ_TIMEOUT_S, connect=CONNECT_TIMEOUT_S),
+        limits=httpx.Limits(
+            max_connections=MAX_CONNECTIONS, max_keepalive_connections=MAX_CONNECTIONS
+        ),
+        trust_env=False,
+    )
+
+
+async def login(url: str, cert_pem: str, user: str, password: str, device: str) -> dict[str, Any]:
+    """`POST /api/v1/login`; returns `{"token", "user", "device_id", "device"}`.
+
+    Raises:
+        Unauthorized: wrong user or password. Offline: unreachable or wrong certificate.
+    """
+    async with _new_http(url, cert_pem, None) as http:
+        rc = RemoteClient(http)
+        body = await rc.request_json(
+            "POST", "/api/v1/login", json={"user": user, "password": password, "device": device}
+        )
+    return body
+
+
+class RemoteClient:
+    """Typed calls over one `httpx.AsyncClient` (inject a `MockTransport` one in tests).
+
+    Every method raises `syncd.errors.SyncError` subclasses only (plus cancellation).
+    """
+
+    def __init__(self, http: httpx.AsyncClient) -> None:
+        self._http = http
+
+    @classmethod
+    def from_config(cls, cfg: ClientConfig) -> RemoteClient:
+        """A client for the logged-in server of `cfg` (call `aclose()` when done)."""
+        return cls(_new_http(cfg.server_url, cfg.cert_pem, cfg.token))
+
+    async def aclose(self) -> None:
+        await self._http.aclose()
+
+    # -- plumbing -------------------------------------------------------------------------
+
+    async def request(
+        self,
+        method: str,
+        path: str,
+        *,
+        params: Mapping[str, str | int] | None = None,
+        json: Any = None,
+        content: bytes | None = None,
+        timeout: httpx.Timeout | None = None,  # noqa: ASYNC109  # httpx's per-request timeout
+    ) -> httpx.Response:
+        """Send one request; map transport failures to Offline and statuses to errors."""
+        extra: dict[str, Any] = {}
+        if timeout is not None:
+            extra["timeout"] = timeout
+        try:
+            resp = await self._http.request(
+                method, path, params=params, json=json, content=content, **extra
+            )
+        except httpx.ConnectError as exc:
+            if "CERTIFICATE_VERIFY_FAILED" in str(exc) or "certificate verify failed" in str(exc):
+                raise errors.CertificateMismatch(
+                    f"the server's certificate is not the pinned one ({exc})"
+                ) from exc
+            raise errors.Offline(f"cannot reach the server: {exc or type(exc).__name__}") from exc
+        except httpx.TransportError as exc:
+            raise errors.Offline(f"server unreachable: {exc or type(exc).__name__}") from exc
+        _raise_for(resp)
+        return resp
+
+    async def request_json(self, method: str, path: str, **kw: Any) -> dict[str, Any]:
+        resp = await self.request(method, path, **kw)
+        try:
+            body = resp.json()
+        except (ValueError, json.JSONDecodeError) as exc:
+            raise errors.ServerError(f"{method} {path}: answer is not JSON") from exc
+        if not isinstance(body, dict):
+            raise errors.ServerError(f"{method} {path}: answer is not a JSON object")
+        return body
+
+    async def _record(self, method: str, path: str, **kw: Any) -> FileRecord:
+        body = await self.request_json(method, path, **kw)
+        try:
+            return FileRecord.from_json(body)
+        except ValueError as exc:
+            raise errors.ServerError(f"{method} {path}: bad FileRecord: {exc}") from exc
+
+    # -- account --------------------------------------------------------------------------
+
+    async def whoami(self) -> dict[str, Any]:
+        return await self.request_json("GET", "/api/v1/whoami")
+
+    async def logout(self) -> None:
+        await self.request("POST", "/api/v1/logout")
+
+    # -- tree -----------------------------------------------------------------------------
+
+    async def meta(self, path: str | None = None, file_id: int | None = None) -> FileRecord:
+        params: dict[str, str | int] = {"path": path} if path is not None else {"id": file_id or 1}
+        return await self._record("GET", "/api/v1/meta", params=params)
+
+    async def list_dir(self, path: str, limit: int = 5000) -> list[FileRecord]:
+        """All children of `path`, following `next` pages."""
+        out: list[FileRecord] = []
+        after: str | None = None
+        while True:
+            params: dict[str, str | int] = {"path": path, "limit": limit}
+            if after is not None:
+                params["after"] = after
+            body = await self.request_json("GET", "/api/v1/list", params=params)
+            try:
+                out.extend(FileRecord.from_json(e) for e in body.get("entries", []))
+            except ValueError as exc:
+                raise errors.ServerError(f"list {path}: bad entry: {exc}") from exc
+            nxt = body.get("next")
+            if not isinstance(nxt, str):
+                return out
+            after = nxt
+
+    async def mkdir(self, path: str, mode: int) -> FileRecord:
+        return await self._record("POST", "/api/v1/mkdir", json={"path": path, "mode": mode})
+
+    async def symlink(self, path: str, target: str) -> FileRecord:
+        return await self._record("POST", "/api/v1/symlink", json={"path": path, "target": target})
+
+    async def setattr(
+        self, path: str, mode: int | None = None, mtime_ns: int | None = None
+    ) -> FileRecord:
+        body: dict[str, Any] = {"path": path}
+        if mode is not None:
+            body["mode"] = mode
+        if mtime_ns is not None:
+            body["mtime_ns"] = mtime_ns
+        return await self._record("POST", "/api/v1/setattr", json=body)
+
+    async def move(self, src: str, dst: str, mode: str) -> FileRecord:
+        return await self._record(
+            "POST", "/api/v1/move", json={"from": src, "to": dst, "mode": mode}
+        )
+
+    async def delete(self, path: str, recursive: bool) -> None:
+        await self.request("POST", "/api/v1/delete", json={"path": path, "recursive": recursive})
+
+    # -- blocks and commits ---------------------------------------------------------------
+
+    async def missing_blocks(self, ids: list[BlockId]) -> list[BlockId]:
+        body = await self.request_json("POST", "/api/v1/blocks/missing", json={"ids": ids})
+        return [BlockId(i) for i in body.get("missing", [])]
+
+    async def put_block(self, bid: BlockId, frame: bytes) -> None:
+        await self.request("PUT", f"/api/v1/blocks/{bid}", content=frame)
+
+    async def get_block(self, bid: BlockId) -> bytes:
+        resp = await self.request("GET", f"/api/v1/blocks/{bid}")
+        return resp.content
+
+    async def commit(
+        self,
+        path: str,
+        base_rev: int | None,
+        blocks: list[tuple[BlockId, int]],
+        size: int,
+        mtime_ns: int,
+        mode: int,
+        commit_id: str,
+    ) -> FileRecord:
+        return await self._record(
+            "POST",
+            "/api/v1/commit",
+            json={
+                "path": path,
+                "base_rev": base_rev,
+                "blocks": blocks_to_json(tuple(blocks)),
+                "size": size,
+                "mtime_ns": mtime_ns,
+                "mode": mode,
+                "commit_id": commit_id,
+            },
+        )
+
+    async def editing(self, path: str) -> None:
+        await self.request("POST", "/api/v1/editing", json={"path": path})
+
+    # -- history --------------------------------------------------------------------------
+
+    async def revisions(self, path: str, limit: int) -> list[RevisionInfo]:
+        body = await self.request_json(
+            "GET", "/api/v1/revisions", params={"path": path, "limit": limit}
+        )
+        return [RevisionInfo.from_json(r) for r in body.get("revisions", [])]
+
+    async def restore(self, path: str, revision: int) -> FileRecord:
+        return await self._record(
+            "POST", "/api/v1/restore", json={"path": path, "revision": revision}
+        )
+
+    async def trash(self) -> list[dict[str, Any]]:
+        body = await self.request_json("GET", "/api/v1/trash")
+        entries = body.get("entries", [])
+        return [e for e in entries if isinstance(e, dict)]
+
+    async def undelete(self, path: str) -> FileRecord:
+        return await self._record("POST", "/api/v1/undelete", json={"path": path})
+
+    # -- change feed ----------------------------------------------------------------------
+
+    async def cursor(self) -> str:
+        body = await self.request_json("GET", "/api/v1/cursor")
+        return str(body["cursor"])
+
+    async def delta(self, cursor: str, limit: int = 1000) -> tuple[list[Change], str, bool, bool]:
+        """Returns `(changes, new cursor, has_more, reset)`."""
+        body = await self.request_json(
+            "GET", "/api/v1/delta", params={"cursor": cursor, "limit": limit}
+        )
+        try:
+            changes = [Change.from_json(c) for c in body.get("entries", [])]
+        except ValueError as exc:
+            raise errors.ServerError(f"delta: bad change: {exc}") from exc
+        return (
+            changes,
+            str(body.get("cursor", cursor)),
+            bool(body.get("has_more")),
+            bool(body.get("reset")),
+        )
+
+    async def longpoll(self, cursor: str, timeout_s: int) -> tuple[bool, int | None]:
+        """Returns `(changes, backoff seconds or None)`."""
+        body = await self.request_json(
+            "GET",
+            "/api/v1/longpoll",
+            params={"cursor": cursor, "timeout": timeout_s},
+            timeout=httpx.Timeout(timeout_s * 1.1 + LONGPOLL_MARGIN_S, connect=CONNECT_TIMEOUT_S),
+        )
+        backoff = body.get("backoff")
+        return bool(body.get("changes")), backoff if isinstance(backoff, int) else None

@@ -1,0 +1,310 @@
+"""The client's local state in LMDB: the tree (inodes, directory entries), the durable
+upload queue (an ordered operation log), and small settings (cursor, inode counter).
+
+Why LMDB: `ls` must never wait for the network and a remount (even offline) must show the
+tree at once, so the tree lives locally; the queue must survive a crash of the client.
+
+Concurrency: every method opens and closes its transaction inside itself (or inside one
+`with state.write() as w:` block that contains no `await`), so a transaction never crosses
+threads or checkpoints. The environment is opened with `sync=False`: a committed transaction
+survives a crash of the client process (it is in the OS page cache); `sync()` (called on
+fsync, in a worker thread) makes it survive a crash of the machine too.
+
+Inode numbers: entries that came from the server use the server's file id (the root is 1 on
+both sides); entries created here get `LOCAL_INO_BASE + n` and learn their server id when
+the uploader commits them. `Node` objects are cached in memory (write-through).
+"""
+
+from __future__ import annotations
+
+import json
+import struct
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import lmdb
+
+from blockstore.ids import BlockId
+
+__all__ = ["LOCAL_INO_BASE", "ROOT_INO", "Dirty", "Node", "StateDB", "Writer"]
+
+ROOT_INO = 1
+LOCAL_INO_BASE = 1 << 40
+MAP_SIZE_BYTES = 64 << 30
+
+_U64 = struct.Struct(">Q")
+
+
+def _k(n: int) -> bytes:
+    return _U64.pack(n)
+
+
+@dataclass(slots=True)
+class Dirty:
+    """Local, not yet uploaded content of a file.
+
+    Bytes inside `ranges` are in the dirty file; others below `base_size` come from
+    `base_blocks` (the revision the edit started from); the rest reads as zeros.
+    `gen` counts writes so the uploader can tell whether the file changed under it.
+    """
+
+    base_blocks: list[tuple[BlockId, int]]
+    base_size: int
+    ranges: list[tuple[int, int]]
+    gen: int = 0
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "base_blocks": [list(b) for b in self.base_blocks],
+            "base_size": self.base_size,
+            "ranges": [list(r) for r in self.ranges],
+            "gen": self.gen,
+        }
+
+    @classmethod
+    def from_json(cls, d: dict[str, Any]) -> Dirty:
+        return cls(
+            base_blocks=[(BlockId(b), int(s)) for b, s in d["base_blocks"]],
+            base_size=int(d["base_size"]),
+            ranges=[(int(s), int(e)) for s, e in d["ranges"]],
+            gen=int(d.get("gen", 0)),
+        )
+
+
+@dataclass(slots=True)
+class Node:
+    """One inode. `mode` holds permission bits only; `kind` is file, dir or symlink."""
+
+    ino: int
+    parent: int
+    name: str
+    kind: str
+    mode: int
+    size: int = 0
+    mtime_ns: int = 0
+    ctime_ns: int = 0
+    server_id: int | None = None
+    rev: int | None = None
+    blocks: list[tuple[BlockId, int]] | None = None
+    target: str | None = None
+    listed: bool = False
+    dirty: Dirty | None = None
+    linked: bool = True
+    version: int = 0
+    """Bumped whenever the content seen through this inode changes (kernel cache check)."""
+    _starts: list[int] | None = field(default=None, repr=False, compare=False)
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "ino": self.ino,
+            "parent": self.parent,
+            "name": self.name,
+            "kind": self.kind,
+            "mode": self.mode,
+            "size": self.size,
+            "mtime_ns": self.mtime_ns,
+            "ctime_ns": self.ctime_ns,
+            "server_id": self.server_id,
+            "rev": self.rev,
+            "blocks": None if self.blocks is None else [list(b) for b in self.blocks],
+            "target": self.target,
+            "listed": self.listed,
+            "dirty": None if self.dirty is None else self.dirty.to_json(),
+            "linked": self.linked,
+            "version": self.version,
+        }
+
+    @classmethod
+    def from_json(cls, d: dict[str, Any]) -> Node:
+        blocks = d.get("blocks")
+        dirty = d.get("dirty")
+        return cls(
+            ino=int(d["ino"]),
+            parent=int(d["parent"]),
+            name=str(d["name"]),
+            kind=str(d["kind"]),
+            mode=int(d["mode"]),
+            size=int(d["size"]),
+            mtime_ns=int(d["mtime_ns"]),
+            ctime_ns=int(d.get("ctime_ns", d["mtime_ns"])),
+            server_id=d.get("server_id"),
+            rev=d.get("rev"),
+            blocks=None if blocks is None else [(BlockId(b), int(s)) for b, s in blocks],
+            target=d.get("target"),
+            listed=bool(d.get("listed", False)),
+            dirty=None if dirty is None else Dirty.from_json(dirty),
+            linked=bool(d.get("linked", True)),
+            version=int(d.get("version", 0)),
+        )
+
+    def set_blocks(self, blocks: list[tuple[BlockId, int]] | None) -> None:
+        self.blocks = blocks
+        self._starts = None
+
+    def block_starts(self) -> list[int]:
+        """Offsets at which each block of `blocks` begins (memoised)."""
+        if self._starts is None:
+            starts: list[int] = []
+            pos = 0
+            for _, size in self.blocks or ():
+                starts.append(pos)
+                pos += size
+            self._starts = starts
+        return self._starts
+
+
+class Writer:
+    """Operations inside one open write transaction (see `StateDB.write`)."""
+
+    def __init__(self, db: StateDB, txn: lmdb.Transaction) -> None:
+        self._db = db
+        self._txn = txn
+
+    def put_node(self, node: Node) -> None:
+        self._txn.put(_k(node.ino), json.dumps(node.to_json()).encode(), db=self._db._nodes)
+        self._db._cache[node.ino] = node
+        if node.server_id is not None:
+            self._txn.put(_k(node.server_id), _k(node.ino), db=self._db._srv)
+
+    def delete_node(self, ino: int) -> None:
+        node = self._db._cache.pop(ino, None)
+        self._txn.delete(_k(ino), db=self._db._nodes)
+        if node is not None and node.server_id is not None:
+            cur = self._txn.get(_k(node.server_id), db=self._db._srv)
+            if cur == _k(ino):
+                self._txn.delete(_k(node.server_id), db=self._db._srv)
+
+    def link(self, parent: int, name: str, ino: int) -> None:
+        self._txn.put(_k(parent) + name.encode(), _k(ino), db=self._db._dirents)
+
+    def unlink(self, parent: int, name: str) -> None:
+        self._txn.delete(_k(parent) + name.encode(), db=self._db._dirents)
+
+    def add_op(self, op: dict[str, Any]) -> int:
+        cur = self._txn.cursor(db=self._db._ops)
+        seq = _U64.unpack(cur.key())[0] + 1 if cur.last() else 1
+        self._txn.put(_k(seq), json.dumps(op).encode(), db=self._db._ops)
+        return seq
+
+    def replace_op(self, seq: int, op: dict[str, Any]) -> None:
+        self._txn.put(_k(seq), json.dumps(op).encode(), db=self._db._ops)
+
+    def last_op(self) -> dict[str, Any] | None:
+        cur = self._txn.cursor(db=self._db._ops)
+        return json.loads(bytes(cur.value())) if cur.last() else None
+
+    def delete_op(self, seq: int) -> None:
+        self._txn.delete(_k(seq), db=self._db._ops)
+
+    def set_meta(self, key: str, value: Any) -> None:
+        self._txn.put(key.encode(), json.dumps(value).encode(), db=self._db._meta)
+
+    def next_ino(self) -> int:
+        raw = self._txn.get(b"next_ino", db=self._db._meta)
+        n = int(json.loads(bytes(raw))) if raw else LOCAL_INO_BASE
+        self._txn.put(b"next_ino", json.dumps(n + 1).encode(), db=self._db._meta)
+        return n
+
+
+class StateDB:
+    """The LMDB environment holding tree, queue and settings of one client home."""
+
+    def __init__(self, path: Path) -> None:
+        path.mkdir(mode=0o700, parents=True, exist_ok=True)
+        self._env = lmdb.open(
+            str(path), map_size=MAP_SIZE_BYTES, max_dbs=8, sync=False, metasync=False
+        )
+        self._nodes = self._env.open_db(b"nodes")
+        self._dirents = self._env.open_db(b"dirents")
+        self._srv = self._env.open_db(b"srv")
+        self._ops = self._env.open_db(b"ops")
+        self._meta = self._env.open_db(b"meta")
+        self._cache: dict[int, Node] = {}
+
+    def close(self) -> None:
+        self._env.sync(True)
+        self._env.close()
+
+    def sync(self) -> None:
+        """Flush committed transactions to disk (blocking: call from a worker thread)."""
+        self._env.sync(True)
+
+    @contextmanager
+    def write(self) -> Iterator[Writer]:
+        """One write transaction; never `await` inside the `with` block."""
+        with self._env.begin(write=True) as txn:
+            yield Writer(self, txn)
+
+    # -- reads --------------------------------------------------------------------------
+
+    def node(self, ino: int) -> Node | None:
+        cached = self._cache.get(ino)
+        if cached is not None:
+            return cached
+        with self._env.begin() as txn:
+            raw = txn.get(_k(ino), db=self._nodes)
+        if raw is None:
+            return None
+        node = Node.from_json(json.loads(raw))
+        self._cache[ino] = node
+        return node
+
+    def lookup(self, parent: int, name: str) -> int | None:
+        with self._env.begin() as txn:
+            raw = txn.get(_k(parent) + name.encode(), db=self._dirents)
+        return None if raw is None else _U64.unpack(raw)[0]
+
+    def children(self, parent: int) -> list[tuple[str, int]]:
+        """`(name, ino)` of every entry of directory `parent`, sorted by name bytes."""
+        prefix = _k(parent)
+        out: list[tuple[str, int]] = []
+        with self._env.begin() as txn:
+            cur = txn.cursor(db=self._dirents)
+            if cur.set_range(prefix):
+                for key, value in cur:
+                    if not key.startswith(prefix):
+                        break
+                    out.append((key[8:].decode(), _U64.unpack(value)[0]))
+        return out
+
+    def has_children(self, parent: int) -> bool:
+        prefix = _k(parent)
+        with self._env.begin() as txn:
+            cur = txn.cursor(db=self._dirents)
+            return bool(cur.set_range(prefix)) and cur.key().startswith(prefix)
+
+    def ino_for_server_id(self, server_id: int) -> int | None:
+        with self._env.begin() as txn:
+            raw = txn.get(_k(server_id), db=self._srv)
+        return None if raw is None else _U64.unpack(raw)[0]
+
+    def ops(self, limit: int = 1 << 30) -> list[tuple[int, dict[str, Any]]]:
+        """The queued operations, oldest first."""
+        out: list[tuple[int, dict[str, Any]]] = []
+        with self._env.begin() as txn:
+            for key, value in txn.cursor(db=self._ops):
+                out.append((_U64.unpack(key)[0], json.loads(bytes(value))))
+                if len(out) >= limit:
+                    break
+        return out
+
+    def op_count(self) -> int:
+        with self._env.begin() as txn:
+            return int(txn.stat(self._ops)["entries"])
+
+    def dirty_nodes(self) -> list[Node]:
+        """Every node with local unsynced content (scans; used at start-up and status)."""
+        out: list[Node] = []
+        with self._env.begin() as txn:
+            for _, raw in txn.cursor(db=self._nodes):
+                if b'"dirty": null' not in raw:
+                    out.append(Node.from_json(json.loads(bytes(raw))))
+        return [self._cache.get(n.ino, n) for n in out]
+
+    def get_meta(self, key: str, default: Any = None) -> Any:
+        with self._env.begin() as txn:
+            raw = txn.get(key.encode(), db=self._meta)
+        return default if raw is None else json.loads(raw)
