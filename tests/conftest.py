@@ -1,0 +1,35 @@
+"""Fixtures shared by the whole suite. Keep it small and generic; helpers live in helpers/."""
+
+from __future__ import annotations
+
+import itertools
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.helpers.server_proc import ServerProcess
+
+_user_numbers = itertools.count(1)
+
+
+@pytest.fixture
+def server(tmp_path: Path) -> Iterator[ServerProcess]:
+    """A fresh server process with its own data directory (stopped after the test)."""
+    with ServerProcess(tmp_path / "server-data") as srv:
+        yield srv
+
+
+@pytest.fixture(scope="session")
+def shared_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
+    """One server process for the whole session: give each test its own user (`new_user`)."""
+    with ServerProcess(tmp_path_factory.mktemp("shared") / "server-data") as srv:
+        yield srv
+
+
+@pytest.fixture
+def new_user(shared_server: ServerProcess) -> tuple[str, str]:
+    """A fresh user on the shared server: returns (name, token)."""
+    name = f"user{next(_user_numbers)}"
+    shared_server.add_user(name, "pw-" + name)
+    return name, shared_server.login(name, "pw-" + name)

@@ -1,0 +1,1 @@
+"""Importable test helpers (never import from another test module)."""
