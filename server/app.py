@@ -24,7 +24,9 @@ log = logging.getLogger(__name__)
 
 async def _api_error(request: Request, exc: Exception) -> Response:
     assert isinstance(exc, ApiError)
-    return error_response(exc)
+    if exc.status >= 500:
+        log.error("request %s: %s", request_id(request), exc.message)
+    return error_response(exc, request_id(request))
 
 
 async def _http_error(request: Request, exc: Exception) -> Response:

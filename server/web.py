@@ -41,9 +41,12 @@ def json_response(
     )
 
 
-def error_response(exc: ApiError) -> Response:
-    """The JSON answer of an ApiError (with its extra headers)."""
-    return json_response(exc.body(), exc.status, exc.headers)
+def error_response(exc: ApiError, rid: str | None = None) -> Response:
+    """The JSON answer of an ApiError (with its extra headers; 5xx also name the request)."""
+    body = exc.body()
+    if exc.status >= 500 and rid is not None:
+        body.setdefault("request_id", rid)
+    return json_response(body, exc.status, exc.headers)
 
 
 class DriveMiddleware:
@@ -78,7 +81,7 @@ class DriveMiddleware:
             await self.app(scope, receive, send_wrapper)
         except ApiError as exc:
             if not started:
-                await error_response(exc)(scope, receive, send_wrapper)
+                await error_response(exc, request_id)(scope, receive, send_wrapper)
             else:
                 log.warning("request %s failed after its answer started: %s", request_id, exc)
         except Exception:
