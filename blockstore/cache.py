@@ -292,6 +292,7 @@ class LmdbBlockCache:
             return None
         with self._lock:
             self._hits += 1
+            self._touched.pop(raw, None)  # re-insert: the dict's order is recency order
             self._touched[raw] = None
             if len(self._touched) >= TOUCH_BATCH and not self._closed:
                 self._write(lambda txn: None)
@@ -374,10 +375,9 @@ class LmdbBlockCache:
             self._write(add)
 
     def _release(self, txn: lmdb.Transaction, raw: bytes, own: bytes) -> None:
-        txn.delete(raw, own, db=self._pins)
         txn.delete(own, raw, db=self._owners)
-        if not self._is_pinned(txn, raw):
-            self._retick(txn, raw, in_lru=True)  # just in use: most recently used
+        if txn.delete(raw, own, db=self._pins) and not self._is_pinned(txn, raw):
+            self._retick(txn, raw, in_lru=True)  # was just in use: most recently used
 
     def unpin(self, block_id: BlockId, owner: str) -> None:
         """Drop `owner`'s pin on `block_id` (missing is fine); evictable once unpinned."""
