@@ -6,6 +6,9 @@ value (what `json.loads` returns) and raises `WireFormatError` (a `ValueError`) 
 that does not have the record's exact shape: missing or extra-typed fields, bools where ints
 belong, malformed block ids, invalid paths. Unknown extra fields are ignored so that the
 protocol can grow.
+
+The path rules live in `blockstore.paths` and are re-exported here, so `from
+blockstore.wire import validate_path` keeps working.
 """
 
 from __future__ import annotations
@@ -16,6 +19,17 @@ from typing import Any, Final, Literal, TypeAlias, get_args
 
 from .errors import InvalidPath, WireFormatError
 from .ids import BlockId, is_block_id
+from .paths import (
+    MAX_NAME_BYTES,
+    MAX_PATH_BYTES,
+    ROOT_PATH,
+    is_within,
+    join_path,
+    path_parts,
+    split_path,
+    validate_name,
+    validate_path,
+)
 
 __all__ = [
     "CHANGE_OPS",
@@ -31,6 +45,7 @@ __all__ = [
     "ERR_TOO_LARGE",
     "ERR_UNAUTHORIZED",
     "FILE_KINDS",
+    "FILE_STATES",
     "LIST_LIMIT_MAX",
     "LONGPOLL_MAX_SECONDS",
     "LONGPOLL_MIN_SECONDS",
@@ -51,6 +66,8 @@ __all__ = [
     "InvalidPath",
     "MoveMode",
     "RevisionInfo",
+    "blocks_from_json",
+    "blocks_to_json",
     "error_body",
     "is_within",
     "join_path",
@@ -63,8 +80,6 @@ __all__ = [
 # -- limits -----------------------------------------------------------------------------
 
 MAX_FILE_BYTES: Final = 10 * 10**9
-MAX_NAME_BYTES: Final = 255
-MAX_PATH_BYTES: Final = 4096
 MAX_BLOCK_BYTES: Final = 8 * 1024 * 1024
 """Largest plaintext of one block on the wire (413 above)."""
 MAX_MISSING_IDS: Final = 10_000
@@ -73,7 +88,6 @@ LIST_LIMIT_MAX: Final = 5000
 LONGPOLL_MIN_SECONDS: Final = 30
 LONGPOLL_MAX_SECONDS: Final = 480
 ROOT_ID: Final = 1
-ROOT_PATH: Final = "/"
 
 # -- error codes ------------------------------------------------------------------------
 
@@ -130,108 +144,6 @@ MOVE_MODES: Final[tuple[str, ...]] = get_args(MoveMode)
 
 BlockList: TypeAlias = tuple[tuple[BlockId, int], ...]
 """Ordered `(block id, plaintext size)` pairs of a file's content."""
-
-# -- paths ------------------------------------------------------------------------------
-
-
-def _utf8(text: str, what: str) -> bytes:
-    try:
-        return text.encode("utf-8")
-    except UnicodeEncodeError:
-        raise InvalidPath(f"{what} is not valid UTF-8 (lone surrogate): {text!r}") from None
-
-
-def validate_name(name: str) -> str:
-    """Check one path component and return it unchanged.
-
-    Raises:
-        InvalidPath: empty, `.` or `..`, contains `/` or NUL, not UTF-8, or over
-            `MAX_NAME_BYTES` bytes in UTF-8.
-    """
-    if not isinstance(name, str):
-        raise InvalidPath(f"a name must be a str, not {type(name).__name__}")
-    if name == "":
-        raise InvalidPath("empty name")
-    if name in (".", ".."):
-        raise InvalidPath(f"name {name!r} is not allowed")
-    if "/" in name:
-        raise InvalidPath(f"name {name!r} contains '/'")
-    if "\x00" in name:
-        raise InvalidPath(f"name {name!r} contains NUL")
-    size = len(_utf8(name, "name"))
-    if size > MAX_NAME_BYTES:
-        raise InvalidPath(f"name is {size} bytes in UTF-8, over {MAX_NAME_BYTES}: {name[:40]!r}...")
-    return name
-
-
-def validate_path(path: str) -> str:
-    """Check an absolute drive path and return it unchanged (nothing is normalised).
-
-    Rules (docs/protocol.md "Paths"): starts with `/`; `/` alone is the root; no empty
-    component (so no `//` and no trailing `/`), no `.` or `..`, no NUL, each component at
-    most 255 bytes and the whole path at most 4096 bytes in UTF-8.
-
-    Raises:
-        InvalidPath: with a message naming the broken rule.
-    """
-    if not isinstance(path, str):
-        raise InvalidPath(f"a path must be a str, not {type(path).__name__}")
-    if path == ROOT_PATH:
-        return path
-    if not path.startswith("/"):
-        raise InvalidPath(f"path must be absolute (start with '/'): {path[:80]!r}")
-    size = len(_utf8(path, "path"))
-    if size > MAX_PATH_BYTES:
-        raise InvalidPath(f"path is {size} bytes in UTF-8, over {MAX_PATH_BYTES}")
-    for part in path[1:].split("/"):
-        if part == "":
-            raise InvalidPath(f"path has an empty component ('//' or trailing '/'): {path!r}")
-        validate_name(part)
-    return path
-
-
-def path_parts(path: str) -> list[str]:
-    """Return the components of a valid path (`[]` for the root). Validates first."""
-    validate_path(path)
-    return [] if path == ROOT_PATH else path[1:].split("/")
-
-
-def split_path(path: str) -> tuple[str, str]:
-    """Split a valid path into `(parent path, name)`: `/a/b` -> (`/a`, `b`), `/a` -> (`/`, `a`).
-
-    Raises:
-        InvalidPath: `path` is invalid, or is the root (which has no parent or name).
-    """
-    validate_path(path)
-    if path == ROOT_PATH:
-        raise InvalidPath("the root directory has no parent")
-    parent, _, name = path.rpartition("/")
-    return (parent or ROOT_PATH), name
-
-
-def join_path(parent: str, name: str) -> str:
-    """Return the path of `name` inside directory `parent`, checking both and the result.
-
-    Raises:
-        InvalidPath: `parent` or `name` is invalid, or the result is over 4096 bytes.
-    """
-    validate_path(parent)
-    validate_name(name)
-    joined = f"/{name}" if parent == ROOT_PATH else f"{parent}/{name}"
-    return validate_path(joined)
-
-
-def is_within(path: str, ancestor: str) -> bool:
-    """Return True if `path` is `ancestor` or lies below it (for "move into itself" checks).
-
-    Both must be valid paths. Compares components, so `/ab` is not within `/a`.
-    """
-    validate_path(path)
-    validate_path(ancestor)
-    if ancestor == ROOT_PATH or path == ancestor:
-        return True
-    return path.startswith(ancestor + "/")
-
 
 # -- JSON field readers -----------------------------------------------------------------
 
