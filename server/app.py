@@ -12,10 +12,12 @@ from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import Response
+from starlette.routing import BaseRoute
 from starlette.types import ASGIApp
 
 from server import routes_api, routes_files
 from server.errors import ApiError, BadRequest, Internal, NotFound
+from server.metrics import Metrics
 from server.services import Services
 from server.web import DriveMiddleware, error_response, request_id
 
@@ -44,10 +46,10 @@ async def _unexpected(request: Request, exc: Exception) -> Response:
     return error_response(Internal("internal error", request_id=rid))
 
 
-def build_app(services: Services) -> ASGIApp:
-    """The whole HTTP API over `services`."""
+def assemble(routes: list[BaseRoute], metrics: Metrics, services: Services | None) -> ASGIApp:
+    """Routes with the protocol's error handling and the outer middleware."""
     app = Starlette(
-        routes=[*routes_api.ROUTES, *routes_files.ROUTES],
+        routes=routes,
         exception_handlers={
             ApiError: _api_error,
             HTTPException: _http_error,
@@ -55,4 +57,9 @@ def build_app(services: Services) -> ASGIApp:
         },
     )
     app.state.services = services
-    return DriveMiddleware(app, services.metrics)
+    return DriveMiddleware(app, metrics)
+
+
+def build_app(services: Services) -> ASGIApp:
+    """The whole HTTP API over `services`."""
+    return assemble([*routes_api.ROUTES, *routes_files.ROUTES], services.metrics, services)

@@ -79,15 +79,15 @@ async def _serve(services: Services, hyper: HyperConfig, data_dir: Path) -> None
                 )
             )  # fmt: skip
             url = str(binds[0])
+            info = {"url": url, "fingerprint": services.fingerprint, "pid": os.getpid()}
+            tmp = data_dir / (SERVER_JSON + ".tmp")
+            tmp.write_text(json.dumps(info))
+            os.replace(tmp, data_dir / SERVER_JSON)
             sys.stdout.write(
                 f"drive server: certificate fingerprint (SHA-256) {services.fingerprint}\n"
                 f"drive server: listening on {url}\n"
             )
             sys.stdout.flush()
-            info = {"url": url, "fingerprint": services.fingerprint, "pid": os.getpid()}
-            tmp = data_dir / (SERVER_JSON + ".tmp")
-            tmp.write_text(json.dumps(info))
-            os.replace(tmp, data_dir / SERVER_JSON)
             maintenance = trio.CancelScope()
 
             async def maintain() -> None:

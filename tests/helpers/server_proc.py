@@ -211,9 +211,7 @@ class ServerProcess:
         """A synchronous httpx client for this server (cert pinned, bearer token if given)."""
         headers = {"Authorization": f"Bearer {token}"} if token else {}
         kwargs.setdefault("timeout", 30.0)
-        return httpx.Client(
-            base_url=self.url, verify=self.ssl_context(), headers=headers, **kwargs
-        )
+        return httpx.Client(base_url=self.url, verify=self.ssl_context(), headers=headers, **kwargs)
 
     def async_client(self, token: str | None = None, **kwargs: Any) -> httpx.AsyncClient:
         """An httpx.AsyncClient (works under trio) for this server."""

@@ -55,7 +55,9 @@ def test_login_whoami_logout(shared_server: ServerProcess, new_user: tuple[str, 
     "headers",
     [{}, {"Authorization": "Bearer nope"}, {"Authorization": "Basic abc"}, {"Authorization": ""}],
 )
-def test_missing_or_wrong_token_is_401(shared_server: ServerProcess, headers: dict[str, str]) -> None:
+def test_missing_or_wrong_token_is_401(
+    shared_server: ServerProcess, headers: dict[str, str]
+) -> None:
     with shared_server.client() as http:
         for method, url in [
             ("GET", "/api/v1/whoami"),
@@ -101,7 +103,9 @@ def test_admin_commands_work_while_serving(shared_server: ServerProcess) -> None
     done = srv.admin("deluser", "carol", "--yes")
     assert done.returncode == 0, done.stderr
     with srv.client() as http:
-        gone = http.post("/api/v1/login", json={"user": "carol", "password": "second", "device": "d"})
+        gone = http.post(
+            "/api/v1/login", json={"user": "carol", "password": "second", "device": "d"}
+        )
         assert gone.status_code == 401
     assert token  # its cached principal expires within auth_cache_seconds
     no_stdin = srv.admin("adduser", "dave")

@@ -22,7 +22,9 @@ def put(http: httpx.Client, data: bytes) -> list[Any]:
     return [bid, len(data)]
 
 
-def commit(http: httpx.Client, path: str, base: int | None, blocks: list[Any], cid: str) -> httpx.Response:
+def commit(
+    http: httpx.Client, path: str, base: int | None, blocks: list[Any], cid: str
+) -> httpx.Response:
     return http.post(
         "/api/v1/commit",
         json={"path": path, "base_rev": base, "blocks": blocks,
@@ -63,8 +65,17 @@ def test_commit_create_update_conflict_and_idempotence(http: httpx.Client) -> No
     missing = commit(http, "/m.txt", None, [[hashlib.sha256(b"zz").hexdigest(), 2]], "c6")
     assert missing.status_code == 400
     assert missing.json()["missing"] == [hashlib.sha256(b"zz").hexdigest()]
-    bad_size = http.post("/api/v1/commit", json={"path": "/s", "base_rev": None, "blocks": [b1],
-                                                 "size": 1, "mtime_ns": 0, "commit_id": "c7"})
+    bad_size = http.post(
+        "/api/v1/commit",
+        json={
+            "path": "/s",
+            "base_rev": None,
+            "blocks": [b1],
+            "size": 1,
+            "mtime_ns": 0,
+            "commit_id": "c7",
+        },
+    )
     assert bad_size.status_code == 400
     revs = http.get("/api/v1/revisions", params={"path": "/f.txt"}).json()["revisions"]
     assert [r["revision"] for r in revs] == [2, 1]
@@ -153,7 +164,9 @@ def test_move_rename_directory_exchange_replace(http: httpx.Client) -> None:
     assert (rep["id"], rep["path"]) == (h["id"], "/h")
     assert http.get("/api/v1/meta", params={"path": "/g"}).status_code == 404
     assert http.post("/api/v1/move", json={"from": "/", "to": "/r"}).status_code == 400
-    assert http.post("/api/v1/move", json={"from": "/g", "to": "/q", "mode": "x"}).status_code == 400
+    assert (
+        http.post("/api/v1/move", json={"from": "/g", "to": "/q", "mode": "x"}).status_code == 400
+    )
 
 
 def test_delete_trash_undelete(http: httpx.Client) -> None:
@@ -189,7 +202,9 @@ def test_revisions_are_capped_and_restore_makes_a_new_revision(tmp_path) -> None
                 rev = commit(http, "/r", rev, [put(http, c)], f"r{i}").json()["rev"]
             revs = http.get("/files/list_revisions", params={"path": "/r", "limit": 10}).json()
             assert [r["revision"] for r in revs["revisions"]] == [5, 4, 3]
-            assert http.post("/api/v1/restore", json={"path": "/r", "revision": 1}).status_code == 404
+            assert (
+                http.post("/api/v1/restore", json={"path": "/r", "revision": 1}).status_code == 404
+            )
             back = http.post("/files/restore", params={"path": "/r", "revision": 3}).json()
             assert back["rev"] == 6
             assert http.get("/files/download", params={"path": "/r"}).content == contents[2]
