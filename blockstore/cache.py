@@ -114,9 +114,10 @@ class LmdbBlockCache:
             raise ValueError("max_bytes must be positive")
         self.path = Path(path)
         self.max_bytes = max_bytes
-        self.path.mkdir(parents=True, exist_ok=True)
+        self.path.mkdir(mode=0o700, parents=True, exist_ok=True)
         self._env = lmdb.open(
             str(self.path),
+            mode=0o600,  # plaintext user data: private to the user
             map_size=map_bytes or max(2 * max_bytes, max_bytes + _MIN_MAP_BYTES),
             subdir=True,
             max_dbs=8,
@@ -136,8 +137,8 @@ class LmdbBlockCache:
         self._touched: dict[bytes, None] = {}  # insertion-ordered set of raw ids
         self._hits = self._misses = self._evictions = self._corrupt = 0
         self._closed = False
-        with self._lock:
-            self._write(lambda txn: self._evict_to(txn, self.max_bytes, 0))
+        with self._lock:  # the bound may have shrunk since the last run
+            self._write(lambda txn: self._evict_to(txn, self.max_bytes, 0, best_effort=True))
 
     # -- plumbing -----------------------------------------------------------------------
 
@@ -237,12 +238,15 @@ class LmdbBlockCache:
         self._set_used(txn, self._used(txn) - size)
         return int(size)
 
-    def _evict_to(self, txn: lmdb.Transaction, limit: int, incoming: int) -> None:
+    def _evict_to(
+        self, txn: lmdb.Transaction, limit: int, incoming: int, *, best_effort: bool = False
+    ) -> None:
         """Evict least recently used unpinned blocks until used + incoming <= limit.
 
         Raises:
             CacheFullError: not enough unpinned bytes; nothing is evicted (the caller's
-                transaction aborts).
+                transaction aborts). With `best_effort`, every unpinned block is evicted
+                instead and nothing is raised (used at open: pins always win).
         """
         need = self._used(txn) + incoming - limit
         if need <= 0:
@@ -260,7 +264,7 @@ class LmdbBlockCache:
                 freed += _META.unpack(meta)[0]
                 if freed >= need:
                     break
-        if freed < need:
+        if freed < need and not best_effort:
             raise CacheFullError(
                 f"block cache full: {incoming} bytes do not fit in {limit}; only {freed} "
                 f"bytes are evictable, the rest is pinned by unsynced files"

@@ -193,6 +193,26 @@ def test_reopen_with_smaller_bound_evicts(tmp_path):
         assert [cache.has(bid) for bid, _ in blocks] == [False, False, False, True, True]
 
 
+def test_reopen_below_pinned_bytes_keeps_pins(tmp_path):
+    blocks = [_block(i) for i in range(4)]
+    with LmdbBlockCache(tmp_path / "c", max_bytes=10_000) as cache:
+        for bid, data in blocks:
+            cache.put(bid, data)
+        cache.pin(blocks[0][0], "f")
+        cache.pin(blocks[1][0], "f")
+    with LmdbBlockCache(tmp_path / "c", max_bytes=1500) as cache:  # opens all the same
+        assert [cache.has(bid) for bid, _ in blocks] == [True, True, False, False]
+        with pytest.raises(CacheFullError):
+            cache.put(*_block(9))
+
+
+def test_files_are_private(tmp_path):
+    with LmdbBlockCache(tmp_path / "c", max_bytes=10_000) as cache:
+        cache.put(*_block(1))
+    assert oct((tmp_path / "c").stat().st_mode & 0o777) == "0o700"
+    assert oct((tmp_path / "c" / "data.mdb").stat().st_mode & 0o777) == "0o600"
+
+
 def test_closed_cache_refuses_calls(tmp_path):
     cache = LmdbBlockCache(tmp_path / "c", max_bytes=10_000)
     cache.close()
