@@ -46,6 +46,7 @@ QUOTA_EVERY_S = 60.0
 
 def run_mount(home: Home, mountpoint: Path, *, cache_bytes: int, allow_other: bool) -> None:
     """Mount and serve until unmounted (blocking). Raises `SyncError` for setup failures."""
+    logging.getLogger("httpx").setLevel(logging.WARNING)
     faulthandler.enable()
     faulthandler.register(signal.SIGUSR1)
     trio.run(_serve, home, mountpoint, cache_bytes, allow_other)

@@ -149,11 +149,18 @@ class Vfs:
         if not node.linked:
             return
         path = self._path(node.ino)
+        busy = self.uploader.current_seq if self.uploader is not None else None
         with self.state.write() as w:
             w.put_node(node)
             last = w.last_op()
-            if not (last and last.get("op") == "commit" and last.get("ino") == node.ino
-                    and last.get("path") == path):  # fmt: skip
+            same = (
+                last is not None
+                and last[0] != busy
+                and last[1].get("op") == "commit"
+                and last[1].get("ino") == node.ino
+                and last[1].get("path") == path
+            )
+            if not same:
                 w.add_op({"op": "commit", "ino": node.ino, "path": path})
         self._wake()
 

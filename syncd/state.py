@@ -192,9 +192,11 @@ class Writer:
     def replace_op(self, seq: int, op: dict[str, Any]) -> None:
         self._txn.put(_k(seq), json.dumps(op).encode(), db=self._db._ops)
 
-    def last_op(self) -> dict[str, Any] | None:
+    def last_op(self) -> tuple[int, dict[str, Any]] | None:
         cur = self._txn.cursor(db=self._db._ops)
-        return json.loads(bytes(cur.value())) if cur.last() else None
+        if not cur.last():
+            return None
+        return _U64.unpack(cur.key())[0], json.loads(bytes(cur.value()))
 
     def delete_op(self, seq: int) -> None:
         self._txn.delete(_k(seq), db=self._db._ops)

@@ -39,7 +39,7 @@ from syncd.blocks import BlockCacheLike
 from syncd.content import ContentStore
 from syncd.remote import RemoteClient
 from syncd.state import Node, StateDB
-from syncd.tree import node_from_record
+from syncd.tree import node_from_record, path_of
 
 __all__ = ["Uploader", "conflicted_name"]
 
@@ -88,6 +88,8 @@ class Uploader:
         self._wake = trio.Event()
         self._idle = trio.Event()
         self.bytes_uploaded = 0
+        self.current_seq: int | None = None
+        """The op being sent now: the mount must not coalesce a new commit into it."""
 
     def wake(self) -> None:
         """New work was queued."""
@@ -113,6 +115,7 @@ class Uploader:
                 await self._wake.wait()
                 continue
             seq, op = ops[0]
+            self.current_seq = seq
             try:
                 await self._apply(seq, op)
             except _Torn:
@@ -147,6 +150,7 @@ class Uploader:
             backoff = 0.5
             with self.state.write() as w:
                 w.delete_op(seq)
+            self.current_seq = None
 
     # -- one operation ------------------------------------------------------------------
 
@@ -232,10 +236,18 @@ class Uploader:
         if node.dirty is not None and node.dirty.gen == gen:
             node.set_blocks(blocks)
             self.content.finish_clean(node)
-        elif node.dirty is not None:
+            with self.state.write() as w:
+                w.put_node(node)
+            return
+        if node.dirty is not None:  # written again meanwhile: commit that too
             node.dirty.base_blocks, node.dirty.base_size = blocks, size
         with self.state.write() as w:
             w.put_node(node)
+            if node.dirty is not None and node.linked:
+                with contextlib.suppress(KeyError):
+                    w.add_op(
+                        {"op": "commit", "ino": node.ino, "path": path_of(self.state, node.ino)}
+                    )
 
     async def _missing(self, ids: list[BlockId]) -> list[BlockId]:
         unique = list(dict.fromkeys(ids))
