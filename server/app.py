@@ -19,7 +19,7 @@ from server import routes_api, routes_files
 from server.errors import ApiError, BadRequest, Internal, NotFound
 from server.metrics import Metrics
 from server.services import Services
-from server.web import DriveMiddleware, error_response, request_id
+from server.web import DriveMiddleware, drain_body, error_response, request_id
 
 log = logging.getLogger(__name__)
 
@@ -28,6 +28,7 @@ async def _api_error(request: Request, exc: Exception) -> Response:
     assert isinstance(exc, ApiError)
     if exc.status >= 500:
         log.error("request %s: %s", request_id(request), exc.message)
+    await drain_body(request)
     return error_response(exc, request_id(request))
 
 

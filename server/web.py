@@ -14,6 +14,7 @@ import secrets
 from collections.abc import AsyncIterator, Mapping
 from typing import Any
 
+import trio
 from starlette.requests import ClientDisconnect, Request
 from starlette.responses import Response
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
@@ -27,6 +28,9 @@ log = logging.getLogger(__name__)
 
 REQUEST_ID_KEY = "drive.request_id"
 RATE_HEADERS_KEY = "drive.rate_headers"
+DRAIN_KEY = "drive.drain"
+DRAIN_LIMIT_BYTES = 64 * 1024 * 1024
+DRAIN_SECONDS = 10.0
 
 
 def json_response(
@@ -64,6 +68,27 @@ class DriveMiddleware:
         scope[REQUEST_ID_KEY] = request_id
         status = 500
         started = False
+        body_done = False
+
+        async def receive_wrapper() -> Message:
+            nonlocal body_done
+            message = await receive()
+            if message["type"] == "http.disconnect" or not message.get("more_body", False):
+                body_done = True
+            return message
+
+        async def drain() -> None:
+            # Read (and drop) what the client is still sending before an early error answer:
+            # closing a socket with unread data makes TCP reset it, and the client would see
+            # "connection reset" instead of our 4xx. Bounded in bytes and time.
+            nonlocal body_done
+            left = DRAIN_LIMIT_BYTES
+            with trio.move_on_after(DRAIN_SECONDS):
+                while not body_done and left > 0:
+                    message = await receive_wrapper()
+                    left -= len(message.get("body", b""))
+
+        scope[DRAIN_KEY] = drain
 
         async def send_wrapper(message: Message) -> None:
             nonlocal status, started
@@ -78,9 +103,10 @@ class DriveMiddleware:
             await send(message)
 
         try:
-            await self.app(scope, receive, send_wrapper)
+            await self.app(scope, receive_wrapper, send_wrapper)
         except ApiError as exc:
             if not started:
+                await drain()
                 await error_response(exc, request_id)(scope, receive, send_wrapper)
             else:
                 log.warning("request %s failed after its answer started: %s", request_id, exc)
@@ -95,6 +121,13 @@ class DriveMiddleware:
             route = scope.get("route")
             name = getattr(route, "path", None) or "unmatched"
             self.metrics.count_request(name, status)
+
+
+async def drain_body(request: Request) -> None:
+    """Before an early error answer, read what the client is still sending (bounded)."""
+    drain = request.scope.get(DRAIN_KEY)
+    if drain is not None:
+        await drain()
 
 
 def request_id(request: Request) -> str:
