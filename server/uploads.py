@@ -129,8 +129,14 @@ class Uploads:
         if quota is not None and used + size > quota:
             raise QuotaExceeded(f"storage quota of {quota} bytes would be exceeded ({used} used)")
 
-    async def _append(self, path: Path, body: AsyncIterator[bytes], skip: int, limit: int) -> int:
-        """Append the body (minus its first `skip` bytes) to `path`; returns bytes written."""
+    async def _append(
+        self, path: Path, body: AsyncIterator[bytes], skip: int, limit: int, durable: bool
+    ) -> int:
+        """Append the body (minus its first `skip` bytes) to `path`; returns bytes written.
+
+        `durable` fsyncs at the end (resumable parts: what 308 reports must survive a crash);
+        a simple upload's spool file is read back at once and needs no fsync.
+        """
         f = await run_io(open, path, "ab")
         written = 0
         buf = bytearray()
@@ -150,7 +156,8 @@ class Uploads:
             if buf:
                 await run_io(f.write, bytes(buf))
             await run_io(f.flush)
-            await run_io(os.fsync, f.fileno())
+            if durable:
+                await run_io(os.fsync, f.fileno())
             await run_io(f.close)
         self.metrics.add("block_bytes_received", written)
         return written
@@ -197,7 +204,7 @@ class Uploads:
         await self._check_room(who, content_length)
         spooled = self.dir / f"tmp-{secrets.token_hex(12)}"
         try:
-            await self._append(spooled, body, 0, self.config.max_file_bytes)
+            await self._append(spooled, body, 0, self.config.max_file_bytes, durable=False)
             return await self._commit_file(who, path, base_rev, spooled, None, None)
         finally:
             with contextlib.suppress(FileNotFoundError):
@@ -271,7 +278,9 @@ class Uploads:
             skip = received - cr.start
             wanted = cr.end + 1 - received
             if wanted > 0:
-                received += await self._append(part, _take(body, skip + wanted), skip, limit)
+                received += await self._append(
+                    part, _take(body, skip + wanted), skip, limit, durable=True
+                )
         if total is not None and received >= total:
             if received > total:
                 raise BadRequest(f"received {received} bytes, more than the total {total}")
