@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import ssl
 import sys
 import tempfile
 import time
@@ -20,7 +19,7 @@ import httpx
 import trio
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from tests.helpers.server_proc import ServerProcess  # noqa: E402
+from tests.helpers.server_proc import ServerProcess
 
 CONFIG = {"rate_per_second": 1e9, "rate_burst": 1_000_000_000, "longpoll_max_open": 100_000}
 CONNECT_PARALLEL = 200
@@ -164,7 +163,6 @@ def main() -> None:
     print(f"{'-' * width}-|------")
     for k, v in rows:
         print(f"{k.ljust(width)} | {v}")
-    _ = ssl  # the long-poll client uses the pinned context from ServerProcess
 
 
 if __name__ == "__main__":
