@@ -41,6 +41,7 @@ def errno_of(exc: BaseException) -> int:
     if isinstance(exc, OSError) and exc.errno:
         return exc.errno
     if isinstance(exc, Offline):
+        log.warning("EIO: the server is unreachable and the data is not cached: %s", exc)
         return errno.EIO
     if isinstance(exc, SyncError | BlockstoreError | trio.TooSlowError):
         log.warning("I/O error: %s", exc)

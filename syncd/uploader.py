@@ -48,6 +48,7 @@ log = logging.getLogger(__name__)
 PUT_PARALLEL = 4
 MAX_BACKOFF_S = 15.0
 RETRY_TORN_S = 0.2
+MAX_CRASHES = 5
 
 
 def conflicted_name(name: str, device: str, when: float | None = None) -> str:
@@ -89,6 +90,7 @@ class Uploader:
         self._idle = trio.Event()
         self.bytes_uploaded = 0
         self.current_seq: int | None = None
+        self._failures: dict[int, int] = {}
         """The op being sent now: the mount must not coalesce a new commit into it."""
 
     def wake(self) -> None:
@@ -144,6 +146,16 @@ class Uploader:
             except errors.RemoteError as exc:
                 log.warning("server refused %s %s; dropping it: %s", op["op"], _where(op), exc)
                 self.last_error = str(exc)
+            except Exception as exc:  # a bug must not take the mount down
+                failures = self._failures[seq] = self._failures.get(seq, 0) + 1
+                log.error("upload of %s %s crashed (attempt %d)", op["op"], _where(op),
+                          failures, exc_info=exc)  # fmt: skip
+                self.last_error = f"{type(exc).__name__}: {exc}"
+                if failures < MAX_CRASHES:
+                    await trio.sleep(backoff)
+                    backoff = min(backoff * 2, MAX_BACKOFF_S)
+                    continue
+                log.error("giving up on %s %s", op["op"], _where(op))
             if not self.online:
                 log.info("server reachable again")
             self.online = True
@@ -176,7 +188,14 @@ class Uploader:
             except errors.NotFound:
                 log.debug("setattr of vanished %s ignored", op["path"])
         elif kind == "move":
-            rec = await self.remote.move(op["from"], op["to"], op["mode"])
+            try:
+                rec = await self.remote.move(op["from"], op["to"], op["mode"])
+            except errors.NotFound:
+                node = self.state.node(op["ino"])
+                if node is not None and node.linked:
+                    raise
+                log.debug("move of %s skipped: replaced before it was uploaded", op["from"])
+                return
             self._adopt(op.get("ino"), rec, rev_only=True)
         elif kind == "delete":
             try:
@@ -205,17 +224,21 @@ class Uploader:
             return  # deleted before it reached the server
         gen = node.dirty.gen
         await self.content.materialize(node)
-        if node.dirty is None:
-            return
+        if node.dirty is None or not node.linked:
+            return  # dropped (unlinked and forgotten) meanwhile
         path = self.content.path(node.ino)
         refs = await run_io(_chunk_and_cache, path, node.size, self.cache)
+        if node.dirty is None or not node.linked:
+            return
         if node.dirty.gen != gen:
             raise _Torn
         blocks = [(bid, size) for bid, size, _ in refs]
         missing = await self._missing([bid for bid, _, _ in refs])
         offsets = {bid: (off, size) for bid, size, off in refs}
         await self._put_blocks(path, [(b, *offsets[b]) for b in missing])
-        if node.dirty is None or node.dirty.gen != gen:
+        if node.dirty is None or not node.linked:
+            return
+        if node.dirty.gen != gen:
             raise _Torn
         digest = hashlib.sha256(repr((blocks, node.rev, op["path"])).encode()).hexdigest()
         if op.get("digest") != digest:

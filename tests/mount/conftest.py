@@ -5,6 +5,7 @@ from __future__ import annotations
 import itertools
 import os
 import shutil
+import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -31,7 +32,7 @@ requires_fuse = pytest.mark.skipif(_fuse_missing() is not None, reason=str(_fuse
 
 def new_account(server: ServerProcess, root: Path, device: str = "dev1") -> Path:
     """A fresh user on `server`, logged in with its own home under `root`."""
-    name = f"m{next(_numbers)}"
+    name = f"m{next(_numbers)}x{uuid.uuid4().hex[:8]}"
     server.add_user(name, "pw-" + name)
     return login_home(server, root / f"home-{name}-{device}", name, "pw-" + name, device)
 

@@ -58,7 +58,8 @@ def test_cp_r_in_and_out_keeps_checksums(workdir: Path, tmp_path: Path) -> None:
     sh("cp", "-r", str(workdir / "copy"), str(out))
     assert tree_digest(out) == tree_digest(src)
     listing = sh("ls", "-l", str(workdir / "copy"))
-    assert "big.bin" in listing and "link -> big.bin" in listing
+    assert "big.bin" in listing
+    assert "link -> big.bin" in listing
     assert (workdir / "copy" / "big.bin").stat().st_size == 3 * 1024 * 1024 + 17
 
 
@@ -118,7 +119,8 @@ def test_git_init_add_commit_status_log(workdir: Path) -> None:
     sh("git", *env, "commit", "-q", "-am", "second", cwd=repo)
     assert sh("git", "status", "--short", cwd=repo) == ""
     log = sh("git", "log", "--oneline", cwd=repo)
-    assert "first" in log and "second" in log
+    assert "first" in log
+    assert "second" in log
     sh("git", "fsck", "--no-progress", cwd=repo)
 
 
