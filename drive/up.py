@@ -218,6 +218,10 @@ def _ensure_mount(mp: Path) -> None:
 def up(args: argparse.Namespace) -> int:
     """Start the local server, user, login and mount; report what was already there."""
     mp = Path(args.mountpoint or DEFAULT_MOUNTPOINT).expanduser().absolute()
+    if mp.exists() and not os.path.ismount(mp):
+        from drive.mount_cmds import check_mountpoint
+
+        check_mountpoint(mp)  # before anything starts: a bad mount point changes nothing
     data = server_data_dir()
     server = _ensure_server(data)
     _ensure_login(data, server, getpass.getuser())
