@@ -29,9 +29,9 @@ def up_home(tmp_path: Path) -> Iterator[tuple[Path, Path]]:
     """A clean home and mount point; afterwards unmount and stop the server `drive up` made."""
     home, mnt = tmp_path / "home", tmp_path / "Drive"
     yield home, mnt
-    if os.path.ismount(mnt):
-        if subprocess.run(["fusermount3", "-u", str(mnt)], check=False).returncode != 0:
-            subprocess.run(["fusermount3", "-u", "-z", str(mnt)], check=False)
+    unmounted = subprocess.run(["fusermount3", "-u", str(mnt)], capture_output=True, check=False)
+    if os.path.ismount(mnt) and unmounted.returncode != 0:
+        subprocess.run(["fusermount3", "-u", "-z", str(mnt)], check=False)
     info = home / "server" / "server.json"
     if info.exists():
         pid = int(json.loads(info.read_text())["pid"])
