@@ -10,31 +10,30 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import re
 import subprocess
 import sys
 import time
 from pathlib import Path
 
+from drive import sizes
 from drive.errors import UserError
+from drive.logtail import last_log_line
 
-__all__ = ["check_mountpoint", "mount", "parse_size", "unmount"]
+__all__ = ["check_mountpoint", "mount", "parse_cache_size", "unmount"]
 
 MOUNT_WAIT_S = 30.0
 UNMOUNT_WAIT_S = 30.0
-_SIZE = re.compile(r"(\d+(?:\.\d+)?)\s*([kmgt]?)(i?b?)", re.IGNORECASE)
-_UNITS = {"": 1, "k": 1 << 10, "m": 1 << 20, "g": 1 << 30, "t": 1 << 40}
 
 
-def parse_size(text: str) -> int:
+def parse_cache_size(text: str) -> int:
     """`10G`, `512M`, `1.5GiB`, `4096` -> bytes (binary units)."""
-    m = _SIZE.fullmatch(text.strip())
-    if not m:
-        raise UserError(f"not a size: {text!r} (use e.g. 512M or 10G)")
-    value = float(m.group(1)) * _UNITS[m.group(2).lower()]
+    try:
+        value = sizes.parse_size(text)
+    except ValueError as exc:
+        raise UserError(f"--cache-size: {exc}") from None
     if value < 64 << 20:
         raise UserError(f"--cache-size {text} is too small (at least 64M)")
-    return int(value)
+    return value
 
 
 def check_mountpoint(path: Path) -> None:
@@ -73,7 +72,7 @@ def mount(args: argparse.Namespace) -> int:
     assert isinstance(home, Home)
     mp = Path(args.mountpoint).expanduser().absolute()
     check_mountpoint(mp)
-    cache_bytes = parse_size(args.cache_size) if args.cache_size else DEFAULT_CACHE_BYTES
+    cache_bytes = parse_cache_size(args.cache_size) if args.cache_size else DEFAULT_CACHE_BYTES
     if args.foreground:
         return _foreground(home, mp, cache_bytes, args.allow_other)
     return _background(home, mp, args)
@@ -119,23 +118,13 @@ def _background(home: object, mp: Path, args: argparse.Namespace) -> int:
     while not os.path.ismount(mp):
         rc = proc.poll()
         if rc is not None:
-            raise UserError(f"mount failed: {_last_line(home.log_path, start) or f'exit {rc}'}")
+            raise UserError(f"mount failed: {last_log_line(home.log_path, start) or f'exit {rc}'}")
         if time.monotonic() > deadline:
             proc.terminate()
             raise UserError(f"{mp} was not mounted after {MOUNT_WAIT_S:.0f}s; see {home.log_path}")
         time.sleep(0.05)
     print(f"mounted at {mp} (log: {home.log_path})")
     return 0
-
-
-def _last_line(path: Path, start: int) -> str:
-    try:
-        with open(path, "rb") as f:
-            f.seek(start)
-            lines = [ln for ln in f.read().decode(errors="replace").splitlines() if ln.strip()]
-    except OSError:
-        return ""
-    return lines[-1].removeprefix("drive: ") if lines else ""
 
 
 def unmount(args: argparse.Namespace) -> int:

@@ -13,6 +13,7 @@ import sys
 from pathlib import Path
 
 from drive.errors import UserError
+from drive.sizes import parse_size
 
 
 def _data_dir(args: argparse.Namespace) -> Path:
@@ -60,7 +61,10 @@ def adduser(args: argparse.Namespace) -> int:
     from server.errors import AccountError
 
     try:
-        quota = admin.parse_size(args.quota) if args.quota else None
+        quota = parse_size(args.quota) if args.quota else None
+    except ValueError as exc:
+        raise UserError(f"--quota: {exc}") from None
+    try:
         password = _read_password(args)
         admin.add_user(_data_dir(args), args.name, password, quota)
     except AccountError as exc:

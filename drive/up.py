@@ -25,6 +25,7 @@ from pathlib import Path
 import platformdirs
 
 from drive.errors import UserError
+from drive.logtail import last_log_line
 
 __all__ = ["server_data_dir", "up"]
 
@@ -105,20 +106,11 @@ def _start_server(data: Path, listen: str) -> RunningServer | str:
         if info is not None and info.pid == proc.pid:
             return info
         if proc.poll() is not None:
-            return _last_line(log_path, start) or f"the server exited with status {proc.returncode}"
+            reason = last_log_line(log_path, start)
+            return reason or f"the server exited with status {proc.returncode}"
         time.sleep(0.1)
     proc.terminate()
     return f"the server did not start within {SERVER_START_WAIT_S:.0f}s; see {log_path}"
-
-
-def _last_line(path: Path, start: int) -> str:
-    try:
-        with open(path, "rb") as f:
-            f.seek(start)
-            lines = [ln for ln in f.read().decode(errors="replace").splitlines() if ln.strip()]
-    except OSError:
-        return ""
-    return lines[-1].removeprefix("drive: ") if lines else ""
 
 
 def _ensure_server(data: Path) -> RunningServer:

@@ -8,28 +8,16 @@ rows are gone, so the running server can no longer reach them.
 from __future__ import annotations
 
 import logging
-import re
 import secrets
 from pathlib import Path
 
 from blockstore.store import LocalDirStore
 from server.db import accounts, open_sync
-from server.errors import AccountError
 from server.keyring import load_master, new_wrapped_key
 
 log = logging.getLogger(__name__)
 
 BLOCKS_DIR = "blocks"
-_SIZE_RE = re.compile(r"(\d+(?:\.\d+)?)\s*([KMGTP]?)(i?B?)?", re.IGNORECASE)
-_UNITS = {"": 1, "K": 1024, "M": 1024**2, "G": 1024**3, "T": 1024**4, "P": 1024**5}
-
-
-def parse_size(text: str) -> int:
-    """Parse a size such as `500M`, `10G`, `1.5TiB` or `1234` (binary units) into bytes."""
-    m = _SIZE_RE.fullmatch(text.strip())
-    if not m:
-        raise AccountError(f"invalid size {text!r} (examples: 500M, 10G, 1T)")
-    return int(float(m.group(1)) * _UNITS[m.group(2).upper()])
 
 
 def add_user(data_dir: Path, name: str, password: str, quota_bytes: int | None = None) -> None:

@@ -9,6 +9,7 @@ import pytest
 
 from drive import cli
 from drive.errors import NotLandedError, UserError
+from drive.sizes import parse_size
 
 DRIVE = [sys.executable, "-m", "drive.cli"]
 
@@ -84,3 +85,17 @@ def test_debug_adds_the_traceback(monkeypatch, capsys):
     err = capsys.readouterr().err
     assert "Traceback" in err
     assert err.rstrip().endswith("drive: wrong password")
+
+
+@pytest.mark.parametrize(
+    ("text", "size"),
+    [("10G", 10 << 30), ("500M", 500 << 20), ("1.5KiB", 1536), ("123", 123), ("2 t", 2 << 40)],
+)
+def test_sizes_are_binary_units(text, size):
+    assert parse_size(text) == size
+
+
+@pytest.mark.parametrize("text", ["", "ten", "10X", "-1G", "1e3"])
+def test_bad_sizes_say_what_is_expected(text):
+    with pytest.raises(ValueError, match="examples: 500M"):
+        parse_size(text)

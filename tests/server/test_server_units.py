@@ -61,13 +61,6 @@ def test_config_rejects_unknown_keys_and_wrong_types(tmp_path: Path) -> None:
         load_config(tmp_path / "bad.toml", tmp_path)
 
 
-def test_parse_size() -> None:
-    assert admin.parse_size("10G") == 10 * 1024**3
-    assert admin.parse_size("500M") == 500 * 1024**2
-    assert admin.parse_size("1.5KiB") == 1536
-    assert admin.parse_size("123") == 123
-
-
 def test_unreferenced_blocks_are_collected_after_the_grace_period(tmp_path: Path) -> None:
     admin.add_user(tmp_path, "gc", "pw")
     db = Database(tmp_path, threads=2)
