@@ -15,7 +15,7 @@ from starlette.responses import Response
 from starlette.routing import BaseRoute
 from starlette.types import ASGIApp
 
-from server import routes_api, routes_files
+from server import routes_api, routes_batch, routes_files
 from server.errors import ApiError, BadRequest, Internal, NotFound
 from server.metrics import Metrics
 from server.services import Services
@@ -63,4 +63,5 @@ def assemble(routes: list[BaseRoute], metrics: Metrics, services: Services | Non
 
 def build_app(services: Services) -> ASGIApp:
     """The whole HTTP API over `services`."""
-    return assemble([*routes_api.ROUTES, *routes_files.ROUTES], services.metrics, services)
+    routes = [*routes_batch.ROUTES, *routes_api.ROUTES, *routes_files.ROUTES]
+    return assemble(routes, services.metrics, services)

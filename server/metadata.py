@@ -7,6 +7,7 @@ never touch SQL.
 
 from __future__ import annotations
 
+import sqlite3
 import time
 
 from blockstore.wire import FileRecord, RevisionInfo
@@ -16,6 +17,7 @@ from server.db.accounts import Principal
 from server.db.journal import Actor, Delta
 from server.db.moves import TrashItem
 from server.db.versions import CommitRequest, Limits
+from server.errors import ApiError
 from server.feed import ChangeFeed
 from server.metrics import Metrics
 
@@ -56,6 +58,31 @@ class Metadata:
         self.metrics.observe_commit(time.perf_counter() - start)
         await self.feed.notify(who.ns_id)
         return rec, created
+
+    async def commit_batch(
+        self, who: Principal, reqs: list[CommitRequest | ApiError]
+    ) -> list[FileRecord | ApiError]:
+        """Several commits in one worker-thread call (each its own transaction, so one
+        failing item never undoes another); waiters are woken once at the end."""
+        actor = actor_of(who)
+
+        def run_all(conn: sqlite3.Connection) -> list[FileRecord | ApiError]:
+            out: list[FileRecord | ApiError] = []
+            for req in reqs:
+                if isinstance(req, ApiError):
+                    out.append(req)
+                    continue
+                try:
+                    out.append(versions.commit(conn, actor, req, self.limits)[0])
+                except ApiError as exc:
+                    out.append(exc)
+            return out
+
+        start = time.perf_counter()
+        results = await self.db.run(run_all)
+        self.metrics.observe_commit(time.perf_counter() - start)
+        await self.feed.notify(who.ns_id)
+        return results
 
     async def mkdir(self, who: Principal, path: str, mode: int) -> FileRecord:
         """Create a directory."""

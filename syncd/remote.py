@@ -307,6 +307,35 @@ class RemoteClient:
             },
         )
 
+    async def put_blocks_batch(self, items: list[tuple[BlockId, bytes]]) -> None:
+        """`POST /api/v1/blocks/batch`: several wire frames in one request."""
+        body = b"".join(
+            bid.encode("ascii") + len(frame).to_bytes(4, "big") + frame for bid, frame in items
+        )
+        await self.request("POST", "/api/v1/blocks/batch", content=body)
+
+    async def commit_batch(
+        self, commits: list[dict[str, Any]]
+    ) -> list[FileRecord | errors.RemoteError]:
+        """`POST /api/v1/commit/batch`: one result per commit body, in order (a record, or
+        the error that item would have raised on its own)."""
+        body = await self.request_json("POST", "/api/v1/commit/batch", json={"commits": commits})
+        out: list[FileRecord | errors.RemoteError] = []
+        for item in body.get("results", []):
+            if isinstance(item, dict) and "record" in item:
+                try:
+                    out.append(FileRecord.from_json(item["record"]))
+                except ValueError as exc:
+                    raise errors.ServerError(f"commit batch: bad FileRecord: {exc}") from exc
+                continue
+            err = item if isinstance(item, dict) else {}
+            code = err.get("error")
+            exc_type = _ERRORS.get(code, errors.ServerError) if isinstance(code, str) else None
+            out.append((exc_type or errors.ServerError)(str(err.get("message", code)), err))
+        if len(out) != len(commits):
+            raise errors.ServerError("commit batch: wrong number of results")
+        return out
+
     async def editing(self, path: str) -> None:
         await self.request("POST", "/api/v1/editing", json={"path": path})
 
