@@ -35,7 +35,7 @@ class ShortReads(io.RawIOBase):
     def readable(self) -> bool:
         return True
 
-    def readinto(self, buf) -> int:  # type: ignore[override]
+    def readinto(self, buf) -> int:
         n = min(len(buf), self._step, len(self._data) - self._pos)
         buf[:n] = self._data[self._pos : self._pos + n]
         self._pos += n
