@@ -149,13 +149,13 @@ class Vfs:
         if not node.linked:
             return
         path = self._path(node.ino)
-        busy = self.uploader.current_seq if self.uploader is not None else None
+        busy = self.uploader.busy_seqs if self.uploader is not None else set()
         with self.state.write() as w:
             w.put_node(node)
             last = w.last_op()
             same = (
                 last is not None
-                and last[0] != busy
+                and last[0] not in busy
                 and last[1].get("op") == "commit"
                 and last[1].get("ino") == node.ino
                 and last[1].get("path") == path

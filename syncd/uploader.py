@@ -1,18 +1,22 @@
-"""The plain uploader: replays the durable operation log to the server, in order.
+"""The uploader: replays the durable operation log to the server, in order, with delta uploads.
 
-Every local change is appended to the LMDB queue (`StateDB.add_op`) by the mount at the
-moment it happens; this task sends them one by one, oldest first, and deletes each only
-after the server confirmed it, so nothing is lost across crashes, restarts or network loss.
-Ordered replay keeps paths right: an op names the paths as they were when it was queued.
+Every local change is appended to the LMDB queue (`StateDB.add_op`) by the mount the moment
+it happens; this task sends them oldest first and deletes each only after the server
+confirmed it, so nothing is lost across crashes, restarts or network loss (R13, N1). Ordered
+replay keeps paths right (a directory before its contents, renames in order): an op names
+the paths as they were when it was queued.
 
-A `commit` uploads the whole file: chunk (`blockstore.chunker`), ask which blocks the server
-lacks, PUT those in parallel (bounded), then commit with `base_rev` and a `commit_id` that
-is saved in the op first, so a retry after a crash is idempotent. A file written while it
-is being uploaded is retried, never committed torn. A 409 conflict saves our version as
-"name (conflicted copy from DEVICE YYYY-MM-DD HHMMSS).ext" so nothing is lost.
+Commits are delta uploads (R7, N3): `syncd.rechunk` re-chunks only around the edits,
+`syncd.blockpush` asks which of the new chunks the server lacks and sends only those, in
+parallel. Consecutive commit ops are taken as one round (up to `ROUND_OPS` files or
+`ROUND_BYTES`): their blocks share `missing` and batch requests and their commits go in one
+batch request, so 1,000 small files cost a few round trips. A commit names its base
+revision and a `commit_id` saved in the op before it is sent: after a lost reply or a
+kill -9 the retry re-chunks to the same blocks, sends the same id and the server answers
+the version it already made (never a second one). A file written while it is being
+uploaded is retried, never committed torn. 409s go to `syncd.conflicts`.
 
-This is the seam the sync-daemon issue replaces (delta uploads, conflicts, follower): keep
-the interface `wake()`, `pending()`, `run()`, `wait_idle()`.
+Interface used by the mount: `wake()`, `pending()`, `run()`, `wait_idle()`, `busy_seqs`.
 """
 
 from __future__ import annotations
@@ -20,49 +24,48 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import logging
-import os
-import time
 import uuid
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
 import trio
 
-from blockstore.aio import run_cpu, run_io
-from blockstore.chunker import chunk_stream
-from blockstore.codec import encode_wire
-from blockstore.errors import CacheFullError
-from blockstore.ids import BlockId, block_id
-from blockstore.wire import MAX_MISSING_IDS, FileRecord
+from blockstore.ids import BlockId
+from blockstore.wire import FileRecord, blocks_to_json
 from syncd import errors
+from syncd.blockpush import BlockPusher
 from syncd.blocks import BlockCacheLike
+from syncd.conflicts import ConflictResolver, conflicted_name
 from syncd.content import ContentStore
+from syncd.rechunk import plan, rechunk
 from syncd.remote import RemoteClient
 from syncd.state import Node, StateDB
-from syncd.tree import node_from_record, path_of
+from syncd.tree import path_of
 
 __all__ = ["Uploader", "conflicted_name"]
 
 log = logging.getLogger(__name__)
 
-PUT_PARALLEL = 4
 MAX_BACKOFF_S = 15.0
 RETRY_TORN_S = 0.2
 MAX_CRASHES = 5
-
-
-def conflicted_name(name: str, device: str, when: float | None = None) -> str:
-    """Dropbox's convention: `a (conflicted copy from DEV 2026-11-22 163000).txt`."""
-    stamp = time.strftime("%Y-%m-%d %H%M%S", time.localtime(when))
-    stem, dot, ext = name.rpartition(".")
-    if not dot or not stem:
-        stem, ext = name, ""
-    suffix = f" (conflicted copy from {device} {stamp})"
-    return f"{stem}{suffix}.{ext}" if ext else f"{stem}{suffix}"
+ROUND_OPS = 500
+ROUND_BYTES = 64 << 20
 
 
 class _Torn(Exception):
     """The file changed while it was being uploaded: try again."""
+
+
+@dataclass(slots=True)
+class _Item:
+    seq: int
+    op: dict[str, Any]
+    node: Node
+    gen: int
+    blocks: list[tuple[BlockId, int]]
+    size: int
 
 
 class Uploader:
@@ -77,6 +80,7 @@ class Uploader:
         device: str,
         *,
         on_changed: Callable[[int], None] | None = None,
+        on_entry: Callable[[int, str, int], None] | None = None,
     ) -> None:
         self.state = state
         self.content = content
@@ -84,14 +88,25 @@ class Uploader:
         self.cache = cache
         self.device = device
         self.on_changed = on_changed
+        self.conflicts = ConflictResolver(
+            state, content, remote, device, on_changed=on_changed, on_entry=on_entry
+        )
         self.online = True
         self.last_error: str | None = None
         self._wake = trio.Event()
         self._idle = trio.Event()
         self.bytes_uploaded = 0
-        self.current_seq: int | None = None
+        """Wire bytes of blocks sent (after dedupe)."""
+        self.commits = 0
+        self.busy_seqs: set[int] = set()
+        """Ops being sent now: the mount must not coalesce a new commit into them."""
+        self.progress: dict[str, Any] | None = None
+        """`{"path", "done", "total"}` of the file being uploaded (for `drive status`)."""
         self._failures: dict[int, int] = {}
-        """The op being sent now: the mount must not coalesce a new commit into it."""
+
+    @property
+    def current_seq(self) -> int | None:
+        return min(self.busy_seqs) if self.busy_seqs else None
 
     def wake(self) -> None:
         """New work was queued."""
@@ -110,16 +125,23 @@ class Uploader:
         task_status.started()
         backoff = 0.5
         while True:
-            ops = self.state.ops(limit=1)
+            ops = self.state.ops(limit=ROUND_OPS)
             if not ops:
                 self._idle.set()
                 self._wake = trio.Event()
                 await self._wake.wait()
                 continue
-            seq, op = ops[0]
-            self.current_seq = seq
+            batch = self._round(ops)
+            seq, op = batch[0]
+            self.busy_seqs = {s for s, _ in batch}
             try:
-                await self._apply(seq, op)
+                if op["op"] == "commit":
+                    done = await self._commit_round(batch)
+                    if not done:
+                        raise _Torn
+                else:
+                    await self._apply(seq, op)
+                    done = [seq]
             except _Torn:
                 await trio.sleep(RETRY_TORN_S)
                 continue
@@ -146,6 +168,7 @@ class Uploader:
             except errors.RemoteError as exc:
                 log.warning("server refused %s %s; dropping it: %s", op["op"], _where(op), exc)
                 self.last_error = str(exc)
+                done = [seq]
             except Exception as exc:  # a bug must not take the mount down
                 failures = self._failures[seq] = self._failures.get(seq, 0) + 1
                 log.error("upload of %s %s crashed (attempt %d)", op["op"], _where(op),
@@ -156,21 +179,43 @@ class Uploader:
                     backoff = min(backoff * 2, MAX_BACKOFF_S)
                     continue
                 log.error("giving up on %s %s", op["op"], _where(op))
+                done = [seq]
+            finally:
+                self.progress = None
             if not self.online:
                 log.info("server reachable again")
+                self.last_error = None
             self.online = True
             backoff = 0.5
             with self.state.write() as w:
-                w.delete_op(seq)
-            self.current_seq = None
+                for s in done:
+                    w.delete_op(s)
+            self.busy_seqs = set()
 
-    # -- one operation ------------------------------------------------------------------
+    def _round(self, ops: list[tuple[int, dict[str, Any]]]) -> list[tuple[int, dict[str, Any]]]:
+        """The ops to send now: one non-commit op, or a run of commits of distinct files."""
+        if ops[0][1].get("op") != "commit":
+            return ops[:1]
+        out: list[tuple[int, dict[str, Any]]] = []
+        inos: set[int] = set()
+        size = 0
+        for seq, op in ops:
+            if op.get("op") != "commit" or op.get("ino") in inos:
+                break
+            node = self.state.node(op["ino"])
+            nbytes = node.size if node is not None else 0
+            if out and size + nbytes > ROUND_BYTES:
+                break
+            out.append((seq, op))
+            inos.add(op["ino"])
+            size += nbytes
+        return out
+
+    # -- non-content operations -----------------------------------------------------------
 
     async def _apply(self, seq: int, op: dict[str, Any]) -> None:
         kind = op["op"]
-        if kind == "commit":
-            await self._commit(seq, op)
-        elif kind == "mkdir":
+        if kind == "mkdir":
             try:
                 rec = await self.remote.mkdir(op["path"], op["mode"])
             except errors.Exists:
@@ -192,9 +237,9 @@ class Uploader:
                 rec = await self.remote.move(op["from"], op["to"], op["mode"])
             except errors.NotFound:
                 node = self.state.node(op["ino"])
-                if node is not None and node.linked:
+                if node is not None and node.linked and node.server_id is not None:
                     raise
-                log.debug("move of %s skipped: replaced before it was uploaded", op["from"])
+                log.debug("move of %s skipped: not on the server (yet)", op["from"])
                 return
             self._adopt(op.get("ino"), rec, rev_only=True)
         elif kind == "delete":
@@ -209,165 +254,135 @@ class Uploader:
         node = self.state.node(ino) if ino is not None else None
         if node is None:
             return
-        if node.server_id != rec.id:
-            node.server_id = rec.id
-        if (rec.kind == "file" and not rev_only) or rec.kind != "file":
+        node.server_id = rec.id
+        if rec.kind != "file" or not rev_only:
             node.rev = rec.rev
         with self.state.write() as w:
             w.put_node(node)
 
-    async def _commit(self, seq: int, op: dict[str, Any]) -> None:
-        node = self.state.node(op["ino"])
-        if node is None or node.kind != "file" or node.dirty is None:
-            return  # already committed by an earlier op, or not a file any more
-        if not node.linked:
-            return  # deleted before it reached the server
-        gen = node.dirty.gen
-        await self.content.materialize(node)
-        if node.dirty is None or not node.linked:
-            return  # dropped (unlinked and forgotten) meanwhile
-        path = self.content.path(node.ino)
-        refs = await run_io(_chunk_and_cache, path, node.size, self.cache)
-        if node.dirty is None or not node.linked:
-            return
-        if node.dirty.gen != gen:
-            raise _Torn
-        blocks = [(bid, size) for bid, size, _ in refs]
-        missing = await self._missing([bid for bid, _, _ in refs])
-        offsets = {bid: (off, size) for bid, size, off in refs}
-        await self._put_blocks(path, [(b, *offsets[b]) for b in missing])
-        if node.dirty is None or not node.linked:
-            return
-        if node.dirty.gen != gen:
-            raise _Torn
-        digest = hashlib.sha256(repr((blocks, node.rev, op["path"])).encode()).hexdigest()
-        if op.get("digest") != digest:
-            op["digest"] = digest
-            op["commit_id"] = f"{self.device}-{node.ino}-{uuid.uuid4().hex}"
+    # -- commits ----------------------------------------------------------------------------
+
+    async def _commit_round(self, batch: list[tuple[int, dict[str, Any]]]) -> list[int]:
+        """Upload and commit a run of commit ops; returns the seqs that are finished."""
+        done: list[int] = []
+        items: list[_Item] = []
+        async with BlockPusher(self.remote, self.cache,
+                               remember=self.content.fetcher.remember) as pusher:  # fmt: skip
+            for seq, op in batch:
+                node = self.state.node(op["ino"])
+                if node is None or node.kind != "file" or node.dirty is None or not node.linked:
+                    done.append(seq)  # committed by an earlier op, deleted, or not a file
+                    continue
+                try:
+                    items.append(await self._prepare(seq, op, node, pusher))
+                except _Torn:
+                    continue
+        self.bytes_uploaded += pusher.bytes_sent
+        ready: list[_Item] = []
+        for it in items:
+            node = it.node
+            if node.dirty is None or not node.linked:
+                done.append(it.seq)
+            elif node.dirty.gen == it.gen:
+                self._set_commit_id(it)
+                ready.append(it)
+        if len(ready) == 1:
+            it = ready[0]
+            try:
+                res: FileRecord | errors.RemoteError = await self.remote.commit(
+                    it.op["path"], it.node.rev, it.blocks, it.size, it.node.mtime_ns,
+                    it.node.mode, it.op["commit_id"],
+                )  # fmt: skip
+            except errors.Conflict as exc:
+                res = exc
+            results = [res]
+        elif ready:
+            results = await self.remote.commit_batch([self._body(it) for it in ready])
+        else:
+            results = []
+        for it, res in zip(ready, results, strict=True):
+            await self._finish(it, res)
+            done.append(it.seq)
+        return done
+
+    async def _prepare(self, seq: int, op: dict[str, Any], node: Node,
+                       pusher: BlockPusher) -> _Item:  # fmt: skip
+        dirty = node.dirty
+        assert dirty is not None
+        gen = dirty.gen
+        size = node.size
+        p = plan(dirty.base_blocks, dirty.base_size, dirty.ranges, size)
+        self.progress = {"path": op.get("path"), "done": p.start, "total": size}
+
+        async def read(off: int, n: int) -> bytes:
+            if node.dirty is None or node.dirty.gen != gen or not node.linked:
+                raise _Torn
+            data = await self.content.read(node, off, n)
+            if self.progress is not None:
+                self.progress["done"] = off + len(data)
+            return data
+
+        blocks = await rechunk(dirty.base_blocks, p, size, read, pusher.add)
+        return _Item(seq, op, node, gen, blocks, sum(s for _, s in blocks))
+
+    def _set_commit_id(self, it: _Item) -> None:
+        """Same content, base and path -> same id, even after a crash (idempotent retry)."""
+        key = repr((it.blocks, it.node.rev, it.op["path"], it.node.mode)).encode()
+        digest = hashlib.sha256(key).hexdigest()
+        if it.op.get("digest") != digest:
+            it.op["digest"] = digest
+            it.op["commit_id"] = f"{self.device}-{it.node.ino}-{uuid.uuid4().hex}"
             with self.state.write() as w:
-                w.replace_op(seq, op)
-        size = sum(s for _, s in blocks)
-        try:
-            rec = await self.remote.commit(
-                op["path"], node.rev, blocks, size, node.mtime_ns, node.mode, op["commit_id"]
+                w.replace_op(it.seq, it.op)
+
+    def _body(self, it: _Item) -> dict[str, Any]:
+        return {
+            "path": it.op["path"],
+            "base_rev": it.node.rev,
+            "blocks": blocks_to_json(tuple(it.blocks)),
+            "size": it.size,
+            "mtime_ns": it.node.mtime_ns,
+            "mode": it.node.mode,
+            "commit_id": it.op["commit_id"],
+        }
+
+    async def _finish(self, it: _Item, res: FileRecord | errors.RemoteError) -> None:
+        node = it.node
+        if isinstance(res, errors.Conflict):
+            rec = await self.conflicts.resolve(
+                node, it.op["path"], it.blocks, it.size, it.op["commit_id"], res
             )
-        except errors.Conflict as exc:
-            await self._save_conflict(node, op, blocks, size, exc)
+            if rec is None:
+                return
+            res = rec
+        if isinstance(res, errors.BadRequest) and "missing" in res.body:
+            raise errors.ServerError(f"blocks vanished before the commit of {it.op['path']}")
+        if isinstance(res, errors.RemoteError):
+            if isinstance(res, errors.ServerError | errors.QuotaExceeded | errors.RateLimited):
+                raise res
+            log.warning("server refused the commit of %s; dropping it: %s", it.op["path"], res)
+            self.last_error = str(res)
             return
-        self.bytes_uploaded += sum(offsets[b][1] for b in missing)
-        node.server_id, node.rev = rec.id, rec.rev
-        if node.dirty is not None and node.dirty.gen == gen:
-            node.set_blocks(blocks)
+        self.commits += 1
+        node.server_id, node.rev = res.id, res.rev
+        if node.dirty is not None and node.dirty.gen == it.gen:
+            node.set_blocks(it.blocks)
+            node.size = it.size
             self.content.finish_clean(node)
             with self.state.write() as w:
                 w.put_node(node)
             return
         if node.dirty is not None:  # written again meanwhile: commit that too
-            node.dirty.base_blocks, node.dirty.base_size = blocks, size
+            node.dirty.base_blocks = list(it.blocks)
+            node.dirty.base_size = min(it.size, node.size)
         with self.state.write() as w:
             w.put_node(node)
             if node.dirty is not None and node.linked:
                 with contextlib.suppress(KeyError):
-                    w.add_op(
-                        {"op": "commit", "ino": node.ino, "path": path_of(self.state, node.ino)}
-                    )
-
-    async def _missing(self, ids: list[BlockId]) -> list[BlockId]:
-        unique = list(dict.fromkeys(ids))
-        out: list[BlockId] = []
-        for i in range(0, len(unique), MAX_MISSING_IDS):
-            out.extend(await self.remote.missing_blocks(unique[i : i + MAX_MISSING_IDS]))
-        return out
-
-    async def _put_blocks(
-        self, path: os.PathLike[str], todo: list[tuple[BlockId, int, int]]
-    ) -> None:
-        limiter = trio.CapacityLimiter(PUT_PARALLEL)
-        failure: list[BaseException] = []
-
-        async def put_one(bid: BlockId, off: int, size: int) -> None:
-            async with limiter:
-                if failure:
-                    return
-                frame = await run_cpu(_read_and_encode, path, off, size, bid)
-                if frame is None:
-                    failure.append(_Torn())
-                    return
-                await self.remote.put_block(bid, frame)
-
-        async with trio.open_nursery() as nursery:
-            for bid, off, size in todo:
-                nursery.start_soon(put_one, bid, off, size)
-        if failure:
-            raise failure[0]
-
-    async def _save_conflict(
-        self,
-        node: Node,
-        op: dict[str, Any],
-        blocks: list[tuple[BlockId, int]],
-        size: int,
-        exc: errors.Conflict,
-    ) -> None:
-        parent, _, name = op["path"].rpartition("/")
-        cname = conflicted_name(name, self.device)
-        cpath = f"{parent}/{cname}"
-        rec = await self.remote.commit(
-            cpath, None, blocks, size, node.mtime_ns, node.mode, op["commit_id"] + "-conflict"
-        )
-        log.warning(
-            "conflict: %s changed on the server; local version saved as %s", op["path"], cpath
-        )
-        conflicts = list(self.state.get_meta("conflicts", []))
-        conflicts.append({"path": op["path"], "saved_as": cpath, "time": time.time()})
-        current = exc.current
-        with self.state.write() as w:
-            w.set_meta("conflicts", conflicts[-100:])
-            copy = node_from_record(rec.id, node.parent, rec)
-            copy.set_blocks(blocks)
-            w.put_node(copy)
-            w.link(node.parent, cname, rec.id)
-        self.content.finish_clean(node)
-        if current is not None:
-            try:
-                cur = FileRecord.from_json(current)
-                node.server_id, node.rev, node.size = cur.id, cur.rev, cur.size
-                node.set_blocks(None if cur.blocks is None else list(cur.blocks))
-            except ValueError:
-                node.set_blocks(None)
-        node.version += 1
-        with self.state.write() as w:
-            w.put_node(node)
-        if self.on_changed:
-            self.on_changed(node.ino)
+                    w.add_op({"op": "commit", "ino": node.ino,
+                              "path": path_of(self.state, node.ino)})  # fmt: skip
+        self.wake()
 
 
 def _where(op: dict[str, Any]) -> str:
     return str(op.get("path") or op.get("from") or "")
-
-
-def _chunk_and_cache(
-    path: os.PathLike[str], size: int, cache: BlockCacheLike
-) -> list[tuple[BlockId, int, int]]:
-    """Chunk the dirty file; put each block in the cache. Returns `(id, size, offset)`."""
-    out: list[tuple[BlockId, int, int]] = []
-    with open(path, "rb") as f:
-        for chunk in chunk_stream(f):
-            if chunk.offset >= size:
-                break
-            data = chunk.data[: size - chunk.offset]
-            bid = block_id(data)
-            with contextlib.suppress(CacheFullError):
-                cache.put(bid, data)
-            out.append((bid, len(data), chunk.offset))
-    return out
-
-
-def _read_and_encode(path: os.PathLike[str], off: int, size: int, bid: BlockId) -> bytes | None:
-    """Re-read one chunk from the dirty file; None if it no longer matches its id."""
-    with open(path, "rb") as f:
-        f.seek(off)
-        data = f.read(size)
-    if len(data) != size or block_id(data) != bid:
-        return None
-    return encode_wire(data)

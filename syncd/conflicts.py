@@ -1,0 +1,199 @@
+"""What a commit does when the server says 409 (R14): nothing anyone wrote is ever lost.
+
+- The file moved on (someone else committed first, or created the same name): the server's
+  version keeps the name, ours is committed next to it as
+  `name (conflicted copy from DEVICE YYYY-MM-DD HHMMSS).ext` (Dropbox's convention), and
+  the local tree shows both.
+- The file is no longer at that path but is still at the revision we edited (someone
+  renamed it): commit to where it is now, so the rename and the edit both apply.
+- The file was deleted elsewhere: modify beats delete, our content comes back at its path
+  (re-creating missing parent directories).
+
+Concurrency: trio thread; LMDB writes in short `with state.write()` blocks, no await inside.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable
+
+from blockstore.ids import BlockId
+from blockstore.wire import FileRecord, path_parts
+from syncd import errors
+from syncd.content import ContentStore
+from syncd.remote import RemoteClient
+from syncd.state import ROOT_INO, Node, StateDB
+from syncd.tree import node_from_record
+
+__all__ = ["ConflictResolver", "conflicted_name"]
+
+log = logging.getLogger(__name__)
+
+MAX_CONFLICTS_KEPT = 100
+
+
+def conflicted_name(name: str, device: str, when: float | None = None) -> str:
+    """Dropbox's convention: `a (conflicted copy from DEV 2026-11-22 163000).txt`."""
+    stamp = time.strftime("%Y-%m-%d %H%M%S", time.localtime(when))
+    stem, dot, ext = name.rpartition(".")
+    if not dot or not stem:
+        stem, ext = name, ""
+    suffix = f" (conflicted copy from {device} {stamp})"
+    return f"{stem}{suffix}.{ext}" if ext else f"{stem}{suffix}"
+
+
+def _parent(path: str) -> str:
+    head, _, _ = path.rpartition("/")
+    return head or "/"
+
+
+class ConflictResolver:
+    """Resolves one 409 of one commit (see the module docstring)."""
+
+    def __init__(
+        self,
+        state: StateDB,
+        content: ContentStore,
+        remote: RemoteClient,
+        device: str,
+        *,
+        on_changed: Callable[[int], None] | None = None,
+        on_entry: Callable[[int, str, int], None] | None = None,
+    ) -> None:
+        self.state = state
+        self.content = content
+        self.remote = remote
+        self.device = device
+        self.on_changed = on_changed
+        self.on_entry = on_entry
+
+    async def resolve(
+        self,
+        node: Node,
+        path: str,
+        blocks: list[tuple[BlockId, int]],
+        size: int,
+        commit_id: str,
+        exc: errors.Conflict,
+    ) -> FileRecord | None:
+        """Handle a 409 for our commit of `node` at `path`.
+
+        Returns:
+            The record of our content if it landed as this file (moved or revived: the
+            caller finishes the commit as usual), or None if it became a conflicted copy
+            (the node now shows the server's version; done here).
+        """
+        current = exc.current
+        cur: FileRecord | None = None
+        if current is not None:
+            try:
+                cur = FileRecord.from_json(current)
+            except ValueError:
+                cur = None
+        if cur is None and node.server_id is not None and node.rev is not None:
+            try:
+                cur = await self.remote.meta(file_id=node.server_id)
+            except errors.NotFound:
+                cur = None
+            if cur is not None and cur.rev == node.rev and cur.kind == "file":
+                log.info("%s was renamed to %s meanwhile; committing there", path, cur.path)
+                try:
+                    return await self._commit(cur.path, node.rev, node, blocks, size,
+                                              commit_id + "-moved")  # fmt: skip
+                except errors.Conflict as again:
+                    return await self.resolve(node, cur.path, blocks, size, commit_id, again)
+        if cur is None:
+            return await self._revive(node, path, blocks, size, commit_id)
+        await self._save_copy(node, path, cur, blocks, size, commit_id)
+        return None
+
+    async def _commit(self, path: str, base_rev: int | None, node: Node,
+                      blocks: list[tuple[BlockId, int]], size: int,
+                      commit_id: str) -> FileRecord:  # fmt: skip
+        return await self.remote.commit(
+            path, base_rev, blocks, size, node.mtime_ns, node.mode, commit_id
+        )
+
+    async def _revive(self, node: Node, path: str, blocks: list[tuple[BlockId, int]],
+                      size: int, commit_id: str) -> FileRecord | None:  # fmt: skip
+        """Modify beats delete: bring the file back at `path`."""
+        log.warning("%s was deleted elsewhere while edited here; keeping the edited file", path)
+        try:
+            return await self._commit(path, None, node, blocks, size, commit_id + "-revive")
+        except errors.NotFound:
+            await self._make_parents(path)
+        except errors.Conflict as exc:
+            cur = FileRecord.from_json(exc.current) if exc.current else None
+            if cur is None:
+                raise
+            await self._save_copy(node, path, cur, blocks, size, commit_id)
+            return None
+        return await self._commit(path, None, node, blocks, size, commit_id + "-revive")
+
+    async def _make_parents(self, path: str) -> None:
+        """Create the missing directories above `path` and adopt their ids locally."""
+        parts = path_parts(_parent(path))
+        ino = ROOT_INO
+        sofar = ""
+        for part in parts:
+            sofar += "/" + part
+            try:
+                rec = await self.remote.mkdir(sofar, 0o755)
+            except errors.Exists:
+                rec = await self.remote.meta(path=sofar)
+            child = self.state.lookup(ino, part) if ino is not None else None
+            node = self.state.node(child) if child is not None else None
+            if node is not None and node.server_id != rec.id:
+                node.server_id = rec.id
+                with self.state.write() as w:
+                    w.put_node(node)
+            ino = child if child is not None else ino
+
+    async def _save_copy(self, node: Node, path: str, cur: FileRecord,
+                         blocks: list[tuple[BlockId, int]], size: int,
+                         commit_id: str) -> None:  # fmt: skip
+        """Ours becomes a conflicted copy; the node shows the server's version."""
+        where = _parent(cur.path) if cur.path != path and cur.kind == "file" else _parent(path)
+        _, _, name = path.rpartition("/")
+        cname = conflicted_name(name, self.device)
+        cpath = f"{where.rstrip('/')}/{cname}"
+        rec = await self._commit(cpath, None, node, blocks, size, commit_id + "-conflict")
+        log.warning("conflict: %s changed elsewhere; the local version is saved as %s",
+                    path, rec.path)  # fmt: skip
+        conflicts = list(self.state.get_meta("conflicts", []))
+        conflicts.append({"path": path, "saved_as": rec.path, "time": time.time()})
+        parent_ino = self._dir_ino(where, node.parent)
+        copy = node_from_record(rec.id, parent_ino, rec)
+        copy.set_blocks(list(blocks))
+        with self.state.write() as w:
+            w.set_meta("conflicts", conflicts[-MAX_CONFLICTS_KEPT:])
+            if self.state.node(rec.id) is None:
+                w.put_node(copy)
+                w.link(parent_ino, rec.name, rec.id)
+        self.content.finish_clean(node)
+        if cur.kind == "file":
+            node.server_id, node.rev, node.size = cur.id, cur.rev, cur.size
+            node.mtime_ns = cur.mtime_ns
+            node.set_blocks(None if cur.blocks is None else list(cur.blocks))
+        else:  # a directory or symlink took the name: the local file goes away
+            node.linked = False
+        node.version += 1
+        with self.state.write() as w:
+            w.put_node(node)
+            if not node.linked:
+                w.unlink(node.parent, node.name)
+        if self.on_entry is not None:
+            self.on_entry(parent_ino, rec.name, rec.id)
+        if self.on_changed is not None:
+            self.on_changed(node.ino)
+            self.on_changed(parent_ino)
+
+    def _dir_ino(self, path: str, fallback: int) -> int:
+        ino = ROOT_INO
+        for part in path_parts(path):
+            nxt = self.state.lookup(ino, part)
+            if nxt is None:
+                return fallback
+            ino = nxt
+        return ino
