@@ -63,5 +63,5 @@ def assemble(routes: list[BaseRoute], metrics: Metrics, services: Services | Non
 
 def build_app(services: Services) -> ASGIApp:
     """The whole HTTP API over `services`."""
-    routes = [*routes_batch.ROUTES, *routes_api.ROUTES, *routes_files.ROUTES]
+    routes: list[BaseRoute] = [*routes_batch.ROUTES, *routes_api.ROUTES, *routes_files.ROUTES]
     return assemble(routes, services.metrics, services)
