@@ -210,6 +210,7 @@ def auth_token(args: argparse.Namespace) -> int:
 
 
 def status(args: argparse.Namespace) -> int:
+    """Pending uploads (with progress), conflicts, offline state, remote activity (R17)."""
     home, cfg = _config()
     from syncd.state import StateDB
 
@@ -226,17 +227,26 @@ def status(args: argparse.Namespace) -> int:
         mstat = json.loads(home.status_path.read_text())
     except (OSError, ValueError):
         mstat = {}
-    try:
-        _run(cfg, lambda rc: rc.whoami())
-        online = True
-    except UserError:
-        online = False
+    mounted = bool(mstat.get("mounted", False)) and _pid_alive(mstat.get("pid"))
+    if mounted:
+        online = bool(mstat.get("online", True))
+    else:
+        try:
+            _run(cfg, lambda rc: rc.whoami())
+            online = True
+        except UserError:
+            online = False
     body = {
         "online": online,
         "pending": pending,
+        "queued": mstat.get("queued", []) if mounted else [],
+        "uploading": mstat.get("uploading") if mounted else None,
         "conflicts": conflicts,
+        "recent": mstat.get("recent", []),
+        "editing": mstat.get("editing", []) if mounted else [],
+        "last_error": mstat.get("last_error"),
         "cache_bytes": int(mstat.get("cache_bytes", 0)),
-        "mounted": bool(mstat.get("mounted", False)),
+        "mounted": mounted,
         "server": cfg.server_url,
         "user": cfg.user,
         "device": cfg.device,
@@ -244,12 +254,52 @@ def status(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps(body))
         return 0
-    print(f"{cfg.user}@{cfg.server_url} (device {cfg.device}): {'online' if online else 'OFFLINE'}")
-    print(f"pending uploads: {pending}")
-    print(f"cache: {int(mstat.get('cache_bytes', 0)) / (1 << 20):.1f} MiB")
-    for c in conflicts[-10:]:
-        print(f"conflict: {c.get('path')} -> saved as {c.get('saved_as')}")
+    _print_status(body)
     return 0
+
+
+def _pid_alive(pid: object) -> bool:
+    if not isinstance(pid, int) or pid <= 0:
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def _when(t: object) -> str:
+    if not isinstance(t, int | float):
+        return "?"
+    return time.strftime("%H:%M:%S", time.localtime(float(t)))
+
+
+def _print_status(body: dict[str, Any]) -> None:
+    state = "online" if body["online"] else "OFFLINE (changes are kept and sent when back)"
+    mounted = "mounted" if body["mounted"] else "not mounted"
+    print(f"{body['user']}@{body['server']} (device {body['device']}): {state}, {mounted}")
+    if body["last_error"] and not body["online"]:
+        print(f"  last error: {body['last_error']}")
+    print(f"pending uploads: {body['pending']}")
+    up = body["uploading"]
+    if isinstance(up, dict) and up.get("total"):
+        pct = 100.0 * float(up.get("done", 0)) / max(1, int(up["total"]))
+        print(f"  uploading {up.get('path')}: {pct:.0f}% of {int(up['total']) / (1 << 20):.1f} MiB")
+    for q in body["queued"][:10]:
+        print(f"  queued: {q.get('op')} {q.get('path')}")
+    for c in body["conflicts"][-10:]:
+        print(f"conflict: {c.get('path')} -> your version saved as {c.get('saved_as')}")
+    for e in body["editing"]:
+        print(f"{e.get('user')} on {e.get('device')} is editing {e.get('path')}")
+    verbs = {"create": "created", "update": "edited", "delete": "deleted", "move": "moved",
+             "mkdir": "created folder", "restore": "restored", "undelete": "undeleted"}  # fmt: skip
+    for r in body["recent"][-10:]:
+        verb = verbs.get(str(r.get("op")), str(r.get("op")))
+        extra = f" (from {r.get('old_path')})" if r.get("old_path") else ""
+        print(f"{_when(r.get('time'))} {r.get('device')}: {verb} {r.get('path')}{extra}")
+    print(f"cache: {body['cache_bytes'] / (1 << 20):.1f} MiB")
 
 
 # -- history ----------------------------------------------------------------------------

@@ -1,7 +1,8 @@
 """The composition root of a mount: open the stores, wire the parts, run until unmounted.
 
 One process runs the FUSE session and the sync pieces in one trio nursery: block read-ahead,
-the uploader, the kernel invalidator and a small status writer (for `drive status`).
+the uploader, the follower (long poll + delta, feeding the kernel invalidator), the presence
+announcer and a small status writer (for `drive status`).
 Teardown is registered right after each setup (`AsyncExitStack`), so an unmount, a signal
 or a crash still closes LMDB cleanly and releases the mount point.
 """
@@ -14,6 +15,7 @@ import logging
 import os
 import signal
 from contextlib import AsyncExitStack
+from dataclasses import dataclass
 from pathlib import Path
 
 import pyfuse3
@@ -25,9 +27,12 @@ from mountfs.invalidate import Invalidator
 from mountfs.ops import DriveOperations
 from mountfs.vfs import Vfs
 from syncd import errors
+from syncd.activity import Activity, Presence
 from syncd.blocks import BlockFetcher
+from syncd.changes import ChangeApplier
 from syncd.config import load_config
 from syncd.content import ContentStore
+from syncd.follower import HOLD_S, Follower
 from syncd.home import Home
 from syncd.remote import RemoteClient
 from syncd.state import StateDB
@@ -41,6 +46,7 @@ log = logging.getLogger(__name__)
 DEFAULT_CACHE_BYTES = 5 << 30
 MAX_FUSE_TASKS = 64
 STATUS_EVERY_S = 1.0
+STATUS_QUEUE_SHOWN = 20
 QUOTA_EVERY_S = 60.0
 
 
@@ -67,7 +73,15 @@ async def _serve(home: Home, mountpoint: Path, cache_bytes: int, allow_other: bo
         content = ContentStore(state, home.dirty_path, fetcher, cache_bytes)
         tree = TreeSync(state, remote, on_removed=invalidator.entry, on_changed=invalidator.inode)
         uploader = Uploader(state, content, remote, cache, cfg.device,
-                            on_changed=invalidator.inode)  # fmt: skip
+                            on_changed=invalidator.inode, on_entry=invalidator.entry)  # fmt: skip
+        activity = Activity(cfg.device)
+        applier = ChangeApplier(state, cfg.device, on_entry=invalidator.entry,
+                                on_inode=invalidator.inode)  # fmt: skip
+        follower = Follower(state, remote, tree, applier, hold_s=_hold_seconds(),
+                            on_changes=activity.note)  # fmt: skip
+        presence = Presence(state, remote)
+        content.on_dirty = presence.announce
+        sync = _Sync(uploader, follower, activity)
         quota = [1 << 50, 0]
         vfs = Vfs(state, content, tree, uploader, quota=lambda: (quota[0], quota[1]))
         options = {"fsname=drive", "subtype=drive", "default_permissions", "noatime"}
@@ -78,9 +92,11 @@ async def _serve(home: Home, mountpoint: Path, cache_bytes: int, allow_other: bo
             async with trio.open_nursery() as nursery:
                 await nursery.start(fetcher.run)
                 await nursery.start(uploader.run)
+                await nursery.start(follower.run)
+                nursery.start_soon(presence.run)
                 nursery.start_soon(invalidator.run)
                 nursery.start_soon(_signals, nursery)
-                nursery.start_soon(_status_writer, home, uploader, cache, state)
+                nursery.start_soon(_status_writer, home, sync, cache, state)
                 nursery.start_soon(_quota_refresher, remote, quota)
                 log.info("mounted %s at %s (device %s)", cfg.server_url, mountpoint, cfg.device)
                 await pyfuse3.main(max_tasks=MAX_FUSE_TASKS)
@@ -88,7 +104,7 @@ async def _serve(home: Home, mountpoint: Path, cache_bytes: int, allow_other: bo
         finally:
             pyfuse3.close(unmount=True)
             log.info("unmounted %s; %d changes still queued", mountpoint, state.op_count())
-            await _write_status(home, uploader, cache, state, mounted=False)
+            await _write_status(home, sync, cache, state, mounted=False)
 
 
 async def _signals(nursery: trio.Nursery) -> None:
@@ -99,23 +115,50 @@ async def _signals(nursery: trio.Nursery) -> None:
             return
 
 
-async def _status_writer(home: Home, uploader: Uploader, cache: LmdbBlockCache,
+def _hold_seconds() -> int:
+    """The long-poll hold time asked of the server (tests shorten it by environment)."""
+    try:
+        return int(os.environ.get("DRIVE_LONGPOLL_SECONDS", HOLD_S))
+    except ValueError:
+        return HOLD_S
+
+
+@dataclass(frozen=True, slots=True)
+class _Sync:
+    """The sync parts the status file reports on."""
+
+    uploader: Uploader
+    follower: Follower
+    activity: Activity
+
+
+async def _status_writer(home: Home, sync: _Sync, cache: LmdbBlockCache,
                          state: StateDB) -> None:  # fmt: skip
     while True:
-        await _write_status(home, uploader, cache, state, mounted=True)
+        await _write_status(home, sync, cache, state, mounted=True)
         await trio.sleep(STATUS_EVERY_S)
 
 
-async def _write_status(home: Home, uploader: Uploader, cache: LmdbBlockCache, state: StateDB,
+async def _write_status(home: Home, sync: _Sync, cache: LmdbBlockCache, state: StateDB,
                         *, mounted: bool) -> None:  # fmt: skip
+    uploader = sync.uploader
+    queued = [
+        {"op": op.get("op"), "path": op.get("path") or op.get("from")}
+        for _, op in state.ops(limit=STATUS_QUEUE_SHOWN)
+    ]
     body = {
         "mounted": mounted,
         "pid": os.getpid(),
-        "online": uploader.online,
+        "online": uploader.online and sync.follower.online,
         "pending": state.op_count(),
+        "queued": queued,
+        "uploading": uploader.progress,
+        "bytes_uploaded": uploader.bytes_uploaded,
         "cache_bytes": cache.used_bytes(),
         "dirty_bytes": uploader.content.dirty_bytes,
-        "last_error": uploader.last_error,
+        "last_error": uploader.last_error or sync.follower.last_error,
+        "cursor": sync.follower.cursor,
+        **sync.activity.snapshot(),
     }
     tmp = home.status_path.with_suffix(".tmp")
     data = json.dumps(body).encode()

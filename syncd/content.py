@@ -22,7 +22,7 @@ import errno
 import logging
 import os
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import trio
@@ -118,6 +118,8 @@ class ContentStore:
         self._fds: dict[int, int] = {}
         self._locks: dict[int, trio.Lock] = {}
         self._pinned: set[int] = set()
+        self.on_dirty: Callable[[Node], None] | None = None
+        """Called when a file turns dirty (presence notices, R10); must not block."""
         self.dirty_bytes = sum(rg.total(n.dirty.ranges) for n in state.dirty_nodes() if n.dirty)
 
     # -- helpers --------------------------------------------------------------------------
@@ -174,6 +176,8 @@ class ContentStore:
             node.dirty = Dirty(base_blocks=list(node.blocks), base_size=node.size, ranges=[])
         self._fd(node.ino)
         node.version += 1
+        if self.on_dirty is not None:
+            self.on_dirty(node)
         return node.dirty
 
     async def _pin_base(self, node: Node) -> None:

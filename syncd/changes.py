@@ -1,0 +1,185 @@
+"""Applying the server's change feed to the local tree (R11): what others did shows here.
+
+One `Change` at a time, in journal order, inside the caller's write transaction. Rules:
+- Changes this device made are skipped: the uploader already put their result here.
+- Local work wins where it must: a file with unsynced edits keeps them (its commit then
+  resolves the conflict, `syncd.conflicts`), and a node with queued operations is not moved
+  or removed under them (the queue has not told the server yet). A remotely deleted file
+  with local edits stays (modify beats delete).
+- A record older than what we have (a listing may be newer than the feed) changes nothing.
+Every visible change is reported through `on_entry(parent, name, ino)` (a name appeared,
+went or moved) and `on_inode(ino)` (attributes or content changed), so the mount can
+invalidate the kernel's caches; both only enqueue, they never call into the kernel here.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+
+from blockstore.wire import Change, FileRecord
+from syncd.state import ROOT_INO, Node, StateDB, Writer
+from syncd.tree import node_from_record
+
+__all__ = ["ChangeApplier"]
+
+log = logging.getLogger(__name__)
+
+OnEntry = Callable[[int, str, int], None]
+OnInode = Callable[[int], None]
+
+
+class ChangeApplier:
+    """Applies changes of other devices to the local state (see the module docstring)."""
+
+    def __init__(
+        self,
+        state: StateDB,
+        device: str,
+        *,
+        on_entry: OnEntry | None = None,
+        on_inode: OnInode | None = None,
+    ) -> None:
+        self.state = state
+        self.device = device
+        self.on_entry = on_entry
+        self.on_inode = on_inode
+        self._entries: list[tuple[int, str, int]] = []
+        self._inodes: list[int] = []
+
+    def apply_all(self, w: Writer, changes: list[Change], busy: set[int]) -> int:
+        """Apply `changes` (inside `w`); `busy` = inodes with queued local operations.
+
+        Returns:
+            How many changes were from other devices.
+        """
+        n = 0
+        for ch in changes:
+            if ch.device == self.device:
+                continue
+            n += 1
+            try:
+                self._apply(w, ch, busy)
+            except (KeyError, ValueError) as exc:  # a damaged entry must not stop the feed
+                log.warning("change %d (%s %s) not applied: %s", ch.seq, ch.op, ch.file.path, exc)
+        return n
+
+    def announce(self) -> None:
+        """Send the collected invalidations (call after the transaction committed)."""
+        entries, self._entries = self._entries, []
+        inodes, self._inodes = self._inodes, []
+        if self.on_entry is not None:
+            for parent, name, ino in entries:
+                self.on_entry(parent, name, ino)
+        if self.on_inode is not None:
+            for ino in dict.fromkeys(inodes):
+                self.on_inode(ino)
+
+    # -- one change -----------------------------------------------------------------------
+
+    def _apply(self, w: Writer, ch: Change, busy: set[int]) -> None:
+        rec = ch.file
+        if ch.op == "pending":
+            return  # presence only (R10): shown by `drive status`, the tree is unchanged
+        ino = self.state.ino_for_server_id(rec.id)
+        node = self.state.node(ino) if ino is not None else None
+        if ch.op == "delete" or rec.deleted:
+            if node is not None:
+                self._remove(w, node, busy)
+            return
+        parent_ino = self.state.ino_for_server_id(rec.parent_id) if rec.parent_id else None
+        parent = self.state.node(parent_ino) if parent_ino is not None else None
+        if parent is None or parent.kind != "dir" or not parent.linked:
+            if node is not None and node.ino not in busy:
+                self._remove(w, node, busy)  # moved somewhere we do not show (yet)
+            return
+        if node is None:
+            self._insert(w, parent, rec)
+        else:
+            self._update(w, node, parent, rec, busy)
+
+    def _remove(self, w: Writer, node: Node, busy: set[int]) -> None:
+        if node.ino == ROOT_INO or not node.linked:
+            return
+        if node.dirty is not None or node.ino in busy or self._has_busy_below(node, busy):
+            log.info("%s was deleted elsewhere but has local changes; keeping it", node.name)
+            return
+        if self.state.lookup(node.parent, node.name) == node.ino:
+            w.unlink(node.parent, node.name)
+        node.linked = False
+        w.put_node(node)
+        self._entries.append((node.parent, node.name, node.ino))
+        self._inodes.append(node.parent)
+
+    def _has_busy_below(self, node: Node, busy: set[int]) -> bool:
+        if node.kind != "dir":
+            return False
+        for ino in busy:
+            cur = self.state.node(ino)
+            hops = 0
+            while cur is not None and cur.ino != ROOT_INO and hops < 4096:
+                if cur.parent == node.ino:
+                    return True
+                cur = self.state.node(cur.parent)
+                hops += 1
+        return False
+
+    def _insert(self, w: Writer, parent: Node, rec: FileRecord) -> None:
+        existing = self.state.lookup(parent.ino, rec.name)
+        if existing is not None:
+            other = self.state.node(existing)
+            if other is not None and (other.server_id is None or other.dirty is not None):
+                return  # a local file of that name waits for upload: its commit resolves it
+            if other is not None:
+                other.linked = False
+                w.put_node(other)
+                self._inodes.append(other.ino)
+        if rec.kind == "file" and rec.state == "pending" and rec.rev == 0:
+            return  # a provisional record of an upload in progress: the commit will follow
+        node = node_from_record(rec.id, parent.ino, rec)
+        w.put_node(node)
+        w.link(parent.ino, rec.name, node.ino)
+        self._entries.append((parent.ino, rec.name, node.ino))
+        self._inodes.append(parent.ino)
+
+    def _update(self, w: Writer, node: Node, parent: Node, rec: FileRecord, busy: set[int]) -> None:
+        changed = False
+        where = (node.parent, node.name)
+        if node.ino not in busy and (where != (parent.ino, rec.name) or not node.linked):
+            target = self.state.lookup(parent.ino, rec.name)
+            other = self.state.node(target) if target is not None and target != node.ino else None
+            if other is not None and (other.server_id is None or other.dirty is not None):
+                return  # a local entry holds that name; its upload sorts it out
+            if other is not None:
+                other.linked = False
+                w.put_node(other)
+                self._inodes.append(other.ino)
+            if node.linked and self.state.lookup(*where) == node.ino:
+                w.unlink(*where)
+                self._entries.append((where[0], where[1], node.ino))
+                self._inodes.append(where[0])
+            node.parent, node.name, node.linked = parent.ino, rec.name, True
+            w.link(parent.ino, rec.name, node.ino)
+            self._entries.append((parent.ino, rec.name, node.ino))
+            self._inodes.append(parent.ino)
+            changed = True
+        newer = node.rev is None or rec.rev >= node.rev
+        if node.dirty is None and newer:
+            if rec.kind == "file" and rec.state == "done" and rec.rev != node.rev:
+                node.kind = rec.kind
+                node.size = rec.size
+                node.rev = rec.rev
+                node.set_blocks(None if rec.blocks is None else list(rec.blocks))
+                node.version += 1
+                changed = True
+            if rec.kind == "symlink" and rec.target != node.target:
+                node.target = rec.target
+                node.size = len((rec.target or "").encode())
+                changed = True
+            if (node.mode, node.mtime_ns) != (rec.mode, rec.mtime_ns):
+                node.mode, node.mtime_ns = rec.mode, rec.mtime_ns
+                node.ctime_ns = max(node.ctime_ns, rec.mtime_ns)
+                changed = True
+        if changed:
+            w.put_node(node)
+            self._inodes.append(node.ino)

@@ -1,0 +1,115 @@
+"""Fixtures for the sync tests: one account on the shared server, several devices (homes),
+each mounted in its own subprocess; waits with deadlines for convergence."""
+
+from __future__ import annotations
+
+import itertools
+import os
+import re
+import shutil
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import TypeVar
+
+import pytest
+
+from tests.helpers.mount_proc import MountProcess, login_home
+from tests.helpers.server_proc import ServerProcess
+
+T = TypeVar("T")
+_numbers = itertools.count(1)
+
+CONVERGE_SECONDS = 30.0
+SYNC_ENV = {"DRIVE_FETCH_TIMEOUT": "3"}
+
+
+def _fuse_missing() -> str | None:
+    if shutil.which("fusermount3") is None:
+        return "fusermount3 not installed"
+    try:
+        os.close(os.open("/dev/fuse", os.O_RDWR))
+    except OSError as exc:
+        return f"/dev/fuse unusable: {exc}"
+    return None
+
+
+requires_fuse = pytest.mark.skipif(_fuse_missing() is not None, reason=str(_fuse_missing()))
+
+
+class Account:
+    """One user on a server; `device(name)` logs a new home in (optionally via `url`)."""
+
+    def __init__(self, server: ServerProcess, root: Path) -> None:
+        self.server = server
+        self.root = root
+        self.name = f"s{next(_numbers)}x{uuid.uuid4().hex[:6]}"
+        self.password = "pw-" + self.name
+        server.add_user(self.name, self.password)
+
+    def device(self, device: str, url: str | None = None) -> Path:
+        home = self.root / f"home-{device}"
+        if url is None:
+            return login_home(self.server, home, self.name, self.password, device)
+        real = self.server.url
+        self.server.url = url
+        try:
+            return login_home(self.server, home, self.name, self.password, device)
+        finally:
+            self.server.url = real
+
+    def mount(self, home: Path, name: str) -> MountProcess:
+        return MountProcess(home, self.root / f"mnt-{name}", env=SYNC_ENV).start()
+
+
+@pytest.fixture
+def account(shared_server: ServerProcess, tmp_path: Path) -> Account:
+    return Account(shared_server, tmp_path)
+
+
+@pytest.fixture
+def two_mounts(account: Account) -> Iterator[tuple[MountProcess, MountProcess]]:
+    a = account.mount(account.device("devA"), "a")
+    try:
+        b = account.mount(account.device("devB"), "b")
+    except BaseException:
+        a.stop()
+        raise
+    try:
+        yield a, b
+    finally:
+        b.stop()
+        a.stop()
+
+
+def wait_for(probe: Callable[[], T | None], what: str,
+             timeout: float = CONVERGE_SECONDS) -> T:  # fmt: skip
+    """Call `probe` until it returns something other than None/False; fail at the deadline."""
+    deadline = time.monotonic() + timeout
+    last_exc: BaseException | None = None
+    while True:
+        try:
+            value = probe()
+            if value is not None and value is not False:
+                return value
+        except OSError as exc:
+            last_exc = exc
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout}s waiting for {what} ({last_exc})")
+        time.sleep(0.05)
+
+
+def read_or_none(path: Path) -> bytes | None:
+    try:
+        return path.read_bytes()
+    except FileNotFoundError:
+        return None
+
+
+def metric(server: ServerProcess, name: str) -> float:
+    with server.client() as http:
+        text = http.get("/metrics").text
+    m = re.search(rf"^{re.escape(name)}(?:{{[^}}]*}})? ([0-9.e+]+)$", text, re.MULTILINE)
+    assert m, f"metric {name} not found"
+    return float(m.group(1))
