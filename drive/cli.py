@@ -16,6 +16,7 @@ import sys
 import traceback
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 from drive.errors import NotLandedError, UserError
 
@@ -43,9 +44,10 @@ def _serve_args(p: argparse.ArgumentParser) -> None:
     _server_data(p)
     p.add_argument(
         "--listen",
-        default="127.0.0.1:8443",
+        default=None,
         metavar="HOST:PORT",
-        help="address to listen on (default 127.0.0.1:8443; port 0 picks a free one)",
+        help="address to listen on (default: `listen` in the server config, else "
+        "127.0.0.1:8443; port 0 picks a free one)",
     )
     p.add_argument("--cert", metavar="FILE", help="TLS certificate (PEM); default: self-signed")
     p.add_argument("--key", metavar="FILE", help="TLS private key (PEM) for --cert")
@@ -176,6 +178,74 @@ CLIENT_COMMANDS: tuple[Command, ...] = (
 )
 
 
+def _unit_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--unit-dir", metavar="DIR", help="where to write the unit (default ~/.config/systemd/user)"
+    )
+    p.add_argument("--print", action="store_true", help="print the unit instead of writing it")
+    p.add_argument(
+        "--start", action="store_true", help="then run systemctl --user enable --now on it"
+    )
+
+
+def _service_server_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--data", metavar="DIR", help="server data directory (default: the local one)")
+    p.add_argument("--listen", metavar="HOST:PORT", help="address (default: the server config's)")
+    _unit_args(p)
+
+
+def _service_mount_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "mountpoint", nargs="?", metavar="MOUNTPOINT", help="where to mount (default ~/Drive)"
+    )
+    _unit_args(p)
+
+
+def _service_helper_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--bindir",
+        default="/usr/local/bin",
+        metavar="DIR",
+        help="directory on mount's PATH to link `drive` into (default /usr/local/bin)",
+    )
+
+
+SERVICE_COMMANDS: tuple[Command, ...] = (
+    Command(
+        "server",
+        "install a systemd user unit that runs the server (Type=notify)",
+        "drive.service:server",
+        _service_server_args,
+    ),
+    Command(
+        "mount",
+        "install a systemd user unit that keeps the drive mounted (Type=notify)",
+        "drive.service:mount",
+        _service_mount_args,
+    ),
+    Command(
+        "helper",
+        "make `mount -t fuse.drive` and /etc/fstab lines work",
+        "drive.service:helper",
+        _service_helper_args,
+    ),
+)
+
+
+def _add_group(
+    sub: Any, name: str, help_text: str, commands: tuple[Command, ...]
+) -> argparse.ArgumentParser:
+    group: argparse.ArgumentParser = sub.add_parser(name, help=help_text, description=help_text)
+    group_sub = group.add_subparsers(dest=f"{name}_command", metavar="COMMAND")
+    for cmd in commands:
+        p = group_sub.add_parser(cmd.name, help=cmd.help, description=cmd.help)
+        if cmd.configure:
+            cmd.configure(p)
+        p.set_defaults(handler=cmd.handler)
+    group.set_defaults(subparser=group)
+    return group
+
+
 def build_parser() -> argparse.ArgumentParser:
     """Build the whole argument tree (cheap: imports no subcommand module)."""
     parser = argparse.ArgumentParser(
@@ -194,7 +264,12 @@ def build_parser() -> argparse.ArgumentParser:
         "--log-level",
         default=None,
         choices=["debug", "info", "warning", "error"],
-        help="log level on stderr (default warning)",
+        help="log level (default: log_level in HOME/config.toml, else warning)",
+    )
+    parser.add_argument(
+        "--log-file",
+        metavar="FILE",
+        help="also log to FILE (default: log_file in HOME/config.toml, relative to the home)",
     )
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
 
@@ -204,18 +279,8 @@ def build_parser() -> argparse.ArgumentParser:
             cmd.configure(p)
         p.set_defaults(handler=cmd.handler)
 
-    server = sub.add_parser(
-        "server",
-        help="run and administer a server",
-        description="Run and administer a drive server.",
-    )
-    server_sub = server.add_subparsers(dest="server_command", metavar="COMMAND")
-    for cmd in SERVER_COMMANDS:
-        p = server_sub.add_parser(cmd.name, help=cmd.help, description=cmd.help)
-        if cmd.configure:
-            cmd.configure(p)
-        p.set_defaults(handler=cmd.handler)
-    server.set_defaults(subparser=server)
+    _add_group(sub, "server", "run and administer a drive server", SERVER_COMMANDS)
+    _add_group(sub, "service", "run the server or a mount as a systemd service", SERVICE_COMMANDS)
 
     auth = sub.add_parser("auth", help="tokens for scripts", description="Tokens for scripts.")
     auth_sub = auth.add_subparsers(dest="auth_command", metavar="COMMAND")
@@ -244,39 +309,72 @@ def _resolve(spec: str) -> Handler:
 
 
 def _setup_logging(args: argparse.Namespace) -> None:
-    level_name = "debug" if args.debug else (args.log_level or "warning")
+    """Log to stderr, and to a file when asked; levels from the options, else config.toml."""
+    from drive.settings import client_home, load_settings
+
+    settings = load_settings()
+    level_name = "debug" if args.debug else (args.log_level or settings.log_level or "warning")
+    handlers: list[logging.Handler] = [logging.StreamHandler(sys.stderr)]
+    log_file = args.log_file or settings.log_file
+    if log_file:
+        path = client_home() / os.path.expanduser(log_file)
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            handlers.append(logging.FileHandler(path, encoding="utf-8"))
+        except OSError as exc:
+            raise UserError(f"cannot open the log file {path}: {exc.strerror}") from None
     logging.basicConfig(
         level=getattr(logging, level_name.upper()),
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-        stream=sys.stderr,
+        handlers=handlers,
     )
+
+
+def _command_names(parser: argparse.ArgumentParser) -> set[str]:
+    for action in parser._actions:  # argparse has no public accessor for subcommand names
+        if isinstance(action, argparse._SubParsersAction):
+            return set(action.choices)
+    return set()
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the `drive` command and return its exit status."""
     parser = build_parser()
+    argv = list(sys.argv[1:] if argv is None else argv)
+    from drive import mount_helper
+
+    if mount_helper.is_helper_call(argv, _command_names(parser), os.path.basename(sys.argv[0])):
+        return mount_helper.main(argv)  # `mount -t fuse.drive` runs `drive SOURCE MP -o OPTS`
     args = parser.parse_args(argv)
     if args.home:
-        os.environ["DRIVE_HOME"] = os.path.abspath(args.home)
-    _setup_logging(args)
-    handler_spec: str | None = getattr(args, "handler", None)
-    if handler_spec is None:
-        sub: argparse.ArgumentParser = getattr(args, "subparser", parser)
-        sub.print_help(sys.stderr)
-        return 2
+        os.environ["DRIVE_HOME"] = os.path.abspath(os.path.expanduser(args.home))
     try:
+        _setup_logging(args)
+        handler_spec: str | None = getattr(args, "handler", None)
+        if handler_spec is None:
+            sub: argparse.ArgumentParser = getattr(args, "subparser", parser)
+            sub.print_help(sys.stderr)
+            return 2
         return _resolve(handler_spec)(args)
     except NotLandedError as exc:
         print(f"drive: {exc}", file=sys.stderr)
         return 3
     except UserError as exc:
-        if args.debug:
-            traceback.print_exc()
-        print(f"drive: {exc}", file=sys.stderr)
-        return exc.exit_status
+        return _fail(args, str(exc), exc.exit_status)
+    except OSError as exc:  # disk full, permission denied, ...: the user can fix these
+        where = f": {exc.filename}" if exc.filename else ""
+        return _fail(args, f"{exc.strerror or exc}{where}", 1)
     except KeyboardInterrupt:
         print("drive: interrupted", file=sys.stderr)
         return 130
+
+
+def _fail(args: argparse.Namespace, message: str, status: int) -> int:
+    """Print one line (plus the traceback with --debug) and return the exit status."""
+    if args.debug:
+        traceback.print_exc()
+    print(f"drive: {message}", file=sys.stderr)
+    return status
 
 
 if __name__ == "__main__":

@@ -21,6 +21,8 @@ from typing import Any, TypeVar
 import trio
 
 from drive.errors import UserError
+from drive.progress import Progress
+from drive.sizes import format_size
 from syncd import errors
 from syncd.config import (
     ClientConfig,
@@ -68,14 +70,44 @@ def _run(cfg: ClientConfig, fn: Callable[[RemoteClient], Awaitable[T]]) -> T:
         return trio.run(main)
     except errors.Unauthorized as exc:
         raise UserError(f"not authorised ({exc}); log in again with `drive login`") from exc
-    except errors.CertificateMismatch as exc:
-        raise UserError(str(exc)) from exc
-    except errors.Offline as exc:
-        raise UserError(f"server unreachable: {exc}") from exc
+    except errors.Offline as exc:  # includes CertificateMismatch
+        raise UserError(_diagnose_offline(cfg, exc)) from exc
     except errors.NotFound as exc:
-        raise UserError(f"not found: {exc}") from exc
+        raise UserError(f"not found: {exc.body.get('message') or exc}") from exc
     except errors.RemoteError as exc:
-        raise UserError(f"the server refused: {exc}") from exc
+        raise UserError(f"the server refused: {exc.body.get('message') or exc}") from exc
+
+
+def _colons(fingerprint: str) -> str:
+    return ":".join(fingerprint[i : i + 2] for i in range(0, len(fingerprint), 2)).upper()
+
+
+def _reach_error(url: str, exc: errors.SyncError) -> str:
+    """ "cannot reach URL: connection refused (is the server running?)" from an Offline error."""
+    cause = exc.__cause__
+    if isinstance(cause, OSError) and cause.strerror:
+        reason = cause.strerror[0].lower() + cause.strerror[1:]
+    elif isinstance(cause, OSError):
+        reason = str(cause) or type(cause).__name__
+    else:
+        reason = str(exc)
+    hint = " (is the server running?)" if isinstance(cause, ConnectionRefusedError) else ""
+    return f"server down: cannot reach {url}: {reason}{hint}"
+
+
+def _diagnose_offline(cfg: ClientConfig, exc: errors.Offline) -> str:
+    """Why a logged-in call got no answer: the server is down, or its certificate changed."""
+    try:
+        _, now = fetch_certificate(cfg.server_url, timeout=5.0)
+    except errors.SyncError as reach:
+        return _reach_error(cfg.server_url, reach)
+    if now != cfg.fingerprint:
+        return (
+            f"the certificate of {cfg.server_url} changed since this device logged in "
+            f"(pinned {_colons(cfg.fingerprint)}, now {_colons(now)}); nothing was sent. "
+            f"If you expect this, log in again with --trust-fingerprint {now}"
+        )
+    return f"server unreachable: {exc}"
 
 
 def _mount_points() -> list[Path]:
@@ -114,8 +146,16 @@ def login(args: argparse.Namespace) -> int:
     url = args.url.rstrip("/")
     try:
         pem, fp = fetch_certificate(url)
+    except errors.BadRequest as exc:
+        raise UserError(f"bad URL: {exc}") from None
     except errors.SyncError as exc:
-        raise UserError(str(exc)) from None
+        raise UserError(_reach_error(url, exc)) from None
+    try:
+        pinned: ClientConfig | None = load_config(home)
+    except errors.NotLoggedIn:
+        pinned = None
+    if pinned is not None and pinned.server_url != url:
+        pinned = None
     if args.trust_fingerprint:
         try:
             want = normalize_fingerprint(args.trust_fingerprint)
@@ -125,6 +165,14 @@ def login(args: argparse.Namespace) -> int:
             raise UserError(
                 f"certificate fingerprint mismatch: {url} presents {fp}, expected {want}"
             )
+    elif pinned is not None and pinned.fingerprint == fp:
+        pass  # logging in again to the server this home already trusts
+    elif pinned is not None:
+        raise UserError(
+            f"the certificate of {url} changed since this device logged in (pinned "
+            f"{_colons(pinned.fingerprint)}, now {_colons(fp)}); if you expect this, "
+            f"pass --trust-fingerprint {fp}"
+        )
     elif sys.stdin.isatty() and not args.password_stdin:
         print(f"{url} presents a certificate with SHA-256 fingerprint\n  {fp}", file=sys.stderr)
         if input("Trust it? [y/N] ").strip().lower() not in ("y", "yes"):
@@ -136,6 +184,8 @@ def login(args: argparse.Namespace) -> int:
         )
     if args.password_stdin:
         password = sys.stdin.readline().rstrip("\r\n")
+        if not password:
+            raise UserError("no password on stdin (expected one line)")
     elif sys.stdin.isatty():
         password = getpass.getpass(f"password for {args.user}: ")
     else:
@@ -145,6 +195,10 @@ def login(args: argparse.Namespace) -> int:
         body = trio.run(remote_login, url, pem, args.user, password, device)
     except errors.Unauthorized:
         raise UserError("wrong user name or password") from None
+    except errors.RateLimited:
+        raise UserError("too many login attempts; wait a minute and try again") from None
+    except errors.Offline as exc:
+        raise UserError(_reach_error(url, exc)) from None
     except errors.SyncError as exc:
         raise UserError(f"login failed: {exc}") from None
     _forget_other_account(home, url, args.user)
@@ -308,20 +362,26 @@ def _print_status(body: dict[str, Any]) -> None:
 def revisions(args: argparse.Namespace) -> int:
     _, cfg = _config()
     path = to_drive_path(args.path)
+    if args.limit < 1:
+        raise UserError("--limit must be at least 1")
     revs = _run(cfg, lambda rc: rc.revisions(path, args.limit))
     if args.json:
         print(json.dumps([r.to_json() for r in revs]))
         return 0
+    print(f"{'REVISION':>8}  {'SIZE':>10}  {'TIME':19}  DEVICE")
     for r in revs:
         when = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(r.time))
-        print(f"{r.revision:>6}  {r.size:>12}  {when}  {r.device}")
+        print(f"{r.revision:>8}  {format_size(r.size):>10}  {when}  {r.device}")
+    if revs:
+        print(f"\nbring one back with: drive restore {path} REVISION")
     return 0
 
 
 def restore(args: argparse.Namespace) -> int:
     _, cfg = _config()
     path = to_drive_path(args.path)
-    rec = _run(cfg, lambda rc: rc.restore(path, args.revision))
+    with Progress(f"restoring {path} from revision {args.revision}"):  # a spinner on a TTY
+        rec = _run(cfg, lambda rc: rc.restore(path, args.revision))
     print(f"restored {path} from revision {args.revision} as revision {rec.rev}")
     return 0
 

@@ -12,6 +12,7 @@ import json
 import sys
 from pathlib import Path
 
+from drive import sdnotify
 from drive.errors import UserError
 from drive.sizes import parse_size
 
@@ -50,9 +51,23 @@ def serve(args: argparse.Namespace) -> int:
             cert=Path(args.cert) if args.cert else None,
             key=Path(args.key) if args.key else None,
             config_path=Path(args.config) if args.config else None,
+            on_ready=lambda url: sdnotify.ready(f"listening on {url}"),
         )
     except ServeError as exc:
         raise UserError(str(exc)) from exc
+    finally:
+        sdnotify.stopping("stopped")
+
+
+def _default_quota(data: Path) -> int | None:
+    """The server config's `default_quota_bytes` (0 or absent: no quota)."""
+    from server.config import ConfigError, load_config
+
+    try:
+        quota = load_config(None, data).default_quota_bytes
+    except ConfigError as exc:
+        raise UserError(str(exc)) from None
+    return quota or None
 
 
 def adduser(args: argparse.Namespace) -> int:
@@ -61,7 +76,7 @@ def adduser(args: argparse.Namespace) -> int:
     from server.errors import AccountError
 
     try:
-        quota = parse_size(args.quota) if args.quota else None
+        quota = parse_size(args.quota) if args.quota else _default_quota(_data_dir(args))
     except ValueError as exc:
         raise UserError(f"--quota: {exc}") from None
     try:
