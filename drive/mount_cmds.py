@@ -12,14 +12,17 @@ import json
 import os
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
-from drive import sizes
+from drive import sdnotify, sizes
 from drive.errors import UserError
 from drive.logtail import last_log_line
+from drive.progress import Progress
+from drive.settings import load_settings
 
-__all__ = ["check_mountpoint", "mount", "parse_cache_size", "unmount"]
+__all__ = ["check_mountpoint", "is_mounted", "mount", "parse_cache_size", "unmount"]
 
 MOUNT_WAIT_S = 30.0
 UNMOUNT_WAIT_S = 30.0
@@ -72,10 +75,31 @@ def mount(args: argparse.Namespace) -> int:
     assert isinstance(home, Home)
     mp = Path(args.mountpoint).expanduser().absolute()
     check_mountpoint(mp)
+    settings = load_settings(home.root)
+    args.cache_size = args.cache_size or settings.cache_size or None
+    args.allow_other = args.allow_other or settings.allow_other
     cache_bytes = parse_cache_size(args.cache_size) if args.cache_size else DEFAULT_CACHE_BYTES
     if args.foreground:
         return _foreground(home, mp, cache_bytes, args.allow_other)
     return _background(home, mp, args)
+
+
+def _notify_when_mounted(mp: Path, done: threading.Event) -> None:
+    """Tell systemd READY=1 once `mp` is in our mount table (read, never stat: no FUSE call)."""
+    while not done.wait(0.05):
+        if is_mounted(mp):
+            sdnotify.ready(f"mounted at {mp}")
+            return
+
+
+def is_mounted(mp: Path) -> bool:
+    """True when `mp` is a mount point in /proc/self/mountinfo (no filesystem call on it)."""
+    target = str(mp).replace(" ", "\\040")
+    try:
+        with open("/proc/self/mountinfo") as f:
+            return any(line.split()[4] == target for line in f if line.strip())
+    except OSError:
+        return False
 
 
 def _foreground(home: object, mp: Path, cache_bytes: int, allow_other: bool) -> int:
@@ -85,12 +109,18 @@ def _foreground(home: object, mp: Path, cache_bytes: int, allow_other: bool) -> 
 
     assert isinstance(home, Home)
     home.ensure()
+    done = threading.Event()
+    if os.environ.get("NOTIFY_SOCKET"):
+        threading.Thread(target=_notify_when_mounted, args=(mp, done), daemon=True).start()
     try:
         run_mount(home, mp, cache_bytes=cache_bytes, allow_other=allow_other)
     except SyncError as exc:
         raise UserError(str(exc)) from exc
     except RuntimeError as exc:  # pyfuse3.init: fuse device missing, permission, ...
         raise UserError(f"cannot mount {mp}: {exc}") from exc
+    finally:
+        done.set()
+        sdnotify.stopping(f"unmounted {mp}")
     return 0
 
 
@@ -183,18 +213,13 @@ def _wait_queue_empty(home: object) -> None:
 
     assert isinstance(home, Home)
     state = StateDB(home.state_path)
-    tty = sys.stderr.isatty()
     try:
-        shown = -1
-        while True:
-            n = state.op_count()
-            if n == 0:
-                break
-            if tty and n != shown:
-                print(f"\rwaiting for {n} changes to reach the server...", end="", file=sys.stderr)
-                shown = n
-            time.sleep(0.1)
-        if tty and shown >= 0:
-            print("\rall changes are on the server.                 ", file=sys.stderr)
+        with Progress("uploading local changes", unit="changes") as bar:  # a bar on a TTY only
+            while True:
+                n = state.op_count()
+                bar.remaining(n)
+                if n == 0:
+                    break
+                time.sleep(0.1)
     finally:
         state.close()

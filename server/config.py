@@ -1,5 +1,8 @@
 """Server configuration: limits and tunables, read from TOML (`DATA/server.toml` or `--config`).
 
+`listen` (HOST:PORT, used when `drive server serve` gets no `--listen`) and
+`default_quota_bytes` (the quota `drive server adduser` gives without `--quota`; 0 = none) sit
+next to the limits, rate limits and retention (`revisions_kept`, `journal_keep_*`).
 Every knob has a default that suits one machine; tests override a few (a low rate limit, a
 short long-poll clamp) by writing a small TOML file. Unknown keys are an error, so a typo in
 the config never silently falls back to a default.
@@ -24,6 +27,8 @@ class ConfigError(Exception):
 class ServerConfig:
     """Limits and tunables of one server process (see docs/protocol.md for their effects)."""
 
+    listen: str = "127.0.0.1:8443"
+    default_quota_bytes: int = 0
     max_file_bytes: int = 10 * 10**9
     max_json_bytes: int = 1 * MIB
     max_block_bytes: int = 8 * MIB

@@ -18,6 +18,7 @@ import logging
 import os
 import signal
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 import trio
@@ -55,7 +56,9 @@ def _hyper_config(
     return cfg
 
 
-async def _serve(services: Services, hyper: HyperConfig, data_dir: Path) -> None:
+async def _serve(
+    services: Services, hyper: HyperConfig, data_dir: Path, on_ready: Callable[[str], object]
+) -> None:
     shutdown = trio.Event()
 
     async def wait_shutdown() -> None:
@@ -88,6 +91,7 @@ async def _serve(services: Services, hyper: HyperConfig, data_dir: Path) -> None
                 f"drive server: listening on {url}\n"
             )
             sys.stdout.flush()
+            on_ready(url)
             maintenance = trio.CancelScope()
 
             async def maintain() -> None:
@@ -101,21 +105,27 @@ async def _serve(services: Services, hyper: HyperConfig, data_dir: Path) -> None
 
 def run_server(
     data_dir: Path,
-    listen: str,
+    listen: str | None,
     cert: Path | None,
     key: Path | None,
     config_path: Path | None,
+    on_ready: Callable[[str], object] = lambda url: None,
 ) -> int:
-    """Run until SIGTERM/SIGINT; returns the exit status."""
+    """Run until SIGTERM/SIGINT; returns the exit status.
+
+    `listen` None means the config's `listen`; `on_ready(url)` runs once the server accepts
+    connections (the `drive` command tells systemd there).
+    """
     faulthandler.enable()
     faulthandler.register(signal.SIGUSR1)
-    host, sep, port = listen.rpartition(":")
-    if not sep or not port.isdigit() or not host:
-        raise ServeError(f"--listen must be HOST:PORT, not {listen!r}")
     try:
         config = load_config(config_path, data_dir)
     except ConfigError as exc:
         raise ServeError(str(exc)) from exc
+    listen = listen or config.listen
+    host, sep, port = listen.rpartition(":")
+    if not sep or not port.isdigit() or not host:
+        raise ServeError(f"--listen must be HOST:PORT, not {listen!r}")
     try:
         data_dir.mkdir(parents=True, exist_ok=True)
         tls = ensure_tls(data_dir, cert, key)
@@ -124,7 +134,7 @@ def run_server(
     services = Services.open(data_dir, config, tls.fingerprint)
     hyper = _hyper_config(listen, tls.cert, tls.key, config.keep_alive_seconds, config.backlog)
     try:
-        trio.run(_serve, services, hyper, data_dir)
+        trio.run(_serve, services, hyper, data_dir, on_ready)
     except OSError as exc:
         raise ServeError(f"cannot listen on {listen}: {exc.strerror or exc}") from exc
     finally:
