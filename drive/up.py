@@ -209,7 +209,10 @@ def _ensure_mount(mp: Path) -> None:
 
 def up(args: argparse.Namespace) -> int:
     """Start the local server, user, login and mount; report what was already there."""
-    mp = Path(args.mountpoint or DEFAULT_MOUNTPOINT).expanduser().absolute()
+    from drive.settings import load_settings
+
+    default = load_settings().mountpoint or DEFAULT_MOUNTPOINT
+    mp = Path(args.mountpoint or default).expanduser().absolute()
     if mp.exists() and not os.path.ismount(mp):
         from drive.mount_cmds import check_mountpoint
 

@@ -25,6 +25,7 @@ SUBCOMMANDS = [
     "trash",
     "undelete",
     "server",
+    "service",
     "auth",
 ]
 
@@ -46,6 +47,7 @@ def test_help_lists_every_subcommand():
     "argv",
     [[c] for c in SUBCOMMANDS]
     + [["server", c] for c in ("serve", "adduser", "passwd", "deluser", "list-users")]
+    + [["service", c] for c in ("server", "mount", "helper")]
     + [["auth", "token"]],
 )
 def test_every_subcommand_has_help(argv):
