@@ -48,7 +48,9 @@ class ChangeApplier:
         self._inodes: list[int] = []
 
     def apply_all(self, w: Writer, changes: list[Change], busy: set[int]) -> int:
-        """Apply `changes` (inside `w`); `busy` = inodes with queued local operations.
+        """Apply `changes` (inside `w`); `busy` = inodes with queued namespace operations
+        (a queued commit alone does not count: a rename elsewhere still applies, and the
+        commit follows the file, see `syncd.conflicts`).
 
         Returns:
             How many changes were from other devices.

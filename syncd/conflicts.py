@@ -99,10 +99,12 @@ class ConflictResolver:
             if cur is not None and cur.rev == node.rev and cur.kind == "file":
                 log.info("%s was renamed to %s meanwhile; committing there", path, cur.path)
                 try:
-                    return await self._commit(cur.path, node.rev, node, blocks, size,
-                                              commit_id + "-moved")  # fmt: skip
+                    rec = await self._commit(cur.path, node.rev, node, blocks, size,
+                                             commit_id + "-moved")  # fmt: skip
                 except errors.Conflict as again:
                     return await self.resolve(node, cur.path, blocks, size, commit_id, again)
+                self._relocate(node, rec)
+                return rec
         if cur is None:
             return await self._revive(node, path, blocks, size, commit_id)
         await self._save_copy(node, path, cur, blocks, size, commit_id)
@@ -188,6 +190,27 @@ class ConflictResolver:
         if self.on_changed is not None:
             self.on_changed(node.ino)
             self.on_changed(parent_ino)
+
+    def _relocate(self, node: Node, rec: FileRecord) -> None:
+        """Show `node` where the server has it (it was renamed elsewhere)."""
+        parent = self._dir_ino(_parent(rec.path), -1)
+        if parent < 0 or (node.parent, node.name) == (parent, rec.name):
+            return
+        if self.state.lookup(parent, rec.name) not in (None, node.ino):
+            return
+        old = (node.parent, node.name)
+        with self.state.write() as w:
+            if self.state.lookup(*old) == node.ino:
+                w.unlink(*old)
+            node.parent, node.name = parent, rec.name
+            w.link(parent, rec.name, node.ino)
+            w.put_node(node)
+        if self.on_entry is not None:
+            self.on_entry(old[0], old[1], node.ino)
+            self.on_entry(parent, rec.name, node.ino)
+        if self.on_changed is not None:
+            self.on_changed(old[0])
+            self.on_changed(parent)
 
     def _dir_ino(self, path: str, fallback: int) -> int:
         ino = ROOT_INO

@@ -143,7 +143,11 @@ class Follower:
                 await self._reset(new_cursor)
                 return total
             if changes:
-                busy = {int(op["ino"]) for _, op in self.state.ops() if "ino" in op}
+                busy = {
+                    int(op["ino"])
+                    for _, op in self.state.ops()
+                    if "ino" in op and op.get("op") != "commit"
+                }
                 with self.state.write() as w:
                     total += self.applier.apply_all(w, changes, busy)
                     w.set_meta(CURSOR_KEY, new_cursor)

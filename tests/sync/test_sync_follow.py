@@ -57,6 +57,7 @@ def test_status_shows_remote_changes_and_editing(
     a, b = two_mounts
     (a.mnt / "shared.txt").write_bytes(b"v1")
     wait_for(lambda: read_or_none(b.mnt / "shared.txt") == b"v1", "shared.txt on B")
+
     def editing() -> bool:
         return any(e.get("path") == "/shared.txt" for e in b.status().get("editing", []))
 
