@@ -1,0 +1,68 @@
+"""Crash safety (N1): kill -9 the client in the middle of uploads, start it again: every
+closed file reaches the server exactly once."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import signal
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+
+from tests.helpers.mount_proc import MountProcess
+from tests.sync.conftest import Account, requires_fuse
+
+pytestmark = [pytest.mark.e2e, requires_fuse]
+
+MIB = 1 << 20
+
+
+def _token(home: Path) -> str:
+    return str(json.loads((home / "config.json").read_text())["token"])
+
+
+@pytest.mark.parametrize("delay", [0.0, 0.3, 1.0])
+def test_kill_9_during_uploads_loses_nothing_and_commits_once(
+    account: Account, delay: float
+) -> None:
+    home = account.device("crashy")
+    m = account.mount(home, "a")
+    files: dict[str, bytes] = {}
+    try:
+        (m.mnt / "d").mkdir()
+        for i in range(30):
+            files[f"/d/small{i}.bin"] = os.urandom(1000 + i * 3000)
+        files["/big.bin"] = os.urandom(40 * MIB)
+        files["/d/edited.bin"] = b"first\n"
+        for path, data in files.items():
+            (m.mnt / path.lstrip("/")).write_bytes(data)
+        files["/d/edited.bin"] = b"second, after close\n"
+        (m.mnt / "d" / "edited.bin").write_bytes(files["/d/edited.bin"])
+        time.sleep(delay)
+    finally:
+        assert m.proc is not None
+        m.proc.send_signal(signal.SIGKILL)
+        m.proc.wait(10)
+        subprocess.run(["fusermount3", "-u", "-z", str(m.mnt)], capture_output=True, check=False)
+    with MountProcess(home, m.mnt, env={"DRIVE_FETCH_TIMEOUT": "3"}) as again:
+        again.wait_synced(timeout=60)
+    with account.server.client(_token(home), timeout=60) as http:
+        for path, data in files.items():
+            r = http.get("/files/download", params={"path": path})
+            assert r.status_code == 200, (path, r.text)
+            assert hashlib.sha256(r.content).digest() == hashlib.sha256(data).digest(), path
+            revs = http.get("/api/v1/revisions", params={"path": path}).json()["revisions"]
+            sizes = [rv["size"] for rv in revs]
+            if path == "/d/edited.bin":
+                assert sizes[0] == len(data)
+                assert len(revs) <= 2
+            else:
+                assert sizes == [len(data)], (path, sizes)  # exactly one version
+        listing = http.get("/api/v1/list", params={"path": "/d"}).json()["entries"]
+        assert sorted(e["name"] for e in listing) == sorted(
+            p.rsplit("/", 1)[1] for p in files if p.startswith("/d/")
+        )
