@@ -1,6 +1,6 @@
 """Applying the server's change feed to the local tree (R11): what others did shows here.
 
-One `Change` at a time, in journal order, inside the caller's write transaction. Rules:
+One `Change` at a time, in journal order, each in its own write transaction. Rules:
 - Changes this device made are skipped: the uploader already put their result here.
 - Local work wins where it must: a file with unsynced edits keeps them (its commit then
   resolves the conflict, `syncd.conflicts`), and a node with queued operations is not moved
@@ -47,10 +47,12 @@ class ChangeApplier:
         self._entries: list[tuple[int, str, int]] = []
         self._inodes: list[int] = []
 
-    def apply_all(self, w: Writer, changes: list[Change], busy: set[int]) -> int:
+    def apply_all(self, changes: list[Change], busy: set[int]) -> int:
         """Apply `changes` (inside `w`); `busy` = inodes with queued namespace operations
         (a queued commit alone does not count: a rename elsewhere still applies, and the
-        commit follows the file, see `syncd.conflicts`).
+        commit follows the file, see `syncd.conflicts`). One write transaction per change:
+        LMDB reads do not see a pending write transaction, and the next change may need
+        what this one made (a file inside a directory created just before).
 
         Returns:
             How many changes were from other devices.
@@ -61,7 +63,8 @@ class ChangeApplier:
                 continue
             n += 1
             try:
-                self._apply(w, ch, busy)
+                with self.state.write() as w:
+                    self._apply(w, ch, busy)
             except (KeyError, ValueError) as exc:  # a damaged entry must not stop the feed
                 log.warning("change %d (%s %s) not applied: %s", ch.seq, ch.op, ch.file.path, exc)
         return n

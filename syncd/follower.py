@@ -1,8 +1,8 @@
 """The follower: one long poll at a time, then the delta, applied and announced (R11, R12).
 
 Loop: read the delta from the persisted cursor until `has_more` is false, applying each page
-and saving the new cursor in the same LMDB transaction (a crash re-reads at most one page,
-and applying a page twice changes nothing); then hold one long poll until the server says
+and then saving the new cursor (a crash re-reads at most one page, and applying a change
+twice changes nothing); then hold one long poll until the server says
 something changed. "reset" (the journal was trimmed past our cursor) forgets which
 directories are fresh and re-lists the root, so the tree is rebuilt from listings.
 
@@ -127,6 +127,7 @@ class Follower:
             log.info("change feed: server reachable again; catching up")
         self.online = True
         self.last_error = None
+        self.tree.mark_online()
 
     async def sync_once(self) -> int:
         """Apply everything newer than the cursor; returns how many changes were applied."""
@@ -148,8 +149,8 @@ class Follower:
                     for _, op in self.state.ops()
                     if "ino" in op and op.get("op") != "commit"
                 }
+                total += self.applier.apply_all(changes, busy)
                 with self.state.write() as w:
-                    total += self.applier.apply_all(w, changes, busy)
                     w.set_meta(CURSOR_KEY, new_cursor)
                 self.applier.announce()
                 if self.on_changes is not None:

@@ -1,0 +1,258 @@
+"""syncd without a mount or a server: delta re-chunking, and the follower against a fake
+transport (httpx.MockTransport) on trio's virtual clock."""
+
+from __future__ import annotations
+
+import json
+import random
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+import trio
+import trio.testing
+
+from blockstore.chunker import chunk_bytes
+from blockstore.ids import BlockId, block_id
+from blockstore.wire import Change, FileRecord
+from syncd import ranges as rg
+from syncd.changes import ChangeApplier
+from syncd.follower import MAX_BACKOFF_S, Follower, backoff_delay
+from syncd.rechunk import NewChunk, plan, rechunk
+from syncd.remote import RemoteClient
+from syncd.state import ROOT_INO, Node, StateDB
+from syncd.tree import TreeSync
+
+MIB = 1 << 20
+
+
+def _blocks(data: bytes) -> list[tuple[BlockId, int]]:
+    return [(block_id(c.data), len(c.data)) for c in chunk_bytes(data)]
+
+
+Result = tuple[list[tuple[BlockId, int]], list[NewChunk]]
+
+
+async def _rechunk(old: bytes, new: bytes, ranges: list[tuple[int, int]],
+                   base_size: int | None = None) -> Result:  # fmt: skip
+    base = _blocks(old)
+    sent: list[NewChunk] = []
+    reads: list[int] = []
+
+    async def read(off: int, n: int) -> bytes:
+        reads.append(n)
+        return new[off : off + n]
+
+    async def sink(c: NewChunk) -> None:
+        sent.append(c)
+
+    p = plan(base, len(old) if base_size is None else base_size, ranges, len(new))
+    out = await rechunk(base, p, len(new), read, sink)
+    return out, sent
+
+
+async def test_one_byte_change_rechunks_about_one_chunk() -> None:
+    rnd = random.Random(7)
+    old = rnd.randbytes(40 * MIB)
+    where = 23 * MIB + 5
+    new = old[:where] + bytes([old[where] ^ 0xFF]) + old[where + 1 :]
+    out, sent = await _rechunk(old, new, [(where, where + 1)])
+    assert out == _blocks(new)
+    assert 1 <= len(sent) <= 2
+
+
+@pytest.mark.parametrize("case", ["append", "truncate", "extend-zeros", "overwrite-head",
+                                  "two-edits", "new-file", "empty"])  # fmt: skip
+async def test_rechunk_equals_chunking_the_whole_new_content(case: str) -> None:
+    rnd = random.Random(case)
+    old = rnd.randbytes(12 * MIB + 333)
+    ranges: list[tuple[int, int]] = []
+    base_size = None
+    if case == "append":
+        new = old + rnd.randbytes(3 * MIB)
+        ranges = [(len(old), len(new))]
+    elif case == "truncate":
+        new = old[: 7 * MIB + 1]
+        base_size = len(new)
+    elif case == "extend-zeros":
+        new = old + bytes(2 * MIB)
+    elif case == "overwrite-head":
+        new = rnd.randbytes(100) + old[100:]
+        ranges = [(0, 100)]
+    elif case == "two-edits":
+        new = bytearray(old)
+        new[MIB : MIB + 10] = rnd.randbytes(10)
+        new[9 * MIB : 9 * MIB + 10] = rnd.randbytes(10)
+        new = bytes(new)
+        ranges = rg.add(rg.add([], MIB, MIB + 10), 9 * MIB, 9 * MIB + 10)
+    elif case == "new-file":
+        old, new = b"", rnd.randbytes(5 * MIB)
+        ranges = [(0, len(new))]
+    else:
+        new = b""
+        base_size = 0
+    out, sent = await _rechunk(old, new, ranges, base_size)
+    assert out == _blocks(new)
+    assert {c.block_id for c in sent} >= {b for b, _ in out} - {b for b, _ in _blocks(old)}
+
+
+# -- the follower, against a fake server --------------------------------------------------
+
+
+def _rec(fid: int, parent: int, path: str, kind: str = "file", rev: int = 1,
+         size: int = 3) -> dict[str, Any]:  # fmt: skip
+    data = b"abc"[:size]
+    return FileRecord(
+        id=fid, parent_id=parent, name=path.rsplit("/", 1)[1], path=path, kind=kind,  # type: ignore[arg-type]
+        mode=0o644, size=size if kind == "file" else 0, mtime_ns=1, rev=rev,
+        blocks=((block_id(data), size),) if kind == "file" else None,
+    ).to_json()  # fmt: skip
+
+
+def _change(seq: int, op: str, rec: dict[str, Any], device: str = "other") -> dict[str, Any]:
+    return {"seq": seq, "op": op, "file": rec, "old_path": None, "device": device,
+            "user": "u", "time": 1.0}  # fmt: skip
+
+
+class FakeServer:
+    """The change-feed part of the protocol, with scripted outages."""
+
+    def __init__(self) -> None:
+        self.journal: list[dict[str, Any]] = []
+        self.down_for = 0
+        self.failed = 0
+        self.poll_started: list[float] = []
+        self.reset_next = False
+        self.listing: list[dict[str, Any]] = []
+        self.wake = trio.Event()
+
+    def add(self, op: str, rec: dict[str, Any], device: str = "other") -> None:
+        self.journal.append(_change(len(self.journal) + 1, op, rec, device))
+        self.wake.set()
+
+    async def handle(self, request: httpx.Request) -> httpx.Response:
+        if self.down_for > 0:
+            self.down_for -= 1
+            self.failed += 1
+            raise httpx.ConnectError("refused", request=request)
+        q = request.url.params
+        path = request.url.path
+        head = len(self.journal)
+        if path == "/api/v1/cursor":
+            return httpx.Response(200, json={"cursor": str(head)})
+        if path == "/api/v1/delta":
+            cur = int(q["cursor"])
+            if self.reset_next:
+                self.reset_next = False
+                return httpx.Response(200, json={"entries": [], "cursor": str(head),
+                                                 "has_more": False, "reset": True})  # fmt: skip
+            limit = int(q["limit"])
+            entries = self.journal[cur : cur + limit]
+            return httpx.Response(200, json={"entries": entries, "cursor": str(cur + len(entries)),
+                                             "has_more": cur + len(entries) < head,
+                                             "reset": False})  # fmt: skip
+        if path == "/api/v1/longpoll":
+            self.poll_started.append(trio.current_time())
+            cur = int(q["cursor"])
+            with trio.move_on_after(int(q["timeout"])):
+                while len(self.journal) <= cur:
+                    self.wake = trio.Event()
+                    await self.wake.wait()
+            return httpx.Response(200, json={"changes": len(self.journal) > cur, "backoff": None})
+        if path == "/api/v1/list":
+            return httpx.Response(200, json={"entries": self.listing, "next": None})
+        return httpx.Response(404, json={"error": "not_found", "message": path})
+
+
+@pytest.fixture
+def state(tmp_path: Path) -> Any:
+    st = StateDB(tmp_path / "state")
+    with st.write() as w:
+        w.put_node(Node(ino=ROOT_INO, parent=ROOT_INO, name="", kind="dir", mode=0o755,
+                        server_id=1, rev=1, listed=True))  # fmt: skip
+    yield st
+    st.close()
+
+
+async def test_follower_applies_changes_persists_cursor_and_backs_off(
+    state: StateDB, autojump_clock: trio.testing.MockClock, nursery: trio.Nursery
+) -> None:
+    fake = FakeServer()
+    entries: list[tuple[int, str, int]] = []
+    inodes: list[int] = []
+    async with httpx.AsyncClient(transport=httpx.MockTransport(fake.handle),
+                                 base_url="https://drive.test") as http:  # fmt: skip
+        remote = RemoteClient(http)
+        tree = TreeSync(state, remote)
+        applier = ChangeApplier(state, "me", on_entry=lambda p, n, i: entries.append((p, n, i)),
+                                on_inode=inodes.append)  # fmt: skip
+        follower = Follower(state, remote, tree, applier, hold_s=60)
+        nursery.start_soon(follower.run)
+        await trio.sleep(1)
+        assert state.get_meta("cursor") == "0"
+        fake.add("mkdir", _rec(5, 1, "/docs", "dir"))
+        fake.add("create", _rec(6, 5, "/docs/a.txt"))
+        fake.add("create", _rec(7, 1, "/mine.txt"), device="me")  # our own: skipped
+        await trio.sleep(1)
+        assert state.lookup(ROOT_INO, "docs") == 5
+        assert state.lookup(5, "a.txt") == 6
+        assert state.lookup(ROOT_INO, "mine.txt") is None
+        assert (ROOT_INO, "docs", 5) in entries
+        assert state.get_meta("cursor") == "3"
+        # an update invalidates the inode; a delete removes the name
+        fake.add("update", _rec(6, 5, "/docs/a.txt", rev=2, size=2))
+        await trio.sleep(1)
+        node = state.node(6)
+        assert node is not None
+        assert (node.rev, node.size) == (2, 2)
+        assert 6 in inodes
+        # the server goes away: retries back off exponentially, with jitter, capped
+        fake.down_for = 12
+        before = trio.current_time()
+        fake.add("delete", {**_rec(6, 5, "/docs/a.txt", rev=2, size=2), "deleted": True})
+        await trio.sleep(600)
+        assert fake.failed == 12
+        assert state.lookup(5, "a.txt") is None
+        assert not follower.online or fake.down_for == 0
+        assert trio.current_time() - before >= sum(0.5 * min(MAX_BACKOFF_S, 0.25 * 2**i)
+                                                    for i in range(11))  # fmt: skip
+        assert follower.online
+        # reset: re-list from the root
+        fake.listing = [_rec(9, 1, "/listed.txt")]
+        fake.reset_next = True
+        fake.add("create", _rec(8, 1, "/lost-in-trim.txt"))
+        await trio.sleep(1)
+        assert follower.resets == 1
+        assert state.lookup(ROOT_INO, "listed.txt") == 9
+
+
+def test_backoff_delay_grows_and_is_capped() -> None:
+    rnd = random.Random(1)
+    delays = [backoff_delay(i, rnd) for i in range(20)]
+    assert delays[0] <= 0.25
+    assert max(delays) <= MAX_BACKOFF_S
+    assert delays[10] >= MAX_BACKOFF_S / 2
+
+
+async def test_local_edits_and_queued_moves_win_over_remote_changes(state: StateDB) -> None:
+    applier = ChangeApplier(state, "me")
+    applier.apply_all([Change.from_json(_change(1, "create", _rec(6, 1, "/a.txt")))], set())
+    node = state.node(6)
+    assert node is not None
+    node.dirty = None
+    from syncd.state import Dirty
+
+    node.dirty = Dirty(base_blocks=[], base_size=0, ranges=[(0, 1)])
+    with state.write() as w:
+        w.put_node(node)
+    if True:
+        applier.apply_all([
+            Change.from_json(_change(2, "update", _rec(6, 1, "/a.txt", rev=2, size=1))),
+            Change.from_json(_change(3, "delete", {**_rec(6, 1, "/a.txt"), "deleted": True})),
+        ], set())  # fmt: skip
+    node = state.node(6)
+    assert node is not None
+    assert node.rev == 1  # the local edit keeps its base; the commit will resolve it
+    assert node.linked  # modify beats delete
+    assert json.dumps(node.to_json())
