@@ -123,7 +123,7 @@ class LmdbBlockCache:
             max_dbs=8,
             sync=sync,
             metasync=sync,
-            readahead=False,
+            readahead=True,  # blocks are read whole: let the kernel read around faults
             lock=True,
         )
         self._env.reader_check()

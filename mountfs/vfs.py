@@ -37,6 +37,10 @@ log = logging.getLogger(__name__)
 RENAME_NOREPLACE = 1
 RENAME_EXCHANGE = 2
 DEFAULT_QUOTA_BYTES = 1 << 50
+READAHEAD_BLOCKS = 8
+"""Blocks fetched ahead of a sequential reader (about 8 MiB)."""
+SEQUENTIAL_SLACK_BYTES = 4 << 20
+"""How far from the end of the previous read a read may start and still count as sequential."""
 
 
 def _name(raw: bytes) -> str:
@@ -480,8 +484,10 @@ class Vfs:
 
     async def read(self, fh: int, off: int, size: int) -> bytes:
         handle, node = self._file(fh)
-        sequential = off == handle.last_end
-        handle.last_end = off + size
+        # The kernel's read-ahead sends several reads at once and they may arrive out of
+        # order, so "sequential" means near where the last read ended, not exactly there.
+        sequential = off == 0 or abs(off - handle.last_end) <= SEQUENTIAL_SLACK_BYTES
+        handle.last_end = max(handle.last_end, off + size) if sequential else off + size
         snap = handle.snapshot
         if snap is not None and handle.local_gen == self._local_gen.get(node.ino, 0):
             blocks, starts, fsize = snap
@@ -491,7 +497,7 @@ class Vfs:
                 starts,
                 off,
                 min(off + size, fsize),
-                readahead=8 if sequential else 0,
+                readahead=READAHEAD_BLOCKS if sequential else 0,
             )
         handle.snapshot = None
         return await self.content.read(node, off, size, readahead=sequential)
