@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import json
 import os
 from pathlib import Path
 
 import pytest
 
 from tests.helpers.mount_proc import MountProcess, drive
-from tests.sync.conftest import read_or_none, requires_fuse, wait_for
+from tests.sync.conftest import Account, read_or_none, requires_fuse, wait_for
 
 pytestmark = [pytest.mark.e2e, requires_fuse]
 
@@ -75,3 +76,20 @@ def test_status_shows_remote_changes_and_editing(
     assert done.returncode == 0, done.stderr
     assert "devA" in done.stdout
     assert "/shared.txt" in done.stdout
+
+
+def test_unmount_wait_returns_when_nothing_is_pending(account: Account) -> None:
+    home = account.device("waiter")
+    m = account.mount(home, "w")
+    try:
+        data = os.urandom(24 << 20)
+        (m.mnt / "late.bin").write_bytes(data)
+        done = drive(home, "unmount", "--wait", str(m.mnt), timeout=120)
+        assert done.returncode == 0, done.stderr
+        token = json.loads((home / "config.json").read_text())["token"]
+        with account.server.client(token) as http:
+            r = http.get("/api/v1/meta", params={"path": "/late.bin"})
+            assert r.status_code == 200
+            assert r.json()["size"] == len(data)
+    finally:
+        m.stop()
