@@ -16,7 +16,7 @@ import zlib
 import trio
 
 from blockstore.aio import run_cpu, run_io
-from blockstore.codec import decode_wire, encode_wire, seal, unseal
+from blockstore.codec import FLAG_RAW, WIRE_VERSION, decode_wire, encode_wire, seal, unseal
 from blockstore.errors import BlockNotFound, CorruptBlockError
 from blockstore.ids import BlockId
 from blockstore.keys import DataKey
@@ -98,11 +98,29 @@ class BlockService:
 
     def get_plain_sync(self, who: Principal, bid: BlockId) -> bytes:
         """The plaintext of a block `who` holds (worker thread); never wrong bytes."""
+        return self._get_sync(who, bid)[1]
+
+    def get_wire_sync(self, who: Principal, bid: BlockId) -> bytes:
+        """The block as a wire frame (worker thread); decrypted and verified like a read.
+
+        A block stored raw was found incompressible when it was sealed, and `encode_wire`
+        would try zstd again only to reach the same verdict: frame it raw directly.
+        """
+        flag, plaintext = self._get_sync(who, bid)
+        if flag == FLAG_RAW:
+            return b"".join((bytes([(WIRE_VERSION << 4) | FLAG_RAW]), plaintext))
+        return encode_wire(plaintext)
+
+    def _get_sync(self, who: Principal, bid: BlockId) -> tuple[int, bytes]:
+        """(stored flag, plaintext) of a block `who` holds; never wrong bytes."""
         if not self.db.call(block_rows.has_block, who.user_id, bid):
             raise NotFound(f"no block {bid}")
         try:
             frame = self.store.get(f"{who.account}/{bid}")
-            return unseal(self._data_key(who.user_id, who.account), who.account, bid, frame)
+            key = self._data_key(who.user_id, who.account)
+            plaintext = unseal(key, who.account, bid, frame)
+            # Layout (docs/blockstore.md): version, flag, nonce, ciphertext (checked above).
+            return frame[1], plaintext
         except BlockNotFound:
             log.error("block %s of account %s is recorded but missing", bid, who.account)
             raise Internal("corrupt block: missing from the block store") from None
@@ -116,9 +134,8 @@ class BlockService:
         return data
 
     async def get_wire(self, who: Principal, bid: BlockId) -> bytes:
-        """GET /blocks/{id}: the block as a wire frame."""
-        plaintext = await self.get_plain(who, bid)
-        frame = await run_cpu(encode_wire, plaintext)
+        """GET /blocks/{id}: the block as a wire frame (one worker-thread hop)."""
+        frame = await run_io(self.get_wire_sync, who, bid)
         self.metrics.add("block_bytes_served", len(frame))
         return frame
 

@@ -90,6 +90,36 @@ def test_unreferenced_blocks_are_collected_after_the_grace_period(tmp_path: Path
         db.close()
 
 
+def test_block_wire_frames_match_encode_wire(tmp_path: Path) -> None:
+    """GET /blocks frames a raw-stored block without re-trying zstd: same bytes as before."""
+    import os
+
+    from blockstore.codec import decode_wire, encode_wire
+
+    admin.add_user(tmp_path, "wire", "pw")
+    db = Database(tmp_path, threads=2)
+    try:
+        blocks = BlockService(
+            db,
+            LocalDirStore(tmp_path / "blocks"),
+            Keyring(load_master(tmp_path)),
+            Metrics(),
+            8 << 20,
+        )
+        user_id, _ = db.call(accounts.password_hash_of, "wire")
+        account, _ = db.call(accounts.account_key, user_id)
+        ns_id = db.call(lambda c: c.execute("SELECT root_ns FROM users").fetchone()[0])
+        who = accounts.Principal(user_id, "wire", account, ns_id, 0, "unit", "-")
+        for data in (os.urandom(300_000), b"compressible text " * 20_000):
+            bid = hashlib.sha256(data).hexdigest()
+            blocks.store_plain_sync(who, bid, data)  # type: ignore[arg-type]
+            frame = blocks.get_wire_sync(who, bid)  # type: ignore[arg-type]
+            assert frame == encode_wire(data)
+            assert decode_wire(frame, expected_id=bid) == data  # type: ignore[arg-type]
+    finally:
+        db.close()
+
+
 async def test_unexpected_errors_are_500_with_a_request_id(
     caplog: pytest.LogCaptureFixture,
 ) -> None:
