@@ -5,6 +5,12 @@
 Measures, in one run (machines are noisy; compare ratios): cold sequential read, warm
 re-read (page cache), re-read after drop_caches (local cache), `ls -l` of N entries cold
 and warm. Prints one table with ratios. Needs root (drop_caches), fuse3 and rclone.
+
+Reading "warm re-read": these VMs run a DAMON `pageout` scheme (see
+/sys/kernel/mm/damon/admin/kdamonds/0; min age 12 x 5 s aggregation) that pages out page
+cache left idle for roughly 30-60 s, whatever the free memory. A cold read that takes longer
+than that loses its first pages before the re-read, which then goes partly through FUSE
+again (checked with `fincore`); keep_cache itself is honoured.
 """
 
 from __future__ import annotations

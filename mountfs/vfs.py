@@ -520,6 +520,8 @@ class Vfs:
 
     async def fsync(self, fh: int) -> None:
         await self.flush(fh)
+        _, node = self._file(fh)
+        await self.content.sync(node)
 
     async def release(self, fh: int) -> None:
         handle = self._handles.get(fh)
