@@ -33,8 +33,10 @@ class ServerConfig:
     max_json_bytes: int = 1 * MIB
     max_block_bytes: int = 8 * MIB
     max_block_frame_overhead_bytes: int = 64 * 1024
-    rate_per_second: float = 50.0
-    rate_burst: int = 200
+    # Per token. A sync client moves 1 MiB blocks one request each, so the default must let a
+    # single device read or write about 1 GiB/s; it still stops a runaway script.
+    rate_per_second: float = 1000.0
+    rate_burst: int = 2000
     login_rate_per_second: float = 5.0
     login_rate_burst: int = 20
     journal_keep_entries: int = 100_000

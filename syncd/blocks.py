@@ -32,6 +32,8 @@ MEM_CACHE_BYTES = 64 << 20
 """Decoded blocks kept in memory: a 1 MiB block serves 8 kernel reads of 128 KiB."""
 READAHEAD_PARALLEL = 8
 RETRY_SLEEP_S = 0.25
+RATE_LIMITED_MAX_WAIT_S = 60.0
+"""How long a read keeps honouring 429 answers before it gives up (the server is up)."""
 
 
 class BlockCacheLike(Protocol):
@@ -153,6 +155,7 @@ class BlockFetcher:
         if self.source is None:
             raise errors.Offline(f"block {bid} is not cached and no server is configured")
         deadline = trio.current_time() + self.fetch_timeout_s
+        throttled_until = trio.current_time() + RATE_LIMITED_MAX_WAIT_S
         last: errors.Offline | None = None
         while True:
             remaining = deadline - trio.current_time()
@@ -172,6 +175,15 @@ class BlockFetcher:
             except errors.Offline as exc:
                 last = exc
                 await trio.sleep(min(RETRY_SLEEP_S, max(0.0, deadline - trio.current_time())))
+            except errors.RateLimited as exc:
+                # The server is up and asks us to slow down: a throttled read waits as told
+                # (it is not "offline", so the offline deadline moves along with it).
+                wait = max(0.01, exc.retry_after)
+                if trio.current_time() + wait > throttled_until:
+                    raise
+                log.info("rate limited while fetching block %s; retrying in %.2fs", bid, wait)
+                await trio.sleep(wait)
+                deadline = trio.current_time() + self.fetch_timeout_s
             except trio.TooSlowError:
                 last = errors.Offline("request timed out")
         try:
