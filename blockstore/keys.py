@@ -22,6 +22,7 @@ from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
 from .errors import BlockstoreError, KeyUnwrapError
+from .fsutil import fsync_dir
 
 __all__ = [
     "KEY_BYTES",
@@ -112,7 +113,7 @@ class MasterKey:
             return cls._load(path)
         finally:
             os.unlink(tmp)
-        _fsync_dir(path.parent)
+        fsync_dir(path.parent)
         log.info("created master key %s", path)
         return key
 
@@ -127,14 +128,6 @@ class MasterKey:
             return cls.from_hex(raw.decode("ascii"))
         except (UnicodeDecodeError, ValueError):
             raise BlockstoreError(f"{path} does not hold a master key (64 hex chars)") from None
-
-
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 def new_data_key() -> DataKey:

@@ -40,6 +40,7 @@ from typing import Protocol, runtime_checkable
 from urllib.parse import quote, unquote
 
 from .errors import BlockNotFound
+from .fsutil import fsync_dir
 
 __all__ = ["STALE_TEMP_SECONDS", "BlockStore", "LocalDirStore"]
 
@@ -101,14 +102,6 @@ def _encode_segment(segment: str, key: str) -> str:
     return encoded
 
 
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
 def _write_all(fd: int, data: bytes | bytearray | memoryview) -> None:
     view = memoryview(data).cast("B")
     while view:
@@ -152,7 +145,7 @@ class LocalDirStore:
                 new_dir.mkdir()
             except FileExistsError:
                 continue  # a concurrent writer made it; it fsyncs the parent itself
-            _fsync_dir(new_dir.parent)
+            fsync_dir(new_dir.parent)
 
     def put(self, key: str, data: bytes | bytearray | memoryview) -> bool:
         """Store `data` under `key` atomically and durably, unless the object exists.
@@ -186,7 +179,7 @@ class LocalDirStore:
         finally:
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(tmp)
-        _fsync_dir(path.parent)
+        fsync_dir(path.parent)
         return True
 
     def get(self, key: str) -> bytes:

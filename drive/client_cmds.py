@@ -21,6 +21,7 @@ from typing import Any, TypeVar
 import trio
 
 from drive.errors import UserError
+from drive.procs import pid_alive
 from drive.progress import Progress
 from drive.sizes import format_size
 from syncd import errors
@@ -281,7 +282,7 @@ def status(args: argparse.Namespace) -> int:
         mstat = json.loads(home.status_path.read_text())
     except (OSError, ValueError):
         mstat = {}
-    mounted = bool(mstat.get("mounted", False)) and _pid_alive(mstat.get("pid"))
+    mounted = bool(mstat.get("mounted", False)) and pid_alive(mstat.get("pid"))
     if mounted:
         online = bool(mstat.get("online", True))
     else:
@@ -310,18 +311,6 @@ def status(args: argparse.Namespace) -> int:
         return 0
     _print_status(body)
     return 0
-
-
-def _pid_alive(pid: object) -> bool:
-    if not isinstance(pid, int) or pid <= 0:
-        return False
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
 
 
 def _when(t: object) -> str:

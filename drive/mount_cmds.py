@@ -19,6 +19,7 @@ from pathlib import Path
 from drive import sdnotify, sizes
 from drive.errors import UserError
 from drive.logtail import last_log_line
+from drive.procs import pid_alive
 from drive.progress import Progress
 from drive.settings import load_settings
 
@@ -176,7 +177,7 @@ def unmount(args: argparse.Namespace) -> int:
         raise UserError(f"cannot unmount {mp}: {msg}")
     if pid:
         deadline = time.monotonic() + UNMOUNT_WAIT_S
-        while _alive(pid) and time.monotonic() < deadline:
+        while pid_alive(pid) and time.monotonic() < deadline:
             time.sleep(0.05)
     return 0
 
@@ -191,20 +192,6 @@ def _mount_pid(home: object) -> int | None:
         return None
     pid = body.get("pid")
     return pid if isinstance(pid, int) and body.get("mounted") else None
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    try:
-        with open(f"/proc/{pid}/stat") as f:
-            return f.read().split()[2] != "Z"
-    except OSError:
-        return False
 
 
 def _wait_queue_empty(home: object) -> None:

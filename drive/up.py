@@ -26,6 +26,7 @@ import platformdirs
 
 from drive.errors import UserError
 from drive.logtail import last_log_line
+from drive.procs import pid_alive
 
 __all__ = ["server_data_dir", "up"]
 
@@ -58,16 +59,6 @@ def _drive_argv(*args: str) -> list[str]:
     return [*argv, *args]
 
 
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
 def _accepts_connections(url: str) -> bool:
     hostport = url.split("://", 1)[-1].split("/", 1)[0]
     host, _, port = hostport.rpartition(":")
@@ -84,7 +75,7 @@ def _running_server(data: Path) -> RunningServer | None:
         info = RunningServer(str(raw["url"]), str(raw["fingerprint"]), int(raw["pid"]))
     except (OSError, ValueError, KeyError, TypeError):
         return None
-    if _pid_alive(info.pid) and _accepts_connections(info.url):
+    if pid_alive(info.pid) and _accepts_connections(info.url):
         return info
     return None
 

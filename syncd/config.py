@@ -10,8 +10,8 @@ import json
 import os
 import re
 from dataclasses import asdict, dataclass
-from pathlib import Path
 
+from blockstore.fsutil import atomic_write
 from syncd.errors import NotLoggedIn
 from syncd.home import Home
 
@@ -78,15 +78,7 @@ def load_config(home: Home) -> ClientConfig:
 def save_config(home: Home, cfg: ClientConfig) -> None:
     """Write the config atomically with mode 0600."""
     home.root.mkdir(mode=0o700, parents=True, exist_ok=True)
-    tmp = home.config_path.with_suffix(".tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    try:
-        os.write(fd, json.dumps(asdict(cfg), indent=2).encode("utf-8"))
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-    os.replace(tmp, home.config_path)
-    _fsync_dir(home.root)
+    atomic_write(home.config_path, json.dumps(asdict(cfg), indent=2).encode("utf-8"), 0o600)
 
 
 def remove_config(home: Home) -> bool:
@@ -96,11 +88,3 @@ def remove_config(home: Home) -> bool:
     except FileNotFoundError:
         return False
     return True
-
-
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
