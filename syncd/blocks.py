@@ -14,7 +14,7 @@ from __future__ import annotations
 import logging
 from collections import OrderedDict
 from collections.abc import Iterable
-from typing import Protocol
+from typing import Protocol, runtime_checkable
 
 import trio
 
@@ -50,6 +50,13 @@ class BlockSource(Protocol):
     """Where blocks come from when they are not cached (the server)."""
 
     async def get_block(self, bid: BlockId) -> bytes: ...
+
+
+@runtime_checkable
+class VerifyingBlockSource(Protocol):
+    """A source that also fetches, decodes and verifies in one step (`RemoteClient`)."""
+
+    async def get_block_plain(self, bid: BlockId) -> bytes: ...
 
 
 class _Flight:
@@ -157,6 +164,8 @@ class BlockFetcher:
         deadline = trio.current_time() + self.fetch_timeout_s
         throttled_until = trio.current_time() + RATE_LIMITED_MAX_WAIT_S
         last: errors.Offline | None = None
+        data: bytes | None = None
+        frame = b""
         while True:
             remaining = deadline - trio.current_time()
             if remaining <= 0:
@@ -170,7 +179,11 @@ class BlockFetcher:
                 raise errors.Offline(f"block {bid} not cached; server unreachable: {reason}")
             try:
                 with trio.fail_after(remaining):
-                    frame = await self.source.get_block(bid)
+                    if isinstance(self.source, VerifyingBlockSource):
+                        # Fetch + decode + SHA-256 check in one worker-thread hop.
+                        data = await self.source.get_block_plain(bid)
+                    else:
+                        frame = await self.source.get_block(bid)
                 break
             except errors.Offline as exc:
                 last = exc
@@ -186,11 +199,15 @@ class BlockFetcher:
                 deadline = trio.current_time() + self.fetch_timeout_s
             except trio.TooSlowError:
                 last = errors.Offline("request timed out")
-        try:
-            data = await run_cpu(_decode, frame, bid)
-        except CorruptBlockError:
-            log.error("server sent a block that does not match its id %s", bid)
-            raise
+            except CorruptBlockError:
+                log.error("server sent a block that does not match its id %s", bid)
+                raise
+        if data is None:
+            try:
+                data = await run_cpu(_decode, frame, bid)
+            except CorruptBlockError:
+                log.error("server sent a block that does not match its id %s", bid)
+                raise
         self.fetched_from_server += 1
         return data
 
