@@ -13,6 +13,7 @@ import struct
 import time
 from typing import Any
 
+import trio
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
@@ -27,6 +28,9 @@ from server.web import check_path, get_int, json_response, read_body, read_json
 
 MAX_BATCH_COMMITS = 1000
 MAX_BATCH_BLOCK_BYTES = 64 * 1024 * 1024
+BATCH_PARALLEL = 16
+"""Blocks of one batch stored at once: storing is mostly waiting for the disk (an fsync
+per block), so a batch of small blocks must not store them one after the other."""
 _LEN = struct.Struct(">I")
 _ID_BYTES = 64
 
@@ -52,14 +56,35 @@ async def blocks_batch(request: Request) -> Response:
     who = await principal(request)
     s = services(request)
     body = await read_body(request, MAX_BATCH_BLOCK_BYTES)
-    stored: list[bool] = []
-    for text, frame in parse_block_batch(body):
-        try:
-            bid = parse_block_id(text)
-        except ValueError as exc:
-            raise BadRequest(str(exc)) from None
-        stored.append(await s.blocks.put_wire(who, bid, frame))
+    records = parse_block_batch(body)
+    try:
+        ids = [parse_block_id(text) for text, _ in records]
+    except ValueError as exc:
+        raise BadRequest(str(exc)) from None
+    stored: list[bool] = [False] * len(records)
+    limiter = trio.CapacityLimiter(BATCH_PARALLEL)
+
+    async def put(i: int) -> None:
+        async with limiter:
+            stored[i] = await s.blocks.put_wire(who, ids[i], records[i][1])
+
+    try:
+        async with trio.open_nursery() as nursery:
+            for i in range(len(records)):
+                nursery.start_soon(put, i)
+    except BaseExceptionGroup as group:
+        first = next((e for e in _leaves(group) if isinstance(e, ApiError)), None)
+        if first is None:
+            raise
+        raise first from None
     return json_response({"stored": stored})
+
+
+def _leaves(group: BaseExceptionGroup[BaseException]) -> list[BaseException]:
+    out: list[BaseException] = []
+    for exc in group.exceptions:
+        out.extend(_leaves(exc) if isinstance(exc, BaseExceptionGroup) else [exc])
+    return out
 
 
 def _commit_request(item: object) -> CommitRequest:

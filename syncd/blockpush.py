@@ -89,8 +89,8 @@ class BlockPusher:
                 raise
             raise leaf from group
 
-    async def add(self, chunk: NewChunk) -> None:
-        """Take one new chunk (cached at once; sent with its group)."""
+    async def add(self, chunk: NewChunk, *, cached: bool = False) -> None:
+        """Take one new chunk (put in the block cache unless `cached`; sent with its group)."""
         self.bytes_hashed += len(chunk.data)
         if self._remember is not None:
             self._remember(chunk.block_id, chunk.data)
@@ -98,7 +98,8 @@ class BlockPusher:
             await trio.lowlevel.checkpoint()
             return
         self._seen.add(chunk.block_id)
-        await run_io(_cache_put, self.cache, chunk.block_id, chunk.data)
+        if not cached:
+            await run_io(_cache_put, self.cache, chunk.block_id, chunk.data)
         self._group[chunk.block_id] = chunk.data
         self._group_bytes += len(chunk.data)
         if self._group_bytes >= GROUP_BYTES or len(self._group) >= GROUP_CHUNKS:

@@ -88,6 +88,8 @@ class ChangeApplier:
             return  # presence only (R10): shown by `drive status`, the tree is unchanged
         ino = self.state.ino_for_server_id(rec.id)
         node = self.state.node(ino) if ino is not None else None
+        if node is not None and node.server_id != rec.id:
+            node = None  # a stale id: the file was re-created here (modify beats delete)
         if ch.op == "delete" or rec.deleted:
             if node is not None:
                 self._remove(w, node, busy)
