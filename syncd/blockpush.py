@@ -35,12 +35,12 @@ __all__ = ["BlockPusher", "first_error"]
 
 log = logging.getLogger(__name__)
 
-PUT_PARALLEL = 6
-GROUP_BYTES = 16 << 20
+PUT_PARALLEL = 12
+GROUP_BYTES = 12 << 20
 GROUP_CHUNKS = 512
 SMALL_BLOCK_BYTES = 256 << 10
 BATCH_BODY_BYTES = 8 << 20
-FLUSHES_IN_FLIGHT = 2
+FLUSHES_IN_FLIGHT = 3
 
 
 def _cache_put(cache: BlockCacheLike, bid: BlockId, data: bytes) -> None:
