@@ -339,6 +339,8 @@ class Change:
     device: str
     user: str
     time: float
+    device_id: int | None = None
+    """The id of the device that made the change (names need not be unique)."""
 
     def to_json(self) -> dict[str, Any]:
         """Return the JSON object (a dict ready for `json.dumps`)."""
@@ -350,7 +352,15 @@ class Change:
             "device": self.device,
             "user": self.user,
             "time": self.time,
+            "device_id": self.device_id,
         }
+
+    def is_from(self, device: str, device_id: int | None) -> bool:
+        """True if that device made this change: by id when both sides know it (names are
+        not unique), else by name."""
+        if self.device_id is not None and device_id is not None:
+            return self.device_id == device_id
+        return self.device == device
 
     @classmethod
     def from_json(cls, value: object) -> Change:
@@ -365,6 +375,7 @@ class Change:
             device=_str(obj, "device", w),
             user=_str(obj, "user", w),
             time=_float(obj, "time", w),
+            device_id=None if obj.get("device_id") is None else _int(obj, "device_id", w),
         )
 
 

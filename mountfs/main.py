@@ -74,8 +74,9 @@ async def _serve(home: Home, mountpoint: Path, cache_bytes: int, allow_other: bo
         tree = TreeSync(state, remote, on_removed=invalidator.entry, on_changed=invalidator.inode)
         uploader = Uploader(state, content, remote, cache, cfg.device,
                             on_changed=invalidator.inode, on_entry=invalidator.entry)  # fmt: skip
-        activity = Activity(cfg.device)
-        applier = ChangeApplier(state, cfg.device, on_entry=invalidator.entry,
+        activity = Activity(cfg.device, cfg.device_id)
+        applier = ChangeApplier(state, cfg.device, device_id=cfg.device_id,
+                                on_entry=invalidator.entry,
                                 on_inode=invalidator.inode)  # fmt: skip
         follower = Follower(state, remote, tree, applier, hold_s=_hold_seconds(),
                             on_changes=activity.note)  # fmt: skip

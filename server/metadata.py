@@ -24,7 +24,7 @@ from server.metrics import Metrics
 
 def actor_of(who: Principal) -> Actor:
     """The journal's view of a principal (their root namespace)."""
-    return Actor(who.ns_id, who.user_id, who.user, who.device)
+    return Actor(who.ns_id, who.user_id, who.user, who.device, who.device_id)
 
 
 class Metadata:

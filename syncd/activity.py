@@ -35,14 +35,15 @@ ANNOUNCE_AGAIN_S = 30.0
 class Activity:
     """Recent remote changes and editing notices (see the module docstring)."""
 
-    def __init__(self, device: str) -> None:
+    def __init__(self, device: str, device_id: int | None = None) -> None:
         self.device = device
+        self.device_id = device_id
         self.recent: deque[dict[str, Any]] = deque(maxlen=RECENT_KEPT)
         self.editing: dict[str, dict[str, Any]] = {}
 
     def note(self, changes: list[Change]) -> None:
         for ch in changes:
-            if ch.device == self.device:
+            if ch.is_from(self.device, self.device_id):
                 continue
             path = ch.file.path
             if ch.op == "pending":

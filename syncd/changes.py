@@ -37,11 +37,13 @@ class ChangeApplier:
         state: StateDB,
         device: str,
         *,
+        device_id: int | None = None,
         on_entry: OnEntry | None = None,
         on_inode: OnInode | None = None,
     ) -> None:
         self.state = state
         self.device = device
+        self.device_id = device_id
         self.on_entry = on_entry
         self.on_inode = on_inode
         self._entries: list[tuple[int, str, int]] = []
@@ -59,7 +61,7 @@ class ChangeApplier:
         """
         n = 0
         for ch in changes:
-            if ch.device == self.device:
+            if ch.is_from(self.device, self.device_id):
                 continue
             n += 1
             try:

@@ -27,6 +27,7 @@ class Actor:
     user_id: int
     user: str
     device: str
+    device_id: int | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -50,8 +51,8 @@ def append(
     conn.execute("UPDATE namespaces SET head_seq = head_seq + 1 WHERE id = ?", (actor.ns_id,))
     (seq,) = conn.execute("SELECT head_seq FROM namespaces WHERE id = ?", (actor.ns_id,)).fetchone()
     conn.execute(
-        "INSERT INTO journal (ns_id, seq, op, file_id, record, old_path, device, user_name,"
-        " created_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+        "INSERT INTO journal (ns_id, seq, op, file_id, record, old_path, device, device_id,"
+        " user_name, created_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
         (
             actor.ns_id,
             seq,
@@ -60,6 +61,7 @@ def append(
             json.dumps(record.to_json(), separators=(",", ":")),
             old_path,
             actor.device,
+            actor.device_id,
             actor.user,
             time.time(),
         ),
@@ -83,8 +85,8 @@ def delta(conn: sqlite3.Connection, ns_id: int, cursor: int, limit: int) -> Delt
         if cursor < trimmed or cursor > head_seq:
             return Delta([], int(head_seq), False, True)
         rows = conn.execute(
-            "SELECT seq, op, record, old_path, device, user_name, created_at FROM journal"
-            " WHERE ns_id = ? AND seq > ? ORDER BY seq LIMIT ?",
+            "SELECT seq, op, record, old_path, device, user_name, created_at, device_id"
+            " FROM journal WHERE ns_id = ? AND seq > ? ORDER BY seq LIMIT ?",
             (ns_id, cursor, limit + 1),
         ).fetchall()
     finally:
@@ -100,6 +102,7 @@ def delta(conn: sqlite3.Connection, ns_id: int, cursor: int, limit: int) -> Delt
             "device": r[4],
             "user": r[5],
             "time": float(r[6]),
+            "device_id": None if r[7] is None else int(r[7]),
         }
         for r in rows
     ]

@@ -137,6 +137,9 @@ MIGRATIONS: list[list[str]] = [
             PRIMARY KEY (ns_id, user_id)
         )""",
     ],
+    # 2: credit journal entries to a device id, not only its name (two devices may share a
+    # name, and a follower must skip exactly its own changes).
+    ["ALTER TABLE journal ADD COLUMN device_id BIGINT"],
 ]
 
 SCHEMA_VERSION = len(MIGRATIONS)

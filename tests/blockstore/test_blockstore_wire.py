@@ -269,3 +269,19 @@ def test_is_within():
     assert is_within("/a", "/")
     assert not is_within("/ab", "/a")
     assert not is_within("/a", "/a/b")
+
+
+def test_change_knows_its_device_by_id_when_it_can():
+    root = FileRecord.from_json(
+        {"id": 1, "parent_id": None, "name": "", "path": "/", "kind": "dir", "mode": 0o755,
+         "size": 0, "mtime_ns": 0, "rev": 0, "state": "done", "content_hash": None,
+         "blocks": None, "target": None, "deleted": False}
+    )  # fmt: skip
+    change = Change(7, "mkdir", root, None, "laptop", "alice", 1.0, device_id=3)
+    assert Change.from_json(change.to_json()) == change
+    assert change.is_from("laptop", 3)
+    assert not change.is_from("laptop", 4)  # same name, another device
+    assert change.is_from("laptop", None)  # a client that does not know its id
+    legacy = Change.from_json({**change.to_json(), "device_id": None})
+    assert legacy.is_from("laptop", 4)
+    assert not legacy.is_from("desktop", 3)
