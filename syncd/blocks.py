@@ -87,6 +87,7 @@ class BlockFetcher:
         self._mem_limit = mem_bytes
         self._inflight: dict[BlockId, _Flight] = {}
         self._prefetch_send, self._prefetch_recv = trio.open_memory_channel[BlockId](256)
+        self._queued: set[BlockId] = set()
         self.fetched_from_server = 0
 
     # -- memory layer -------------------------------------------------------------------
@@ -216,12 +217,13 @@ class BlockFetcher:
     def prefetch(self, bids: Iterable[BlockId]) -> None:
         """Ask for blocks in the background (dropped silently when the queue is full)."""
         for bid in bids:
-            if bid in self._mem or bid in self._inflight:
+            if bid in self._mem or bid in self._inflight or bid in self._queued:
                 continue
             try:
                 self._prefetch_send.send_nowait(bid)
             except trio.WouldBlock:
                 return
+            self._queued.add(bid)
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         """Serve read-ahead requests with `READAHEAD_PARALLEL` workers until cancelled."""
@@ -233,7 +235,11 @@ class BlockFetcher:
     async def _prefetch_worker(self, recv: trio.MemoryReceiveChannel[BlockId]) -> None:
         async with recv:
             async for bid in recv:
-                if bid in self._mem:
+                self._queued.discard(bid)
+                # Already wanted by someone else: waiting for that flight here would idle
+                # this worker while the blocks behind it wait (each 128 KiB kernel read
+                # asks again for the same next blocks).
+                if bid in self._mem or bid in self._inflight:
                     continue
                 try:
                     await self.get(bid)
