@@ -1,9 +1,11 @@
-"""The client's one HTTP module: typed calls over the server's API (docs/protocol.md).
+"""The client's one HTTP package: typed calls over the server's API (docs/protocol.md).
 
 Everything that crosses the network from the client goes through `RemoteClient`: one
 `httpx.AsyncClient` (HTTP/1.1 keep-alive; trio's sockets set TCP_NODELAY) whose TLS context
 trusts exactly one certificate, the one pinned at login (no CA store, no host name check: the
 pin is the identity). HTTP failures become `syncd.errors` exceptions here and nowhere else.
+The one hot request, `GET /blocks/{id}`, takes a faster path in the submodule `blockget`
+(blocking TLS sockets in worker threads); nothing outside this package speaks HTTP.
 """
 
 from __future__ import annotations
@@ -25,8 +27,8 @@ from blockstore.codec import decode_wire
 from blockstore.ids import BlockId
 from blockstore.wire import Change, FileRecord, RevisionInfo, blocks_to_json
 from syncd import errors
-from syncd.blockget import BlockGetError, BlockGetter
 from syncd.config import ClientConfig
+from syncd.remote.blockget import BlockGetError, BlockGetter
 
 __all__ = ["RemoteClient", "fetch_certificate", "login", "pinned_ssl_context"]
 

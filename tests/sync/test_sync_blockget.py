@@ -1,4 +1,4 @@
-"""RemoteClient's blocking block reads (syncd.blockget) against the real server."""
+"""RemoteClient's blocking block reads (syncd.remote.blockget) against the real server."""
 
 from __future__ import annotations
 
