@@ -25,6 +25,7 @@ from blockstore.aio import run_io
 from blockstore.cache import LmdbBlockCache
 from mountfs.invalidate import Invalidator
 from mountfs.ops import DriveOperations
+from mountfs.readahead import tune_read_ahead
 from mountfs.vfs import Vfs
 from syncd import errors
 from syncd.activity import Activity, Presence
@@ -99,6 +100,7 @@ async def _serve(home: Home, mountpoint: Path, cache_bytes: int, allow_other: bo
                 nursery.start_soon(_signals, nursery)
                 nursery.start_soon(_status_writer, home, sync, cache, state)
                 nursery.start_soon(_quota_refresher, remote, quota)
+                nursery.start_soon(tune_read_ahead, mountpoint)
                 log.info("mounted %s at %s (device %s)", cfg.server_url, mountpoint, cfg.device)
                 await pyfuse3.main(max_tasks=MAX_FUSE_TASKS)
                 nursery.cancel_scope.cancel()
