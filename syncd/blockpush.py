@@ -1,10 +1,14 @@
 """Getting new chunks onto the server: ask which are missing, send only those, in parallel.
 
 The uploader feeds chunks in as re-chunking finds them (`add`); they are grouped so that
-one `missing` request covers many chunks, and the missing ones travel either as one batch
-request (small blocks: 1,000 small files are a few requests, not 1,000) or as parallel PUTs
-(large blocks), bounded by `PUT_PARALLEL`. Groups are flushed in the background while
-chunking goes on, so hashing and sending overlap; `finish()` waits for everything.
+one `missing` request covers many chunks, and the missing ones travel in batch requests of
+about `BATCH_BODY_BYTES` (a lone block as a plain PUT), several in flight, bounded by
+`PUT_PARALLEL`. Batching large blocks too matters as much as batching small ones: each
+request costs both sides a fixed few milliseconds of Python (httpx here; auth, routing and
+the response on the server), so 1 GiB as 1 MiB PUTs spent about a quarter of its CPU on
+request overhead (1 GiB cp until durable: 26.5 s as PUTs, 18.0 s as 8 MiB batches). Groups
+are flushed in the background while chunking goes on, so hashing and sending overlap;
+`finish()` waits for everything.
 
 Every chunk is also put in the local block cache (and the fetcher's memory), so reading the
 file after its upload never downloads what this machine wrote.
@@ -38,7 +42,6 @@ log = logging.getLogger(__name__)
 PUT_PARALLEL = 12
 GROUP_BYTES = 12 << 20
 GROUP_CHUNKS = 512
-SMALL_BLOCK_BYTES = 256 << 10
 BATCH_BODY_BYTES = 8 << 20
 FLUSHES_IN_FLIGHT = 3
 
@@ -120,12 +123,10 @@ class BlockPusher:
             missing: list[BlockId] = []
             for i in range(0, len(ids), MAX_MISSING_IDS):
                 missing.extend(await self.remote.missing_blocks(ids[i : i + MAX_MISSING_IDS]))
-            small = [b for b in missing if len(group[b]) <= SMALL_BLOCK_BYTES]
-            large = [b for b in missing if len(group[b]) > SMALL_BLOCK_BYTES]
             async with trio.open_nursery() as nursery:
                 batch: list[BlockId] = []
                 size = 0
-                for bid in small:
+                for bid in missing:
                     batch.append(bid)
                     size += len(group[bid])
                     if size >= BATCH_BODY_BYTES:
@@ -135,8 +136,6 @@ class BlockPusher:
                     nursery.start_soon(self._put_one, batch[0], group[batch[0]])
                 elif batch:
                     nursery.start_soon(self._put_batch, batch, group)
-                for bid in large:
-                    nursery.start_soon(self._put_one, bid, group[bid])
 
     async def _put_one(self, bid: BlockId, data: bytes) -> None:
         async with self._put_limit:
