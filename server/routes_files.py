@@ -17,7 +17,7 @@ from starlette.routing import Route
 
 from blockstore.ids import BlockId
 from server.errors import ApiError, BadRequest
-from server.routes_api import principal, services
+from server.routes_api import principal, revisions, services
 from server.uploads import parse_content_range
 from server.web import body_stream, json_response, query_int, query_path
 
@@ -137,14 +137,6 @@ async def download(request: Request) -> Response:
     )
 
 
-async def list_revisions(request: Request) -> Response:
-    who = await principal(request)
-    limit = query_int(request, "limit", 100, minimum=1, maximum=10_000)
-    assert limit is not None
-    revs = await services(request).metadata.revisions(who, query_path(request), limit)
-    return json_response({"revisions": [r.to_json() for r in revs]})
-
-
 async def restore(request: Request) -> Response:
     who = await principal(request)
     revision = query_int(request, "revision", None, minimum=1)
@@ -158,6 +150,7 @@ ROUTES = [
     Route("/files/upload", upload, methods=["POST"]),
     Route("/files/upload/sessions/{session_id}", upload_part, methods=["PUT"]),
     Route("/files/download", download, methods=["GET"]),
-    Route("/files/list_revisions", list_revisions, methods=["GET"]),
+    # The seeds' name for the same call as GET /api/v1/revisions (R4).
+    Route("/files/list_revisions", revisions, methods=["GET"]),
     Route("/files/restore", restore, methods=["POST"]),
 ]
