@@ -15,14 +15,37 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import time
 from pathlib import Path
 from types import TracebackType
 
+import pytest
+
 from tests.helpers.server_proc import ServerProcess, drive_command
 
 MOUNT_SECONDS = 30.0
+SKIP_WITHOUT_FUSE_ENV = "DRIVE_TESTS_SKIP_WITHOUT_FUSE"
+
+
+def fuse_missing() -> str | None:
+    """Why FUSE mounts cannot work here, or None."""
+    if shutil.which("fusermount3") is None:
+        return "fusermount3 not installed"
+    try:
+        os.close(os.open("/dev/fuse", os.O_RDWR))
+    except OSError as exc:
+        return f"/dev/fuse unusable: {exc}"
+    return None
+
+
+# Mount tests run (and fail loudly) unless FUSE is missing AND the caller explicitly asked to
+# skip them: a CI machine that lost FUSE must not turn the mount suite silently green.
+requires_fuse = pytest.mark.skipif(
+    fuse_missing() is not None and os.environ.get(SKIP_WITHOUT_FUSE_ENV) == "1",
+    reason=f"{fuse_missing()} (and {SKIP_WITHOUT_FUSE_ENV}=1)",
+)
 STOP_SECONDS = 15.0
 SYNC_SECONDS = 60.0
 

@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import itertools
-import os
-import shutil
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -15,19 +13,6 @@ from tests.helpers.mount_proc import MountProcess, login_home
 from tests.helpers.server_proc import ServerProcess
 
 _numbers = itertools.count(1)
-
-
-def _fuse_missing() -> str | None:
-    if shutil.which("fusermount3") is None:
-        return "fusermount3 not installed"
-    try:
-        os.close(os.open("/dev/fuse", os.O_RDWR))
-    except OSError as exc:
-        return f"/dev/fuse unusable: {exc}"
-    return None
-
-
-requires_fuse = pytest.mark.skipif(_fuse_missing() is not None, reason=str(_fuse_missing()))
 
 
 def new_account(server: ServerProcess, root: Path, device: str = "dev1") -> Path:

@@ -12,9 +12,9 @@ from pathlib import Path
 
 import pytest
 
-from tests.helpers.mount_proc import MountProcess, drive, login_home
+from tests.helpers.mount_proc import MountProcess, drive, login_home, requires_fuse
 from tests.helpers.server_proc import ServerProcess
-from tests.mount.conftest import new_account, requires_fuse
+from tests.mount.conftest import new_account
 
 
 def oserror(fn: object) -> int:

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.mount.conftest import requires_fuse
+from tests.helpers.mount_proc import requires_fuse
 
 
 def oserror(fn: object) -> int:

@@ -10,8 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.helpers.mount_proc import MountProcess
-from tests.mount.conftest import requires_fuse
+from tests.helpers.mount_proc import MountProcess, requires_fuse
 
 pytestmark = [pytest.mark.e2e, requires_fuse]
 

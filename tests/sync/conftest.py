@@ -4,9 +4,7 @@ each mounted in its own subprocess; waits with deadlines for convergence."""
 from __future__ import annotations
 
 import itertools
-import os
 import re
-import shutil
 import time
 import uuid
 from collections.abc import Callable, Iterator
@@ -23,19 +21,6 @@ _numbers = itertools.count(1)
 
 CONVERGE_SECONDS = 30.0
 SYNC_ENV = {"DRIVE_FETCH_TIMEOUT": "3"}
-
-
-def _fuse_missing() -> str | None:
-    if shutil.which("fusermount3") is None:
-        return "fusermount3 not installed"
-    try:
-        os.close(os.open("/dev/fuse", os.O_RDWR))
-    except OSError as exc:
-        return f"/dev/fuse unusable: {exc}"
-    return None
-
-
-requires_fuse = pytest.mark.skipif(_fuse_missing() is not None, reason=str(_fuse_missing()))
 
 
 class Account:

@@ -9,9 +9,9 @@ from pathlib import Path
 
 import pytest
 
-from tests.helpers.mount_proc import MountProcess
+from tests.helpers.mount_proc import MountProcess, requires_fuse
 from tests.helpers.tcp_proxy import TcpProxy
-from tests.sync.conftest import Account, read_or_none, requires_fuse, wait_for
+from tests.sync.conftest import Account, read_or_none, wait_for
 
 pytestmark = [pytest.mark.e2e, requires_fuse]
 

@@ -13,8 +13,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.helpers.mount_proc import MountProcess
-from tests.sync.conftest import Account, requires_fuse
+from tests.helpers.mount_proc import MountProcess, requires_fuse
+from tests.sync.conftest import Account
 
 pytestmark = [pytest.mark.e2e, requires_fuse]
 

@@ -10,9 +10,9 @@ from typing import Any
 
 import pytest
 
-from tests.helpers.mount_proc import MountProcess
+from tests.helpers.mount_proc import MountProcess, requires_fuse
 from tests.helpers.server_proc import ServerProcess
-from tests.sync.conftest import Account, metric, requires_fuse
+from tests.sync.conftest import Account, metric
 
 pytestmark = [pytest.mark.e2e, requires_fuse]
 

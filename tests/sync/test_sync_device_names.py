@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from tests.helpers.mount_proc import MountProcess, login_home
-from tests.sync.conftest import SYNC_ENV, Account, read_or_none, requires_fuse, wait_for
+from tests.helpers.mount_proc import MountProcess, login_home, requires_fuse
+from tests.sync.conftest import SYNC_ENV, Account, read_or_none, wait_for
 
 pytestmark = [pytest.mark.e2e, requires_fuse]
 

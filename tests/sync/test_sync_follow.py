@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.helpers.mount_proc import MountProcess, drive
-from tests.sync.conftest import Account, read_or_none, requires_fuse, wait_for
+from tests.helpers.mount_proc import MountProcess, drive, requires_fuse
+from tests.sync.conftest import Account, read_or_none, wait_for
 
 pytestmark = [pytest.mark.e2e, requires_fuse]
 
