@@ -155,27 +155,33 @@ async def list_dir(request: Request) -> Response:
     return json_response({"entries": [e.to_json() for e in entries], "next": nxt})
 
 
+def commit_request(item: object) -> CommitRequest:
+    """Parse one commit (the body of POST /commit, or an item of POST /commit/batch)."""
+    if not isinstance(item, dict):
+        raise BadRequest("a commit must be a JSON object")
+    try:
+        blocks = blocks_from_json(item.get("blocks"))
+    except WireFormatError as exc:
+        raise BadRequest(str(exc)) from None
+    commit_id = item.get("commit_id")
+    if commit_id is not None and not isinstance(commit_id, str):
+        raise BadRequest("field 'commit_id' must be a string")
+    return CommitRequest(
+        path=check_path(item.get("path")),
+        base_rev=get_int(item, "base_rev", optional=True),
+        blocks=blocks,
+        size=get_int(item, "size") or 0,
+        mtime_ns=get_int(item, "mtime_ns", optional=True, minimum=None) or time.time_ns(),
+        mode=get_int(item, "mode", optional=True),
+        commit_id=commit_id,
+    )
+
+
 async def commit(request: Request) -> Response:
     who = await principal(request)
     s = services(request)
     body = await read_json(request, s.config.max_json_bytes)
-    try:
-        blocks = blocks_from_json(body.get("blocks"))
-    except WireFormatError as exc:
-        raise BadRequest(str(exc)) from None
-    commit_id = body.get("commit_id")
-    if commit_id is not None and not isinstance(commit_id, str):
-        raise BadRequest("field 'commit_id' must be a string")
-    req = CommitRequest(
-        path=check_path(body.get("path")),
-        base_rev=get_int(body, "base_rev", optional=True),
-        blocks=blocks,
-        size=get_int(body, "size") or 0,
-        mtime_ns=get_int(body, "mtime_ns", optional=True, minimum=None) or time.time_ns(),
-        mode=get_int(body, "mode", optional=True),
-        commit_id=commit_id,
-    )
-    rec, _ = await s.metadata.commit(who, req)
+    rec, _ = await s.metadata.commit(who, commit_request(body))
     return json_response(rec.to_json())
 
 

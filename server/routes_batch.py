@@ -10,7 +10,6 @@ are the single-item rules.
 from __future__ import annotations
 
 import struct
-import time
 from typing import Any
 
 import trio
@@ -18,13 +17,11 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
-from blockstore.errors import WireFormatError
 from blockstore.ids import parse_block_id
-from blockstore.wire import blocks_from_json
 from server.db.versions import CommitRequest
 from server.errors import ApiError, BadRequest
-from server.routes_api import principal, services
-from server.web import check_path, get_int, json_response, read_body, read_json
+from server.routes_api import commit_request, principal, services
+from server.web import json_response, read_body, read_json
 
 MAX_BATCH_COMMITS = 1000
 MAX_BATCH_BLOCK_BYTES = 64 * 1024 * 1024
@@ -87,27 +84,6 @@ def _leaves(group: BaseExceptionGroup[BaseException]) -> list[BaseException]:
     return out
 
 
-def _commit_request(item: object) -> CommitRequest:
-    if not isinstance(item, dict):
-        raise BadRequest("each commit must be a JSON object")
-    try:
-        blocks = blocks_from_json(item.get("blocks"))
-    except WireFormatError as exc:
-        raise BadRequest(str(exc)) from None
-    commit_id = item.get("commit_id")
-    if commit_id is not None and not isinstance(commit_id, str):
-        raise BadRequest("field 'commit_id' must be a string")
-    return CommitRequest(
-        path=check_path(item.get("path")),
-        base_rev=get_int(item, "base_rev", optional=True),
-        blocks=blocks,
-        size=get_int(item, "size") or 0,
-        mtime_ns=get_int(item, "mtime_ns", optional=True, minimum=None) or time.time_ns(),
-        mode=get_int(item, "mode", optional=True),
-        commit_id=commit_id,
-    )
-
-
 async def commit_batch(request: Request) -> Response:
     who = await principal(request)
     s = services(request)
@@ -118,7 +94,7 @@ async def commit_batch(request: Request) -> Response:
     reqs: list[CommitRequest | ApiError] = []
     for item in items:
         try:
-            reqs.append(_commit_request(item))
+            reqs.append(commit_request(item))
         except ApiError as exc:
             reqs.append(exc)
     results = await s.metadata.commit_batch(who, reqs)
