@@ -17,8 +17,9 @@ Sealed frame (server, at rest)::
     AAD         bytes 0..1 + len(account) (2 bytes, big endian) + account (UTF-8) + block id
 
 The header is authenticated (it is in the AAD), and so are account and block id: a frame
-moved to another id or account, or re-flagged, fails to decrypt. After decryption the
-SHA-256 of the plaintext is re-checked against the block id.
+moved to another id or account, or re-flagged, fails to decrypt. After decryption `unseal`
+re-checks the SHA-256 of the plaintext against the block id; `sealed_to_wire` leaves that to
+the receiver, which checks every block it decodes.
 
 Thread safety: zstd contexts are not thread safe (sharing one crashes), so each thread gets
 its own compressor and decompressor through a `threading.local`. zstd, hashlib and AES-GCM
@@ -49,6 +50,7 @@ __all__ = [
     "encode_wire",
     "pack",
     "seal",
+    "sealed_to_wire",
     "unpack",
     "unseal",
 ]
@@ -80,20 +82,26 @@ class _ThreadZstd(threading.local):
 _zstd = _ThreadZstd()
 
 
-def pack(plaintext: bytes | bytearray | memoryview) -> tuple[int, bytes]:
-    """Compress `plaintext` with zstd if that helps.
+def pack(
+    plaintext: bytes | bytearray | memoryview, *, compress: bool = True
+) -> tuple[int, bytes | bytearray | memoryview]:
+    """Compress `plaintext` with zstd if that helps (and `compress` allows trying).
 
     Returns:
-        (FLAG_ZSTD, zstd frame) if it saves at least ~3%, else (FLAG_RAW, plaintext).
+        (FLAG_ZSTD, zstd frame) if it saves at least ~3%, else (FLAG_RAW, plaintext), the
+        plaintext itself, not a copy.
     """
-    compressed = _zstd.cctx.compress(plaintext)
-    size = len(plaintext)
-    if len(compressed) + (size >> _MIN_SAVING_SHIFT) < size:
-        return FLAG_ZSTD, compressed
-    return FLAG_RAW, bytes(plaintext)
+    if compress:
+        compressed = _zstd.cctx.compress(plaintext)
+        size = len(plaintext)
+        if len(compressed) + (size >> _MIN_SAVING_SHIFT) < size:
+            return FLAG_ZSTD, compressed
+    return FLAG_RAW, plaintext
 
 
-def unpack(flag: int, body: bytes | memoryview, max_plaintext: int = MAX_BLOCK_BYTES) -> bytes:
+def unpack(
+    flag: int, body: bytes | bytearray | memoryview, max_plaintext: int = MAX_BLOCK_BYTES
+) -> bytes:
     """Invert `pack`.
 
     Raises:
@@ -127,7 +135,7 @@ def unpack(flag: int, body: bytes | memoryview, max_plaintext: int = MAX_BLOCK_B
 def encode_wire(plaintext: bytes | bytearray | memoryview) -> bytes:
     """Return the wire frame for one block (zstd when it helps, else raw)."""
     flag, body = pack(plaintext)
-    return bytes([(WIRE_VERSION << 4) | flag]) + body
+    return b"".join((bytes([(WIRE_VERSION << 4) | flag]), body))
 
 
 def decode_wire(
@@ -168,23 +176,79 @@ def _seal_aad(header: bytes, account: str, bid: str) -> bytes:
 
 
 def seal(
-    key: DataKey, account: str, bid: BlockId, plaintext: bytes | bytearray | memoryview
-) -> bytes:
+    key: DataKey,
+    account: str,
+    bid: BlockId,
+    plaintext: bytes | bytearray | memoryview,
+    *,
+    compress: bool = True,
+) -> bytearray:
     """Compress (when it helps) and encrypt one block for storage.
 
     The caller guarantees `bid == block_id(plaintext)` (the server checked it on receipt,
-    see `decode_wire(expected_id=...)`); `unseal` re-checks it on every read.
+    see `decode_wire(expected_id=...)`); `unseal` re-checks it on every read. `compress`
+    False skips the zstd attempt (the client already found the block incompressible with
+    the same settings). The frame is built in one buffer: no copies of the block.
 
     Raises:
         ValueError: `bid` is not a well-formed block id.
     """
     if not is_block_id(bid):
         raise ValueError(f"not a block id: {bid!r}")
-    flag, body = pack(plaintext)
+    flag, body = pack(plaintext, compress=compress)
     header = bytes([SEAL_VERSION, flag])
     nonce = secrets.token_bytes(_NONCE_BYTES)
-    sealed = AESGCM(key.secret).encrypt(nonce, body, _seal_aad(header, account, bid))
-    return header + nonce + sealed
+    out = bytearray(_SEAL_HEADER_BYTES + len(body) + _TAG_BYTES)
+    out[:2] = header
+    out[2:_SEAL_HEADER_BYTES] = nonce
+    with memoryview(out) as view:
+        AESGCM(key.secret).encrypt_into(
+            nonce, body, _seal_aad(header, account, bid), view[_SEAL_HEADER_BYTES:]
+        )
+    return out
+
+
+def _open_sealed(
+    key: DataKey, account: str, bid: BlockId, view: memoryview, out: memoryview
+) -> int:
+    """Check a sealed frame's header, decrypt its body into `out`; returns the stored flag."""
+    if view[0] != SEAL_VERSION:
+        raise CorruptBlockError(f"sealed block {bid} has unknown version {view[0]}")
+    header = bytes(view[:2])
+    nonce = bytes(view[2:_SEAL_HEADER_BYTES])
+    try:
+        aad = _seal_aad(header, account, bid)
+        AESGCM(key.secret).decrypt_into(nonce, view[_SEAL_HEADER_BYTES:], aad, out)
+    except (InvalidTag, ValueError, UnicodeEncodeError):
+        raise CorruptBlockError(
+            f"sealed block {bid} fails authentication (damaged, moved or wrong key)"
+        ) from None
+    return header[1]
+
+
+def sealed_to_wire(
+    key: DataKey, account: str, bid: BlockId, frame: bytes | bytearray | memoryview
+) -> bytearray:
+    """The wire frame for a sealed block, without decompressing or re-hashing it.
+
+    AES-GCM proves the body is what `seal` stored for this account and id, and the
+    receiver checks the SHA-256 of what it decodes (`decode_wire(expected_id=...)`), so
+    the server only decrypts: a zstd body goes out as stored, straight into the buffer
+    that is sent.
+
+    Raises:
+        CorruptBlockError: as `unseal`, except that the id is not re-hashed here.
+    """
+    view = memoryview(frame)
+    if len(view) < _SEAL_HEADER_BYTES + _TAG_BYTES:
+        raise CorruptBlockError(f"sealed block {bid} truncated ({len(view)} bytes)")
+    out = bytearray(1 + len(view) - _SEAL_HEADER_BYTES - _TAG_BYTES)
+    with memoryview(out) as body:
+        flag = _open_sealed(key, account, bid, view, body[1:])
+    if flag not in (FLAG_RAW, FLAG_ZSTD):
+        raise CorruptBlockError(f"unknown block flag {flag}")
+    out[0] = (WIRE_VERSION << 4) | flag
+    return out
 
 
 def unseal(
@@ -204,18 +268,9 @@ def unseal(
     view = memoryview(frame)
     if len(view) < _SEAL_HEADER_BYTES + _TAG_BYTES:
         raise CorruptBlockError(f"sealed block {bid} truncated ({len(view)} bytes)")
-    if view[0] != SEAL_VERSION:
-        raise CorruptBlockError(f"sealed block {bid} has unknown version {view[0]}")
-    header = bytes(view[:2])
-    nonce = bytes(view[2:_SEAL_HEADER_BYTES])
-    try:
-        aad = _seal_aad(header, account, bid)
-        body = AESGCM(key.secret).decrypt(nonce, view[_SEAL_HEADER_BYTES:], aad)
-    except (InvalidTag, ValueError, UnicodeEncodeError):
-        raise CorruptBlockError(
-            f"sealed block {bid} fails authentication (damaged, moved or wrong key)"
-        ) from None
-    plaintext = unpack(header[1], body, max_plaintext)
+    body = bytearray(len(view) - _SEAL_HEADER_BYTES - _TAG_BYTES)
+    flag = _open_sealed(key, account, bid, view, memoryview(body))
+    plaintext = unpack(flag, body, max_plaintext)
     if block_id(plaintext) != bid:
         raise CorruptBlockError(f"sealed block {bid}: content does not match its id")
     return plaintext

@@ -12,11 +12,13 @@ from __future__ import annotations
 import logging
 import threading
 import zlib
+from collections.abc import Callable
+from typing import TypeVar
 
 import trio
 
-from blockstore.aio import run_cpu, run_io
-from blockstore.codec import FLAG_RAW, WIRE_VERSION, decode_wire, encode_wire, seal, unseal
+from blockstore.aio import run_io
+from blockstore.codec import FLAG_RAW, decode_wire, seal, sealed_to_wire, unseal
 from blockstore.errors import BlockNotFound, CorruptBlockError
 from blockstore.ids import BlockId
 from blockstore.keys import DataKey
@@ -29,6 +31,8 @@ from server.keyring import Keyring
 from server.metrics import Metrics
 
 log = logging.getLogger(__name__)
+
+T = TypeVar("T")
 
 _STRIPES = 256
 GC_BATCH = 1000
@@ -64,8 +68,14 @@ class BlockService:
 
     # -- writing ------------------------------------------------------------------------
 
-    def store_plain_sync(self, who: Principal, bid: BlockId, plaintext: bytes) -> bool:
-        """Store a verified plaintext block for `who` (worker thread); True if new."""
+    def store_plain_sync(
+        self, who: Principal, bid: BlockId, plaintext: bytes, *, compress: bool = True
+    ) -> bool:
+        """Store a verified plaintext block for `who` (worker thread); True if new.
+
+        `compress` False: the client sent the block raw, having tried zstd with our
+        settings, so the server does not try again.
+        """
         key = f"{who.account}/{bid}"
         with self._lock(key):
             if self.db.call(block_rows.touch_if_present, who.user_id, bid):
@@ -77,50 +87,60 @@ class BlockService:
                     f"storage quota of {quota} bytes exceeded ({used} used, "
                     f"{len(plaintext)} more needed)"
                 )
-            sealed = seal(self._data_key(who.user_id, who.account), who.account, bid, plaintext)
+            key_ = self._data_key(who.user_id, who.account)
+            sealed = seal(key_, who.account, bid, plaintext, compress=compress)
             self.store.put(key, sealed)
             self.db.call(block_rows.insert, who.user_id, bid, len(plaintext), len(sealed))
             self.metrics.add("block_bytes_stored", len(sealed))
             return True
 
     async def put_wire(self, who: Principal, bid: BlockId, frame: bytes) -> bool:
-        """PUT /blocks/{id}: decode, verify the id, seal and store; True if new."""
+        """PUT /blocks/{id}: decode, verify the id, seal and store; True if new.
+
+        One worker-thread hop for all of it (the SHA-256 check, AES-GCM and the disk write
+        each release the GIL); the callers bound how many run at once.
+        """
         self.metrics.add("block_bytes_received", len(frame))
+        return await trio.to_thread.run_sync(self._put_wire_sync, who, bid, frame)
+
+    def _put_wire_sync(self, who: Principal, bid: BlockId, frame: bytes) -> bool:
         try:
-            plaintext = await run_cpu(_decode, frame, self.max_block_bytes, bid)
+            plaintext = _decode(frame, self.max_block_bytes, bid)
         except CorruptBlockError as exc:
             if "exceeds" in str(exc):
                 raise TooLarge(f"block is over {self.max_block_bytes} bytes") from None
             raise BadRequest(f"rejected block {bid}: {exc}") from None
-        return await trio.to_thread.run_sync(self.store_plain_sync, who, bid, plaintext)
+        sent_raw = (frame[0] & 0x0F) == FLAG_RAW  # decode_wire accepted the frame: not empty
+        return self.store_plain_sync(who, bid, plaintext, compress=not sent_raw)
 
     # -- reading ------------------------------------------------------------------------
 
     def get_plain_sync(self, who: Principal, bid: BlockId) -> bytes:
         """The plaintext of a block `who` holds (worker thread); never wrong bytes."""
-        return self._get_sync(who, bid)[1]
+        return self._get_sync(who, bid, unseal)
 
-    def get_wire_sync(self, who: Principal, bid: BlockId) -> bytes:
-        """The block as a wire frame (worker thread); decrypted and verified like a read.
+    def get_wire_sync(self, who: Principal, bid: BlockId) -> bytes | bytearray:
+        """The block as a wire frame (worker thread): decrypted, not decompressed.
 
-        A block stored raw was found incompressible when it was sealed, and `encode_wire`
-        would try zstd again only to reach the same verdict: frame it raw directly.
+        AES-GCM authenticates what was sealed for this account and id, and the client
+        checks the SHA-256 of every block it decodes, so the server neither decompresses
+        nor re-hashes here (`blockstore.codec.sealed_to_wire`).
         """
-        flag, plaintext = self._get_sync(who, bid)
-        if flag == FLAG_RAW:
-            return b"".join((bytes([(WIRE_VERSION << 4) | FLAG_RAW]), plaintext))
-        return encode_wire(plaintext)
+        return self._get_sync(who, bid, sealed_to_wire)
 
-    def _get_sync(self, who: Principal, bid: BlockId) -> tuple[int, bytes]:
-        """(stored flag, plaintext) of a block `who` holds; never wrong bytes."""
+    def _get_sync(
+        self,
+        who: Principal,
+        bid: BlockId,
+        opener: Callable[[DataKey, str, BlockId, bytes], T],
+    ) -> T:
+        """`opener` (`unseal` or `sealed_to_wire`) applied to the sealed block `who` holds."""
         if not self.db.call(block_rows.has_block, who.user_id, bid):
             raise NotFound(f"no block {bid}")
         try:
             frame = self.store.get(f"{who.account}/{bid}")
             key = self._data_key(who.user_id, who.account)
-            plaintext = unseal(key, who.account, bid, frame)
-            # Layout (docs/blockstore.md): version, flag, nonce, ciphertext (checked above).
-            return frame[1], plaintext
+            return opener(key, who.account, bid, frame)
         except BlockNotFound:
             log.error("block %s of account %s is recorded but missing", bid, who.account)
             raise Internal("corrupt block: missing from the block store") from None
@@ -133,7 +153,7 @@ class BlockService:
         data = await run_io(self.get_plain_sync, who, bid)
         return data
 
-    async def get_wire(self, who: Principal, bid: BlockId) -> bytes:
+    async def get_wire(self, who: Principal, bid: BlockId) -> bytes | bytearray:
         """GET /blocks/{id}: the block as a wire frame (one worker-thread hop)."""
         frame = await run_io(self.get_wire_sync, who, bid)
         self.metrics.add("block_bytes_served", len(frame))

@@ -134,7 +134,7 @@ async def block_put(request: Request) -> Response:
 async def block_get(request: Request) -> Response:
     who = await principal(request)
     frame = await services(request).blocks.get_wire(who, _block_id(request))
-    return Response(frame, media_type=OCTET)
+    return Response(memoryview(frame), media_type=OCTET)
 
 
 async def meta(request: Request) -> Response:

@@ -1,4 +1,4 @@
-"""`drive server serve`: embed hypercorn's trio worker, announce readiness, stop on signals.
+"""`drive server serve`: run hypercorn's trio worker (`server.http_worker`), announce readiness.
 
 Readiness is two lines on stdout (flushed), parsed by tests and `drive up`::
 
@@ -6,8 +6,8 @@ Readiness is two lines on stdout (flushed), parsed by tests and `drive up`::
     drive server: listening on https://127.0.0.1:8443
 
 and `DATA/server.json` (`url`, `fingerprint`, `pid`), removed again on a clean exit.
-trio's `SocketStream` sets TCP_NODELAY on every accepted connection, so small answers are not
-held back by Nagle's algorithm (44 ms per response without it).
+The listener sets TCP_NODELAY on every accepted connection, so small answers are not held
+back by Nagle's algorithm (44 ms per response without it). SIGTERM/SIGINT stop it cleanly.
 """
 
 from __future__ import annotations
@@ -23,10 +23,10 @@ from pathlib import Path
 
 import trio
 from hypercorn.config import Config as HyperConfig
-from hypercorn.trio import serve as hypercorn_serve
 
 from server.app import build_app
 from server.config import ConfigError, load_config
+from server.http_worker import serve_https
 from server.services import Services
 from server.tls import ensure_tls
 
@@ -52,7 +52,7 @@ def _hyper_config(
     cfg.graceful_timeout = 5.0
     cfg.accesslog = None
     cfg.errorlog = logging.getLogger("hypercorn.error")
-    cfg.h11_max_incomplete_size = 64 * 1024
+    cfg.h11_max_incomplete_size = 64 * 1024  # request line and headers
     return cfg
 
 
@@ -75,9 +75,8 @@ async def _serve(
 
             nursery.start_soon(on_signal)
             binds = await nursery.start(
-                lambda task_status: hypercorn_serve(
-                    build_app(services),  # type: ignore[arg-type]  # ASGI typing differs
-                    hyper, shutdown_trigger=wait_shutdown,
+                lambda task_status: serve_https(
+                    build_app(services), hyper, shutdown_trigger=wait_shutdown,
                     task_status=task_status,
                 )
             )  # fmt: skip

@@ -18,6 +18,7 @@ from blockstore.codec import (
     encode_wire,
     pack,
     seal,
+    sealed_to_wire,
     unpack,
     unseal,
 )
@@ -97,27 +98,47 @@ def sealed(request):
     return data, bid, seal(KEY, ACCOUNT, bid, data)
 
 
-def test_every_flipped_bit_position_is_refused(sealed):
+@pytest.fixture(params=[unseal, sealed_to_wire], ids=["unseal", "sealed_to_wire"])
+def opener(request):
+    return request.param
+
+
+def test_every_flipped_bit_position_is_refused(sealed, opener):
     _data, bid, frame = sealed
     for i in range(len(frame)):
         for mask in (0x01, 0x80):
             damaged = bytearray(frame)
             damaged[i] ^= mask
             with pytest.raises(CorruptBlockError):
-                unseal(KEY, ACCOUNT, bid, bytes(damaged))
+                opener(KEY, ACCOUNT, bid, bytes(damaged))
 
 
-def test_every_truncation_is_refused(sealed):
+def test_every_truncation_is_refused(sealed, opener):
     _data, bid, frame = sealed
     for n in range(len(frame)):
         with pytest.raises(CorruptBlockError):
-            unseal(KEY, ACCOUNT, bid, frame[:n])
+            opener(KEY, ACCOUNT, bid, frame[:n])
 
 
-def test_appended_bytes_are_refused(sealed):
+def test_appended_bytes_are_refused(sealed, opener):
     _data, bid, frame = sealed
     with pytest.raises(CorruptBlockError):
-        unseal(KEY, ACCOUNT, bid, frame + b"\x00")
+        opener(KEY, ACCOUNT, bid, frame + b"\x00")
+
+
+def test_sealed_to_wire_gives_the_frame_a_client_decodes(sealed):
+    data, bid, frame = sealed
+    wire = sealed_to_wire(KEY, ACCOUNT, bid, frame)
+    assert wire[0] >> 4 == WIRE_VERSION
+    assert wire[0] & 0x0F == frame[1]  # a zstd body goes out as stored, not recompressed
+    assert decode_wire(bytes(wire), expected_id=bid) == data
+
+
+def test_seal_without_compress_stores_raw():
+    data = _text(5000)
+    frame = seal(KEY, ACCOUNT, block_id(data), data, compress=False)
+    assert frame[1] == FLAG_RAW
+    assert unseal(KEY, ACCOUNT, block_id(data), frame) == data
 
 
 def test_swapped_block_id_is_refused():

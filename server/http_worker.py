@@ -1,0 +1,88 @@
+"""hypercorn's trio worker, serving HTTPS through `server.tls_stream` instead of trio.SSLStream.
+
+This is `hypercorn.trio.run.worker_serve` cut down to what `drive server serve` uses (one
+or more TLS binds, no QUIC, no plain HTTP, no statsd, no max-requests) with our listener
+put where hypercorn builds `trio.SSLListener`. It leans on hypercorn's `TCPServer`,
+`Lifespan` and `WorkerContext`, so hypercorn is pinned in constraints.txt and every server
+test goes through here.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+from functools import partial
+from typing import Any
+
+import trio
+from hypercorn.config import Config
+from hypercorn.trio.lifespan import Lifespan
+from hypercorn.trio.tcp_server import TCPServer
+from hypercorn.trio.worker_context import WorkerContext
+from hypercorn.typing import ConnectionState, LifespanState
+from hypercorn.utils import ShutdownError, raise_shutdown, repr_socket_addr, wrap_app
+
+from server.tls_stream import TlsListener
+
+__all__ = ["serve_https"]
+
+RECEIVE_CHUNK_BYTES = 1 << 20
+"""How much hypercorn asks of a connection per read (its default is 64 KiB)."""
+
+
+async def serve_https(
+    app: Any,
+    config: Config,
+    *,
+    shutdown_trigger: Callable[[], Awaitable[None]],
+    task_status: trio.TaskStatus[list[str]] = trio.TASK_STATUS_IGNORED,
+) -> None:
+    """Serve the ASGI `app` on `config.bind` over TLS until `shutdown_trigger` returns.
+
+    Reports the bound URLs (``https://host:port``) through `task_status`.
+    """
+    import hypercorn.trio.tcp_server as tcp_server
+
+    tcp_server.MAX_RECV = RECEIVE_CHUNK_BYTES  # read bodies in large pieces, not 64 KiB
+    asgi = wrap_app(app, config.wsgi_max_body_size, "asgi")
+    lifespan_state: LifespanState = {}
+    lifespan = Lifespan(asgi, config, lifespan_state)
+    context = WorkerContext(None)
+    ssl_context = config.create_ssl_context()
+    if ssl_context is None:
+        raise ValueError("serve_https needs a certificate and key")
+
+    async with trio.open_nursery() as lifespan_nursery:
+        await lifespan_nursery.start(lifespan.handle_lifespan)
+        await lifespan.wait_for_startup()
+        async with trio.open_nursery() as server_nursery:
+            sockets = config.create_sockets().secure_sockets
+            listeners = []
+            binds = []
+            for sock in sockets:
+                sock.listen(config.backlog)
+                listeners.append(TlsListener(sock, ssl_context))
+                binds.append(f"https://{repr_socket_addr(sock.family, sock.getsockname())}")
+            task_status.started(binds)
+            handler = partial(TCPServer, asgi, config, context, ConnectionState(lifespan_state))
+            try:
+                async with trio.open_nursery(strict_exception_groups=True) as nursery:
+                    nursery.start_soon(raise_shutdown, shutdown_trigger)
+                    nursery.start_soon(raise_shutdown, context.terminate.wait)
+                    nursery.start_soon(
+                        partial(
+                            trio.serve_listeners,
+                            handler,
+                            listeners,
+                            handler_nursery=server_nursery,
+                        )
+                    )
+                    await trio.sleep_forever()
+            except BaseExceptionGroup as error:
+                _, others = error.split((ShutdownError, KeyboardInterrupt))
+                if others is not None:
+                    raise others from None
+            finally:
+                await context.terminated.set()
+                server_nursery.cancel_scope.deadline = trio.current_time() + config.graceful_timeout
+        await lifespan.wait_for_shutdown()
+        lifespan_nursery.cancel_scope.cancel()

@@ -1,0 +1,190 @@
+"""TLS connections where OpenSSL talks to the socket itself, as trio streams.
+
+Why not `trio.SSLStream`: it runs TLS over memory BIOs in Python and hands out at most one
+16 KiB TLS record per `receive_some`, so an 8 MiB block upload became 512 trips through
+hypercorn, h11 and the ASGI receive queue, and every record was copied twice more in
+Python. Here the `ssl.SSLSocket` is non-blocking: OpenSSL reads and writes the kernel socket
+directly, trio only waits for readiness, and one `receive_some` drains every record that
+has already arrived (up to `max_bytes`). Measured with `bench/mount_bench.py` and
+`bench/sync_bench.py`; see docs/protocol.md "Transport".
+
+`TlsListener` is a `trio.abc.Listener` that accepts, sets TCP_NODELAY (small answers must not
+wait for Nagle's algorithm) and returns a `TlsSocketStream`; the handshake runs on the
+connection's own task (`do_handshake`), as hypercorn expects of `trio.SSLStream`.
+"""
+
+from __future__ import annotations
+
+import errno
+import socket
+import ssl
+
+import trio
+
+__all__ = ["TlsListener", "TlsSocketStream"]
+
+RECEIVE_BUFFER_BYTES = 1 << 20
+"""Largest single `receive_some` answer.
+
+All streams of a listener share one buffer of this size: they all run on the trio thread,
+and `receive_some` copies out of it before its first checkpoint after data arrived, so 10,000
+idle long polls cost no buffer each."""
+
+
+class _Transport:
+    """What hypercorn reads from `stream.transport_stream`: the socket, for its addresses."""
+
+    __slots__ = ("socket",)
+
+    def __init__(self, sock: ssl.SSLSocket) -> None:
+        self.socket = sock
+
+
+class TlsSocketStream(trio.abc.Stream):
+    """One server-side TLS connection on a non-blocking `ssl.SSLSocket`.
+
+    Sending and receiving may run concurrently (hypercorn writes answers while it reads the
+    next request); each direction is used by one task at a time.
+    """
+
+    def __init__(self, raw: socket.socket, context: ssl.SSLContext, buffer: bytearray) -> None:
+        raw.setblocking(False)
+        self._sock = context.wrap_socket(raw, server_side=True, do_handshake_on_connect=False)
+        self._fd = self._sock.fileno()
+        self._closed = False
+        self._buffer = buffer
+        self.transport_stream = _Transport(self._sock)
+
+    # -- what hypercorn uses of trio.SSLStream ----------------------------------------
+
+    async def do_handshake(self) -> None:
+        """Complete the TLS handshake; a failure is `trio.BrokenResourceError`."""
+        while True:
+            self._check_open()
+            try:
+                self._sock.do_handshake()
+                break
+            except ssl.SSLWantReadError:
+                await trio.lowlevel.wait_readable(self._fd)
+            except ssl.SSLWantWriteError:
+                await trio.lowlevel.wait_writable(self._fd)
+            except (ssl.SSLError, OSError) as exc:
+                raise trio.BrokenResourceError(f"TLS handshake failed: {exc}") from exc
+        await trio.lowlevel.checkpoint()
+
+    def selected_alpn_protocol(self) -> str | None:
+        """The protocol the client and we agreed on (hypercorn picks h11 or h2 by it)."""
+        return self._sock.selected_alpn_protocol()
+
+    # -- trio.abc.Stream ------------------------------------------------------------------
+
+    async def send_all(self, data: bytes | bytearray | memoryview) -> None:
+        """Encrypt and send all of `data`, waiting for socket space as needed."""
+        view = memoryview(data).cast("B")
+        sent = 0
+        await trio.lowlevel.checkpoint_if_cancelled()
+        while sent < len(view):
+            self._check_open()
+            try:
+                # Without partial writes OpenSSL reports "want write" after queueing some
+                # records and expects the same bytes again; with them it returns a count.
+                # Retrying from `sent` is right in both cases.
+                sent += self._sock.send(view[sent:])
+            except ssl.SSLWantWriteError:
+                await trio.lowlevel.wait_writable(self._fd)
+            except ssl.SSLWantReadError:
+                await trio.lowlevel.wait_readable(self._fd)
+            except (ssl.SSLError, OSError) as exc:
+                raise self._broken(exc) from exc
+        await trio.lowlevel.cancel_shielded_checkpoint()
+
+    async def wait_send_all_might_not_block(self) -> None:
+        """Return once the socket has room (a hint, as the ABC allows)."""
+        self._check_open()
+        await trio.lowlevel.wait_writable(self._fd)
+
+    async def receive_some(self, max_bytes: int | None = None) -> bytes:
+        """Up to `max_bytes` of plaintext: every record already here, or wait for one.
+
+        Returns b"" at the end of the stream (close_notify or a plain TCP close, which
+        HTTP/1.1 framing makes safe, like `trio.SSLStream(https_compatible=True)`).
+        """
+        limit = min(max_bytes or len(self._buffer), len(self._buffer))
+        view = memoryview(self._buffer)
+        got = 0
+        await trio.lowlevel.checkpoint_if_cancelled()
+        while got < limit:
+            self._check_open()
+            try:
+                n = self._sock.recv_into(view[got:limit])
+            except ssl.SSLWantReadError:
+                if got:
+                    break
+                await trio.lowlevel.wait_readable(self._fd)
+                continue
+            except ssl.SSLWantWriteError:
+                await trio.lowlevel.wait_writable(self._fd)
+                continue
+            except (ssl.SSLZeroReturnError, ssl.SSLEOFError):
+                break
+            except (ssl.SSLError, OSError) as exc:
+                if got:
+                    break  # hand over what arrived; the error comes back on the next call
+                raise self._broken(exc) from exc
+            if n == 0:
+                break
+            got += n
+        data = bytes(view[:got])
+        view.release()
+        await trio.lowlevel.cancel_shielded_checkpoint()
+        return data
+
+    async def aclose(self) -> None:
+        """Close the connection (no close_notify wait: HTTP framing ends our messages)."""
+        if not self._closed:
+            self._closed = True
+            trio.lowlevel.notify_closing(self._fd)
+            self._sock.close()
+        await trio.lowlevel.checkpoint()
+
+    # -- helpers --------------------------------------------------------------------------
+
+    def _check_open(self) -> None:
+        if self._closed:
+            raise trio.ClosedResourceError("the TLS connection is closed")
+
+    def _broken(self, exc: BaseException) -> Exception:
+        if self._closed:
+            return trio.ClosedResourceError("the TLS connection is closed")
+        return trio.BrokenResourceError(f"TLS connection broke: {exc}")
+
+
+class TlsListener(trio.abc.Listener[TlsSocketStream]):
+    """Accept TCP connections on a listening socket and wrap each in TLS."""
+
+    def __init__(self, sock: socket.socket, context: ssl.SSLContext) -> None:
+        self._listen = trio.socket.from_stdlib_socket(sock)
+        self._context = context
+        self._buffer = bytearray(RECEIVE_BUFFER_BYTES)
+
+    async def accept(self) -> TlsSocketStream:
+        """The next connection, TLS not yet negotiated (see `do_handshake`)."""
+        while True:
+            try:
+                conn, _ = await self._listen.accept()
+            except OSError as exc:
+                # A client that gave up while queued, or a full fd table: keep serving.
+                if exc.errno in (errno.ECONNABORTED, errno.EPROTO, errno.EMFILE, errno.ENFILE,
+                                 errno.ENOBUFS, errno.ENOMEM):  # fmt: skip
+                    if exc.errno in (errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM):
+                        await trio.sleep(0.1)
+                    continue
+                raise
+            raw = socket.socket(conn.family, conn.type, conn.proto, fileno=conn.detach())
+            raw.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            return TlsSocketStream(raw, self._context, self._buffer)
+
+    async def aclose(self) -> None:
+        """Stop listening."""
+        self._listen.close()
+        await trio.lowlevel.checkpoint()
