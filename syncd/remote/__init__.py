@@ -4,8 +4,9 @@ Everything that crosses the network from the client goes through `RemoteClient`:
 `httpx.AsyncClient` (HTTP/1.1 keep-alive; trio's sockets set TCP_NODELAY) whose TLS context
 trusts exactly one certificate, the one pinned at login (no CA store, no host name check: the
 pin is the identity). HTTP failures become `syncd.errors` exceptions here and nowhere else.
-The one hot request, `GET /blocks/{id}`, takes a faster path in the submodule `blockget`
-(blocking TLS sockets in worker threads); nothing outside this package speaks HTTP.
+The two bulk requests, `GET /blocks/{id}` and `POST /blocks/batch`, take a faster path in
+the submodule `bulk` (blocking TLS sockets in worker threads); nothing outside this package
+speaks HTTP.
 """
 
 from __future__ import annotations
@@ -28,10 +29,11 @@ from blockstore.ids import BlockId
 from blockstore.wire import Change, FileRecord, RevisionInfo, blocks_to_json
 from syncd import errors
 from syncd.config import ClientConfig
-from syncd.remote.blockget import BlockGetError, BlockGetter
+from syncd.remote.bulk import BulkTransport, BulkTransportError
 
 __all__ = ["RemoteClient", "fetch_certificate", "login", "pinned_ssl_context"]
 
+OCTET_STREAM = "application/octet-stream"
 log = logging.getLogger(__name__)
 
 CONNECT_TIMEOUT_S = 5.0
@@ -161,18 +163,19 @@ class RemoteClient:
     Every method raises `syncd.errors.SyncError` subclasses only (plus cancellation).
     """
 
-    def __init__(self, http: httpx.AsyncClient, getter: BlockGetter | None = None) -> None:
+    def __init__(self, http: httpx.AsyncClient, bulk: BulkTransport | None = None) -> None:
         self._http = http
-        self._getter = getter
+        self._bulk = bulk
 
     @classmethod
     def from_config(cls, cfg: ClientConfig) -> RemoteClient:
         """A client for the logged-in server of `cfg` (call `aclose()` when done).
 
-        Block reads go through a `BlockGetter` (blocking sockets in worker threads, far
-        cheaper per MiB than httpx on trio); everything else through httpx.
+        Block reads and batch uploads go through a `BulkTransport` (blocking sockets in
+        worker threads, far cheaper per MiB than httpx on trio); everything else through
+        httpx.
         """
-        getter = BlockGetter(
+        bulk = BulkTransport(
             cfg.server_url.rstrip("/"),
             pinned_ssl_context(cfg.cert_pem),
             cfg.token,
@@ -180,11 +183,11 @@ class RemoteClient:
             read_timeout_s=READ_TIMEOUT_S,
             max_idle=MAX_CONNECTIONS,
         )
-        return cls(_new_http(cfg.server_url, cfg.cert_pem, cfg.token), getter)
+        return cls(_new_http(cfg.server_url, cfg.cert_pem, cfg.token), bulk)
 
     async def aclose(self) -> None:
-        if self._getter is not None:
-            self._getter.close()
+        if self._bulk is not None:
+            self._bulk.close()
         await self._http.aclose()
 
     # -- plumbing -------------------------------------------------------------------------
@@ -302,7 +305,7 @@ class RemoteClient:
 
     async def get_block(self, bid: BlockId) -> bytes:
         """The wire frame of block `bid` (not yet verified: see `get_block_plain`)."""
-        if self._getter is None:
+        if self._bulk is None:
             resp = await self.request("GET", f"/api/v1/blocks/{bid}")
             return resp.content
         return await self._in_thread(self._get_frame_sync, bid)
@@ -315,7 +318,7 @@ class RemoteClient:
         Raises:
             CorruptBlockError: the server sent bytes that are not this block.
         """
-        if self._getter is None:
+        if self._bulk is None:
             frame = await self.get_block(bid)
             return await run_cpu(_decode_verified, frame, bid)
         return await self._in_thread(self._get_plain_sync, bid)
@@ -329,20 +332,26 @@ class RemoteClient:
         return _decode_verified(self._get_frame_sync(bid), bid)
 
     def _get_frame_sync(self, bid: BlockId) -> bytes:
-        assert self._getter is not None
-        path = f"/api/v1/blocks/{bid}"
+        assert self._bulk is not None
+        bulk = self._bulk
+        return self._bulk_sync("GET", f"/api/v1/blocks/{bid}", lambda: bulk.get(bid))
+
+    def _bulk_sync(
+        self, method: str, path: str, call: Callable[[], tuple[int, dict[str, str], bytes]]
+    ) -> bytes:
+        """Run one `BulkTransport` call and map its outcome like `request` does."""
         try:
-            status, headers, body = self._getter.get(bid)
+            status, headers, body = call()
         except ssl.SSLCertVerificationError as exc:
             raise errors.CertificateMismatch(
                 f"the server's certificate is not the pinned one ({exc})"
             ) from exc
-        except (OSError, BlockGetError) as exc:  # ssl.SSLError and timeouts are OSErrors
+        except (OSError, BulkTransportError) as exc:  # ssl.SSLError, timeouts are OSErrors
             raise errors.Offline(f"server unreachable: {exc or type(exc).__name__}") from exc
-        if status != 200:
-            request = httpx.Request("GET", self._http.base_url.join(path))
+        if not 200 <= status < 300:
+            request = httpx.Request(method, self._http.base_url.join(path))
             _raise_for(httpx.Response(status, headers=headers, content=body, request=request))
-            raise errors.ServerError(f"GET {path}: unexpected status {status}")
+            raise errors.ServerError(f"{method} {path}: unexpected status {status}")
         return body
 
     async def commit(
@@ -370,11 +379,24 @@ class RemoteClient:
         )
 
     async def put_blocks_batch(self, items: list[tuple[BlockId, bytes]]) -> None:
-        """`POST /api/v1/blocks/batch`: several wire frames in one request."""
-        body = b"".join(
-            bid.encode("ascii") + len(frame).to_bytes(4, "big") + frame for bid, frame in items
-        )
-        await self.request("POST", "/api/v1/blocks/batch", content=body)
+        """`POST /api/v1/blocks/batch`: several wire frames in one request.
+
+        Built and sent in a worker thread (the bulk path) when there is one: the trio
+        thread never copies or encrypts the megabytes.
+        """
+        path = "/api/v1/blocks/batch"
+        if self._bulk is None:
+            await self.request("POST", path, content=_batch_body(items))
+            return
+        bulk = self._bulk
+
+        def send() -> bytes:
+            body = _batch_body(items)
+            return self._bulk_sync("POST", path, lambda: bulk.post(path, body, OCTET_STREAM))
+
+        # Not abandoned on cancellation: the socket timeouts bound it, and a caller that
+        # gives up must not leave a thread still sending its batch behind its back.
+        await trio.to_thread.run_sync(send)
 
     async def commit_batch(
         self, commits: list[dict[str, Any]]
@@ -454,6 +476,14 @@ class RemoteClient:
         )
         backoff = body.get("backoff")
         return bool(body.get("changes")), backoff if isinstance(backoff, int) else None
+
+
+def _batch_body(items: list[tuple[BlockId, bytes]]) -> bytes:
+    """The batch body: per block, its id (ASCII), the frame length (4 bytes BE), the frame."""
+    parts: list[bytes] = []
+    for bid, frame in items:
+        parts += (bid.encode("ascii"), len(frame).to_bytes(4, "big"), frame)
+    return b"".join(parts)
 
 
 def _decode_verified(frame: bytes, bid: BlockId) -> bytes:

@@ -1,4 +1,4 @@
-"""RemoteClient's blocking block reads (syncd.remote.blockget) against the real server."""
+"""RemoteClient's blocking block reads (syncd.remote.bulk) against the real server."""
 
 from __future__ import annotations
 
@@ -53,7 +53,7 @@ async def test_block_reads_verify_reuse_sockets_and_map_errors(
 async def test_a_restarted_server_is_reached_again_and_a_stopped_one_is_offline(
     tmp_path_factory: pytest.TempPathFactory,
 ) -> None:
-    with ServerProcess(tmp_path_factory.mktemp("blockget") / "srv") as srv:
+    with ServerProcess(tmp_path_factory.mktemp("bulk") / "srv") as srv:
         srv.add_user("u", "pw-u")
         rc = _client(srv, srv.login("u", "pw-u"))
         try:
@@ -67,3 +67,34 @@ async def test_a_restarted_server_is_reached_again_and_a_stopped_one_is_offline(
                 await rc.get_block_plain(block_id(data))
         finally:
             await rc.aclose()
+
+
+async def test_batch_uploads_go_over_the_bulk_path_and_map_errors(
+    tmp_path_factory: pytest.TempPathFactory,
+) -> None:
+    with ServerProcess(tmp_path_factory.mktemp("bulk-batch") / "srv") as srv:
+        srv.add_user("u", "pw-u")
+        rc = _client(srv, srv.login("u", "pw-u"))
+        try:
+            blocks = [bytes([i]) * (700_000 + i) for i in range(3)] + [b"words " * 90_000]
+            await rc.put_blocks_batch([(block_id(d), encode_wire(d)) for d in blocks])
+            assert await rc.missing_blocks([block_id(d) for d in blocks]) == []
+            for data in blocks:
+                assert await rc.get_block_plain(block_id(data)) == data
+            srv.restart()  # a kept-alive socket is dead now: the batch is retried on a new one
+            more = [b"after restart " * 40_000]
+            await rc.put_blocks_batch([(block_id(d), encode_wire(d)) for d in more])
+            assert await rc.get_block_plain(block_id(more[0])) == more[0]
+            # A frame that is not the block it claims to be is refused, nothing is stored.
+            liar = b"claims another id " * 1000
+            with pytest.raises(errors.RemoteError):
+                await rc.put_blocks_batch([(block_id(b"honest"), encode_wire(liar))])
+            assert await rc.missing_blocks([block_id(b"honest")]) == [block_id(b"honest")]
+        finally:
+            await rc.aclose()
+        bad = _client(srv, "not-a-token")
+        try:
+            with pytest.raises(errors.Unauthorized):
+                await bad.put_blocks_batch([(block_id(b"z"), encode_wire(b"z"))])
+        finally:
+            await bad.aclose()

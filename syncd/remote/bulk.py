@@ -1,14 +1,18 @@
-"""Blocking `GET /api/v1/blocks/{id}` over a small pool of kept-alive TLS sockets.
+"""Block bytes in bulk over a small pool of kept-alive, blocking TLS sockets.
 
+Two requests go this way: `GET /api/v1/blocks/{id}` and `POST /api/v1/blocks/batch`.
 Why not httpx: a 1 MiB block through httpx/httpcore on trio's `SSLStream` costs the client
 about 7 ms of CPU (each 16 KiB TLS record is one trip through trio's async SSL retry loop,
-httpcore's 64 KiB reads, h11 events, a join at the end). A blocking `ssl.SSLSocket` reading
-straight into a preallocated buffer does the same in under 1 ms, in a worker thread, so the
-trio thread (which also answers FUSE) never sees the bytes. Only this one hot, simple
-request goes this way; everything else stays on `RemoteClient`'s httpx client.
+httpcore's 64 KiB reads, h11 events, a join at the end), and an 8 MiB upload batch was
+encrypted into a memory BIO and copied out again on the trio thread. A blocking
+`ssl.SSLSocket` reading into a preallocated buffer, or writing straight from the body, does
+the same in a worker thread, so the trio thread (which also answers FUSE) never sees the
+bytes. Both requests are idempotent (blocks are content addressed), so a kept-alive socket
+the server closed meanwhile is simply retried on a fresh one. Everything else stays on
+`RemoteClient`'s httpx client.
 
 The caller (`RemoteClient`) maps the answer: this module returns `(status, headers, body)`
-and raises only `OSError` / `ssl.SSLError` / `BlockGetError` for transport trouble.
+and raises only `OSError` / `ssl.SSLError` / `BulkTransportError` for transport trouble.
 Thread safe: a socket is used by one thread at a time (popped from, then pushed back to,
 the idle list).
 """
@@ -23,14 +27,16 @@ from urllib.parse import urlsplit
 from blockstore.ids import BlockId
 from blockstore.wire import MAX_BLOCK_BYTES
 
-__all__ = ["BlockGetError", "BlockGetter"]
+__all__ = ["BulkTransport", "BulkTransportError"]
 
 _MAX_HEAD_BYTES = 64 << 10
 _MAX_BODY_BYTES = MAX_BLOCK_BYTES + (1 << 20)  # a wire frame: header byte + at most 8 MiB
 _RECV_BYTES = 256 << 10
+_PEER_GONE = (ConnectionResetError, BrokenPipeError, ssl.SSLEOFError, ssl.SSLZeroReturnError)
+"""How a kept-alive socket the server already closed fails (plain TCP or TLS level)."""
 
 
-class BlockGetError(Exception):
+class BulkTransportError(Exception):
     """The server's answer could not be read (malformed or unsupported framing)."""
 
 
@@ -38,8 +44,8 @@ class _ResetBeforeReply(Exception):
     """A kept-alive socket was closed by the server before any reply byte (retry it)."""
 
 
-class BlockGetter:
-    """Fetch wire frames of blocks with blocking I/O (call from worker threads only)."""
+class BulkTransport:
+    """Block GETs and batch POSTs with blocking I/O (call from worker threads only)."""
 
     def __init__(
         self,
@@ -65,7 +71,7 @@ class BlockGetter:
         auth = f"Authorization: Bearer {token}\r\n" if token else ""
         self._headers = (
             f"Host: {host}:{self._port}\r\nUser-Agent: drive-client/0.1\r\n{auth}"
-            "Accept-Encoding: identity\r\n\r\n"
+            "Accept-Encoding: identity\r\n"
         ).encode("ascii")
         self._idle: list[ssl.SSLSocket] = []
         self._lock = threading.Lock()
@@ -81,14 +87,28 @@ class BlockGetter:
 
     def get(self, bid: BlockId) -> tuple[int, dict[str, str], bytes]:
         """`GET /api/v1/blocks/{bid}` -> (status, lower-cased headers, body)."""
-        request = f"GET {self._prefix}/api/v1/blocks/{bid} HTTP/1.1\r\n".encode() + self._headers
+        return self._round_trip("GET", f"/api/v1/blocks/{bid}", b"")
+
+    def post(
+        self, path: str, body: bytes | bytearray, content_type: str
+    ) -> tuple[int, dict[str, str], bytes]:
+        """`POST path` with `body` (an idempotent request only) -> (status, headers, body)."""
+        return self._round_trip("POST", path, body, content_type)
+
+    def _round_trip(
+        self, method: str, path: str, body: bytes | bytearray, content_type: str = ""
+    ) -> tuple[int, dict[str, str], bytes]:
+        head = f"{method} {self._prefix}{path} HTTP/1.1\r\n".encode() + self._headers
+        if method != "GET":
+            head += f"Content-Type: {content_type}\r\nContent-Length: {len(body)}\r\n".encode()
+        head += b"\r\n"
         while True:
             sock, reused = self._checkout()
             try:
-                status, headers, body, keep = _exchange(sock, request, reused)
+                status, headers, answer, keep = _exchange(sock, head, body, reused)
             except _ResetBeforeReply:
                 sock.close()
-                continue  # a stale kept-alive socket: GET is idempotent, use a fresh one
+                continue  # a stale kept-alive socket: the request is idempotent, retry
             except BaseException:
                 sock.close()
                 raise
@@ -96,12 +116,12 @@ class BlockGetter:
                 self._checkin(sock)
             else:
                 sock.close()
-            return status, headers, body
+            return status, headers, answer
 
     def _checkout(self) -> tuple[ssl.SSLSocket, bool]:
         with self._lock:
             if self._closed:
-                raise BlockGetError("client closed")
+                raise BulkTransportError("client closed")
             if self._idle:
                 return self._idle.pop(), True
         raw = socket.create_connection((self._host, self._port), timeout=self._connect_timeout_s)
@@ -123,63 +143,78 @@ class BlockGetter:
 
 
 def _exchange(
-    sock: ssl.SSLSocket, request: bytes, reused: bool
+    sock: ssl.SSLSocket, request_head: bytes, body: bytes | bytearray, reused: bool
 ) -> tuple[int, dict[str, str], bytes, bool]:
     """Send one request and read its reply: (status, headers, body, keep-alive)."""
     try:
-        sock.sendall(request)
-        head = bytearray()
+        sock.sendall(request_head)
+        if body:
+            sock.sendall(body)
+    except _PEER_GONE as exc:
+        if reused:
+            raise _ResetBeforeReply from None
+        # The server may have answered early (e.g. 413) and closed: read that answer.
+        try:
+            return _read_reply(sock, reused)
+        except (OSError, BulkTransportError):
+            raise exc from None
+    return _read_reply(sock, reused)
+
+
+def _read_reply(sock: ssl.SSLSocket, reused: bool) -> tuple[int, dict[str, str], bytes, bool]:
+    head = bytearray()
+    try:
         while (end := head.find(b"\r\n\r\n")) < 0:
             if len(head) > _MAX_HEAD_BYTES:
-                raise BlockGetError("response head too large")
+                raise BulkTransportError("response head too large")
             chunk = sock.recv(_RECV_BYTES)
             if not chunk:
                 if reused and not head:
                     raise _ResetBeforeReply
-                raise BlockGetError("connection closed before the response head")
+                raise BulkTransportError("connection closed before the response head")
             head += chunk
-    except (ConnectionResetError, BrokenPipeError):
+    except _PEER_GONE:
         if reused and not head:
             raise _ResetBeforeReply from None
         raise
     status, headers = _parse_head(bytes(head[:end]))
     if "transfer-encoding" in headers or "content-length" not in headers:
-        raise BlockGetError("response without a content length")
+        raise BulkTransportError("response without a content length")
     try:
         length = int(headers["content-length"])
     except ValueError:
-        raise BlockGetError("bad content length") from None
+        raise BulkTransportError("bad content length") from None
     if not 0 <= length <= _MAX_BODY_BYTES:
-        raise BlockGetError(f"response body of {length} bytes is too large")
-    body = bytearray(length)
-    view = memoryview(body)
+        raise BulkTransportError(f"response body of {length} bytes is too large")
+    reply = bytearray(length)
+    view = memoryview(reply)
     got = len(head) - end - 4
     if got > length:
-        raise BlockGetError("more bytes than the content length")
+        raise BulkTransportError("more bytes than the content length")
     view[:got] = head[end + 4 :]
     while got < length:
         n = sock.recv_into(view[got:], length - got)
         if not n:
-            raise BlockGetError("connection closed mid-body")
+            raise BulkTransportError("connection closed mid-body")
         got += n
     view.release()
     keep = headers.get("connection", "").lower() != "close"
-    return status, headers, bytes(body), keep
+    return status, headers, bytes(reply), keep
 
 
 def _parse_head(head: bytes) -> tuple[int, dict[str, str]]:
     lines = head.decode("latin-1").split("\r\n")
     version, _, rest = lines[0].partition(" ")
     if not version.startswith("HTTP/1."):
-        raise BlockGetError(f"not an HTTP/1.x response: {lines[0][:80]!r}")
+        raise BulkTransportError(f"not an HTTP/1.x response: {lines[0][:80]!r}")
     try:
         status = int(rest[:3])
     except ValueError:
-        raise BlockGetError(f"bad status line: {lines[0][:80]!r}") from None
+        raise BulkTransportError(f"bad status line: {lines[0][:80]!r}") from None
     headers: dict[str, str] = {}
     for line in lines[1:]:
         name, sep, value = line.partition(":")
         if not sep:
-            raise BlockGetError(f"bad header line: {line[:80]!r}")
+            raise BulkTransportError(f"bad header line: {line[:80]!r}")
         headers[name.strip().lower()] = value.strip()
     return status, headers
