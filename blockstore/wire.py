@@ -13,7 +13,8 @@ blockstore.wire import validate_path` keeps working.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+import struct
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Final, Literal, TypeAlias, get_args
 
@@ -32,6 +33,7 @@ from .paths import (
 )
 
 __all__ = [
+    "BLOCK_RECORD_ID_BYTES",
     "CHANGE_OPS",
     "ERROR_STATUS",
     "ERR_BAD_REQUEST",
@@ -68,9 +70,11 @@ __all__ = [
     "RevisionInfo",
     "blocks_from_json",
     "blocks_to_json",
+    "encode_block_records",
     "error_body",
     "is_within",
     "join_path",
+    "parse_block_records",
     "path_parts",
     "split_path",
     "validate_name",
@@ -411,3 +415,40 @@ class RevisionInfo:
             device=_str(obj, "device", w),
             content_hash=_content_hash(obj, w),
         )
+
+
+# -- block records: bodies of POST /blocks/batch (upload) and POST /blocks/fetch (answer) --
+
+BLOCK_RECORD_ID_BYTES: Final = 64
+_RECORD_LEN = struct.Struct(">I")
+
+
+def encode_block_records(items: Sequence[tuple[str, bytes | bytearray]]) -> bytes:
+    """Records `ID (64 ASCII hex) LENGTH (4 bytes, big endian) FRAME`, back to back."""
+    parts: list[bytes | bytearray] = []
+    for bid, frame in items:
+        parts += (bid.encode("ascii"), _RECORD_LEN.pack(len(frame)), frame)
+    return b"".join(parts)
+
+
+def parse_block_records(body: bytes) -> list[tuple[str, bytes]]:
+    """Split a body of block records into `(block id text, frame)` pairs.
+
+    The id text is not validated here (callers parse it into a `BlockId`).
+
+    Raises:
+        WireFormatError: a truncated record.
+    """
+    out: list[tuple[str, bytes]] = []
+    pos = 0
+    while pos < len(body):
+        head_end = pos + BLOCK_RECORD_ID_BYTES + _RECORD_LEN.size
+        if head_end > len(body):
+            raise WireFormatError("truncated block record header")
+        bid = body[pos : pos + BLOCK_RECORD_ID_BYTES].decode("ascii", errors="replace")
+        (length,) = _RECORD_LEN.unpack_from(body, pos + BLOCK_RECORD_ID_BYTES)
+        if head_end + length > len(body):
+            raise WireFormatError("truncated block record")
+        out.append((bid, body[head_end : head_end + length]))
+        pos = head_end + length
+    return out

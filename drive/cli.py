@@ -339,6 +339,9 @@ def _command_names(parser: argparse.ArgumentParser) -> set[str]:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the `drive` command and return its exit status."""
+    from drive.malloc_tuning import tune_malloc
+
+    tune_malloc()  # before the server or the mount allocate their first blocks
     parser = build_parser()
     argv = list(sys.argv[1:] if argv is None else argv)
     from drive import mount_helper

@@ -25,7 +25,7 @@ from typing import Any
 from blockstore.wire import MAX_NAME_BYTES
 from mountfs.attrs import Attr, FsStats, VfsError, attr_of
 from mountfs.handles import FileHandle
-from syncd.content import ContentStore, read_blocks
+from syncd.content import READAHEAD_BLOCKS, ContentStore, read_blocks
 from syncd.state import ROOT_INO, Node, StateDB
 from syncd.tree import TreeSync, path_of
 from syncd.uploader import Uploader
@@ -37,8 +37,6 @@ log = logging.getLogger(__name__)
 RENAME_NOREPLACE = 1
 RENAME_EXCHANGE = 2
 DEFAULT_QUOTA_BYTES = 1 << 50
-READAHEAD_BLOCKS = 8
-"""Blocks fetched ahead of a sequential reader (about 8 MiB)."""
 SEQUENTIAL_SLACK_BYTES = 4 << 20
 """How far from the end of the previous read a read may start and still count as sequential."""
 

@@ -128,6 +128,30 @@ class BlockService:
         """
         return self._get_sync(who, bid, sealed_to_wire)
 
+    def get_wire_many_sync(
+        self, who: Principal, bids: list[BlockId], budget: int
+    ) -> list[tuple[BlockId, bytes | bytearray]]:
+        """Wire frames of `bids` in order, stopping once `budget` bytes are gathered (at
+        least one block): the caller asks again for the rest (worker thread).
+
+        Raises:
+            NotFound: `who` does not hold one of the blocks (none is returned).
+        """
+        held = self.db.call(block_rows.present, who.user_id, bids)
+        for bid in bids:
+            if bid not in held:
+                raise NotFound(f"no block {bid}")
+        key = self._data_key(who.user_id, who.account)
+        out: list[tuple[BlockId, bytes | bytearray]] = []
+        total = 0
+        for bid in bids:
+            if out and total >= budget:
+                break
+            frame = self._open_stored(who, bid, key, sealed_to_wire)
+            out.append((bid, frame))
+            total += len(frame)
+        return out
+
     def _get_sync(
         self,
         who: Principal,
@@ -137,10 +161,18 @@ class BlockService:
         """`opener` (`unseal` or `sealed_to_wire`) applied to the sealed block `who` holds."""
         if not self.db.call(block_rows.has_block, who.user_id, bid):
             raise NotFound(f"no block {bid}")
+        return self._open_stored(who, bid, self._data_key(who.user_id, who.account), opener)
+
+    def _open_stored(
+        self,
+        who: Principal,
+        bid: BlockId,
+        key: DataKey,
+        opener: Callable[[DataKey, str, BlockId, bytes], T],
+    ) -> T:
+        """Read a block `who` is known to hold and open it; missing or damaged is a 500."""
         try:
-            frame = self.store.get(f"{who.account}/{bid}")
-            key = self._data_key(who.user_id, who.account)
-            return opener(key, who.account, bid, frame)
+            return opener(key, who.account, bid, self.store.get(f"{who.account}/{bid}"))
         except BlockNotFound:
             log.error("block %s of account %s is recorded but missing", bid, who.account)
             raise Internal("corrupt block: missing from the block store") from None
@@ -158,6 +190,14 @@ class BlockService:
         frame = await run_io(self.get_wire_sync, who, bid)
         self.metrics.add("block_bytes_served", len(frame))
         return frame
+
+    async def get_wire_many(
+        self, who: Principal, bids: list[BlockId], budget: int
+    ) -> list[tuple[BlockId, bytes | bytearray]]:
+        """POST /blocks/fetch: several wire frames in one worker-thread hop."""
+        frames = await run_io(self.get_wire_many_sync, who, bids, budget)
+        self.metrics.add("block_bytes_served", sum(len(f) for _, f in frames))
+        return frames
 
     async def missing(self, who: Principal, ids: list[BlockId]) -> list[BlockId]:
         """The ids (in request order, once each) that `who` does not hold."""

@@ -9,7 +9,6 @@ are the single-item rules.
 
 from __future__ import annotations
 
-import struct
 from typing import Any
 
 import trio
@@ -17,36 +16,31 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
+from blockstore.errors import WireFormatError
 from blockstore.ids import parse_block_id
+from blockstore.wire import encode_block_records, parse_block_records
 from server.db.versions import CommitRequest
 from server.errors import ApiError, BadRequest
 from server.routes_api import commit_request, principal, services
 from server.web import json_response, read_body, read_json
 
 MAX_BATCH_COMMITS = 1000
+MAX_FETCH_IDS = 64
+FETCH_BUDGET_BYTES = 32 * 1024 * 1024
+"""A block fetch answers with the blocks in request order until this many bytes are
+gathered; the client asks again for the ones left out."""
 MAX_BATCH_BLOCK_BYTES = 64 * 1024 * 1024
 BATCH_PARALLEL = 16
 """Blocks of one batch stored at once: storing is mostly waiting for the disk (an fsync
 per block), so a batch of small blocks must not store them one after the other."""
-_LEN = struct.Struct(">I")
-_ID_BYTES = 64
 
 
 def parse_block_batch(body: bytes) -> list[tuple[str, bytes]]:
     """Split a batch body into `(block id text, frame)` records (see docs/protocol.md)."""
-    out: list[tuple[str, bytes]] = []
-    pos = 0
-    while pos < len(body):
-        head_end = pos + _ID_BYTES + _LEN.size
-        if head_end > len(body):
-            raise BadRequest("truncated block batch record header")
-        bid = body[pos : pos + _ID_BYTES].decode("ascii", errors="replace")
-        (length,) = _LEN.unpack_from(body, pos + _ID_BYTES)
-        if head_end + length > len(body):
-            raise BadRequest("truncated block batch record")
-        out.append((bid, body[head_end : head_end + length]))
-        pos = head_end + length
-    return out
+    try:
+        return parse_block_records(body)
+    except WireFormatError as exc:
+        raise BadRequest(str(exc)) from None
 
 
 async def blocks_batch(request: Request) -> Response:
@@ -75,6 +69,23 @@ async def blocks_batch(request: Request) -> Response:
             raise
         raise first from None
     return json_response({"stored": stored})
+
+
+async def blocks_fetch(request: Request) -> Response:
+    who = await principal(request)
+    s = services(request)
+    body = await read_json(request, s.config.max_json_bytes)
+    raw_ids = body.get("ids")
+    if not isinstance(raw_ids, list) or not 0 < len(raw_ids) <= MAX_FETCH_IDS:
+        raise BadRequest(f"'ids' must be a list of 1 to {MAX_FETCH_IDS} block ids")
+    try:
+        ids = [parse_block_id(i) for i in raw_ids if isinstance(i, str)]
+    except ValueError as exc:
+        raise BadRequest(str(exc)) from None
+    if len(ids) != len(raw_ids):
+        raise BadRequest("'ids' must hold block id strings")
+    frames = await s.blocks.get_wire_many(who, ids, FETCH_BUDGET_BYTES)
+    return Response(encode_block_records(frames), media_type="application/octet-stream")
 
 
 def _leaves(group: BaseExceptionGroup[BaseException]) -> list[BaseException]:
@@ -109,5 +120,6 @@ async def commit_batch(request: Request) -> Response:
 
 ROUTES = [
     Route("/api/v1/blocks/batch", blocks_batch, methods=["POST"]),
+    Route("/api/v1/blocks/fetch", blocks_fetch, methods=["POST"]),
     Route("/api/v1/commit/batch", commit_batch, methods=["POST"]),
 ]

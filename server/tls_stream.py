@@ -5,8 +5,7 @@ Why not `trio.SSLStream`: it runs TLS over memory BIOs in Python and hands out a
 hypercorn, h11 and the ASGI receive queue, and every record was copied twice more in
 Python. Here the `ssl.SSLSocket` is non-blocking: OpenSSL reads and writes the kernel socket
 directly, trio only waits for readiness, and one `receive_some` drains every record that
-has already arrived (up to `max_bytes`). Measured with `bench/mount_bench.py` and
-`bench/sync_bench.py`; see docs/protocol.md "Transport".
+has already arrived (up to `max_bytes`). See docs/protocol.md "Transport".
 
 `TlsListener` is a `trio.abc.Listener` that accepts, sets TCP_NODELAY (small answers must not
 wait for Nagle's algorithm) and returns a `TlsSocketStream`; the handshake runs on the

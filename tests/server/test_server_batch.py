@@ -7,7 +7,9 @@ import os
 
 import pytest
 
-from blockstore.codec import encode_wire
+from blockstore.codec import decode_wire, encode_wire
+from blockstore.ids import BlockId
+from blockstore.wire import parse_block_records
 from tests.helpers.server_proc import ServerProcess
 
 pytestmark = pytest.mark.e2e
@@ -32,6 +34,39 @@ def test_block_batch_stores_verifies_and_is_idempotent(
         wrong = _record(hashlib.sha256(b"x").hexdigest(), encode_wire(b"y"))
         assert http.post("/api/v1/blocks/batch", content=wrong).status_code == 400
         assert http.post("/api/v1/blocks/batch", content=body[:70]).status_code == 400
+
+
+def test_block_fetch_answers_frames_in_order_within_a_budget(
+    shared_server: ServerProcess, new_user: tuple[str, str]
+) -> None:
+    text = b"compressible words " * 20_000  # travels as stored: zstd, not recompressed
+    datas = [os.urandom(3 << 20) for _ in range(12)] + [text]
+    ids = [hashlib.sha256(d).hexdigest() for d in datas]
+    with shared_server.client(new_user[1]) as http:
+        for b, d in zip(ids, datas, strict=True):
+            assert http.post("/api/v1/blocks/batch", content=_record(b, encode_wire(d))).is_success
+        got: list[bytes] = []
+        answers = 0
+        while len(got) < len(ids):
+            r = http.post("/api/v1/blocks/fetch", json={"ids": ids[len(got) :]})
+            assert r.status_code == 200, r.text
+            records = parse_block_records(r.content)
+            assert [b for b, _ in records] == ids[len(got) : len(got) + len(records)]
+            got += [decode_wire(f, expected_id=BlockId(b)) for b, f in records]
+            answers += 1
+        assert got == datas
+        assert answers >= 2  # 39 MiB do not fit one answer's budget: a prefix, then the rest
+        assert parse_block_records(http.post("/api/v1/blocks/fetch", json={"ids": ids[-1:]})
+                                   .content)[0][1][0] & 0x0F == 1  # fmt: skip
+        unknown = hashlib.sha256(b"nobody stored this").hexdigest()
+        r = http.post("/api/v1/blocks/fetch", json={"ids": [ids[0], unknown]})
+        assert r.status_code == 404
+        assert unknown in r.text
+        for bad in ({"ids": []}, {"ids": ["nope"]}, {"ids": [1]}, {"ids": ids[0]},
+                    {"ids": [ids[0]] * 65}):  # fmt: skip
+            assert http.post("/api/v1/blocks/fetch", json=bad).status_code == 400, bad
+    with shared_server.client("not-a-token") as http:
+        assert http.post("/api/v1/blocks/fetch", json={"ids": ids[:1]}).status_code == 401
 
 
 def test_commit_batch_answers_each_item(

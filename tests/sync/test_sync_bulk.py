@@ -62,6 +62,11 @@ async def test_a_restarted_server_is_reached_again_and_a_stopped_one_is_offline(
             assert await rc.get_block_plain(block_id(data)) == data
             srv.restart()  # the kept-alive socket is now dead: retried on a fresh one
             assert await rc.get_block_plain(block_id(data)) == data
+            srv.restart()  # and the same for a batch upload and a group read
+            more = b"after restart " * 40_000
+            await rc.put_blocks_batch([(block_id(more), encode_wire(more))])
+            srv.restart()
+            assert await rc.get_blocks_plain([block_id(more)]) == [(block_id(more), more)]
             srv.stop()
             with pytest.raises(errors.Offline):
                 await rc.get_block_plain(block_id(data))
@@ -70,31 +75,28 @@ async def test_a_restarted_server_is_reached_again_and_a_stopped_one_is_offline(
 
 
 async def test_batch_uploads_go_over_the_bulk_path_and_map_errors(
-    tmp_path_factory: pytest.TempPathFactory,
+    shared_server: ServerProcess, new_user: tuple[str, str]
 ) -> None:
-    with ServerProcess(tmp_path_factory.mktemp("bulk-batch") / "srv") as srv:
-        srv.add_user("u", "pw-u")
-        rc = _client(srv, srv.login("u", "pw-u"))
-        try:
-            blocks = [bytes([i]) * (700_000 + i) for i in range(3)] + [b"words " * 90_000]
-            await rc.put_blocks_batch([(block_id(d), encode_wire(d)) for d in blocks])
-            assert await rc.missing_blocks([block_id(d) for d in blocks]) == []
-            for data in blocks:
-                assert await rc.get_block_plain(block_id(data)) == data
-            srv.restart()  # a kept-alive socket is dead now: the batch is retried on a new one
-            more = [b"after restart " * 40_000]
-            await rc.put_blocks_batch([(block_id(d), encode_wire(d)) for d in more])
-            assert await rc.get_block_plain(block_id(more[0])) == more[0]
-            # A frame that is not the block it claims to be is refused, nothing is stored.
-            liar = b"claims another id " * 1000
-            with pytest.raises(errors.RemoteError):
-                await rc.put_blocks_batch([(block_id(b"honest"), encode_wire(liar))])
-            assert await rc.missing_blocks([block_id(b"honest")]) == [block_id(b"honest")]
-        finally:
-            await rc.aclose()
-        bad = _client(srv, "not-a-token")
-        try:
-            with pytest.raises(errors.Unauthorized):
-                await bad.put_blocks_batch([(block_id(b"z"), encode_wire(b"z"))])
-        finally:
-            await bad.aclose()
+    rc = _client(shared_server, new_user[1])
+    try:
+        blocks = [bytes([i]) * (700_000 + i) for i in range(3)] + [b"words " * 90_000]
+        await rc.put_blocks_batch([(block_id(d), encode_wire(d)) for d in blocks])
+        assert await rc.missing_blocks([block_id(d) for d in blocks]) == []
+        assert await rc.get_blocks_plain([block_id(d) for d in blocks]) == [
+            (block_id(d), d) for d in blocks
+        ]
+        # A frame that is not the block it claims to be is refused, nothing is stored.
+        liar = b"claims another id " * 1000
+        with pytest.raises(errors.RemoteError):
+            await rc.put_blocks_batch([(block_id(b"honest"), encode_wire(liar))])
+        assert await rc.missing_blocks([block_id(b"honest")]) == [block_id(b"honest")]
+        with pytest.raises(errors.NotFound):
+            await rc.get_blocks_plain([block_id(blocks[0]), block_id(b"honest")])
+    finally:
+        await rc.aclose()
+    bad = _client(shared_server, "not-a-token")
+    try:
+        with pytest.raises(errors.Unauthorized):
+            await bad.put_blocks_batch([(block_id(b"z"), encode_wire(b"z"))])
+    finally:
+        await bad.aclose()

@@ -65,3 +65,99 @@ async def test_a_read_throttled_for_too_long_fails_clearly(autojump_clock):
     with pytest.raises(errors.RateLimited):
         await fetcher.get(BID)
     assert trio.current_time() <= RATE_LIMITED_MAX_WAIT_S + 0.1
+
+
+class GroupServer:
+    """Serves `get_blocks_plain` (at most `per_answer` blocks per answer) and single GETs;
+    `fail_groups` makes group requests fail as if the server went away."""
+
+    def __init__(self, blocks: dict[BlockId, bytes], per_answer: int = 100) -> None:
+        self.blocks = blocks
+        self.per_answer = per_answer
+        self.fail_groups = False
+        self.group_requests: list[list[BlockId]] = []
+        self.single_requests: list[BlockId] = []
+        self.release = trio.Event()
+
+    async def get_blocks_plain(self, bids: list[BlockId]) -> list[tuple[BlockId, bytes]]:
+        self.group_requests.append(list(bids))
+        await self.release.wait()
+        if self.fail_groups:
+            raise errors.Offline("gone")
+        return [(b, self.blocks[b]) for b in bids[: self.per_answer]]
+
+    async def get_block_plain(self, bid: BlockId) -> bytes:
+        self.single_requests.append(bid)
+        await trio.lowlevel.checkpoint()
+        return self.blocks[bid]
+
+
+async def _settle() -> None:
+    """Let read-ahead workers and their cache threads (real threads: no virtual clock) run."""
+    await trio.sleep(0.2)
+
+
+def _blocks(n: int) -> list[tuple[BlockId, bytes]]:
+    return [(block_id(d), d) for d in (bytes([i]) * (1000 + i) for i in range(n))]
+
+
+async def test_read_ahead_asks_for_groups_and_readers_wait_for_them() -> None:
+    blocks = _blocks(12)
+    server = GroupServer(dict(blocks), per_answer=3)
+    cache = DictCache()
+    fetcher = BlockFetcher(cache, server)
+    async with trio.open_nursery() as nursery:
+        await nursery.start(fetcher.run)
+        ids = [b for b, _ in blocks]
+        fetcher.prefetch(ids[:8])  # the very next block is new: all 8 go, in groups of 4
+        await _settle()
+        assert sorted(map(len, server.group_requests)) == [4, 4]
+        # A reader of a block in flight waits for its group instead of asking alone.
+        async with trio.open_nursery() as readers:
+            got: list[bytes] = []
+
+            async def read() -> None:
+                got.append(await fetcher.get(ids[5]))
+
+            readers.start_soon(read)
+            await _settle()
+            server.release.set()
+        assert got == [blocks[5][1]]
+        assert server.single_requests == []
+        await _settle()
+        # Answers of 3 blocks for groups of 4: the rest was asked for again.
+        assert sorted(map(len, server.group_requests)) == [1, 1, 4, 4]
+        assert all(cache.get(b) == d for b, d in blocks[:8])
+        # One more block due, not urgent: it waits for a whole group.
+        fetcher.prefetch(ids[1:9])
+        await _settle()
+        assert len(server.group_requests) == 4
+        fetcher.prefetch(ids[4:12])
+        await _settle()
+        assert server.group_requests[4] == ids[8:12]
+        nursery.cancel_scope.cancel()
+
+
+async def test_a_failed_group_leaves_each_reader_to_fetch_its_block() -> None:
+    blocks = _blocks(4)
+    server = GroupServer(dict(blocks))
+    server.fail_groups = True
+    fetcher = BlockFetcher(DictCache(), server)
+    async with trio.open_nursery() as nursery:
+        await nursery.start(fetcher.run)
+        ids = [b for b, _ in blocks]
+        fetcher.prefetch(ids)
+        await _settle()
+        got: list[bytes] = []
+
+        async def read(i: int) -> None:
+            got.append(await fetcher.get(ids[i]))
+
+        async with trio.open_nursery() as readers:
+            readers.start_soon(read, 1)
+            readers.start_soon(read, 2)
+            await _settle()
+            server.release.set()
+        assert sorted(got) == sorted([blocks[1][1], blocks[2][1]])
+        assert sorted(server.single_requests) == sorted([ids[1], ids[2]])
+        nursery.cancel_scope.cancel()
