@@ -431,24 +431,26 @@ def encode_block_records(items: Sequence[tuple[str, bytes | bytearray]]) -> byte
     return b"".join(parts)
 
 
-def parse_block_records(body: bytes) -> list[tuple[str, bytes]]:
+def parse_block_records(body: bytes | bytearray | memoryview) -> list[tuple[str, memoryview]]:
     """Split a body of block records into `(block id text, frame)` pairs.
 
-    The id text is not validated here (callers parse it into a `BlockId`).
+    The frames are views into `body`, not copies (a fetch answer or an upload batch is
+    several MiB). The id text is not validated here (callers parse it into a `BlockId`).
 
     Raises:
         WireFormatError: a truncated record.
     """
-    out: list[tuple[str, bytes]] = []
+    view = memoryview(body).cast("B")
+    out: list[tuple[str, memoryview]] = []
     pos = 0
-    while pos < len(body):
+    while pos < len(view):
         head_end = pos + BLOCK_RECORD_ID_BYTES + _RECORD_LEN.size
-        if head_end > len(body):
+        if head_end > len(view):
             raise WireFormatError("truncated block record header")
-        bid = body[pos : pos + BLOCK_RECORD_ID_BYTES].decode("ascii", errors="replace")
-        (length,) = _RECORD_LEN.unpack_from(body, pos + BLOCK_RECORD_ID_BYTES)
-        if head_end + length > len(body):
+        bid = bytes(view[pos : pos + BLOCK_RECORD_ID_BYTES]).decode("ascii", errors="replace")
+        (length,) = _RECORD_LEN.unpack_from(view, pos + BLOCK_RECORD_ID_BYTES)
+        if head_end + length > len(view):
             raise WireFormatError("truncated block record")
-        out.append((bid, body[head_end : head_end + length]))
+        out.append((bid, view[head_end : head_end + length]))
         pos = head_end + length
     return out

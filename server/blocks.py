@@ -94,7 +94,7 @@ class BlockService:
             self.metrics.add("block_bytes_stored", len(sealed))
             return True
 
-    async def put_wire(self, who: Principal, bid: BlockId, frame: bytes) -> bool:
+    async def put_wire(self, who: Principal, bid: BlockId, frame: bytes | memoryview) -> bool:
         """PUT /blocks/{id}: decode, verify the id, seal and store; True if new.
 
         One worker-thread hop for all of it (the SHA-256 check, AES-GCM and the disk write
@@ -103,7 +103,7 @@ class BlockService:
         self.metrics.add("block_bytes_received", len(frame))
         return await trio.to_thread.run_sync(self._put_wire_sync, who, bid, frame)
 
-    def _put_wire_sync(self, who: Principal, bid: BlockId, frame: bytes) -> bool:
+    def _put_wire_sync(self, who: Principal, bid: BlockId, frame: bytes | memoryview) -> bool:
         try:
             plaintext = _decode(frame, self.max_block_bytes, bid)
         except CorruptBlockError as exc:
@@ -225,5 +225,5 @@ class BlockService:
         return removed
 
 
-def _decode(frame: bytes, max_plaintext: int, bid: BlockId) -> bytes:
+def _decode(frame: bytes | memoryview, max_plaintext: int, bid: BlockId) -> bytes:
     return decode_wire(frame, max_plaintext, expected_id=bid)

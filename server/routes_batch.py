@@ -35,7 +35,7 @@ BATCH_PARALLEL = 16
 per block), so a batch of small blocks must not store them one after the other."""
 
 
-def parse_block_batch(body: bytes) -> list[tuple[str, bytes]]:
+def parse_block_batch(body: bytes) -> list[tuple[str, memoryview]]:
     """Split a batch body into `(block id text, frame)` records (see docs/protocol.md)."""
     try:
         return parse_block_records(body)

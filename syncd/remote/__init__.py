@@ -17,7 +17,7 @@ import logging
 import socket
 import ssl
 from collections.abc import Callable, Mapping
-from typing import Any
+from typing import Any, TypeVar
 from urllib.parse import urlsplit
 
 import httpx
@@ -39,6 +39,8 @@ from syncd.config import ClientConfig
 from syncd.remote.bulk import BulkTransport, BulkTransportError
 
 __all__ = ["RemoteClient", "fetch_certificate", "login", "pinned_ssl_context"]
+
+T = TypeVar("T")
 
 OCTET_STREAM = "application/octet-stream"
 JSON = "application/json"
@@ -316,7 +318,7 @@ class RemoteClient:
         if self._bulk is None:
             resp = await self.request("GET", f"/api/v1/blocks/{bid}")
             return resp.content
-        return await self._in_thread(self._get_frame_sync, bid)
+        return bytes(await self._in_thread(self._get_frame_sync, bid))
 
     async def get_block_plain(self, bid: BlockId) -> bytes:
         """The plaintext of block `bid`, checked: `sha256(plaintext) == bid`.
@@ -367,7 +369,7 @@ class RemoteClient:
 
         return await trio.to_thread.run_sync(fetch, abandon_on_cancel=True)
 
-    async def _in_thread(self, fn: Callable[[BlockId], bytes], bid: BlockId) -> bytes:
+    async def _in_thread(self, fn: Callable[[BlockId], T], bid: BlockId) -> T:
         # Abandoned on cancellation (a read deadline must not wait for a slow socket); the
         # thread then finishes on its own, bounded by the socket timeouts.
         return await trio.to_thread.run_sync(fn, bid, abandon_on_cancel=True)
@@ -375,14 +377,14 @@ class RemoteClient:
     def _get_plain_sync(self, bid: BlockId) -> bytes:
         return _decode_verified(self._get_frame_sync(bid), bid)
 
-    def _get_frame_sync(self, bid: BlockId) -> bytes:
+    def _get_frame_sync(self, bid: BlockId) -> bytearray:
         assert self._bulk is not None
         bulk = self._bulk
         return self._bulk_sync("GET", f"/api/v1/blocks/{bid}", lambda: bulk.get(bid))
 
     def _bulk_sync(
-        self, method: str, path: str, call: Callable[[], tuple[int, dict[str, str], bytes]]
-    ) -> bytes:
+        self, method: str, path: str, call: Callable[[], tuple[int, dict[str, str], bytearray]]
+    ) -> bytearray:
         """Run one `BulkTransport` call and map its outcome like `request` does."""
         try:
             status, headers, body = call()
@@ -394,7 +396,8 @@ class RemoteClient:
             raise errors.Offline(f"server unreachable: {exc or type(exc).__name__}") from exc
         if not 200 <= status < 300:
             request = httpx.Request(method, self._http.base_url.join(path))
-            _raise_for(httpx.Response(status, headers=headers, content=body, request=request))
+            answer = httpx.Response(status, headers=headers, content=bytes(body), request=request)
+            _raise_for(answer)
             raise errors.ServerError(f"{method} {path}: unexpected status {status}")
         return body
 
@@ -434,7 +437,7 @@ class RemoteClient:
             return
         bulk = self._bulk
 
-        def send() -> bytes:
+        def send() -> bytearray:
             body = encode_block_records(items)
             return self._bulk_sync("POST", path, lambda: bulk.post(path, body, OCTET_STREAM))
 
@@ -522,5 +525,5 @@ class RemoteClient:
         return bool(body.get("changes")), backoff if isinstance(backoff, int) else None
 
 
-def _decode_verified(frame: bytes, bid: BlockId) -> bytes:
+def _decode_verified(frame: bytes | bytearray | memoryview, bid: BlockId) -> bytes:
     return decode_wire(frame, expected_id=bid)

@@ -85,19 +85,19 @@ class BulkTransport:
         for sock in idle:
             sock.close()
 
-    def get(self, bid: BlockId) -> tuple[int, dict[str, str], bytes]:
+    def get(self, bid: BlockId) -> tuple[int, dict[str, str], bytearray]:
         """`GET /api/v1/blocks/{bid}` -> (status, lower-cased headers, body)."""
         return self._round_trip("GET", f"/api/v1/blocks/{bid}", b"")
 
     def post(
         self, path: str, body: bytes | bytearray, content_type: str
-    ) -> tuple[int, dict[str, str], bytes]:
+    ) -> tuple[int, dict[str, str], bytearray]:
         """`POST path` with `body` (an idempotent request only) -> (status, headers, body)."""
         return self._round_trip("POST", path, body, content_type)
 
     def _round_trip(
         self, method: str, path: str, body: bytes | bytearray, content_type: str = ""
-    ) -> tuple[int, dict[str, str], bytes]:
+    ) -> tuple[int, dict[str, str], bytearray]:
         head = f"{method} {self._prefix}{path} HTTP/1.1\r\n".encode() + self._headers
         if method != "GET":
             head += f"Content-Type: {content_type}\r\nContent-Length: {len(body)}\r\n".encode()
@@ -144,7 +144,7 @@ class BulkTransport:
 
 def _exchange(
     sock: ssl.SSLSocket, request_head: bytes, body: bytes | bytearray, reused: bool
-) -> tuple[int, dict[str, str], bytes, bool]:
+) -> tuple[int, dict[str, str], bytearray, bool]:
     """Send one request and read its reply: (status, headers, body, keep-alive)."""
     try:
         sock.sendall(request_head)
@@ -161,7 +161,7 @@ def _exchange(
     return _read_reply(sock, reused)
 
 
-def _read_reply(sock: ssl.SSLSocket, reused: bool) -> tuple[int, dict[str, str], bytes, bool]:
+def _read_reply(sock: ssl.SSLSocket, reused: bool) -> tuple[int, dict[str, str], bytearray, bool]:
     head = bytearray()
     try:
         while (end := head.find(b"\r\n\r\n")) < 0:
@@ -199,7 +199,7 @@ def _read_reply(sock: ssl.SSLSocket, reused: bool) -> tuple[int, dict[str, str],
         got += n
     view.release()
     keep = headers.get("connection", "").lower() != "close"
-    return status, headers, bytes(reply), keep
+    return status, headers, reply, keep
 
 
 def _parse_head(head: bytes) -> tuple[int, dict[str, str]]:
