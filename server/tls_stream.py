@@ -180,8 +180,11 @@ class TlsListener(trio.abc.Listener[TlsSocketStream]):
                     continue
                 raise
             raw = socket.socket(conn.family, conn.type, conn.proto, fileno=conn.detach())
-            raw.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-            return TlsSocketStream(raw, self._context, self._buffer)
+            try:
+                raw.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+                return TlsSocketStream(raw, self._context, self._buffer)
+            except OSError:  # ssl.SSLError too: e.g. reset right after sending a few bytes
+                raw.close()  # that client is gone; the server must not go with it
 
     async def aclose(self) -> None:
         """Stop listening."""
