@@ -44,6 +44,8 @@ __all__ = ["DEFAULT_CACHE_BYTES", "run_mount"]
 
 log = logging.getLogger(__name__)
 
+UPLOAD_CACHE_FRACTION = 16
+"""Files bigger than 1/16 of the block cache do not enter it when uploaded (see `Uploader`)."""
 DEFAULT_CACHE_BYTES = 5 << 30
 MAX_FUSE_TASKS = 64
 STATUS_EVERY_S = 1.0
@@ -74,7 +76,8 @@ async def _serve(home: Home, mountpoint: Path, cache_bytes: int, allow_other: bo
         content = ContentStore(state, home.dirty_path, fetcher, cache_bytes)
         tree = TreeSync(state, remote, on_removed=invalidator.entry, on_changed=invalidator.inode)
         uploader = Uploader(state, content, remote, cache, cfg.device,
-                            on_changed=invalidator.inode, on_entry=invalidator.entry)  # fmt: skip
+                            on_changed=invalidator.inode, on_entry=invalidator.entry,
+                            cache_files_up_to=cache_bytes // UPLOAD_CACHE_FRACTION)  # fmt: skip
         activity = Activity(cfg.device, cfg.device_id)
         applier = ChangeApplier(state, cfg.device, device_id=cfg.device_id,
                                 on_entry=invalidator.entry,

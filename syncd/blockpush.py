@@ -93,8 +93,8 @@ class BlockPusher:
                 raise
             raise leaf from group
 
-    async def add(self, chunk: NewChunk, *, cached: bool = False) -> None:
-        """Take one new chunk (put in the block cache unless `cached`; sent with its group)."""
+    async def add(self, chunk: NewChunk, *, put_in_cache: bool = True) -> None:
+        """Take one new chunk (sent with its group; also put in the block cache if asked)."""
         self.bytes_hashed += len(chunk.data)
         if self._remember is not None:
             self._remember(chunk.block_id, chunk.data)
@@ -102,7 +102,7 @@ class BlockPusher:
             await trio.lowlevel.checkpoint()
             return
         self._seen.add(chunk.block_id)
-        if not cached:
+        if put_in_cache:
             await run_io(_cache_put, self.cache, chunk.block_id, chunk.data)
         self._group[chunk.block_id] = chunk.data
         self._group_bytes += len(chunk.data)

@@ -85,7 +85,16 @@ class Uploader:
         *,
         on_changed: Callable[[int], None] | None = None,
         on_entry: Callable[[int, str, int], None] | None = None,
+        cache_files_up_to: int | None = None,
     ) -> None:
+        """`cache_files_up_to`: put the new blocks of a file in the block cache only while
+        the file is at most this big (None: always). A large file streamed into the drive
+        would otherwise evict what the cache holds for reading, and writing it to the cache
+        as well as to the dirty file and the server makes the kernel write back
+        gigabytes during the upload: a 1 GiB `cp` until durable took 9.9-10.9 s with the cache
+        copy and 7.9-8.0 s without (two runs each). Its pages stay in the kernel's page cache;
+        once those are gone, reading it again fetches it from the server."""
+        self.cache_files_up_to = cache_files_up_to
         self.state = state
         self.content = content
         self.remote = remote
@@ -337,7 +346,12 @@ class Uploader:
                 self.progress["done"] = off + len(data)
             return data
 
-        blocks = await rechunk(dirty.base_blocks, p, size, read, pusher.add)
+        keep = self.cache_files_up_to is None or size <= self.cache_files_up_to
+
+        async def sink(chunk: NewChunk) -> None:
+            await pusher.add(chunk, put_in_cache=keep)
+
+        blocks = await rechunk(dirty.base_blocks, p, size, read, sink)
         return _Item(seq, op, node, gen, blocks, sum(s for _, s in blocks))
 
     async def _prepare_small(self, small: list[tuple[int, dict[str, Any], Node]],
@@ -353,7 +367,7 @@ class Uploader:
                 continue  # changed under us (shorter than recorded): next round
             bid, data = res
             if data:
-                await pusher.add(NewChunk(0, bid, data), cached=True)
+                await pusher.add(NewChunk(0, bid, data), put_in_cache=False)  # cached already
             blocks = [(bid, len(data))] if data else []
             out.append(_Item(seq, op, node, gen, blocks, len(data)))
         return out
