@@ -89,6 +89,8 @@ async def _serve(home: Home, mountpoint: Path, cache_bytes: int, allow_other: bo
         sync = _Sync(uploader, follower, activity)
         quota = [1 << 50, 0]
         vfs = Vfs(state, content, tree, uploader, quota=lambda: (quota[0], quota[1]))
+        uploader.open_for_writing = vfs.open_for_writing
+        uploader.requeue_unqueued()
         options = {"fsname=drive", "subtype=drive", "default_permissions", "noatime"}
         if allow_other:
             options.add("allow_other")

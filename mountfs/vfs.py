@@ -82,6 +82,8 @@ class Vfs:
         self._lookups: dict[int, int] = {}
         self._handles: dict[int, FileHandle | _DirHandle] = {}
         self._open_count: dict[int, int] = {}
+        self._writers: dict[int, int] = {}
+        """ino -> open handles that may write to it."""
         self._next_fh = 1
         self._kernel_version: dict[int, int] = {}
         self._local_gen: dict[int, int] = {}
@@ -434,7 +436,13 @@ class Vfs:
             handle.snapshot = (list(node.blocks), list(node.block_starts()), node.size)
         self._handles[fh] = handle
         self._open_count[node.ino] = self._open_count.get(node.ino, 0) + 1
+        if write:
+            self._writers[node.ino] = self._writers.get(node.ino, 0) + 1
         return handle
+
+    def open_for_writing(self, ino: int) -> bool:
+        """True while some handle may still write to `ino` (the uploader waits for it)."""
+        return ino in self._writers
 
     async def open(self, ino: int, flags: int) -> tuple[int, bool]:
         """Open a file; returns `(fh, keep_cache)`."""
@@ -528,6 +536,13 @@ class Vfs:
         if handle.dirty and self.state.node(handle.ino) is not None:
             await self.flush(fh)
         self._handles.pop(fh, None)
+        if handle.writable:
+            writers = self._writers.get(handle.ino, 1) - 1
+            if writers:
+                self._writers[handle.ino] = writers
+            else:
+                del self._writers[handle.ino]
+                self._wake()  # a commit of this file may be waiting for its last writer
         left = self._open_count.get(handle.ino, 1) - 1
         if left:
             self._open_count[handle.ino] = left

@@ -184,8 +184,13 @@ class Writer:
         self._txn.delete(_k(parent) + name.encode(), db=self._db._dirents)
 
     def add_op(self, op: dict[str, Any]) -> int:
+        """Queue `op`; its sequence number is never reused, even after the queue drains
+        (the uploader keys its retry counts and held ops by it)."""
         cur = self._txn.cursor(db=self._db._ops)
-        seq = _U64.unpack(cur.key())[0] + 1 if cur.last() else 1
+        last = _U64.unpack(cur.key())[0] if cur.last() else 0
+        raw = self._txn.get(b"op_seq", db=self._db._meta)
+        seq = max(last, int(raw) if raw is not None else 0) + 1
+        self._txn.put(b"op_seq", str(seq).encode(), db=self._db._meta)
         self._txn.put(_k(seq), json.dumps(op).encode(), db=self._db._ops)
         return seq
 

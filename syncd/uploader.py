@@ -52,6 +52,9 @@ __all__ = ["Uploader", "conflicted_name"]
 log = logging.getLogger(__name__)
 
 MAX_BACKOFF_S = 15.0
+HOLD_OPEN_S = 1.0
+"""Longest wait for the last writer of a file before its queued commit is sent anyway (a
+file kept open, like a log, still reaches the server after each close of a descriptor)."""
 RETRY_TORN_S = 0.2
 MAX_CRASHES = 5
 ROUND_OPS = 500
@@ -95,6 +98,9 @@ class Uploader:
         copy and 7.9-8.0 s without (two runs each). Its pages stay in the kernel's page cache;
         once those are gone, reading it again fetches it from the server."""
         self.cache_files_up_to = cache_files_up_to
+        self.open_for_writing: Callable[[int], bool] = lambda ino: False
+        """Set by the mount: whether a file still has handles that may write to it."""
+        self._held_seq: int | None = None
         self.state = state
         self.content = content
         self.remote = remote
@@ -134,6 +140,28 @@ class Uploader:
             self._idle = trio.Event()
             await self._idle.wait()
 
+    def requeue_unqueued(self) -> int:
+        """Queue a commit for every changed file that has none queued; returns how many.
+
+        A file written and closed just before a crash of the client has its content and
+        its dirty state on disk; this makes sure it still reaches the server (N1), whatever
+        moment the crash hit. Called once at start, before anything else is queued.
+        """
+        queued = {op.get("ino") for _, op in self.state.ops() if op.get("op") == "commit"}
+        orphans = [n for n in self.state.dirty_nodes()
+                   if n.kind == "file" and n.linked and n.ino not in queued]  # fmt: skip
+        if not orphans:
+            return 0
+        with self.state.write() as w:
+            for node in orphans:
+                try:
+                    path = path_of(self.state, node.ino)
+                except KeyError:
+                    continue  # not reachable from the root: nothing to commit it under
+                w.add_op({"op": "commit", "ino": node.ino, "path": path})
+        log.info("queued %d changed files that were not queued yet", len(orphans))
+        return len(orphans)
+
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         task_status.started()
         backoff = 0.5
@@ -143,6 +171,8 @@ class Uploader:
                 self._idle.set()
                 self._wake = trio.Event()
                 await self._wake.wait()
+                continue
+            if await self._hold_for_last_writer(ops[0]):
                 continue
             batch = self._round(ops)
             seq, op = batch[0]
@@ -204,6 +234,26 @@ class Uploader:
                 for s in done:
                     w.delete_op(s)
             self.busy_seqs = set()
+
+    async def _hold_for_last_writer(self, head: tuple[int, dict[str, Any]]) -> bool:
+        """Wait (once per op, at most `HOLD_OPEN_S`) while the head commit's file is open.
+
+        A shell's `echo hi > f` closes its file twice (after `dup2`, and at exit), and each
+        close queues a commit; sending the first one at once made an empty revision before
+        the real one. Returns True if it waited (the caller re-reads the queue, where the
+        second close's commit has coalesced into this one).
+        """
+        seq, op = head
+        if op.get("op") != "commit" or seq == self._held_seq:
+            return False
+        if not self.open_for_writing(int(op["ino"])):
+            return False
+        self._held_seq = seq
+        with trio.move_on_after(HOLD_OPEN_S):
+            while self.open_for_writing(int(op["ino"])):
+                self._wake = trio.Event()
+                await self._wake.wait()
+        return True
 
     def _round(self, ops: list[tuple[int, dict[str, Any]]]) -> list[tuple[int, dict[str, Any]]]:
         """The ops to send now: one non-commit op, or a run of commits of distinct files."""

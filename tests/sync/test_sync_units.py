@@ -256,3 +256,23 @@ async def test_local_edits_and_queued_moves_win_over_remote_changes(state: State
     assert node.rev == 1  # the local edit keeps its base; the commit will resolve it
     assert node.linked  # modify beats delete
     assert json.dumps(node.to_json())
+
+
+def test_queue_sequence_numbers_are_never_reused(tmp_path: Path) -> None:
+    state = StateDB(tmp_path / "seq-state")
+    with state.write() as w:
+        first = w.add_op({"op": "commit", "ino": 5, "path": "/a"})
+    with state.write() as w:
+        w.delete_op(first)  # the queue drains...
+    with state.write() as w:
+        second = w.add_op({"op": "commit", "ino": 6, "path": "/b"})
+    assert second > first  # ...and the next op still gets a new number
+    state.close()
+    again = StateDB(tmp_path / "seq-state")  # across restarts too
+    try:
+        with again.write() as w:
+            w.delete_op(second)
+        with again.write() as w:
+            assert w.add_op({"op": "commit", "ino": 7, "path": "/c"}) > second
+    finally:
+        again.close()
