@@ -33,13 +33,18 @@ log = logging.getLogger(__name__)
 MAX_CONFLICTS_KEPT = 100
 
 
-def conflicted_name(name: str, device: str, when: float | None = None) -> str:
-    """Dropbox's convention: `a (conflicted copy from DEV 2026-11-22 163000).txt`."""
+MAX_COPY_NAME_TRIES = 20
+"""Names tried for one conflicted copy (` (2)`, ` (3)`, ... when the first is taken)."""
+
+
+def conflicted_name(name: str, device: str, when: float | None = None, n: int = 1) -> str:
+    """Dropbox's convention: `a (conflicted copy from DEV 2026-11-22 163000).txt`; the
+    `n`th try when that name is taken adds ` (n)`: `a (conflicted copy ... 163000) (2).txt`."""
     stamp = time.strftime("%Y-%m-%d %H%M%S", time.localtime(when))
     stem, dot, ext = name.rpartition(".")
     if not dot or not stem:
         stem, ext = name, ""
-    suffix = f" (conflicted copy from {device} {stamp})"
+    suffix = f" (conflicted copy from {device} {stamp})" + (f" ({n})" if n > 1 else "")
     return f"{stem}{suffix}.{ext}" if ext else f"{stem}{suffix}"
 
 
@@ -158,9 +163,18 @@ class ConflictResolver:
         """Ours becomes a conflicted copy; the node shows the server's version."""
         where = _parent(cur.path) if cur.path != path and cur.kind == "file" else _parent(path)
         _, _, name = path.rpartition("/")
-        cname = conflicted_name(name, self.device)
-        cpath = f"{where.rstrip('/')}/{cname}"
-        rec = await self._commit(cpath, None, node, blocks, size, commit_id + "-conflict")
+        when = time.time()
+        for n in range(1, MAX_COPY_NAME_TRIES + 1):
+            cname = conflicted_name(name, self.device, when, n)
+            cpath = f"{where.rstrip('/')}/{cname}"
+            suffix = "-conflict" if n == 1 else f"-conflict-{n}"
+            try:
+                rec = await self._commit(cpath, None, node, blocks, size, commit_id + suffix)
+                break
+            except (errors.Conflict, errors.Exists):
+                if n == MAX_COPY_NAME_TRIES:
+                    raise  # the uploader retries the whole commit later
+                continue  # that copy name is taken (two conflicts in one second): next
         log.warning("conflict: %s changed elsewhere; the local version is saved as %s",
                     path, rec.path)  # fmt: skip
         conflicts = list(self.state.get_meta("conflicts", []))

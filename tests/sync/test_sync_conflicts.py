@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import hashlib
 import os
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
+from syncd.conflicts import conflicted_name
 from tests.helpers.mount_proc import MountProcess, requires_fuse
 from tests.helpers.tcp_proxy import TcpProxy
 from tests.sync.conftest import Account, read_or_none, wait_for
@@ -140,3 +142,37 @@ def test_offline_work_on_both_sides_converges(
     assert (a.mnt / "old" / "inner.txt").read_bytes() == b"inner, edited offline on B\n"
     assert (b.mnt / "keep.txt").read_bytes() == b"changed by A\n"
     assert (b.mnt / "from-a.txt").read_bytes() == b"A while B was away\n"
+
+
+def test_a_taken_conflicted_copy_name_gets_a_number(
+    a_b_offline_capable: tuple[MountProcess, MountProcess, TcpProxy],
+) -> None:
+    a, b, proxy = a_b_offline_capable
+    (a.mnt / "plan.txt").write_bytes(b"original\n")
+    wait_for(lambda: read_or_none(b.mnt / "plan.txt") == b"original\n", "plan.txt on B")
+    proxy.cut()
+    (b.mnt / "plan.txt").write_bytes(b"B's plan\n")
+    wait_for(lambda: b.status().get("online") is False, "B noticing it is offline")
+    (a.mnt / "plan.txt").write_bytes(b"A's plan\n")
+    # Every name B's conflicted copy could get in the next minute is already taken on A.
+    now = time.time()
+    for second in range(-2, 60):
+        name = conflicted_name("plan.txt", "devB", now + second)
+        (a.mnt / name).write_bytes(b"squatter\n")
+    a.wait_synced()
+    proxy.restore()
+    b.wait_synced(timeout=60)
+    numbered = wait_for(
+        lambda: (
+            [
+                n
+                for n in os.listdir(a.mnt)
+                if n.startswith("plan (conflicted copy from devB") and n.endswith(") (2).txt")
+            ]
+            or None
+        ),
+        "B's copy under a numbered name on A",
+    )
+    assert len(numbered) == 1
+    assert (a.mnt / numbered[0]).read_bytes() == b"B's plan\n"
+    assert (a.mnt / "plan.txt").read_bytes() == b"A's plan\n"
