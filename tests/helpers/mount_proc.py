@@ -18,6 +18,7 @@ import os
 import shutil
 import subprocess
 import time
+from collections.abc import Sequence
 from pathlib import Path
 from types import TracebackType
 
@@ -74,7 +75,9 @@ class MountProcess:
     """One foreground mount process (see the module docstring)."""
 
     def __init__(self, home: Path, mnt: Path, *, cache_size: str | None = None,
-                 env: dict[str, str] | None = None) -> None:  # fmt: skip
+                 env: dict[str, str] | None = None, extra: Sequence[str] = ()) -> None:  # fmt: skip
+        self.extra = list(extra)
+        """More `drive mount` options (e.g. `--allow-other`)."""
         self.home = Path(home)
         self.mnt = Path(mnt)
         self.cache_size = cache_size
@@ -88,6 +91,7 @@ class MountProcess:
                 "--foreground"]  # fmt: skip
         if self.cache_size:
             args += ["--cache-size", self.cache_size]
+        args += self.extra
         with open(self.log_path, "ab") as log:
             self.proc = subprocess.Popen(
                 drive_command(*args), stdout=log, stderr=subprocess.STDOUT,
