@@ -104,6 +104,9 @@ class BlockFetcher:
         self._prefetch_send, self._prefetch_recv = trio.open_memory_channel[list[BlockId]](64)
         self._queued: set[BlockId] = set()
         self.fetched_from_server = 0
+        # Protocol isinstance checks are slow (typing inspects the class): decide once.
+        self._verifying = source if isinstance(source, VerifyingBlockSource) else None
+        self._grouping = source if isinstance(source, GroupBlockSource) else None
 
     # -- memory layer -------------------------------------------------------------------
 
@@ -195,9 +198,9 @@ class BlockFetcher:
                 raise errors.Offline(f"block {bid} not cached; server unreachable: {reason}")
             try:
                 with trio.fail_after(remaining):
-                    if isinstance(self.source, VerifyingBlockSource):
+                    if self._verifying is not None:
                         # Fetch + decode + SHA-256 check in one worker-thread hop.
-                        data = await self.source.get_block_plain(bid)
+                        data = await self._verifying.get_block_plain(bid)
                     else:
                         frame = await self.source.get_block(bid)
                 break
@@ -266,7 +269,7 @@ class BlockFetcher:
                 # this worker while the blocks behind it wait.
                 todo = [b for b in group if b not in self._mem and b not in self._inflight]
                 try:
-                    if len(todo) == 1 or not isinstance(self.source, GroupBlockSource):
+                    if len(todo) == 1 or self._grouping is None:
                         for bid in todo:
                             await self.get(bid)
                     elif todo:
@@ -291,9 +294,9 @@ class BlockFetcher:
                     todo.append(bid)
                 else:
                     self._land(bid, flights.pop(bid), data)
-            assert isinstance(self.source, GroupBlockSource)
+            assert self._grouping is not None
             while todo:
-                got = await self.source.get_blocks_plain(todo)
+                got = await self._grouping.get_blocks_plain(todo)
                 self.fetched_from_server += len(got)
                 await run_io(_cache_put_many, self.cache, got)
                 for bid, data in got:
