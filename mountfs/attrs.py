@@ -14,8 +14,10 @@ from syncd.state import Node
 
 __all__ = ["Attr", "Caller", "FsStats", "VfsError", "attr_of"]
 
-BLOCK_SIZE_BYTES = 128 * 1024
-"""st_blksize: tools like cp size their buffers by it; the kernel reads 128 KiB at a time."""
+BLOCK_SIZE_BYTES = 1024 * 1024
+"""st_blksize: tools like `cp` size their buffers by it, and each FUSE request costs the mount
+about the same whatever its size: with 1 MiB, `cp` of 256 MiB into the mount sends 256 write
+requests instead of 2,048 (under strace: 554 instead of 132 MiB/s)."""
 
 
 class VfsError(OSError):
