@@ -161,7 +161,7 @@ class BlockFetcher:
         await flight.done.wait()
         if flight.error is not None:
             if isinstance(flight.error, (trio.Cancelled, _AskAgain)):
-                return await self.get(bid)  # the first reader was cancelled, not us
+                return await self.get(bid)  # the first reader was cancelled or gave up, not us
             raise flight.error
         assert flight.data is not None
         return flight.data
@@ -239,7 +239,7 @@ class BlockFetcher:
         until a whole group is due, so a reader moving one block at a time does not turn
         every step into a request of one block. Dropped silently when the queue is full.
         """
-        wanted = list(bids)
+        wanted = list(dict.fromkeys(bids))  # a file may hold one block many times (zeros)
         new = [b for b in wanted if b not in self._mem and b not in self._inflight
                and b not in self._queued]  # fmt: skip
         if not new:
@@ -276,6 +276,8 @@ class BlockFetcher:
                         await self._get_group(todo)
                 except (errors.SyncError, CorruptBlockError, OSError) as exc:
                     log.debug("read-ahead of %s failed: %s", todo, exc)
+                except Exception:  # read-ahead is an optimisation: a bug must not stop reads
+                    log.exception("read-ahead of %s crashed", todo)
 
     async def _get_group(self, bids: list[BlockId]) -> None:
         """Load several blocks (cache, then one request per server answer) for read-ahead.
@@ -283,6 +285,7 @@ class BlockFetcher:
         Each block gets a flight, so readers wait for the group instead of asking again;
         blocks the group could not deliver end their flight with `_AskAgain`.
         """
+        bids = list(dict.fromkeys(bids))
         flights = {}
         for bid in bids:
             flights[bid] = self._inflight[bid] = _Flight()

@@ -161,3 +161,19 @@ async def test_a_failed_group_leaves_each_reader_to_fetch_its_block() -> None:
         assert sorted(got) == sorted([blocks[1][1], blocks[2][1]])
         assert sorted(server.single_requests) == sorted([ids[1], ids[2]])
         nursery.cancel_scope.cancel()
+
+
+async def test_read_ahead_of_a_block_that_repeats_asks_for_it_once() -> None:
+    zeros = bytes(4096)
+    other = _blocks(2)
+    server = GroupServer({block_id(zeros): zeros, **dict(other)})
+    server.release.set()
+    fetcher = BlockFetcher(DictCache(), server)
+    async with trio.open_nursery() as nursery:
+        await nursery.start(fetcher.run)
+        z = block_id(zeros)
+        fetcher.prefetch([z, z, other[0][0], z, other[1][0], z])  # a sparse file's zeros
+        await _settle()
+        assert server.group_requests == [[z, other[0][0], other[1][0]]]
+        assert await fetcher.get(z) == zeros
+        nursery.cancel_scope.cancel()
