@@ -152,6 +152,7 @@ class Uploader:
                    if n.kind == "file" and n.linked and n.ino not in queued]  # fmt: skip
         if not orphans:
             return 0
+        added = 0
         with self.state.write() as w:
             for node in orphans:
                 try:
@@ -159,8 +160,9 @@ class Uploader:
                 except KeyError:
                     continue  # not reachable from the root: nothing to commit it under
                 w.add_op({"op": "commit", "ino": node.ino, "path": path})
-        log.info("queued %d changed files that were not queued yet", len(orphans))
-        return len(orphans)
+                added += 1
+        log.info("queued %d changed files that were not queued yet", added)
+        return added
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         task_status.started()
