@@ -212,10 +212,16 @@ def up(args: argparse.Namespace) -> int:
     server = _ensure_server(data)
     _ensure_login(data, server, getpass.getuser())
     _ensure_mount(mp)
-    print(
-        f"\nYour drive is at {mp}. Next:\n"
-        f"  cp SOMEFILE {mp}/          put files in; they sync in the background\n"
-        f"  drive status               what is pending, conflicts, recent changes\n"
-        f"  drive unmount {mp} --wait  stop, once everything reached the server"
-    )
+    steps = [
+        (f"cp SOMEFILE {mp}/", "put files in; they sync in the background"),
+        ("drive status", "what is pending, conflicts, recent changes"),
+        (f"drive unmount {mp} --wait", "stop, once everything reached the server"),
+    ]
+    print(f"\nYour drive is at {mp}. Next:\n" + _aligned(steps))
     return 0
+
+
+def _aligned(rows: list[tuple[str, str]]) -> str:
+    """Commands and what they do, the explanations in one column whatever the path length."""
+    width = max(len(cmd) for cmd, _ in rows)
+    return "\n".join(f"  {cmd.ljust(width)}  {what}" for cmd, what in rows)

@@ -49,6 +49,10 @@ def test_up_twice_on_a_clean_home(up_home):
     assert "login: created user" in first.stdout
     assert "password for" in first.stdout
     assert f"mount: mounted at {mnt}" in first.stdout
+    steps = first.stdout.split("Next:\n", 1)[1].splitlines()[:3]
+    wants = ("put files", "what is", "stop,")
+    columns = {line.index(what) for line, what in zip(steps, wants, strict=True)}
+    assert len(columns) == 1, steps  # the explanations line up whatever the path's length
     assert os.path.ismount(mnt)
 
     (mnt / "hello.txt").write_text("hello from drive up\n")
