@@ -9,6 +9,7 @@ test goes through here.
 
 from __future__ import annotations
 
+import socket
 from collections.abc import Awaitable, Callable
 from functools import partial
 from typing import Any
@@ -23,20 +24,31 @@ from hypercorn.utils import ShutdownError, raise_shutdown, repr_socket_addr, wra
 
 from server.tls_stream import TlsListener
 
-__all__ = ["serve_https"]
+__all__ = ["bind_sockets", "serve_https"]
 
 RECEIVE_CHUNK_BYTES = 1 << 20
 """How much hypercorn asks of a connection per read (its default is 64 KiB)."""
 
 
+def bind_sockets(config: Config) -> list[socket.socket]:
+    """The listening sockets for `config.bind` (call before `trio.run`, so that a busy port
+    is a plain `OSError` the command can report in one line)."""
+    sockets = config.create_sockets().secure_sockets
+    for sock in sockets:
+        sock.listen(config.backlog)
+    return sockets
+
+
 async def serve_https(
     app: Any,
     config: Config,
+    sockets: list[socket.socket],
     *,
     shutdown_trigger: Callable[[], Awaitable[None]],
     task_status: trio.TaskStatus[list[str]] = trio.TASK_STATUS_IGNORED,
 ) -> None:
-    """Serve the ASGI `app` on `config.bind` over TLS until `shutdown_trigger` returns.
+    """Serve the ASGI `app` over TLS on `sockets` (from `bind_sockets`) until
+    `shutdown_trigger` returns.
 
     Reports the bound URLs (``https://host:port``) through `task_status`.
     """
@@ -55,15 +67,14 @@ async def serve_https(
         await lifespan_nursery.start(lifespan.handle_lifespan)
         await lifespan.wait_for_startup()
         async with trio.open_nursery() as server_nursery:
-            sockets = config.create_sockets().secure_sockets
             listeners = []
             binds = []
             for sock in sockets:
-                sock.listen(config.backlog)
                 listeners.append(TlsListener(sock, ssl_context))
                 binds.append(f"https://{repr_socket_addr(sock.family, sock.getsockname())}")
             task_status.started(binds)
-            handler = partial(TCPServer, asgi, config, context, ConnectionState(lifespan_state))
+            state = ConnectionState(lifespan_state.copy())  # as hypercorn does
+            handler = partial(TCPServer, asgi, config, context, state)
             try:
                 async with trio.open_nursery(strict_exception_groups=True) as nursery:
                     nursery.start_soon(raise_shutdown, shutdown_trigger)

@@ -17,6 +17,7 @@ import json
 import logging
 import os
 import signal
+import socket
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -26,7 +27,7 @@ from hypercorn.config import Config as HyperConfig
 
 from server.app import build_app
 from server.config import ConfigError, load_config
-from server.http_worker import serve_https
+from server.http_worker import bind_sockets, serve_https
 from server.services import Services
 from server.tls import ensure_tls
 
@@ -57,7 +58,11 @@ def _hyper_config(
 
 
 async def _serve(
-    services: Services, hyper: HyperConfig, data_dir: Path, on_ready: Callable[[str], object]
+    services: Services,
+    hyper: HyperConfig,
+    sockets: list[socket.socket],
+    data_dir: Path,
+    on_ready: Callable[[str], object],
 ) -> None:
     shutdown = trio.Event()
 
@@ -76,7 +81,7 @@ async def _serve(
             nursery.start_soon(on_signal)
             binds = await nursery.start(
                 lambda task_status: serve_https(
-                    build_app(services), hyper, shutdown_trigger=wait_shutdown,
+                    build_app(services), hyper, sockets, shutdown_trigger=wait_shutdown,
                     task_status=task_status,
                 )
             )  # fmt: skip
@@ -130,12 +135,14 @@ def run_server(
         tls = ensure_tls(data_dir, cert, key)
     except (OSError, ValueError) as exc:
         raise ServeError(f"cannot set up TLS: {exc}") from exc
-    services = Services.open(data_dir, config, tls.fingerprint)
     hyper = _hyper_config(listen, tls.cert, tls.key, config.keep_alive_seconds, config.backlog)
     try:
-        trio.run(_serve, services, hyper, data_dir, on_ready)
+        sockets = bind_sockets(hyper)  # before anything opens: a busy port changes nothing
     except OSError as exc:
         raise ServeError(f"cannot listen on {listen}: {exc.strerror or exc}") from exc
+    services = Services.open(data_dir, config, tls.fingerprint)
+    try:
+        trio.run(_serve, services, hyper, sockets, data_dir, on_ready)
     finally:
         (data_dir / SERVER_JSON).unlink(missing_ok=True)
         services.close()

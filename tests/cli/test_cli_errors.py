@@ -160,3 +160,17 @@ def test_bad_client_settings_are_one_line(home):
     assert_one_line(drive(home, "revisions", "/a"), "unknown setting 'cache_sise'")
     (home / "config.toml").write_text("cache_size = [\n")
     assert_one_line(drive(home, "revisions", "/a"), "not valid TOML")
+
+
+def test_server_on_a_busy_port_or_unknown_host_is_one_line(home, tmp_path):
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        done = drive(home, "server", "serve", "--data", str(tmp_path / "busy"),
+                     "--listen", f"127.0.0.1:{port}")  # fmt: skip
+        assert_one_line(done, f"cannot listen on 127.0.0.1:{port}", "in use")
+    assert not (tmp_path / "busy" / "server.json").exists()
+    done = drive(home, "server", "serve", "--data", str(tmp_path / "nohost"),
+                 "--listen", "no-such-host.invalid:8443")  # fmt: skip
+    assert_one_line(done, "cannot listen on no-such-host.invalid:8443")
