@@ -89,7 +89,7 @@ async def read_blocks(
         await trio.lowlevel.checkpoint()
         return b""
     i = bisect.bisect_right(starts, off) - 1
-    parts: list[bytes] = []
+    parts: list[bytes | memoryview] = []  # views: the one copy is the join (or `bytes`)
     pos = off
     last = i
     while pos < end and i < len(blocks):
@@ -101,13 +101,15 @@ async def read_blocks(
         data = await fetcher.get(bid)
         lo = pos - bstart
         hi = min(size, end - bstart)
-        parts.append(data[lo:hi] if (lo, hi) != (0, len(data)) else data)
+        parts.append(memoryview(data)[lo:hi] if (lo, hi) != (0, len(data)) else data)
         pos = bstart + hi
         last = i
         i += 1
     if readahead:
         fetcher.prefetch(b for b, _ in blocks[last + 1 : last + 1 + readahead])
-    return parts[0] if len(parts) == 1 else b"".join(parts)
+    if len(parts) == 1:
+        return bytes(parts[0])  # a whole block is returned as is, a view copied once
+    return b"".join(parts)
 
 
 class ContentStore:
