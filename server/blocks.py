@@ -117,7 +117,9 @@ class BlockService:
 
     def get_plain_sync(self, who: Principal, bid: BlockId) -> bytes:
         """The plaintext of a block `who` holds (worker thread); never wrong bytes."""
-        return self._get_sync(who, bid, unseal)
+        if not self.db.call(block_rows.has_block, who.user_id, bid):
+            raise NotFound(f"no block {bid}")
+        return self._open_stored(who, bid, self._data_key(who.user_id, who.account), unseal)
 
     def get_wire_sync(self, who: Principal, bid: BlockId) -> bytes | bytearray:
         """The block as a wire frame (worker thread): decrypted, not decompressed.
@@ -126,7 +128,7 @@ class BlockService:
         checks the SHA-256 of every block it decodes, so the server neither decompresses
         nor re-hashes here (`blockstore.codec.sealed_to_wire`).
         """
-        return self._get_sync(who, bid, sealed_to_wire)
+        return self.get_wire_many_sync(who, [bid], 0)[0][1]
 
     def get_wire_many_sync(
         self, who: Principal, bids: list[BlockId], budget: int
@@ -151,17 +153,6 @@ class BlockService:
             out.append((bid, frame))
             total += len(frame)
         return out
-
-    def _get_sync(
-        self,
-        who: Principal,
-        bid: BlockId,
-        opener: Callable[[DataKey, str, BlockId, bytes], T],
-    ) -> T:
-        """`opener` (`unseal` or `sealed_to_wire`) applied to the sealed block `who` holds."""
-        if not self.db.call(block_rows.has_block, who.user_id, bid):
-            raise NotFound(f"no block {bid}")
-        return self._open_stored(who, bid, self._data_key(who.user_id, who.account), opener)
 
     def _open_stored(
         self,
