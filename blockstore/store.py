@@ -16,7 +16,8 @@ Directory names never contain `.`, object files always end in `.blk` and tempora
 start with `.`, so no key's object can collide with another key's directory or with a
 temporary file, and `keys()` can invert the mapping exactly.
 
-Atomicity: `put` writes a private temporary file, fsyncs it, then hard-links it to the
+Atomicity: `put` writes a private temporary file (with O_DIRECT where the filesystem allows,
+`blockstore.direct_write`), fsyncs it, then hard-links it to the
 final name (which fails if the object already exists) and fsyncs the directory. A reader
 sees either no object or the complete one, even if the writer is killed at any point.
 Concurrent writers of one key are safe: exactly one link wins (returns True); the others
@@ -39,6 +40,7 @@ from pathlib import Path
 from typing import Protocol, runtime_checkable
 from urllib.parse import quote, unquote
 
+from .direct_write import write_new_file
 from .errors import BlockNotFound
 from .fsutil import fsync_dir
 
@@ -102,13 +104,6 @@ def _encode_segment(segment: str, key: str) -> str:
     return encoded
 
 
-def _write_all(fd: int, data: bytes | bytearray | memoryview) -> None:
-    view = memoryview(data).cast("B")
-    while view:
-        written = os.write(fd, view)
-        view = view[written:]
-
-
 class LocalDirStore:
     """A `BlockStore` in a local directory (see the module docstring for the layout).
 
@@ -162,7 +157,7 @@ class LocalDirStore:
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, _FILE_MODE)
         try:
             try:
-                _write_all(fd, data)
+                write_new_file(fd, data)  # O_DIRECT: no page-cache copy for a fsync'd file
                 os.fsync(fd)
             finally:
                 os.close(fd)
