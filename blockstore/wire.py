@@ -34,6 +34,7 @@ from .paths import (
 
 __all__ = [
     "BLOCK_RECORD_ID_BYTES",
+    "BULK_ALPN",
     "CHANGE_OPS",
     "ERROR_STATUS",
     "ERR_BAD_REQUEST",
@@ -68,6 +69,7 @@ __all__ = [
     "InvalidPath",
     "MoveMode",
     "RevisionInfo",
+    "block_record_parts",
     "blocks_from_json",
     "blocks_to_json",
     "encode_block_records",
@@ -85,6 +87,9 @@ __all__ = [
 
 MAX_FILE_BYTES: Final = 10 * 10**9
 MAX_BLOCK_BYTES: Final = 8 * 1024 * 1024
+BULK_ALPN: Final = "drive-bulk/1"
+"""TLS ALPN protocol of the sync client's block-transfer connections: HTTP/1.1 limited to
+the block routes, served by the server in a thread (docs/protocol.md "Transport")."""
 """Largest plaintext of one block on the wire (413 above)."""
 MAX_MISSING_IDS: Final = 10_000
 """Most ids in one `POST /api/v1/blocks/missing`."""
@@ -421,14 +426,37 @@ class RevisionInfo:
 
 BLOCK_RECORD_ID_BYTES: Final = 64
 _RECORD_LEN = struct.Struct(">I")
+_JOIN_PIECE_BYTES = 4096
+
+
+Buffer = bytes | bytearray | memoryview
 
 
 def encode_block_records(items: Sequence[tuple[str, bytes | bytearray]]) -> bytes:
     """Records `ID (64 ASCII hex) LENGTH (4 bytes, big endian) FRAME`, back to back."""
-    parts: list[bytes | bytearray] = []
-    for bid, frame in items:
-        parts += (bid.encode("ascii"), _RECORD_LEN.pack(len(frame)), frame)
-    return b"".join(parts)
+    return b"".join(block_record_parts([(bid, (frame,)) for bid, frame in items]))
+
+
+def block_record_parts(items: Sequence[tuple[str, Sequence[Buffer]]]) -> list[Buffer]:
+    """The same records as `encode_block_records`, as a list of buffers to send in turn.
+
+    Each frame is given as its pieces (e.g. `codec.encode_wire_parts`); small pieces are
+    joined to the record header and large ones passed through, so a batch of megabyte
+    blocks is sent without being copied into one body.
+    """
+    out: list[Buffer] = []
+    for bid, pieces in items:
+        head = [bid.encode("ascii"), _RECORD_LEN.pack(sum(len(p) for p in pieces))]
+        for piece in pieces:
+            if len(piece) <= _JOIN_PIECE_BYTES:
+                head.append(bytes(piece))
+                continue
+            out.append(b"".join(head))
+            out.append(piece)
+            head = []
+        if head:
+            out.append(b"".join(head))
+    return out
 
 
 def parse_block_records(body: bytes | bytearray | memoryview) -> list[tuple[str, memoryview]]:

@@ -100,10 +100,11 @@ class BlockService:
         One worker-thread hop for all of it (the SHA-256 check, AES-GCM and the disk write
         each release the GIL); the callers bound how many run at once.
         """
-        self.metrics.add("block_bytes_received", len(frame))
-        return await trio.to_thread.run_sync(self._put_wire_sync, who, bid, frame)
+        return await trio.to_thread.run_sync(self.put_wire_sync, who, bid, frame)
 
-    def _put_wire_sync(self, who: Principal, bid: BlockId, frame: bytes | memoryview) -> bool:
+    def put_wire_sync(self, who: Principal, bid: BlockId, frame: bytes | memoryview) -> bool:
+        """`put_wire` for a worker thread."""
+        self.metrics.add("block_bytes_received", len(frame))
         try:
             plaintext = _decode(frame, self.max_block_bytes, bid)
         except CorruptBlockError as exc:
@@ -186,7 +187,13 @@ class BlockService:
         self, who: Principal, bids: list[BlockId], budget: int
     ) -> list[tuple[BlockId, bytes | bytearray]]:
         """POST /blocks/fetch: several wire frames in one worker-thread hop."""
-        frames = await run_io(self.get_wire_many_sync, who, bids, budget)
+        return await run_io(self.serve_wire_many_sync, who, bids, budget)
+
+    def serve_wire_many_sync(
+        self, who: Principal, bids: list[BlockId], budget: int
+    ) -> list[tuple[BlockId, bytes | bytearray]]:
+        """`get_wire_many_sync`, counted as served (worker thread)."""
+        frames = self.get_wire_many_sync(who, bids, budget)
         self.metrics.add("block_bytes_served", sum(len(f) for _, f in frames))
         return frames
 

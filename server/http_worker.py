@@ -22,7 +22,8 @@ from hypercorn.trio.worker_context import WorkerContext
 from hypercorn.typing import ConnectionState, LifespanState
 from hypercorn.utils import ShutdownError, raise_shutdown, repr_socket_addr, wrap_app
 
-from server.tls_stream import TlsListener
+from blockstore.wire import BULK_ALPN
+from server.tls_stream import TlsListener, TlsSocketStream
 
 __all__ = ["bind_sockets", "serve_https"]
 
@@ -45,10 +46,14 @@ async def serve_https(
     sockets: list[socket.socket],
     *,
     shutdown_trigger: Callable[[], Awaitable[None]],
+    bulk: Callable[[TlsSocketStream], Awaitable[None]] | None = None,
     task_status: trio.TaskStatus[list[str]] = trio.TASK_STATUS_IGNORED,
 ) -> None:
     """Serve the ASGI `app` over TLS on `sockets` (from `bind_sockets`) until
     `shutdown_trigger` returns.
+
+    A connection that negotiated ALPN `BULK_ALPN` goes to `bulk` instead of the app
+    (`server.bulk_conn`); without `bulk` it is an ordinary HTTP/1.1 connection.
 
     Reports the bound URLs (``https://host:port``) through `task_status`.
     """
@@ -74,7 +79,8 @@ async def serve_https(
                 binds.append(f"https://{repr_socket_addr(sock.family, sock.getsockname())}")
             task_status.started(binds)
             state = ConnectionState(lifespan_state.copy())  # as hypercorn does
-            handler = partial(TCPServer, asgi, config, context, state)
+            handler = partial(_dispatch, partial(TCPServer, asgi, config, context, state),
+                              bulk, config.ssl_handshake_timeout)  # fmt: skip
             try:
                 async with trio.open_nursery(strict_exception_groups=True) as nursery:
                     nursery.start_soon(raise_shutdown, shutdown_trigger)
@@ -97,3 +103,22 @@ async def serve_https(
                 server_nursery.cancel_scope.deadline = trio.current_time() + config.graceful_timeout
         await lifespan.wait_for_shutdown()
         lifespan_nursery.cancel_scope.cancel()
+
+
+async def _dispatch(
+    http: Callable[[TlsSocketStream], Awaitable[None]],
+    bulk: Callable[[TlsSocketStream], Awaitable[None]] | None,
+    handshake_timeout: float,
+    stream: TlsSocketStream,
+) -> None:
+    """Handshake, then serve the connection as bulk (by ALPN) or through hypercorn."""
+    try:
+        with trio.fail_after(handshake_timeout):
+            await stream.do_handshake()
+    except (trio.BrokenResourceError, trio.TooSlowError):
+        await stream.aclose()
+        return
+    if bulk is not None and stream.selected_alpn_protocol() == BULK_ALPN:
+        await bulk(stream)
+        return
+    await http(stream)

@@ -17,7 +17,7 @@ from starlette.responses import Response
 from starlette.routing import Route
 
 from blockstore.errors import WireFormatError
-from blockstore.ids import parse_block_id
+from blockstore.ids import BlockId, parse_block_id
 from blockstore.wire import encode_block_records, parse_block_records
 from server.db.versions import CommitRequest
 from server.errors import ApiError, BadRequest
@@ -35,12 +35,28 @@ BATCH_PARALLEL = 16
 per block), so a batch of small blocks must not store them one after the other."""
 
 
-def parse_block_batch(body: bytes) -> list[tuple[str, memoryview]]:
-    """Split a batch body into `(block id text, frame)` records (see docs/protocol.md)."""
+def parse_block_batch(body: bytes | bytearray) -> list[tuple[BlockId, memoryview]]:
+    """Split a batch body into `(block id, frame)` records (see docs/protocol.md); 400 if
+    it is malformed. Shared with `server.bulk_conn`."""
     try:
-        return parse_block_records(body)
-    except WireFormatError as exc:
+        records = parse_block_records(body)
+        return [(parse_block_id(text), frame) for text, frame in records]
+    except (WireFormatError, ValueError) as exc:
         raise BadRequest(str(exc)) from None
+
+
+def parse_fetch_ids(body: dict[str, Any]) -> list[BlockId]:
+    """The block ids of a fetch request body; 400 unless 1 to MAX_FETCH_IDS valid ids."""
+    raw_ids = body.get("ids")
+    if not isinstance(raw_ids, list) or not 0 < len(raw_ids) <= MAX_FETCH_IDS:
+        raise BadRequest(f"'ids' must be a list of 1 to {MAX_FETCH_IDS} block ids")
+    try:
+        ids = [parse_block_id(i) for i in raw_ids if isinstance(i, str)]
+    except ValueError as exc:
+        raise BadRequest(str(exc)) from None
+    if len(ids) != len(raw_ids):
+        raise BadRequest("'ids' must hold block id strings")
+    return ids
 
 
 async def blocks_batch(request: Request) -> Response:
@@ -48,16 +64,12 @@ async def blocks_batch(request: Request) -> Response:
     s = services(request)
     body = await read_body(request, MAX_BATCH_BLOCK_BYTES)
     records = parse_block_batch(body)
-    try:
-        ids = [parse_block_id(text) for text, _ in records]
-    except ValueError as exc:
-        raise BadRequest(str(exc)) from None
     stored: list[bool] = [False] * len(records)
     limiter = trio.CapacityLimiter(BATCH_PARALLEL)
 
     async def put(i: int) -> None:
         async with limiter:
-            stored[i] = await s.blocks.put_wire(who, ids[i], records[i][1])
+            stored[i] = await s.blocks.put_wire(who, *records[i])
 
     try:
         async with trio.open_nursery() as nursery:
@@ -74,16 +86,7 @@ async def blocks_batch(request: Request) -> Response:
 async def blocks_fetch(request: Request) -> Response:
     who = await principal(request)
     s = services(request)
-    body = await read_json(request, s.config.max_json_bytes)
-    raw_ids = body.get("ids")
-    if not isinstance(raw_ids, list) or not 0 < len(raw_ids) <= MAX_FETCH_IDS:
-        raise BadRequest(f"'ids' must be a list of 1 to {MAX_FETCH_IDS} block ids")
-    try:
-        ids = [parse_block_id(i) for i in raw_ids if isinstance(i, str)]
-    except ValueError as exc:
-        raise BadRequest(str(exc)) from None
-    if len(ids) != len(raw_ids):
-        raise BadRequest("'ids' must hold block id strings")
+    ids = parse_fetch_ids(await read_json(request, s.config.max_json_bytes))
     frames = await s.blocks.get_wire_many(who, ids, FETCH_BUDGET_BYTES)
     return Response(encode_block_records(frames), media_type="application/octet-stream")
 

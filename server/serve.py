@@ -25,7 +25,9 @@ from pathlib import Path
 import trio
 from hypercorn.config import Config as HyperConfig
 
+from blockstore.wire import BULK_ALPN
 from server.app import build_app
+from server.bulk_conn import BulkConnections
 from server.config import ConfigError, load_config
 from server.http_worker import bind_sockets, serve_https
 from server.services import Services
@@ -47,7 +49,7 @@ def _hyper_config(
     cfg.bind = [listen]
     cfg.certfile = str(cert)
     cfg.keyfile = str(key)
-    cfg.alpn_protocols = ["http/1.1"]
+    cfg.alpn_protocols = ["http/1.1", BULK_ALPN]  # server order: a browser gets http/1.1
     cfg.keep_alive_timeout = keep_alive
     cfg.backlog = backlog
     cfg.graceful_timeout = 5.0
@@ -82,6 +84,7 @@ async def _serve(
             binds = await nursery.start(
                 lambda task_status: serve_https(
                     build_app(services), hyper, sockets, shutdown_trigger=wait_shutdown,
+                    bulk=BulkConnections(services, hyper.keep_alive_timeout).serve,
                     task_status=task_status,
                 )
             )  # fmt: skip

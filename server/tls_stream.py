@@ -51,14 +51,18 @@ class TlsSocketStream(trio.abc.Stream):
         self._sock = context.wrap_socket(raw, server_side=True, do_handshake_on_connect=False)
         self._fd = self._sock.fileno()
         self._closed = False
+        self._handshaken = False
         self._buffer = buffer
         self.transport_stream = _Transport(self._sock)
 
     # -- what hypercorn uses of trio.SSLStream ----------------------------------------
 
     async def do_handshake(self) -> None:
-        """Complete the TLS handshake; a failure is `trio.BrokenResourceError`."""
-        while True:
+        """Complete the TLS handshake; a failure is `trio.BrokenResourceError`.
+
+        A second call returns at once (the server looks at ALPN before hypercorn, which
+        calls this again)."""
+        while not self._handshaken:
             self._check_open()
             try:
                 self._sock.do_handshake()
@@ -69,11 +73,20 @@ class TlsSocketStream(trio.abc.Stream):
                 await trio.lowlevel.wait_writable(self._fd)
             except (ssl.SSLError, OSError) as exc:
                 raise trio.BrokenResourceError(f"TLS handshake failed: {exc}") from exc
+        self._handshaken = True
         await trio.lowlevel.checkpoint()
 
     def selected_alpn_protocol(self) -> str | None:
         """The protocol the client and we agreed on (hypercorn picks h11 or h2 by it)."""
         return self._sock.selected_alpn_protocol()
+
+    def detach(self) -> ssl.SSLSocket:
+        """Hand the socket over for blocking use in a worker thread (`server.bulk_conn`);
+        this stream is closed, the caller owns the socket."""
+        self._check_open()
+        self._closed = True
+        self._sock.setblocking(True)
+        return self._sock
 
     # -- trio.abc.Stream ------------------------------------------------------------------
 

@@ -28,7 +28,7 @@ from types import TracebackType
 import trio
 
 from blockstore.aio import run_cpu, run_io
-from blockstore.codec import encode_wire
+from blockstore.codec import encode_wire, encode_wire_parts
 from blockstore.errors import CacheFullError
 from blockstore.ids import BlockId
 from blockstore.wire import MAX_MISSING_IDS
@@ -149,12 +149,12 @@ class BlockPusher:
         async with self._put_limit:
             frames = await run_cpu(_encode_all, [group[b] for b in bids])
             await self.remote.put_blocks_batch(list(zip(bids, frames, strict=True)))
-            self.bytes_sent += sum(len(f) for f in frames)
+            self.bytes_sent += sum(len(head) + len(body) for head, body in frames)
             self.blocks_sent += len(bids)
 
 
-def _encode_all(datas: list[bytes]) -> list[bytes]:
-    return [encode_wire(d) for d in datas]
+def _encode_all(datas: list[bytes]) -> list[tuple[bytes, bytes | bytearray | memoryview]]:
+    return [encode_wire_parts(d) for d in datas]
 
 
 def first_error(group: BaseExceptionGroup[BaseException]) -> Exception | None:

@@ -16,7 +16,7 @@ import json
 import logging
 import socket
 import ssl
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any, TypeVar
 from urllib.parse import urlsplit
 
@@ -27,11 +27,12 @@ from blockstore.aio import run_cpu
 from blockstore.codec import decode_wire
 from blockstore.ids import BlockId
 from blockstore.wire import (
+    Buffer,
     Change,
     FileRecord,
     RevisionInfo,
+    block_record_parts,
     blocks_to_json,
-    encode_block_records,
     parse_block_records,
 )
 from syncd import errors
@@ -425,21 +426,22 @@ class RemoteClient:
             },
         )
 
-    async def put_blocks_batch(self, items: list[tuple[BlockId, bytes]]) -> None:
+    async def put_blocks_batch(self, items: Sequence[tuple[BlockId, Sequence[Buffer]]]) -> None:
         """`POST /api/v1/blocks/batch`: several wire frames in one request.
 
-        Built and sent in a worker thread (the bulk path) when there is one: the trio
-        thread never copies or encrypts the megabytes.
+        Each frame is given as its pieces (`codec.encode_wire_parts`, or one whole frame).
+        Sent piece by piece in a worker thread (the bulk path) when there is one: the trio
+        thread never copies or encrypts the megabytes, and nobody joins them into one body.
         """
         path = "/api/v1/blocks/batch"
+        parts = block_record_parts(items)
         if self._bulk is None:
-            await self.request("POST", path, content=encode_block_records(items))
+            await self.request("POST", path, content=b"".join(parts))
             return
         bulk = self._bulk
 
         def send() -> bytearray:
-            body = encode_block_records(items)
-            return self._bulk_sync("POST", path, lambda: bulk.post(path, body, OCTET_STREAM))
+            return self._bulk_sync("POST", path, lambda: bulk.post(path, parts, OCTET_STREAM))
 
         # Not abandoned on cancellation: the socket timeouts bound it, and a caller that
         # gives up must not leave a thread still sending its batch behind its back.

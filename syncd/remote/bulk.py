@@ -1,6 +1,8 @@
 """Block bytes in bulk over a small pool of kept-alive, blocking TLS sockets.
 
-Two requests go this way: `GET /api/v1/blocks/{id}` and `POST /api/v1/blocks/batch`.
+Three requests go this way: `GET /api/v1/blocks/{id}`, `POST /api/v1/blocks/batch` and
+`POST /api/v1/blocks/fetch`, on connections that offer TLS ALPN `drive-bulk/1` (the server
+serves those in a thread, `server.bulk_conn`).
 Why not httpx: a 1 MiB block through httpx/httpcore on trio's `SSLStream` costs the client
 about 7 ms of CPU (each 16 KiB TLS record is one trip through trio's async SSL retry loop,
 httpcore's 64 KiB reads, h11 events, a join at the end), and an 8 MiB upload batch was
@@ -22,16 +24,20 @@ from __future__ import annotations
 import socket
 import ssl
 import threading
+from collections.abc import Sequence
 from urllib.parse import urlsplit
 
 from blockstore.ids import BlockId
-from blockstore.wire import MAX_BLOCK_BYTES
+from blockstore.wire import BULK_ALPN, MAX_BLOCK_BYTES
 
 __all__ = ["BulkTransport", "BulkTransportError"]
+
+Buffer = bytes | bytearray | memoryview
 
 _MAX_HEAD_BYTES = 64 << 10
 _MAX_BODY_BYTES = MAX_BLOCK_BYTES + (1 << 20)  # a wire frame: header byte + at most 8 MiB
 _RECV_BYTES = 256 << 10
+_JOIN_FIRST_BYTES = 64 << 10
 _PEER_GONE = (ConnectionResetError, BrokenPipeError, ssl.SSLEOFError, ssl.SSLZeroReturnError)
 """How a kept-alive socket the server already closed fails (plain TCP or TLS level)."""
 
@@ -64,6 +70,10 @@ class BulkTransport:
         self._port = parts.port or 443
         self._prefix = parts.path.rstrip("/")
         self._context = context
+        # The server serves connections that ask for this in a thread of their own, away
+        # from its HTTP framework (server.bulk_conn); a server that does not know it picks
+        # no protocol and answers as plain HTTP/1.1. `context` is this transport's own.
+        context.set_alpn_protocols([BULK_ALPN])
         self._connect_timeout_s = connect_timeout_s
         self._read_timeout_s = read_timeout_s
         self._max_idle = max_idle
@@ -87,20 +97,25 @@ class BulkTransport:
 
     def get(self, bid: BlockId) -> tuple[int, dict[str, str], bytearray]:
         """`GET /api/v1/blocks/{bid}` -> (status, lower-cased headers, body)."""
-        return self._round_trip("GET", f"/api/v1/blocks/{bid}", b"")
+        return self._round_trip("GET", f"/api/v1/blocks/{bid}", [])
 
     def post(
-        self, path: str, body: bytes | bytearray, content_type: str
+        self, path: str, body: Buffer | Sequence[Buffer], content_type: str
     ) -> tuple[int, dict[str, str], bytearray]:
-        """`POST path` with `body` (an idempotent request only) -> (status, headers, body)."""
-        return self._round_trip("POST", path, body, content_type)
+        """`POST path` with `body` (an idempotent request only) -> (status, headers, body).
+
+        `body` may be a list of buffers, sent one after the other (never joined).
+        """
+        pieces = [body] if isinstance(body, bytes | bytearray | memoryview) else list(body)
+        return self._round_trip("POST", path, pieces, content_type)
 
     def _round_trip(
-        self, method: str, path: str, body: bytes | bytearray, content_type: str = ""
+        self, method: str, path: str, body: list[Buffer], content_type: str = ""
     ) -> tuple[int, dict[str, str], bytearray]:
         head = f"{method} {self._prefix}{path} HTTP/1.1\r\n".encode() + self._headers
         if method != "GET":
-            head += f"Content-Type: {content_type}\r\nContent-Length: {len(body)}\r\n".encode()
+            length = sum(len(piece) for piece in body)
+            head += f"Content-Type: {content_type}\r\nContent-Length: {length}\r\n".encode()
         head += b"\r\n"
         while True:
             sock, reused = self._checkout()
@@ -143,13 +158,15 @@ class BulkTransport:
 
 
 def _exchange(
-    sock: ssl.SSLSocket, request_head: bytes, body: bytes | bytearray, reused: bool
+    sock: ssl.SSLSocket, request_head: bytes, body: list[Buffer], reused: bool
 ) -> tuple[int, dict[str, str], bytearray, bool]:
     """Send one request and read its reply: (status, headers, body, keep-alive)."""
     try:
+        if body and len(body[0]) <= _JOIN_FIRST_BYTES:
+            request_head, body = request_head + body[0], body[1:]  # one TLS record, not two
         sock.sendall(request_head)
-        if body:
-            sock.sendall(body)
+        for piece in body:
+            sock.sendall(piece)
     except _PEER_GONE as exc:
         if reused:
             raise _ResetBeforeReply from None

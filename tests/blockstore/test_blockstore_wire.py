@@ -19,9 +19,12 @@ from blockstore.wire import (
     Change,
     FileRecord,
     RevisionInfo,
+    block_record_parts,
+    encode_block_records,
     error_body,
     is_within,
     join_path,
+    parse_block_records,
     path_parts,
     split_path,
     validate_name,
@@ -285,3 +288,14 @@ def test_change_knows_its_device_by_id_when_it_can():
     legacy = Change.from_json({**change.to_json(), "device_id": None})
     assert legacy.is_from("laptop", 4)
     assert not legacy.is_from("desktop", 3)
+
+
+def test_block_record_parts_are_the_records_unjoined():
+    small, big = b"\x10tiny", b"\x10" + bytes(range(256)) * 40
+    ids = ["a" * 64, "b" * 64, "c" * 64]
+    items = [(ids[0], small), (ids[1], big), (ids[2], b"")]
+    parts = block_record_parts([(ids[0], (small[:1], small[1:])), (ids[1], (big[:1], big[1:])),
+                                (ids[2], ())])  # fmt: skip
+    assert b"".join(parts) == encode_block_records(items)
+    assert any(p is not None and len(p) == len(big) - 1 for p in parts)  # big bodies pass through
+    assert [(i, bytes(f)) for i, f in parse_block_records(b"".join(parts))] == items

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import os
+
 import pytest
 
-from blockstore.codec import encode_wire
+from blockstore.codec import encode_wire, encode_wire_parts
 from blockstore.errors import CorruptBlockError
 from blockstore.ids import BlockId, block_id
 from syncd import errors
@@ -64,7 +66,7 @@ async def test_a_restarted_server_is_reached_again_and_a_stopped_one_is_offline(
             assert await rc.get_block_plain(block_id(data)) == data
             srv.restart()  # and the same for a batch upload and a group read
             more = b"after restart " * 40_000
-            await rc.put_blocks_batch([(block_id(more), encode_wire(more))])
+            await rc.put_blocks_batch([(block_id(more), [encode_wire(more)])])
             srv.restart()
             assert await rc.get_blocks_plain([block_id(more)]) == [(block_id(more), more)]
             srv.stop()
@@ -80,7 +82,8 @@ async def test_batch_uploads_go_over_the_bulk_path_and_map_errors(
     rc = _client(shared_server, new_user[1])
     try:
         blocks = [bytes([i]) * (700_000 + i) for i in range(3)] + [b"words " * 90_000]
-        await rc.put_blocks_batch([(block_id(d), encode_wire(d)) for d in blocks])
+        blocks += [os.urandom(900_000), os.urandom(5000)]  # raw frames: sent as pieces
+        await rc.put_blocks_batch([(block_id(d), encode_wire_parts(d)) for d in blocks])
         assert await rc.missing_blocks([block_id(d) for d in blocks]) == []
         assert await rc.get_blocks_plain([block_id(d) for d in blocks]) == [
             (block_id(d), d) for d in blocks
@@ -88,7 +91,7 @@ async def test_batch_uploads_go_over_the_bulk_path_and_map_errors(
         # A frame that is not the block it claims to be is refused, nothing is stored.
         liar = b"claims another id " * 1000
         with pytest.raises(errors.RemoteError):
-            await rc.put_blocks_batch([(block_id(b"honest"), encode_wire(liar))])
+            await rc.put_blocks_batch([(block_id(b"honest"), [encode_wire(liar)])])
         assert await rc.missing_blocks([block_id(b"honest")]) == [block_id(b"honest")]
         with pytest.raises(errors.NotFound):
             await rc.get_blocks_plain([block_id(blocks[0]), block_id(b"honest")])
@@ -97,6 +100,6 @@ async def test_batch_uploads_go_over_the_bulk_path_and_map_errors(
     bad = _client(shared_server, "not-a-token")
     try:
         with pytest.raises(errors.Unauthorized):
-            await bad.put_blocks_batch([(block_id(b"z"), encode_wire(b"z"))])
+            await bad.put_blocks_batch([(block_id(b"z"), [encode_wire(b"z")])])
     finally:
         await bad.aclose()
