@@ -30,6 +30,7 @@ import logging
 import secrets
 import socket
 import ssl
+import threading
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -106,6 +107,20 @@ class BulkConnections:
         self._services = services
         self._keep_alive_s = keep_alive_s
         self._limiter = trio.CapacityLimiter(MAX_BULK_CONNECTIONS)
+        self._lock = threading.Lock()
+        self._waiting: set[ssl.SSLSocket] = set()
+        """Connections waiting for their next request (closed at once on `stop`)."""
+        self._stopping = False
+
+    def stop(self) -> None:
+        """The server is stopping: close the connections that wait for a request; busy
+        ones close after their current answer."""
+        with self._lock:
+            self._stopping = True
+            waiting = list(self._waiting)
+        for sock in waiting:
+            with contextlib.suppress(OSError):
+                sock.shutdown(socket.SHUT_RDWR)
 
     async def serve(self, stream: TlsSocketStream) -> None:
         """Serve `stream` (handshake done) until the client leaves or the server stops."""
@@ -126,6 +141,10 @@ class BulkConnections:
             leftover = bytearray()
             while True:
                 sock.settimeout(self._keep_alive_s)
+                with self._lock:
+                    if self._stopping:
+                        return
+                    self._waiting.add(sock)
                 try:
                     request = _read_head(sock, leftover)
                 except _Gone:
@@ -133,6 +152,9 @@ class BulkConnections:
                 except BadRequest as exc:
                     self._send(sock, _error(exc, close=True), secrets.token_hex(8))
                     return
+                finally:
+                    with self._lock:
+                        self._waiting.discard(sock)
                 sock.settimeout(TRANSFER_TIMEOUT_S)
                 answer, leftover = self._handle(sock, request)
                 if answer.close or request.headers.get("connection", "").lower() == "close":

@@ -67,6 +67,7 @@ async def _serve(
     on_ready: Callable[[str], object],
 ) -> None:
     shutdown = trio.Event()
+    bulk = BulkConnections(services, hyper.keep_alive_timeout)
 
     async def wait_shutdown() -> None:
         await shutdown.wait()
@@ -84,7 +85,7 @@ async def _serve(
             binds = await nursery.start(
                 lambda task_status: serve_https(
                     build_app(services), hyper, sockets, shutdown_trigger=wait_shutdown,
-                    bulk=BulkConnections(services, hyper.keep_alive_timeout).serve,
+                    bulk=bulk.serve,
                     task_status=task_status,
                 )
             )  # fmt: skip
@@ -107,6 +108,7 @@ async def _serve(
 
             nursery.start_soon(maintain)
             await shutdown.wait()
+            bulk.stop()
             maintenance.cancel()
 
 
