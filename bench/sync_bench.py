@@ -64,6 +64,13 @@ def cp(src: Path, dst: Path) -> None:
     subprocess.run(["cp", str(src), str(dst)], check=True, timeout=600)
 
 
+def settle() -> None:
+    """Flush every dirty page before a timed phase, for both peers alike: otherwise the
+    kernel writes back the 1 GiB input file (or the last phase's files) in the middle of
+    whichever measurement comes ~30 s after it was written, and its fsyncs wait behind it."""
+    os.sync()
+
+
 def queue_empty(home: Path) -> Callable[[], bool]:
     """A probe of `home`'s upload queue. The state database is opened once per home and
     kept: opening an LMDB environment 100 times a second cost the measured upload CPU."""
@@ -127,6 +134,7 @@ def bench_ours(work: Path, data: Path, files: int, changes: int) -> dict[str, fl
             out["lat_p50"] = statistics.median(lat)
             out["lat_p99"] = lat[min(len(lat) - 1, int(len(lat) * 0.99))]
             # big file until durable
+            settle()
             t0 = time.perf_counter()
             cp(data, a.mnt / "big.bin")
             wait_until(queue_empty(home_a), "big file on the server")
@@ -135,6 +143,7 @@ def bench_ours(work: Path, data: Path, files: int, changes: int) -> dict[str, fl
             (a.mnt / "many").mkdir()
             wait_until(queue_empty(home_a), "mkdir")
             small = [os.urandom(SMALL_BYTES) for _ in range(files)]
+            settle()
             t0 = time.perf_counter()
             for i, body in enumerate(small):
                 (a.mnt / "many" / f"f{i:05d}").write_bytes(body)
@@ -219,6 +228,7 @@ def bench_rclone(work: Path, data: Path, files: int) -> dict[str, float]:
     payload = data.read_bytes()
     rc = Rclone(work)
     try:
+        settle()
         t0 = time.perf_counter()
         cp(data, rc.mnt / "big.bin")
         wait_until(lambda: (rc.root / "big.bin").exists()
@@ -227,6 +237,7 @@ def bench_rclone(work: Path, data: Path, files: int) -> dict[str, float]:
         out["big_s"] = time.perf_counter() - t0
         (rc.mnt / "many").mkdir()
         small = [os.urandom(SMALL_BYTES) for _ in range(files)]
+        settle()
         t0 = time.perf_counter()
         for i, body in enumerate(small):
             (rc.mnt / "many" / f"f{i:05d}").write_bytes(body)
