@@ -57,6 +57,8 @@ log = logging.getLogger(__name__)
 
 MAX_BULK_CONNECTIONS = 64
 """Bulk connections served at once (a thread each); more wait for a free thread."""
+BULK_IDLE_S = 15.0
+"""Longest wait for the next request on a bulk connection (a waiting one holds a thread)."""
 TRANSFER_TIMEOUT_S = 60.0
 """Longest silence inside a request or while sending an answer."""
 _MAX_HEAD_BYTES = 64 << 10
@@ -105,7 +107,7 @@ class BulkConnections:
 
     def __init__(self, services: Services, keep_alive_s: float) -> None:
         self._services = services
-        self._keep_alive_s = keep_alive_s
+        self._keep_alive_s = min(keep_alive_s, BULK_IDLE_S)
         self._limiter = trio.CapacityLimiter(MAX_BULK_CONNECTIONS)
         self._lock = threading.Lock()
         self._waiting: set[ssl.SSLSocket] = set()
@@ -122,8 +124,15 @@ class BulkConnections:
             with contextlib.suppress(OSError):
                 sock.shutdown(socket.SHUT_RDWR)
 
-    async def serve(self, stream: TlsSocketStream) -> None:
-        """Serve `stream` (handshake done) until the client leaves or the server stops."""
+    async def serve(self, stream: TlsSocketStream) -> bool:
+        """Serve `stream` (handshake done) until the client leaves or the server stops.
+
+        Returns False at once, without touching the stream, when every bulk thread is busy:
+        the caller then serves the connection through hypercorn (the same HTTP/1.1, just
+        slower), so kept-alive bulk sockets of many devices can never starve a new one.
+        """
+        if self._limiter.available_tokens < 1:
+            return False
         sock = stream.detach()
         try:
             await trio.to_thread.run_sync(
@@ -133,6 +142,7 @@ class BulkConnections:
             if sock.fileno() >= 0:  # cancelled (shutdown): wake the thread up, it closes
                 with contextlib.suppress(OSError):
                     sock.shutdown(socket.SHUT_RDWR)
+        return True
 
     # -- the worker thread ----------------------------------------------------------------
 

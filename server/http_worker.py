@@ -46,14 +46,15 @@ async def serve_https(
     sockets: list[socket.socket],
     *,
     shutdown_trigger: Callable[[], Awaitable[None]],
-    bulk: Callable[[TlsSocketStream], Awaitable[None]] | None = None,
+    bulk: Callable[[TlsSocketStream], Awaitable[bool]] | None = None,
     task_status: trio.TaskStatus[list[str]] = trio.TASK_STATUS_IGNORED,
 ) -> None:
     """Serve the ASGI `app` over TLS on `sockets` (from `bind_sockets`) until
     `shutdown_trigger` returns.
 
     A connection that negotiated ALPN `BULK_ALPN` goes to `bulk` instead of the app
-    (`server.bulk_conn`); without `bulk` it is an ordinary HTTP/1.1 connection.
+    (`server.bulk_conn`); without `bulk`, or when `bulk` declines it (returns False), it is
+    an ordinary HTTP/1.1 connection.
 
     Reports the bound URLs (``https://host:port``) through `task_status`.
     """
@@ -107,7 +108,7 @@ async def serve_https(
 
 async def _dispatch(
     http: Callable[[TlsSocketStream], Awaitable[None]],
-    bulk: Callable[[TlsSocketStream], Awaitable[None]] | None,
+    bulk: Callable[[TlsSocketStream], Awaitable[bool]] | None,
     handshake_timeout: float,
     stream: TlsSocketStream,
 ) -> None:
@@ -118,7 +119,6 @@ async def _dispatch(
     except (trio.BrokenResourceError, trio.TooSlowError):
         await stream.aclose()
         return
-    if bulk is not None and stream.selected_alpn_protocol() == BULK_ALPN:
-        await bulk(stream)
+    if bulk is not None and stream.selected_alpn_protocol() == BULK_ALPN and await bulk(stream):
         return
     await http(stream)

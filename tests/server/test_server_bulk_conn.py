@@ -13,7 +13,7 @@ import socket
 import ssl
 import time
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from pathlib import Path
 
 import pytest
@@ -21,6 +21,7 @@ import pytest
 from blockstore.codec import decode_wire, encode_wire
 from blockstore.ids import block_id
 from blockstore.wire import BULK_ALPN, encode_block_records, parse_block_records
+from server.bulk_conn import MAX_BULK_CONNECTIONS
 from tests.helpers.server_proc import ServerProcess
 
 pytestmark = pytest.mark.e2e
@@ -176,3 +177,26 @@ def test_the_server_stops_at_once_with_an_idle_bulk_connection(tmp_path: Path) -
             # Without closing waiting bulk connections the stop took the whole 5 s grace.
             assert time.monotonic() - started < 3
             assert closed(sock)
+
+
+def test_with_every_bulk_thread_taken_new_connections_are_still_served(
+    shared_server: ServerProcess, new_user: tuple[str, str]
+) -> None:
+    # Kept-alive bulk sockets of a few devices can hold every bulk thread; a new
+    # connection must then be served anyway (through the ordinary HTTP path).
+    _, token = new_user
+    data = os.urandom(100_000)
+    record = encode_block_records([(block_id(data), encode_wire(data))])
+    with ExitStack() as stack:
+        held = [stack.enter_context(bulk_socket(shared_server))
+                for _ in range(MAX_BULK_CONNECTIONS)]  # fmt: skip
+        for sock in held:  # each served once: now a thread waits on each for more
+            send(sock, "GET", f"/api/v1/blocks/{block_id(b'none')}", token)
+            assert reply(sock)[0] == 404
+        extra = stack.enter_context(bulk_socket(shared_server))
+        extra.settimeout(10)
+        send(extra, "POST", "/api/v1/blocks/batch", token, record)
+        status, _, answer = reply(extra)
+        assert (status, json.loads(answer)) == (200, {"stored": [True]})
+        send(extra, "GET", "/api/v1/blocks/batch", token)
+        assert reply(extra)[0] == 400  # the ordinary route table: "batch" is no block id
