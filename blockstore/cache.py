@@ -25,20 +25,23 @@ Integrity: every `get` checks the xxh3 from `meta` against the bytes read; a mis
 the entry (logged at ERROR) and returns None, so the caller refetches. xxh3 guards against
 local damage only; identity is the SHA-256 block id.
 
-Concurrency and crashes: one `threading.Lock` serialises the calls of one process (each is
-one short LMDB transaction), so the object is safe from several threads; `get` verifies
-outside the lock. LMDB transactions are atomic and, with `sync=True` (the default), durable
-when `put` returns, so a kill -9 at any point leaves the last committed state. Stale reader
-slots of dead processes are cleared at open. The map grows (doubling) when LMDB reports it
-full, so `max_bytes` bounds the data, not the file's address space.
+Concurrency and crashes: one `threading.Lock` serialises the writes of one process (each is
+one short LMDB transaction), so the object is safe from several threads; reads (`get`,
+`has`, ...) run their read transactions outside the lock, so parallel read-ahead overlaps
+its page faults, and map resizing and `close` wait until no read is open. LMDB
+transactions are atomic and, with `sync=True` (the default), durable when `put` returns,
+so a kill -9 at any point leaves the last committed state. Stale reader slots of dead
+processes are cleared at open. The map grows (doubling) when LMDB reports it full, so
+`max_bytes` bounds the data, not the file's address space.
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import struct
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
@@ -134,6 +137,13 @@ class LmdbBlockCache:
         self._owners = self._env.open_db(b"owners", dupsort=True)
         self._state = self._env.open_db(b"state")
         self._lock = threading.Lock()
+        self._cond = threading.Condition(self._lock)
+        self._readers = 0
+        """Read transactions open now: reads run without the lock, so that parallel
+        read-ahead overlaps its page faults (disk reads after the page cache was dropped)."""
+        self._exclusive = False
+        """Set while the map is resized or the environment closed (no transaction may be
+        open in this process then): new readers and writers wait."""
         self._touched: dict[bytes, None] = {}  # insertion-ordered set of raw ids
         self._hits = self._misses = self._evictions = self._corrupt = 0
         self._closed = False
@@ -156,16 +166,47 @@ class LmdbBlockCache:
     def close(self) -> None:
         """Write pending access times and close the environment (idempotent)."""
         with self._lock:
+            while self._exclusive:
+                self._cond.wait()
             if self._closed:
                 return
             if self._touched:
                 self._write(lambda txn: None)
-            self._closed = True
-            self._env.close()
+            with self._no_readers():
+                self._closed = True
+                self._env.close()
 
     def _check_open(self) -> None:
         if self._closed:
             raise ValueError("the block cache is closed")
+
+    def _read(self, fn: Callable[[lmdb.Transaction], T]) -> T:
+        """Run `fn` in a read transaction without holding the lock (see `_readers`)."""
+        with self._lock:
+            while self._exclusive:
+                self._cond.wait()
+            self._check_open()
+            self._readers += 1
+        try:
+            with self._env.begin() as txn:
+                return fn(txn)
+        finally:
+            with self._lock:
+                self._readers -= 1
+                if not self._readers:
+                    self._cond.notify_all()
+
+    @contextlib.contextmanager
+    def _no_readers(self) -> Iterator[None]:
+        """With the lock held: keep new transactions out and wait for open reads to end."""
+        self._exclusive = True
+        try:
+            while self._readers:
+                self._cond.wait()
+            yield
+        finally:
+            self._exclusive = False
+            self._cond.notify_all()
 
     def _write(self, fn: Callable[[lmdb.Transaction], T]) -> T:
         """Run `fn` in one write transaction (lock held), applying pending touches first.
@@ -173,6 +214,8 @@ class LmdbBlockCache:
         Grows the map and retries if LMDB is full; `fn` must be safe to re-run (everything
         it did was aborted with the transaction).
         """
+        while self._exclusive:
+            self._cond.wait()
         self._check_open()
         for _attempt in range(_MAX_MAP_GROWTHS):
             touched = list(self._touched)
@@ -183,10 +226,12 @@ class LmdbBlockCache:
             except lmdb.MapFullError:
                 new_size = 2 * self._env.info()["map_size"]
                 log.info("block cache map full; growing it to %d bytes", new_size)
-                self._env.set_mapsize(new_size)
+                with self._no_readers():
+                    self._env.set_mapsize(new_size)
                 continue
             except lmdb.MapResizedError:
-                self._env.set_mapsize(0)  # another process grew it: adopt its size
+                with self._no_readers():
+                    self._env.set_mapsize(0)  # another process grew it: adopt its size
                 continue
             for raw in touched:
                 self._touched.pop(raw, None)
@@ -282,11 +327,13 @@ class LmdbBlockCache:
         so that the caller fetches the block again.
         """
         raw = _raw(block_id)
-        with self._lock:
-            self._check_open()
-            with self._env.begin() as txn:
-                meta = txn.get(raw, db=self._meta)
-                data = txn.get(raw, db=self._blocks) if meta is not None else None
+
+        def lookup(txn: lmdb.Transaction) -> tuple[bytes | None, bytes | None]:
+            meta = txn.get(raw, db=self._meta)
+            data = txn.get(raw, db=self._blocks) if meta is not None else None
+            return _owned(meta), _owned(data)
+
+        meta, data = self._read(lookup)
         if meta is None:
             self._misses += 1
             return None
@@ -317,10 +364,7 @@ class LmdbBlockCache:
     def has(self, block_id: BlockId) -> bool:
         """Return True if `block_id` is cached (not verified, recency not updated)."""
         raw = _raw(block_id)
-        with self._lock:
-            self._check_open()
-            with self._env.begin() as txn:
-                return txn.get(raw, db=self._meta) is not None
+        return self._read(lambda txn: txn.get(raw, db=self._meta) is not None)
 
     def put(self, block_id: BlockId, data: bytes | bytearray | memoryview) -> None:
         """Cache `data` as the plaintext of `block_id`, evicting LRU unpinned blocks.
@@ -408,37 +452,34 @@ class LmdbBlockCache:
     def is_pinned(self, block_id: BlockId) -> bool:
         """Return True if any owner pins `block_id`."""
         raw = _raw(block_id)
-        with self._lock:
-            self._check_open()
-            with self._env.begin() as txn:
-                return self._is_pinned(txn, raw)
+        return self._read(lambda txn: self._is_pinned(txn, raw))
 
     def pinned_by(self, owner: str) -> list[BlockId]:
         """Return the ids `owner` pins (sorted)."""
         own = _owner(owner)
-        with self._lock:
-            self._check_open()
-            with self._env.begin() as txn, txn.cursor(db=self._owners) as cur:
+
+        def owned(txn: lmdb.Transaction) -> list[BlockId]:
+            with txn.cursor(db=self._owners) as cur:
                 if not cur.set_key(own):
                     return []
                 return [BlockId(bytes(v).hex()) for v in cur.iternext_dup()]
 
+        return self._read(owned)
+
     def used_bytes(self) -> int:
         """Return the sum of cached plaintext sizes (pinned blocks included)."""
-        with self._lock:
-            self._check_open()
-            with self._env.begin() as txn:
-                return self._used(txn)
+        return self._read(self._used)
 
     def statistics(self) -> CacheStatistics:
         """Return a snapshot of sizes and this process's hit/miss/eviction counters."""
+
+        def sizes(txn: lmdb.Transaction) -> tuple[int, int, int]:
+            with txn.cursor(db=self._pins) as cur:
+                pinned = sum(1 for _ in cur.iternext_nodup(values=False))
+            return txn.stat(self._meta)["entries"], pinned, self._used(txn)
+
+        entries, pinned, used = self._read(sizes)
         with self._lock:
-            self._check_open()
-            with self._env.begin() as txn:
-                entries = txn.stat(self._meta)["entries"]
-                with txn.cursor(db=self._pins) as cur:
-                    pinned = sum(1 for _ in cur.iternext_nodup(values=False))
-                used = self._used(txn)
             return CacheStatistics(
                 entries=entries,
                 used_bytes=used,
@@ -482,3 +523,11 @@ class LmdbBlockCache:
             dropped = self._write(check)
             self._corrupt += dropped
             return dropped
+
+
+def _owned(value: bytes | memoryview | None) -> bytes | None:
+    """A value read in a transaction, as bytes that outlive it (they are: the environment
+    is not opened with buffers=True, so this is a type check, not a copy)."""
+    if isinstance(value, memoryview):
+        return value.tobytes()
+    return value

@@ -425,3 +425,41 @@ def test_survives_kill9_of_a_writer(tmp_path, spawn_writer):
         bid, data = _block(12345)
         cache.put(bid, data)
         assert cache.get(bid) == data
+
+
+def test_reads_run_in_parallel_with_map_growth_and_close(tmp_path):
+    # Reads hold no lock (parallel read-ahead overlaps its disk reads); the map must still
+    # never be resized or closed under an open read, which would crash the process.
+    blocks = [_block(i, size=64 * 1024) for i in range(64)]
+    errors: list[BaseException] = []
+    stop = threading.Event()
+    cache = LmdbBlockCache(tmp_path / "c", max_bytes=64 << 20, map_bytes=1 << 20, sync=False)
+    cache.put(*blocks[0])
+
+    def read() -> None:
+        try:
+            while not stop.is_set():
+                for bid, data in blocks:
+                    got = cache.get(bid)
+                    assert got is None or got == data
+        except ValueError as exc:  # the cache was closed under us: the only allowed error
+            if "closed" not in str(exc):
+                errors.append(exc)
+        except BaseException as exc:  # noqa: BLE001 - reported to the main thread
+            errors.append(exc)
+
+    readers = [threading.Thread(target=read) for _ in range(4)]
+    for t in readers:
+        t.start()
+    for bid, data in blocks:  # 4 MiB into a 1 MiB map: it grows three times under the reads
+        cache.put(bid, data)
+    assert all(cache.get(bid) == data for bid, data in blocks)
+    cache.close()  # while the readers still read
+    stop.set()
+    for t in readers:
+        t.join(timeout=60)
+    assert not any(t.is_alive() for t in readers)  # nobody stuck behind a resize or close
+    assert errors == []
+    with LmdbBlockCache(tmp_path / "c", max_bytes=64 << 20) as again:
+        assert again.verify() == 0
+        assert again.used_bytes() == 64 * 64 * 1024
