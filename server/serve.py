@@ -49,7 +49,9 @@ def _hyper_config(
     cfg.bind = [listen]
     cfg.certfile = str(cert)
     cfg.keyfile = str(key)
-    cfg.alpn_protocols = ["http/1.1", BULK_ALPN]  # server order: a browser gets http/1.1
+    # The server's order decides: our bulk client offers both and gets BULK_ALPN; everyone
+    # else offers no BULK_ALPN and gets http/1.1.
+    cfg.alpn_protocols = [BULK_ALPN, "http/1.1"]
     cfg.keep_alive_timeout = keep_alive
     cfg.backlog = backlog
     cfg.graceful_timeout = 5.0

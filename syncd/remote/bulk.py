@@ -71,9 +71,11 @@ class BulkTransport:
         self._prefix = parts.path.rstrip("/")
         self._context = context
         # The server serves connections that ask for this in a thread of their own, away
-        # from its HTTP framework (server.bulk_conn); a server that does not know it picks
-        # no protocol and answers as plain HTTP/1.1. `context` is this transport's own.
-        context.set_alpn_protocols([BULK_ALPN])
+        # from its HTTP framework (server.bulk_conn). http/1.1 is offered too, so that a
+        # TLS proxy in front of the server that does not know BULK_ALPN (nginx refuses a
+        # handshake with no protocol in common) picks http/1.1, and the same requests go
+        # through as plain HTTP/1.1. `context` is this transport's own.
+        context.set_alpn_protocols([BULK_ALPN, "http/1.1"])
         self._connect_timeout_s = connect_timeout_s
         self._read_timeout_s = read_timeout_s
         self._max_idle = max_idle

@@ -30,7 +30,7 @@ pytestmark = pytest.mark.e2e
 @contextmanager
 def bulk_socket(srv: ServerProcess, alpn: list[str] | None = None) -> Iterator[ssl.SSLSocket]:
     ctx = srv.ssl_context()
-    ctx.set_alpn_protocols(alpn or [BULK_ALPN])
+    ctx.set_alpn_protocols(alpn or [BULK_ALPN, "http/1.1"])  # what the sync client offers
     host, port = srv.url.removeprefix("https://").rsplit(":", 1)
     raw = socket.create_connection((host, int(port)), timeout=30)
     with ctx.wrap_socket(raw, server_hostname=host) as sock:
@@ -165,12 +165,13 @@ def test_clients_without_the_bulk_protocol_get_the_full_api(
     shared_server: ServerProcess, new_user: tuple[str, str]
 ) -> None:
     _, token = new_user
-    with bulk_socket(shared_server, ["http/1.1"]) as sock:
-        assert sock.selected_alpn_protocol() == "http/1.1"
-        send(sock, "GET", "/api/v1/list?path=/", token)
-        status, _, answer = reply(sock)
-        assert status == 200
-        assert "entries" in json.loads(answer)
+    for offered in (["http/1.1"], ["h2", "http/1.1"]):  # httpx, curl, browsers
+        with bulk_socket(shared_server, offered) as sock:
+            assert sock.selected_alpn_protocol() == "http/1.1"
+            send(sock, "GET", "/api/v1/list?path=/", token)
+            status, _, answer = reply(sock)
+            assert status == 200
+            assert "entries" in json.loads(answer)
 
 
 def test_the_server_stops_at_once_with_an_idle_bulk_connection(tmp_path: Path) -> None:
