@@ -36,7 +36,9 @@ Buffer = bytes | bytearray | memoryview
 
 _MAX_HEAD_BYTES = 64 << 10
 _MAX_BODY_BYTES = MAX_BLOCK_BYTES + (1 << 20)  # a wire frame: header byte + at most 8 MiB
-_RECV_BYTES = 256 << 10
+_HEAD_RECV_BYTES = 16 << 10
+"""Reads while looking for the end of a response head: one TLS record at most, so little
+of the body lands in the head buffer (the body is read straight into its own buffer)."""
 _JOIN_FIRST_BYTES = 64 << 10
 _PEER_GONE = (ConnectionResetError, BrokenPipeError, ssl.SSLEOFError, ssl.SSLZeroReturnError)
 """How a kept-alive socket the server already closed fails (plain TCP or TLS level)."""
@@ -186,7 +188,7 @@ def _read_reply(sock: ssl.SSLSocket, reused: bool) -> tuple[int, dict[str, str],
         while (end := head.find(b"\r\n\r\n")) < 0:
             if len(head) > _MAX_HEAD_BYTES:
                 raise BulkTransportError("response head too large")
-            chunk = sock.recv(_RECV_BYTES)
+            chunk = sock.recv(_HEAD_RECV_BYTES)
             if not chunk:
                 if reused and not head:
                     raise _ResetBeforeReply
