@@ -47,6 +47,7 @@ __all__ = [
     "WIRE_VERSION",
     "ZSTD_LEVEL",
     "decode_wire",
+    "decode_wire_view",
     "encode_wire",
     "encode_wire_parts",
     "pack",
@@ -186,13 +187,33 @@ def decode_wire(
         CorruptBlockError: anything but a well-formed frame within the limit (and with the
             expected id).
     """
+    plaintext = decode_wire_view(frame, max_plaintext, expected_id=expected_id)
+    return plaintext if isinstance(plaintext, bytes) else bytes(plaintext)
+
+
+def decode_wire_view(
+    frame: bytes | bytearray | memoryview,
+    max_plaintext: int = MAX_BLOCK_BYTES,
+    *,
+    expected_id: BlockId | None = None,
+) -> bytes | memoryview:
+    """`decode_wire` without copying a raw body: the plaintext of a raw frame is a view
+    into `frame`, valid as long as `frame` is (the server seals it straight from the
+    request body)."""
     view = memoryview(frame)
     if len(view) < 1:
         raise CorruptBlockError("empty wire frame")
     header = view[0]
     if header >> 4 != WIRE_VERSION:
         raise CorruptBlockError(f"unknown wire frame version {header >> 4}")
-    plaintext = unpack(header & 0x0F, view[1:], max_plaintext)
+    flag, body = header & 0x0F, view[1:]
+    plaintext: bytes | memoryview
+    if flag == FLAG_RAW:
+        if len(body) > max_plaintext:
+            raise CorruptBlockError(f"block of {len(body)} bytes exceeds {max_plaintext}")
+        plaintext = body
+    else:
+        plaintext = unpack(flag, body, max_plaintext)
     if expected_id is not None and block_id(plaintext) != expected_id:
         raise CorruptBlockError(f"block content does not match its id {expected_id}")
     return plaintext

@@ -18,7 +18,7 @@ from typing import TypeVar
 import trio
 
 from blockstore.aio import run_io
-from blockstore.codec import FLAG_RAW, decode_wire, seal, sealed_to_wire, unseal
+from blockstore.codec import FLAG_RAW, decode_wire_view, seal, sealed_to_wire, unseal
 from blockstore.errors import BlockNotFound, CorruptBlockError
 from blockstore.ids import BlockId
 from blockstore.keys import DataKey
@@ -69,7 +69,7 @@ class BlockService:
     # -- writing ------------------------------------------------------------------------
 
     def store_plain_sync(
-        self, who: Principal, bid: BlockId, plaintext: bytes, *, compress: bool = True
+        self, who: Principal, bid: BlockId, plaintext: bytes | memoryview, *, compress: bool = True
     ) -> bool:
         """Store a verified plaintext block for `who` (worker thread); True if new.
 
@@ -223,5 +223,5 @@ class BlockService:
         return removed
 
 
-def _decode(frame: bytes | memoryview, max_plaintext: int, bid: BlockId) -> bytes:
-    return decode_wire(frame, max_plaintext, expected_id=bid)
+def _decode(frame: bytes | memoryview, max_plaintext: int, bid: BlockId) -> bytes | memoryview:
+    return decode_wire_view(frame, max_plaintext, expected_id=bid)  # raw: no copy

@@ -15,6 +15,7 @@ from blockstore.codec import (
     SEAL_VERSION,
     WIRE_VERSION,
     decode_wire,
+    decode_wire_view,
     encode_wire,
     encode_wire_parts,
     pack,
@@ -97,6 +98,22 @@ def test_wire_parts_are_the_frame_unjoined():
         assert head + bytes(body) == encode_wire(data)
     raw = os.urandom(300_000)
     assert encode_wire_parts(raw)[1] is raw  # a raw body is the plaintext itself, no copy
+
+
+def test_decode_wire_view_does_not_copy_raw_bodies():
+    raw = os.urandom(300_000)
+    frame = bytearray(encode_wire(raw))
+    plain = decode_wire_view(frame, expected_id=block_id(raw))
+    assert isinstance(plain, memoryview)
+    assert plain == raw
+    frame[1] ^= 0xFF  # the view is the frame's memory, not a copy
+    assert plain[0] == raw[0] ^ 0xFF
+    text = _text(300_000)
+    assert decode_wire_view(encode_wire(text)) == text  # zstd: a fresh plaintext
+    with pytest.raises(CorruptBlockError):
+        decode_wire_view(encode_wire(raw), expected_id=block_id(text))
+    with pytest.raises(CorruptBlockError):
+        decode_wire_view(encode_wire(raw), max_plaintext=1000)
 
 
 def test_memoryview_input():
