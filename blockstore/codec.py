@@ -132,8 +132,7 @@ def unpack(
             plaintext larger than `max_plaintext` (checked before allocating it).
     """
     if flag == FLAG_RAW:
-        if len(body) > max_plaintext:
-            raise CorruptBlockError(f"block of {len(body)} bytes exceeds {max_plaintext}")
+        _check_raw_size(len(body), max_plaintext)
         return bytes(body)
     if flag != FLAG_ZSTD:
         raise CorruptBlockError(f"unknown block flag {flag}")
@@ -153,6 +152,11 @@ def unpack(
     if not dobj.eof or dobj.unused_data or len(out) != declared:
         raise CorruptBlockError("zstd frame truncated, oversized or followed by garbage")
     return out
+
+
+def _check_raw_size(size: int, max_plaintext: int) -> None:
+    if size > max_plaintext:
+        raise CorruptBlockError(f"block of {size} bytes exceeds {max_plaintext}")
 
 
 def encode_wire(plaintext: bytes | bytearray | memoryview) -> bytes:
@@ -209,8 +213,7 @@ def decode_wire_view(
     flag, body = header & 0x0F, view[1:]
     plaintext: bytes | memoryview
     if flag == FLAG_RAW:
-        if len(body) > max_plaintext:
-            raise CorruptBlockError(f"block of {len(body)} bytes exceeds {max_plaintext}")
+        _check_raw_size(len(body), max_plaintext)
         plaintext = body
     else:
         plaintext = unpack(flag, body, max_plaintext)

@@ -61,6 +61,7 @@ __all__ = [
     "ROOT_ID",
     "ROOT_PATH",
     "BlockList",
+    "Buffer",
     "Change",
     "ChangeOp",
     "FileKind",
@@ -87,10 +88,10 @@ __all__ = [
 
 MAX_FILE_BYTES: Final = 10 * 10**9
 MAX_BLOCK_BYTES: Final = 8 * 1024 * 1024
+"""Largest plaintext of one block on the wire (413 above)."""
 BULK_ALPN: Final = "drive-bulk/1"
 """TLS ALPN protocol of the sync client's block-transfer connections: HTTP/1.1 limited to
 the block routes, served by the server in a thread (docs/protocol.md "Transport")."""
-"""Largest plaintext of one block on the wire (413 above)."""
 MAX_MISSING_IDS: Final = 10_000
 """Most ids in one `POST /api/v1/blocks/missing`."""
 LIST_LIMIT_MAX: Final = 5000
@@ -428,8 +429,8 @@ BLOCK_RECORD_ID_BYTES: Final = 64
 _RECORD_LEN = struct.Struct(">I")
 _JOIN_PIECE_BYTES = 4096
 
-
-Buffer = bytes | bytearray | memoryview
+Buffer: TypeAlias = bytes | bytearray | memoryview
+"""Any bytes-like piece of a body (shared by the senders on both sides)."""
 
 
 def encode_block_records(items: Sequence[tuple[str, bytes | bytearray]]) -> bytes:

@@ -28,11 +28,9 @@ from collections.abc import Sequence
 from urllib.parse import urlsplit
 
 from blockstore.ids import BlockId
-from blockstore.wire import BULK_ALPN, MAX_BLOCK_BYTES
+from blockstore.wire import BULK_ALPN, MAX_BLOCK_BYTES, Buffer
 
 __all__ = ["BulkTransport", "BulkTransportError"]
-
-Buffer = bytes | bytearray | memoryview
 
 _MAX_HEAD_BYTES = 64 << 10
 _MAX_BODY_BYTES = MAX_BLOCK_BYTES + (1 << 20)  # a wire frame: header byte + at most 8 MiB

@@ -48,6 +48,8 @@ class Writer:
                 line = self.lines.get_nowait()
             except queue.Empty:
                 return
+            if not line.endswith("\n"):
+                continue  # killed while printing: a torn acknowledgement is no acknowledgement
             _ok, what, flag = line.split()
             self.acked.append((what, int(flag)))
 
