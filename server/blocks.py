@@ -179,8 +179,7 @@ class BlockService:
 
     async def get_wire(self, who: Principal, bid: BlockId) -> bytes | bytearray:
         """GET /blocks/{id}: the block as a wire frame (one worker-thread hop)."""
-        frame = await run_io(self.get_wire_sync, who, bid)
-        self.metrics.add("block_bytes_served", len(frame))
+        [(_, frame)] = await run_io(self.serve_wire_many_sync, who, [bid], 0)
         return frame
 
     async def get_wire_many(

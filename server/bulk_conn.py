@@ -240,6 +240,9 @@ class BulkConnections:
         return who, verdict.headers()
 
     def _batch(self, who: Principal, body: bytearray) -> _Answer:
+        # One block after the other: the client keeps several batches in flight on their
+        # own connections. Storing a batch's blocks in a pool of 16 as the hypercorn route
+        # does made no difference (1000 x 4 KiB: 1.75-2.75 s against 1.77-2.33 s).
         blocks = self._services.blocks
         stored = [blocks.put_wire_sync(who, bid, frame) for bid, frame in parse_block_batch(body)]
         return _json(200, {"stored": stored})
