@@ -4,8 +4,9 @@ Everything that crosses the network from the client goes through `RemoteClient`:
 `httpx.AsyncClient` (HTTP/1.1 keep-alive; trio's sockets set TCP_NODELAY) whose TLS context
 trusts exactly one certificate, the one pinned at login (no CA store, no host name check: the
 pin is the identity). HTTP failures become `syncd.errors` exceptions here and nowhere else.
-The two bulk requests, `GET /blocks/{id}` and `POST /blocks/batch`, take a faster path in
-the submodule `bulk` (blocking TLS sockets in worker threads); nothing outside this package
+The bulk requests, `GET /blocks/{id}`, `POST /blocks/fetch` and `POST /blocks/batch`, take
+a faster path in the submodule `bulk` (blocking TLS sockets in worker threads, on
+connections the server serves outside its HTTP framework); nothing outside this package
 speaks HTTP.
 """
 
