@@ -22,10 +22,21 @@ import mmap
 import os
 import threading
 
-__all__ = ["ALIGN", "write_new_file"]
+__all__ = [
+    "ALIGN",
+    "DIRECT_MIN_BYTES",
+    "open_direct",
+    "pread_direct",
+    "pwrite_direct",
+    "write_new_file",
+]
 
 ALIGN = 4096
 """Alignment of buffer, offset and length: a page, which covers 512- and 4096-byte devices."""
+
+DIRECT_MIN_BYTES = 64 * 1024
+"""Reads and writes below this size keep the page cache (`pwrite_direct`, `pread_direct`):
+small, scattered I/O (git objects, editors) is what the page cache is good at."""
 
 _POOL_MAX = 8
 """Buffers kept for reuse (reused memory costs no page faults); more are unmapped."""
@@ -117,3 +128,66 @@ def _give_back(buffer: mmap.mmap) -> None:
             buffer, _pool[smallest] = _pool[smallest], buffer
     with contextlib.suppress(BufferError):
         buffer.close()
+
+
+def open_direct(path: str | os.PathLike[str]) -> int | None:
+    """Open `path` (which exists) for reading and writing with O_DIRECT; None where the
+    filesystem does not support it (tmpfs)."""
+    try:
+        return os.open(path, os.O_RDWR | os.O_DIRECT | os.O_CLOEXEC)
+    except OSError as exc:
+        if exc.errno in (errno.EINVAL, errno.EOPNOTSUPP):
+            return None
+        raise
+
+
+def pwrite_direct(fd: int, data: bytes | bytearray | memoryview, offset: int) -> int | None:
+    """Write `data` at `offset` through `fd` (from `open_direct`), bypassing the page cache.
+
+    Returns the bytes written, or None when the write is not for O_DIRECT (under
+    `DIRECT_MIN_BYTES`, or offset or length not aligned to `ALIGN`) or the device refused
+    it: the caller then writes through its buffered descriptor. Like a buffered write that
+    returned, the data is with the kernel (here: the device) and survives our process.
+    """
+    view = memoryview(data).cast("B")
+    length = len(view)
+    if length < DIRECT_MIN_BYTES or length % ALIGN or offset % ALIGN:
+        return None
+    buffer = _take(length)
+    try:
+        with memoryview(buffer) as whole:
+            whole[:length] = view
+            try:
+                return os.pwrite(fd, whole[:length], offset)
+            except OSError as exc:
+                if exc.errno != errno.EINVAL:
+                    raise
+                return None
+    finally:
+        _give_back(buffer)
+
+
+def pread_direct(fd: int, size: int, offset: int) -> bytes | None:
+    """Read up to `size` bytes at `offset` through `fd` (from `open_direct`), bypassing the
+    page cache: the aligned range around them is read into a pooled buffer.
+
+    Returns fewer bytes at the end of the file (like `os.pread`), or None when the read is
+    under `DIRECT_MIN_BYTES` or the device refused it (read through the buffered descriptor).
+    """
+    if size < DIRECT_MIN_BYTES:
+        return None
+    start = offset - offset % ALIGN
+    end = -(-(offset + size) // ALIGN) * ALIGN
+    buffer = _take(end - start)
+    try:
+        with memoryview(buffer) as whole:
+            try:
+                got = os.preadv(fd, [whole[: end - start]], start)
+            except OSError as exc:
+                if exc.errno != errno.EINVAL:
+                    raise
+                return None
+            lo = offset - start
+            return bytes(whole[lo : max(lo, min(got, lo + size))])
+    finally:
+        _give_back(buffer)

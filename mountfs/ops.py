@@ -30,7 +30,7 @@ from pyfuse3 import (
 
 from mountfs.attrs import BLOCK_SIZE_BYTES, Attr
 from mountfs.errors import map_errors
-from mountfs.vfs import Vfs
+from mountfs.vfs import Vfs, bypass_page_cache
 
 __all__ = ["ATTR_TIMEOUT_S", "DriveOperations", "entry_of"]
 
@@ -138,7 +138,7 @@ class DriveOperations(pyfuse3.Operations):
     @map_errors
     async def open(self, inode: InodeT, flags: FlagT, ctx: RequestContext) -> FileInfo:
         fh, keep = await self._vfs.open(int(inode), int(flags))
-        return FileInfo(fh=FileHandleT(fh), keep_cache=keep)
+        return FileInfo(fh=FileHandleT(fh), keep_cache=keep, direct_io=bypass_page_cache(flags))
 
     @map_errors
     async def create(self, parent_inode: InodeT, name: FileNameT, mode: ModeT, flags: FlagT,
@@ -146,7 +146,7 @@ class DriveOperations(pyfuse3.Operations):
         if not stat.S_ISREG(mode):
             raise pyfuse3.FUSEError(errno.EPERM)
         fh, attr = await self._vfs.create(int(parent_inode), bytes(name), int(mode), int(flags))
-        return FileInfo(fh=FileHandleT(fh)), entry_of(attr)
+        return FileInfo(fh=FileHandleT(fh), direct_io=bypass_page_cache(flags)), entry_of(attr)
 
     @map_errors
     async def read(self, fh: FileHandleT, off: int, size: int) -> bytes:

@@ -30,7 +30,7 @@ from syncd.state import ROOT_INO, Node, StateDB
 from syncd.tree import TreeSync, path_of
 from syncd.uploader import Uploader
 
-__all__ = ["RENAME_EXCHANGE", "RENAME_NOREPLACE", "Vfs"]
+__all__ = ["RENAME_EXCHANGE", "RENAME_NOREPLACE", "Vfs", "bypass_page_cache"]
 
 log = logging.getLogger(__name__)
 
@@ -39,6 +39,17 @@ RENAME_EXCHANGE = 2
 DEFAULT_QUOTA_BYTES = 1 << 50
 SEQUENTIAL_SLACK_BYTES = 4 << 20
 """How far from the end of the previous read a read may start and still count as sequential."""
+
+
+def bypass_page_cache(flags: int) -> bool:
+    """Whether a handle opened with `flags` writes past the kernel's page cache (direct_io).
+
+    Write-only handles (`cp`, `dd of=`, downloads): nothing reads through them, so caching
+    their pages buys nothing, while filling a GiB of fresh page-cache pages is what made
+    `cp` into the mount slow on VMs (docs/performance.md). The bytes still land in the
+    dirty file before the write returns. Handles that can read keep the page cache.
+    """
+    return (flags & os.O_ACCMODE) == os.O_WRONLY
 
 
 def _name(raw: bytes) -> str:

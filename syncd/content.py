@@ -2,7 +2,8 @@
 
 A clean file is its block list (read through `BlockFetcher`). The first write, truncate or
 O_TRUNC turns it dirty: a sparse local file `home/dirty/<ino>` plus `Dirty.ranges` (which
-bytes of it are valid) over the base revision's blocks. Writes return at local-disk speed;
+bytes of it are valid) over the base revision's blocks. Writes return at local-disk speed
+(big aligned ones with O_DIRECT: the file is written once and read once, by the uploader);
 `flush()` (close) records them for the uploader, safe from a crash of the client; `sync()`
 (fsync) also makes them durable against a crash of the machine.
 `materialize()` fills the gaps from the base blocks so the uploader can chunk a whole file.
@@ -29,6 +30,7 @@ from pathlib import Path
 import trio
 
 from blockstore.aio import run_io
+from blockstore.direct_write import open_direct, pread_direct, pwrite_direct
 from blockstore.ids import BlockId
 from blockstore.wire import MAX_FILE_BYTES
 from syncd import ranges as rg
@@ -125,6 +127,8 @@ class ContentStore:
         self.fetcher = fetcher
         self.limit_bytes = limit_bytes
         self._fds: dict[int, int] = {}
+        self._direct_fds: dict[int, int] = {}
+        self._direct = True  # until the filesystem refuses O_DIRECT (tmpfs)
         self._locks: dict[int, trio.Lock] = {}
         self._pinned: set[int] = set()
         self.on_dirty: Callable[[Node], None] | None = None
@@ -149,10 +153,23 @@ class ContentStore:
             self._fds[ino] = fd
         return fd
 
+    def _direct_fd(self, ino: int) -> int | None:
+        """A second descriptor of the dirty file, with O_DIRECT (None where unsupported)."""
+        fd = self._direct_fds.get(ino)
+        if fd is None and self._direct:
+            self._fd(ino)  # creates the file
+            fd = open_direct(self.path(ino))
+            if fd is None:
+                self._direct = False
+            else:
+                self._direct_fds[ino] = fd
+        return fd
+
     def close_fd(self, ino: int) -> None:
-        fd = self._fds.pop(ino, None)
-        if fd is not None:
-            os.close(fd)
+        for fds in (self._fds, self._direct_fds):
+            fd = fds.pop(ino, None)
+            if fd is not None:
+                os.close(fd)
 
     def _reserve(self, nbytes: int) -> None:
         """Refuse a write that would make unsynced data exceed the local storage limit.
@@ -219,7 +236,7 @@ class ContentStore:
         base_starts: list[int] | None = None
         for s, e, inside in rg.covered(dirty.ranges, off, end):
             if inside:
-                pieces.append(await run_io(os.pread, fd, e - s, s))
+                pieces.append(await run_io(_read_at, fd, self._direct_fd(node.ino), e - s, s))
                 continue
             bend = min(e, dirty.base_size)
             if s < bend:
@@ -244,7 +261,7 @@ class ContentStore:
         self._reserve(new_bytes)
         async with self._lock(node.ino):
             fd = self._fd(node.ino)
-            written = await run_io(os.pwrite, fd, data, off)
+            written = await run_io(_write_at, fd, self._direct_fd(node.ino), data, off)
             dirty.ranges = rg.add(dirty.ranges, off, off + written)
             dirty.gen += 1
         self.dirty_bytes += new_bytes
@@ -338,3 +355,23 @@ class ContentStore:
     def discard(self, node: Node) -> None:
         """The file is gone (unlinked and forgotten): drop local content."""
         self.finish_clean(node)
+
+
+def _write_at(fd: int, direct_fd: int | None, data: bytes, off: int) -> int:
+    """Big aligned writes skip the page cache (`blockstore.direct_write`): a dirty file is
+    written once and read once by the uploader, and on VMs filling fresh page-cache pages
+    costs more than the copy itself (docs/performance.md). The rest is a plain pwrite."""
+    if direct_fd is not None:
+        written = pwrite_direct(direct_fd, data, off)
+        if written is not None:
+            return written
+    return os.pwrite(fd, data, off)
+
+
+def _read_at(fd: int, direct_fd: int | None, size: int, off: int) -> bytes:
+    """Big reads skip the page cache, like `_write_at`; small ones use it."""
+    if direct_fd is not None:
+        got = pread_direct(direct_fd, size, off)
+        if got is not None:
+            return got
+    return os.pread(fd, size, off)

@@ -18,6 +18,7 @@ import bisect
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 
+import outcome
 import trio
 
 from blockstore.aio import run_cpu
@@ -27,8 +28,9 @@ from blockstore.ids import BlockId, block_id
 __all__ = ["WINDOW_BYTES", "NewChunk", "Plan", "plan", "rechunk"]
 
 WINDOW_BYTES = 2 * MAX_CHUNK_BYTES
-"""Bytes read and chunked per step: at least two max-size chunks, so the one cut chunk at
-the end of a window (dropped and re-read next step) never holds up progress."""
+"""Bytes read per step. A step chunks them after the one chunk the step before cut at its
+end (dropped there, kept in memory): at least two max-size chunks, so that cut chunk never
+holds up progress."""
 
 Blocks = Sequence[tuple[BlockId, int]]
 
@@ -97,6 +99,10 @@ async def rechunk(
 ) -> list[tuple[BlockId, int]]:
     """Return the new block list; every chunk not reused from the base goes to `sink`.
 
+    Each window is read while the one before it is chunked and hashed, when the next one is
+    certainly needed (no old boundary can end chunking first): the dirty file is read with
+    O_DIRECT, so a read waits for the disk (`ContentStore.read`).
+
     Args:
         read: `read(offset, size)` returns the file's current bytes there.
         sink: receives new chunks in file order (it may upload them).
@@ -108,23 +114,90 @@ async def rechunk(
         old_at[pos] = idx
         pos += size
     old_total = pos
+    error: Exception | None = None
+    async with trio.open_nursery() as nursery:
+        try:
+            return await _steps(base_blocks, p, new_size, old_at, old_total,
+                                _ReadAhead(nursery, read), sink, out)  # fmt: skip
+        except Exception as exc:  # noqa: BLE001 - raised as itself, not in a nursery's group
+            error = exc
+        finally:
+            nursery.cancel_scope.cancel()  # a read ahead that is no longer wanted
+    assert error is not None
+    raise error
+
+
+async def _steps(
+    base_blocks: Blocks,
+    p: Plan,
+    new_size: int,
+    old_at: dict[int, int],
+    old_total: int,
+    ahead: _ReadAhead,
+    sink: Callable[[NewChunk], Awaitable[None]],
+    out: list[tuple[BlockId, int]],
+) -> list[tuple[BlockId, int]]:
     pos = p.start
+    read_end = pos  # the bytes [pos, read_end) are in `carry`, read but not yet cut
+    carry: bytes | memoryview = b""
     while pos < new_size:
-        want = min(WINDOW_BYTES, new_size - pos)
-        buf = await read(pos, want)
-        if len(buf) != want:
-            raise OSError(f"short read of dirty content at {pos}: {len(buf)} of {want}")
-        final = pos + want >= new_size
+        want = min(WINDOW_BYTES, new_size - read_end)
+        if not ahead.started:
+            ahead.start(read_end, want)
+        data = await ahead.take()
+        if len(data) != want:
+            raise OSError(f"short read of dirty content at {read_end}: {len(data)} of {want}")
+        buf = bytes(carry) + data if carry else data
+        read_end += want
+        final = read_end >= new_size
+        if not final and (read_end < p.resync_after or pos >= old_total):
+            # No chunk of this window can end re-chunking: the next window is needed.
+            ahead.start(read_end, min(WINDOW_BYTES, new_size - read_end))
         pieces = await run_cpu(_chunk_window, buf, pos, final)
-        for off, bid, data in pieces:
-            out.append((bid, len(data)))
+        start = pos
+        for off, bid, chunk in pieces:
+            out.append((bid, len(chunk)))
             at = old_at.get(off)
             if at is None or at >= len(base_blocks) or base_blocks[at][0] != bid:
-                await sink(NewChunk(off, bid, data))
-            end = off + len(data)
+                await sink(NewChunk(off, bid, chunk))
+            end = off + len(chunk)
             if end >= p.resync_after and end < old_total and end in old_at:
                 out.extend(base_blocks[old_at[end] :])
                 return out
             pos = end
+        carry = memoryview(buf)[pos - start :]
         await trio.lowlevel.checkpoint()
     return out
+
+
+class _ReadAhead:
+    """One `read` running in the background; its error is raised by `take`, as itself."""
+
+    def __init__(self, nursery: trio.Nursery, read: Callable[[int, int], Awaitable[bytes]]) -> None:
+        self._nursery = nursery
+        self._read = read
+        self._done: trio.Event | None = None
+        self._result: outcome.Outcome[bytes] | None = None
+
+    @property
+    def started(self) -> bool:
+        return self._done is not None
+
+    def start(self, off: int, size: int) -> None:
+        done = self._done = trio.Event()
+
+        async def run() -> None:
+            try:
+                self._result = outcome.Value(await self._read(off, size))
+            except Exception as exc:  # noqa: BLE001 - `take` raises it; cancellation propagates
+                self._result = outcome.Error(exc)
+            done.set()
+
+        self._nursery.start_soon(run)
+
+    async def take(self) -> bytes:
+        assert self._done is not None, "start() first"
+        await self._done.wait()
+        result, self._result, self._done = self._result, None, None
+        assert result is not None
+        return result.unwrap()

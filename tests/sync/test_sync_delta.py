@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import subprocess
 from pathlib import Path
 from typing import Any
 
@@ -119,3 +120,31 @@ def test_copying_a_file_already_on_the_drive_sends_no_block_data(
     m.wait_synced()
     assert metric(server, RECEIVED) == received
     assert _meta(server, m.home, "/copy.bin")["size"] == len(data)
+
+
+def test_big_aligned_and_small_odd_writes_into_one_file_reach_the_server_exactly(
+    account: Account, one_mount: MountProcess
+) -> None:
+    # `cp` writes 1 MiB pieces through a write-only handle: those skip both page caches
+    # (the kernel's for the mount, ours for the dirty file). Small or unaligned writes
+    # through a read-write handle take the page cache, over and under the direct ones.
+    server, m = account.server, one_mount
+    src = account.root / "src.bin"
+    expected = bytearray(_write_random(src, 20 * MIB + 4097))
+    subprocess.run(["cp", str(src), str(m.mnt / "mixed.bin")], check=True, timeout=60)
+    edits = [
+        (5 * MIB + 1, os.urandom(3)),  # tiny, unaligned: buffered
+        (8 * MIB, os.urandom(MIB)),  # aligned and big: O_DIRECT, over buffered pages
+        (12 * MIB + 7, os.urandom(100 * 1024)),  # big but unaligned: buffered
+        (20 * MIB, os.urandom(4097)),  # the unaligned tail again
+    ]
+    with open(m.mnt / "mixed.bin", "r+b", buffering=0) as f:
+        for where, data in edits:
+            f.seek(where)
+            assert f.write(data) == len(data)
+            expected[where : where + len(data)] = data
+        f.seek(0)
+        assert f.read() == expected  # dirty data read back, before the upload
+    assert (m.mnt / "mixed.bin").read_bytes() == expected
+    m.wait_synced(timeout=120)
+    assert _server_sha256(server, m.home, "/mixed.bin") == hashlib.sha256(expected).hexdigest()

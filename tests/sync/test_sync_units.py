@@ -3,6 +3,8 @@ transport (httpx.MockTransport) on trio's virtual clock."""
 
 from __future__ import annotations
 
+import errno
+import itertools
 import json
 import random
 from pathlib import Path
@@ -19,7 +21,7 @@ from blockstore.wire import Change, FileRecord
 from syncd import ranges as rg
 from syncd.changes import ChangeApplier
 from syncd.follower import MAX_BACKOFF_S, Follower, backoff_delay
-from syncd.rechunk import NewChunk, plan, rechunk
+from syncd.rechunk import WINDOW_BYTES, NewChunk, plan, rechunk
 from syncd.remote import RemoteClient
 from syncd.state import ROOT_INO, Node, StateDB
 from syncd.tree import TreeSync
@@ -35,13 +37,15 @@ Result = tuple[list[tuple[BlockId, int]], list[NewChunk]]
 
 
 async def _rechunk(old: bytes, new: bytes, ranges: list[tuple[int, int]],
-                   base_size: int | None = None) -> Result:  # fmt: skip
+                   base_size: int | None = None,
+                   reads: list[tuple[int, int]] | None = None) -> Result:  # fmt: skip
     base = _blocks(old)
     sent: list[NewChunk] = []
-    reads: list[int] = []
+    reads = [] if reads is None else reads
 
     async def read(off: int, n: int) -> bytes:
-        reads.append(n)
+        reads.append((off, n))
+        await trio.lowlevel.checkpoint()  # the window before is chunked meanwhile
         return new[off : off + n]
 
     async def sink(c: NewChunk) -> None:
@@ -57,9 +61,40 @@ async def test_one_byte_change_rechunks_about_one_chunk() -> None:
     old = rnd.randbytes(40 * MIB)
     where = 23 * MIB + 5
     new = old[:where] + bytes([old[where] ^ 0xFF]) + old[where + 1 :]
-    out, sent = await _rechunk(old, new, [(where, where + 1)])
+    reads: list[tuple[int, int]] = []
+    out, sent = await _rechunk(old, new, [(where, where + 1)], reads=reads)
     assert out == _blocks(new)
     assert 1 <= len(sent) <= 2
+    # Reading ahead never reads past where old boundaries may end re-chunking.
+    assert sum(n for _, n in reads) <= WINDOW_BYTES
+
+
+async def test_big_new_file_is_read_once_window_by_window_and_chunks_as_a_whole() -> None:
+    new = random.Random(3).randbytes(5 * WINDOW_BYTES + 12345)
+    reads: list[tuple[int, int]] = []
+    out, sent = await _rechunk(b"", new, [(0, len(new))], reads=reads)
+    assert out == _blocks(new)
+    assert [c.block_id for c in sent] == [b for b, _ in out]
+    # Each byte is read once, in order (the chunk cut at a window's end is kept, not re-read).
+    assert reads[0][0] == 0
+    assert all(a[0] + a[1] == b[0] for a, b in itertools.pairwise(reads))
+    assert sum(n for _, n in reads) == len(new)
+
+
+async def test_a_failed_read_ahead_raises_its_own_error() -> None:
+    new = random.Random(4).randbytes(3 * WINDOW_BYTES)
+
+    async def read(off: int, n: int) -> bytes:
+        if off > 0:
+            raise OSError(errno.EIO, "disk gone")
+        return new[off : off + n]
+
+    async def sink(c: NewChunk) -> None:
+        pass
+
+    p = plan([], 0, [(0, len(new))], len(new))
+    with pytest.raises(OSError, match="disk gone"):
+        await rechunk([], p, len(new), read, sink)
 
 
 @pytest.mark.parametrize("case", ["append", "truncate", "extend-zeros", "overwrite-head",
