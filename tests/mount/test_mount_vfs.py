@@ -249,3 +249,33 @@ def test_ranges() -> None:
     assert rg.gaps(r, 0, 50) == [(0, 10), (40, 50)]
     assert rg.clip(r, 15) == [(10, 15)]
     assert rg.covered([(5, 8)], 0, 10) == [(0, 5, False), (5, 8, True), (8, 10, False)]
+
+
+@pytest.mark.parametrize("direct", [True, False], ids=["o_direct", "refused"])
+async def test_big_and_small_writes_read_back_with_or_without_o_direct(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, direct: bool
+) -> None:
+    # Where the dirty files' filesystem refuses O_DIRECT, everything goes through the page
+    # cache; the bytes read back (and handed to the uploader) must be the same either way.
+    import syncd.content
+
+    if not direct:
+        monkeypatch.setattr(syncd.content, "open_direct", lambda path: None)
+    w = World(tmp_path)
+    try:
+        fh, attr = await w.vfs.create(ROOT_INO, b"big", 0o644, os.O_WRONLY)
+        expect = bytearray(os.urandom(3 << 20))
+        for off in range(0, len(expect), 1 << 20):
+            await w.vfs.write(fh, off, bytes(expect[off : off + (1 << 20)]))
+        for off, size in ((5, 3), (1 << 20, 64 << 10), ((2 << 20) + 7, 100 << 10)):
+            piece = os.urandom(size)
+            await w.vfs.write(fh, off, piece)
+            expect[off : off + size] = piece
+        await w.vfs.release(fh)
+        node = w.state.node(attr.ino)
+        assert node is not None
+        assert await w.content.read(node, 0, len(expect)) == expect
+        assert await w.content.read(node, 4000, 200 << 10) == expect[4000 : 4000 + (200 << 10)]
+        assert bool(w.content._direct_fds) is direct
+    finally:
+        w.close()
