@@ -147,7 +147,7 @@ async def _steps(
         data = await ahead.take()
         if len(data) != want:
             raise OSError(f"short read of dirty content at {read_end}: {len(data)} of {want}")
-        buf = bytes(carry) + data if carry else data
+        buf = b"".join((carry, data)) if carry else data  # one copy of the carried chunk
         read_end += want
         final = read_end >= new_size
         if not final and (read_end < p.resync_after or pos >= old_total):
