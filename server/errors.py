@@ -42,6 +42,13 @@ class NotFound(ApiError):
     code = "not_found"
 
 
+class ParentMissing(NotFound):
+    """404 whose cause is a missing parent directory: a client recreates the parent (edit
+    beats delete) instead of dropping the write, so it must tell this apart by code."""
+
+    code = "no_parent"
+
+
 class Conflict(ApiError):
     status = 409
     code = "conflict"

@@ -104,15 +104,28 @@ class Metadata:
         await self.feed.notify(who.ns_id)
         return rec
 
-    async def move(self, who: Principal, src: str, dst: str, mode: str) -> FileRecord:
-        """Move or rename atomically."""
-        rec = await self.db.run(moves.move, actor_of(who), src, dst, mode)
+    async def move(
+        self,
+        who: Principal,
+        src: str,
+        dst: str,
+        mode: str,
+        src_rev: int | None = None,
+        dst_rev: int | None = None,
+    ) -> FileRecord:
+        """Move or rename atomically (a file renamed over a file becomes its next revision)."""
+        rec = await self.db.run(
+            moves.move, actor_of(who), src, dst, mode, keep=self.limits.revisions_kept,
+            src_rev=src_rev, dst_rev=dst_rev,
+        )  # fmt: skip
         await self.feed.notify(who.ns_id)
         return rec
 
-    async def delete(self, who: Principal, path: str, recursive: bool) -> FileRecord:
-        """Move to the trash."""
-        rec = await self.db.run(moves.delete, actor_of(who), path, recursive)
+    async def delete(
+        self, who: Principal, path: str, recursive: bool, base_rev: int | None = None
+    ) -> FileRecord:
+        """Move to the trash (refused if the file is no longer at `base_rev`)."""
+        rec = await self.db.run(moves.delete, actor_of(who), path, recursive, base_rev)
         await self.feed.notify(who.ns_id)
         return rec
 

@@ -224,8 +224,10 @@ async def move(request: Request) -> Response:
     if mode not in MOVE_MODES:
         raise BadRequest(f"mode must be one of {', '.join(MOVE_MODES)}")
     rec = await s.metadata.move(
-        who, check_path(body.get("from"), "from"), check_path(body.get("to"), "to"), mode
-    )
+        who, check_path(body.get("from"), "from"), check_path(body.get("to"), "to"), mode,
+        src_rev=get_int(body, "src_rev", optional=True),
+        dst_rev=get_int(body, "dst_rev", optional=True),
+    )  # fmt: skip
     return json_response(rec.to_json())
 
 
@@ -234,8 +236,9 @@ async def delete(request: Request) -> Response:
     s = services(request)
     body = await read_json(request, s.config.max_json_bytes)
     rec = await s.metadata.delete(
-        who, check_path(body.get("path")), get_bool(body, "recursive", False)
-    )
+        who, check_path(body.get("path")), get_bool(body, "recursive", False),
+        get_int(body, "base_rev", optional=True),
+    )  # fmt: skip
     return json_response({"deleted": rec.to_json()})
 
 

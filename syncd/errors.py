@@ -6,6 +6,7 @@
     + BadRequest           400
     + Unauthorized         401 (token missing, wrong or revoked)
     + NotFound             404
+      + ParentMissing      404 "no_parent": the parent directory of the path does not exist
     + Conflict             409 "conflict" (carries the server's `current` record, or None)
     + Exists               409 "exists"
     + NotEmpty             409 "not_empty"
@@ -33,6 +34,7 @@ __all__ = [
     "NotFound",
     "NotLoggedIn",
     "Offline",
+    "ParentMissing",
     "QuotaExceeded",
     "RateLimited",
     "RemoteError",
@@ -67,6 +69,11 @@ class Unauthorized(RemoteError):
 
 class NotFound(RemoteError):
     status = 404
+
+
+class ParentMissing(NotFound):
+    """404 "no_parent": the path's parent directory is gone (deleted or renamed elsewhere),
+    as opposed to the entry itself; the caller re-creates or follows the parent."""
 
 
 class Conflict(RemoteError):

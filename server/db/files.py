@@ -16,7 +16,7 @@ from blockstore.ids import BlockId
 from blockstore.wire import ROOT_ID, FileRecord, join_path, path_parts, split_path
 from server.db import journal, read_txn, write_txn
 from server.db.journal import Actor
-from server.errors import BadRequest, Exists, NotFound
+from server.errors import BadRequest, Exists, NotFound, ParentMissing
 
 Row = sqlite3.Row
 COLUMNS = "id, parent_id, name, kind, mode, mtime_ns, rev, size, content_hash, target, deleted_at"
@@ -61,11 +61,11 @@ def need(conn: sqlite3.Connection, ns_id: int, path: str) -> Row:
 
 
 def need_parent_dir(conn: sqlite3.Connection, ns_id: int, path: str) -> tuple[Row, str]:
-    """The live parent directory of `path` and the last name; 404/400 as the protocol says."""
+    """The live parent directory of `path` and the last name; 404 `no_parent` / 400."""
     parent_path, name = split_path(path)
     parent = resolve(conn, ns_id, parent_path)
     if parent is None:
-        raise NotFound(f"parent directory does not exist: {parent_path}")
+        raise ParentMissing(f"parent directory does not exist: {parent_path}")
     if parent["kind"] != "dir":
         raise BadRequest(f"parent is not a directory: {parent_path}")
     return parent, name

@@ -4,6 +4,11 @@ A directory move changes one row (its parent and name); descendants follow becau
 are derived from parents. Deleting marks the entry and its whole live subtree with the same
 `trash_root`, so undelete brings back exactly what that delete removed (entries deleted
 earlier on their own stay in the trash as their own items).
+
+Never lose a write: a delete or a rename-over may name the revision the device saw
+(`base_rev`, `src_rev`, `dst_rev`); a file that moved on since is refused with 409 `conflict`
+so a stale delete cannot remove a newer edit. History follows the path: a file renamed over a
+file becomes the next revision of the target (editors' atomic saves keep the history).
 """
 
 from __future__ import annotations
@@ -13,10 +18,10 @@ import time
 from dataclasses import dataclass
 
 from blockstore.wire import ROOT_PATH, FileRecord, is_within
-from server.db import journal, read_txn, write_txn
-from server.db.files import Row, child, get_row, need, need_parent_dir, path_of, record
+from server.db import journal, read_txn, versions, write_txn
+from server.db.files import Row, block_list, child, get_row, need, need_parent_dir, path_of, record
 from server.db.journal import Actor
-from server.errors import BadRequest, Exists, NotEmpty, NotFound
+from server.errors import BadRequest, Conflict, Exists, NotEmpty, NotFound, ParentMissing
 
 
 @dataclass(frozen=True, slots=True)
@@ -70,19 +75,69 @@ def _moved_record(conn: sqlite3.Connection, ns_id: int, file_id: int, path: str)
     return record(conn, ns_id, row, path)
 
 
-def move(conn: sqlite3.Connection, actor: Actor, src: str, dst: str, mode: str) -> FileRecord:
-    """POST /move with mode noreplace | replace | exchange."""
+def _check_rev(
+    conn: sqlite3.Connection, ns_id: int, row: Row, path: str, expected: int | None
+) -> None:
+    """409 `conflict` (with `current`) if `row` is a file no longer at revision `expected`;
+    no check when `expected` is None (older clients) or the entry is not a file."""
+    if expected is None or row["kind"] != "file" or int(row["rev"]) == expected:
+        return
+    current = record(conn, ns_id, row, path).to_json()
+    raise Conflict(f"{path} is no longer at revision {expected}", current=current)
+
+
+def _replace_content(
+    conn: sqlite3.Connection, actor: Actor, row: Row, src: str, target: Row, dst: str, keep: int
+) -> FileRecord:
+    """Rename the file `row` over the file `target`: the source's current content becomes the
+    next revision of the target, which keeps its id and history; the source entry and its
+    versions are dropped (not trashed: its content lives on as the target's revision)."""
+    ns = actor.ns_id
+    src_id = int(row["id"])
+    content = versions.Content(
+        block_list(conn, ns, src_id, int(row["rev"])), int(row["size"]), row["content_hash"],
+        int(row["mtime_ns"]), int(row["mode"]),
+    )  # fmt: skip
+    gone = record(conn, ns, row, src, deleted=True)
+    new = versions.add_version(conn, actor, target, content, None, keep)
+    versions.prune(conn, actor, src_id, keep=0)
+    conn.execute("DELETE FROM files WHERE ns_id = ? AND id = ?", (ns, src_id))
+    journal.append(conn, actor, "delete", gone)
+    rec = record(conn, ns, new, dst)
+    journal.append(conn, actor, "update", rec)
+    return rec
+
+
+def move(
+    conn: sqlite3.Connection,
+    actor: Actor,
+    src: str,
+    dst: str,
+    mode: str,
+    *,
+    keep: int,
+    src_rev: int | None = None,
+    dst_rev: int | None = None,
+) -> FileRecord:
+    """POST /move with mode noreplace | replace | exchange.
+
+    `keep` is the number of revisions a file keeps (a rename-over adds one to the target);
+    `src_rev`/`dst_rev` are the revisions the caller saw of the source and target files.
+    """
     ns = actor.ns_id
     if src == ROOT_PATH or dst == ROOT_PATH:
         raise BadRequest("the root directory cannot be moved or replaced")
     with write_txn(conn):
         row = need(conn, ns, src)
+        _check_rev(conn, ns, row, src, src_rev)
         if row["kind"] == "dir" and is_within(dst, src) and dst != src:
             raise BadRequest(f"cannot move a directory into itself: {src} -> {dst}")
         parent, name = need_parent_dir(conn, ns, dst)
         target = child(conn, ns, int(parent["id"]), name)
         if target is not None and int(target["id"]) == int(row["id"]):
             return record(conn, ns, row, src)
+        if target is not None and mode != "noreplace":
+            _check_rev(conn, ns, target, dst, dst_rev)
         if mode == "exchange":
             if target is None:
                 raise NotFound(f"exchange target does not exist: {dst}")
@@ -104,6 +159,8 @@ def move(conn: sqlite3.Connection, actor: Actor, src: str, dst: str, mode: str) 
                     raise NotEmpty(f"directory not empty: {dst}")
             elif row["kind"] == "dir":
                 raise Exists(f"cannot replace a file with a directory: {dst}")
+            elif row["kind"] == "file" and target["kind"] == "file":
+                return _replace_content(conn, actor, row, src, target, dst, keep)
             _trash(conn, ns, target, dst)
             gone = _moved_record(conn, ns, int(target["id"]), dst)
             journal.append(conn, actor, "delete", gone)
@@ -115,13 +172,21 @@ def move(conn: sqlite3.Connection, actor: Actor, src: str, dst: str, mode: str) 
         return rec
 
 
-def delete(conn: sqlite3.Connection, actor: Actor, path: str, recursive: bool) -> FileRecord:
-    """POST /delete: move an entry (and its subtree) to the trash."""
+def delete(
+    conn: sqlite3.Connection,
+    actor: Actor,
+    path: str,
+    recursive: bool,
+    base_rev: int | None = None,
+) -> FileRecord:
+    """POST /delete: move an entry (and its subtree) to the trash; a file no longer at
+    `base_rev` (the revision the caller saw) is refused, so an edit beats a stale delete."""
     ns = actor.ns_id
     if path == ROOT_PATH:
         raise BadRequest("the root directory cannot be deleted")
     with write_txn(conn):
         row = need(conn, ns, path)
+        _check_rev(conn, ns, row, path, base_rev)
         if row["kind"] == "dir" and not recursive and _has_children(conn, ns, int(row["id"])):
             raise NotEmpty(f"directory not empty: {path}")
         _trash(conn, ns, row, path)
@@ -155,7 +220,7 @@ def undelete(conn: sqlite3.Connection, actor: Actor, path: str) -> FileRecord:
         file_id = int(row[0])
         parent = get_row(conn, ns, int(row[1]))
         if parent is None or parent["deleted_at"] is not None or parent["kind"] != "dir":
-            raise NotFound(f"the parent directory of {path} no longer exists")
+            raise ParentMissing(f"the parent directory of {path} no longer exists")
         if child(conn, ns, int(row[1]), str(row[2])) is not None:
             raise Exists(f"already exists: {path}")
         conn.execute(

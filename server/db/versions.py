@@ -18,6 +18,7 @@ from server.db import blocks as block_rows
 from server.db import journal, read_txn, write_txn
 from server.db.files import (
     DEFAULT_FILE_MODE,
+    Row,
     block_list,
     child,
     get_row,
@@ -96,7 +97,10 @@ def _previous(conn: sqlite3.Connection, actor: Actor, commit_id: str) -> FileRec
     )
 
 
-def _prune(conn: sqlite3.Connection, actor: Actor, file_id: int, keep: int) -> None:
+def prune(conn: sqlite3.Connection, actor: Actor, file_id: int, keep: int) -> None:
+    """Drop all but the newest `keep` versions of a file, releasing their block references
+    (`keep=0` drops the whole history: the blocks become garbage once nothing else holds
+    them)."""
     old = conn.execute(
         "SELECT rev FROM file_versions WHERE ns_id = ? AND file_id = ? ORDER BY rev DESC",
         (actor.ns_id, file_id),
@@ -114,6 +118,59 @@ def _prune(conn: sqlite3.Connection, actor: Actor, file_id: int, keep: int) -> N
         )
 
 
+@dataclass(frozen=True, slots=True)
+class Content:
+    """What one version holds (the file's mode is kept as is when `mode` is None)."""
+
+    blocks: tuple[tuple[BlockId, int], ...]
+    size: int
+    content_hash: str | None
+    mtime_ns: int
+    mode: int | None
+
+
+def add_version(
+    conn: sqlite3.Connection,
+    actor: Actor,
+    row: Row,
+    content: Content,
+    commit_id: str | None,
+    keep: int,
+) -> Row:
+    """Make `content` the next revision of the file `row` (inside the caller's write
+    transaction): insert the version and its block list, take references on the blocks,
+    update the file row and prune beyond `keep` versions. Journaling is the caller's.
+
+    Returns:
+        The file's row after the change.
+    """
+    ns = actor.ns_id
+    file_id = int(row["id"])
+    rev = int(row["rev"]) + 1
+    conn.execute(
+        "INSERT INTO file_versions (ns_id, file_id, rev, state, size, content_hash,"
+        " mtime_ns, device, created_at, commit_id) VALUES (?, ?, ?, 'done', ?, ?, ?, ?, ?, ?)",
+        (ns, file_id, rev, content.size, content.content_hash, content.mtime_ns, actor.device,
+         time.time(), commit_id),
+    )  # fmt: skip
+    conn.executemany(
+        "INSERT INTO version_blocks (ns_id, file_id, rev, idx, block_id, size)"
+        " VALUES (?, ?, ?, ?, ?, ?)",
+        [(ns, file_id, rev, i, bid, size) for i, (bid, size) in enumerate(content.blocks)],
+    )
+    block_rows.add_refs(conn, actor.user_id, [b for b, _ in content.blocks], +1)
+    mode = int(row["mode"]) if content.mode is None else content.mode & 0o7777
+    conn.execute(
+        "UPDATE files SET rev = ?, size = ?, content_hash = ?, mtime_ns = ?, mode = ?"
+        " WHERE ns_id = ? AND id = ?",
+        (rev, content.size, content.content_hash, content.mtime_ns, mode, ns, file_id),
+    )
+    prune(conn, actor, file_id, keep)
+    new = get_row(conn, ns, file_id)
+    assert new is not None
+    return new
+
+
 def commit(
     conn: sqlite3.Connection, actor: Actor, req: CommitRequest, limits: Limits
 ) -> tuple[FileRecord, bool]:
@@ -121,7 +178,7 @@ def commit(
 
     Raises:
         Conflict: base revision mismatch (with `current`), BadRequest: missing blocks or a
-        wrong size, NotFound: no parent, TooLarge, QuotaExceeded, Exists: a directory there.
+        wrong size, ParentMissing: no parent, TooLarge, QuotaExceeded, Exists: a directory there.
     """
     ns = actor.ns_id
     if req.size != sum(size for _, size in req.blocks):
@@ -167,30 +224,8 @@ def commit(
             row = insert_entry(
                 conn, ns, file_id, int(parent["id"]), name, "file", mode, req.mtime_ns
             )
-        file_id = int(row["id"])
-        rev = int(row["rev"]) + 1
-        chash = _content_hash(req)
-        conn.execute(
-            "INSERT INTO file_versions (ns_id, file_id, rev, state, size, content_hash,"
-            " mtime_ns, device, created_at, commit_id) VALUES (?, ?, ?, 'done', ?, ?, ?, ?, ?, ?)",
-            (ns, file_id, rev, req.size, chash, req.mtime_ns, actor.device, time.time(),
-             req.commit_id),
-        )  # fmt: skip
-        conn.executemany(
-            "INSERT INTO version_blocks (ns_id, file_id, rev, idx, block_id, size)"
-            " VALUES (?, ?, ?, ?, ?, ?)",
-            [(ns, file_id, rev, i, bid, size) for i, (bid, size) in enumerate(req.blocks)],
-        )
-        block_rows.add_refs(conn, actor.user_id, ids, +1)
-        mode = int(row["mode"]) if req.mode is None else req.mode & 0o7777
-        conn.execute(
-            "UPDATE files SET rev = ?, size = ?, content_hash = ?, mtime_ns = ?, mode = ?"
-            " WHERE ns_id = ? AND id = ?",
-            (rev, req.size, chash, req.mtime_ns, mode, ns, file_id),
-        )
-        _prune(conn, actor, file_id, limits.revisions_kept)
-        new = get_row(conn, ns, file_id)
-        assert new is not None
+        content = Content(req.blocks, req.size, _content_hash(req), req.mtime_ns, req.mode)
+        new = add_version(conn, actor, row, content, req.commit_id, limits.revisions_kept)
         rec = record(conn, ns, new, req.path)
         op = req.op or ("create" if created else "update")
         journal.append(conn, actor, op, rec)

@@ -57,6 +57,7 @@ _ERRORS: Mapping[str, type[errors.RemoteError]] = {
     "bad_request": errors.BadRequest,
     "unauthorized": errors.Unauthorized,
     "not_found": errors.NotFound,
+    "no_parent": errors.ParentMissing,
     "conflict": errors.Conflict,
     "exists": errors.Exists,
     "not_empty": errors.NotEmpty,
@@ -298,13 +299,32 @@ class RemoteClient:
             body["mtime_ns"] = mtime_ns
         return await self._record("POST", "/api/v1/setattr", json=body)
 
-    async def move(self, src: str, dst: str, mode: str) -> FileRecord:
-        return await self._record(
-            "POST", "/api/v1/move", json={"from": src, "to": dst, "mode": mode}
-        )
+    async def move(
+        self,
+        src: str,
+        dst: str,
+        mode: str,
+        *,
+        src_rev: int | None = None,
+        dst_rev: int | None = None,
+    ) -> FileRecord:
+        """`POST /api/v1/move`. `src_rev`/`dst_rev`: the revisions this device saw of the
+        source and target files; the server refuses (Conflict) if either moved on. A file
+        renamed over a file answers the target's record (its id, a new revision)."""
+        body: dict[str, Any] = {"from": src, "to": dst, "mode": mode}
+        if src_rev is not None:
+            body["src_rev"] = src_rev
+        if dst_rev is not None:
+            body["dst_rev"] = dst_rev
+        return await self._record("POST", "/api/v1/move", json=body)
 
-    async def delete(self, path: str, recursive: bool) -> None:
-        await self.request("POST", "/api/v1/delete", json={"path": path, "recursive": recursive})
+    async def delete(self, path: str, recursive: bool, base_rev: int | None = None) -> None:
+        """`POST /api/v1/delete`. `base_rev`: the revision this device saw; a file edited
+        since is not deleted (Conflict carrying its current record)."""
+        body: dict[str, Any] = {"path": path, "recursive": recursive}
+        if base_rev is not None:
+            body["base_rev"] = base_rev
+        await self.request("POST", "/api/v1/delete", json=body)
 
     # -- blocks and commits ---------------------------------------------------------------
 

@@ -90,7 +90,7 @@ def test_commit_batch_answers_each_item(
         assert [x.get("record", {}).get("path") for x in results[:3]] == ["/f0", "/f1", "/f2"]
         assert results[3]["error"] == "conflict"
         assert results[3]["current"]["path"] == "/f0"
-        assert results[4]["error"] == "not_found"
+        assert results[4]["error"] == "no_parent"
         again = http.post("/api/v1/commit/batch", json={"commits": commits[:3]}).json()
         assert [x["record"]["rev"] for x in again["results"]] == [1, 1, 1]
         assert (

@@ -61,7 +61,8 @@ def test_commit_create_update_conflict_and_idempotence(http: httpx.Client) -> No
     gone = commit(http, "/nope.txt", 4, [b2], "c4")
     assert gone.status_code == 409
     assert gone.json()["current"] is None
-    assert commit(http, "/no/parent.txt", None, [b2], "c5").status_code == 404
+    no_parent = commit(http, "/no/parent.txt", None, [b2], "c5")
+    assert (no_parent.status_code, no_parent.json()["error"]) == (404, "no_parent")
     missing = commit(http, "/m.txt", None, [[hashlib.sha256(b"zz").hexdigest(), 2]], "c6")
     assert missing.status_code == 400
     assert missing.json()["missing"] == [hashlib.sha256(b"zz").hexdigest()]
@@ -161,7 +162,8 @@ def test_move_rename_directory_exchange_replace(http: httpx.Client) -> None:
     assert (ex["id"], ex["path"]) == (g["id"], "/h")
     assert http.get("/api/v1/meta", params={"path": "/g"}).json()["id"] == h["id"]
     rep = http.post("/api/v1/move", json={"from": "/g", "to": "/h", "mode": "replace"}).json()
-    assert (rep["id"], rep["path"]) == (h["id"], "/h")
+    # A file renamed over a file becomes the target's next revision: the target keeps its id.
+    assert (rep["id"], rep["path"], rep["rev"], rep["blocks"]) == (g["id"], "/h", 2, h["blocks"])
     assert http.get("/api/v1/meta", params={"path": "/g"}).status_code == 404
     assert http.post("/api/v1/move", json={"from": "/", "to": "/r"}).status_code == 400
     assert (
