@@ -108,6 +108,10 @@ def _mount_args(p: argparse.ArgumentParser) -> None:
         "--cache-size", metavar="SIZE", help="block cache size limit, e.g. 10G (default 5G)"
     )
     p.add_argument("--allow-other", action="store_true", help="let other local users use the mount")
+    p.epilog = (
+        "One mount per home: while a mount of this home (--home) runs, another is refused "
+        "(the running mount holds a lock on HOME/mount.lock)."
+    )
 
 
 def _unmount_args(p: argparse.ArgumentParser) -> None:

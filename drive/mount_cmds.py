@@ -3,6 +3,12 @@
 `drive mount MP` (without `--foreground`) starts `drive mount MP --foreground` as a detached
 process logging to HOME/mount.log and returns only once MP is mounted, or exits non-zero
 with the reason from that log.
+
+One mount per home: before anything else `drive mount` takes the home's exclusive lock
+(`syncd.home.HomeLock`) and refuses in one line, naming the mount that holds it. In the
+background case the command hands its locked descriptor to the detached process (which
+finds it through `DRIVE_MOUNT_LOCK_FD`), so the lock passes to the process that runs the
+mount without a moment where a second `drive mount` could slip in.
 """
 
 from __future__ import annotations
@@ -15,6 +21,7 @@ import sys
 import threading
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from drive import sdnotify, sizes
 from drive.errors import UserError
@@ -23,10 +30,15 @@ from drive.procs import pid_alive
 from drive.progress import Progress
 from drive.settings import load_settings
 
+if TYPE_CHECKING:
+    from syncd.home import HomeLock
+
 __all__ = ["check_mountpoint", "is_mounted", "mount", "parse_cache_size", "unmount"]
 
 MOUNT_WAIT_S = 30.0
 UNMOUNT_WAIT_S = 30.0
+LOCK_FD_ENV = "DRIVE_MOUNT_LOCK_FD"
+"""Names the home-lock descriptor a background `drive mount` hands to its detached child."""
 
 
 def parse_cache_size(text: str) -> int:
@@ -75,14 +87,38 @@ def mount(args: argparse.Namespace) -> int:
     home, _ = _home_and_config()
     assert isinstance(home, Home)
     mp = Path(args.mountpoint).expanduser().absolute()
-    check_mountpoint(mp)
-    settings = load_settings(home.root)
-    args.cache_size = args.cache_size or settings.cache_size or None
-    args.allow_other = args.allow_other or settings.allow_other
-    cache_bytes = parse_cache_size(args.cache_size) if args.cache_size else DEFAULT_CACHE_BYTES
-    if args.foreground:
-        return _foreground(home, mp, cache_bytes, args.allow_other)
-    return _background(home, mp, args)
+    with _lock_home(home, mp) as lock:  # before the state is touched; held till we exit
+        check_mountpoint(mp)
+        settings = load_settings(home.root)
+        args.cache_size = args.cache_size or settings.cache_size or None
+        args.allow_other = args.allow_other or settings.allow_other
+        cache_bytes = parse_cache_size(args.cache_size) if args.cache_size else DEFAULT_CACHE_BYTES
+        if args.foreground:
+            return _foreground(home, mp, cache_bytes, args.allow_other)
+        return _background(home, mp, args, lock)
+
+
+def _lock_home(home: object, mp: Path) -> HomeLock:
+    """This home's mount lock (handed over by our parent, or taken now), else one line."""
+    from syncd.home import Home, HomeInUse, HomeLock
+
+    assert isinstance(home, Home)
+    try:
+        return HomeLock.acquire(home, mp, inherited_fd=_inherited_lock_fd())
+    except HomeInUse as exc:
+        raise UserError(str(exc)) from None
+    except OSError as exc:
+        raise UserError(f"cannot lock {home.lock_path}: {exc.strerror or exc}") from None
+
+
+def _inherited_lock_fd() -> int | None:
+    """The descriptor named by `DRIVE_MOUNT_LOCK_FD`, removed so our children do not see it."""
+    text = os.environ.pop(LOCK_FD_ENV, "")
+    try:
+        fd = int(text)
+    except ValueError:
+        return None
+    return fd if fd > 2 else None
 
 
 def _notify_when_mounted(mp: Path, done: threading.Event) -> None:
@@ -125,7 +161,7 @@ def _foreground(home: object, mp: Path, cache_bytes: int, allow_other: bool) -> 
     return 0
 
 
-def _background(home: object, mp: Path, args: argparse.Namespace) -> int:
+def _background(home: object, mp: Path, args: argparse.Namespace, lock: HomeLock) -> int:
     from syncd.home import Home
 
     assert isinstance(home, Home)
@@ -141,10 +177,12 @@ def _background(home: object, mp: Path, args: argparse.Namespace) -> int:
     start = log.tell()
     try:
         proc = subprocess.Popen(
-            argv, stdin=subprocess.DEVNULL, stdout=log, stderr=log, start_new_session=True
-        )
+            argv, stdin=subprocess.DEVNULL, stdout=log, stderr=log, start_new_session=True,
+            pass_fds=(lock.fd,), env={**os.environ, LOCK_FD_ENV: str(lock.fd)},
+        )  # fmt: skip
     finally:
         log.close()
+    lock.close()  # the child holds the lock now (same open file); it goes when the child does
     deadline = time.monotonic() + MOUNT_WAIT_S
     while not os.path.ismount(mp):
         rc = proc.poll()
@@ -208,5 +246,11 @@ def _wait_queue_empty(home: object) -> None:
                 if n == 0:
                     break
                 time.sleep(0.1)
+        parked = state.parked()
     finally:
         state.close()
+    if parked:
+        lines = [f"  {op.get('path') or op.get('from')}: {why}" for _, op, why, _ in parked]
+        raise UserError(f"not unmounted: {len(parked)} changes are not synced (kept on this "
+                        "device and retried every minute; `drive unmount` without --wait "
+                        "unmounts anyway):\n" + "\n".join(lines))  # fmt: skip
