@@ -271,11 +271,15 @@ def status(args: argparse.Namespace) -> int:
 
     pending = 0
     conflicts: list[Any] = []
+    parked: list[dict[str, Any]] = []
     if home.state_path.exists():
         st = StateDB(home.state_path)
         try:
             pending = st.op_count()
             conflicts = list(st.get_meta("conflicts", []))
+            parked = [{"op": op.get("op"), "path": op.get("path") or op.get("from"),
+                       "reason": reason, "since": since}
+                      for _, op, reason, since in st.parked()]  # fmt: skip
         finally:
             st.close()
     try:
@@ -294,6 +298,7 @@ def status(args: argparse.Namespace) -> int:
     body = {
         "online": online,
         "pending": pending,
+        "parked": parked,
         "queued": mstat.get("queued", []) if mounted else [],
         "uploading": mstat.get("uploading") if mounted else None,
         "conflicts": conflicts,
@@ -332,6 +337,8 @@ def _print_status(body: dict[str, Any]) -> None:
         print(f"  uploading {up.get('path')}: {pct:.0f}% of {int(up['total']) / (1 << 20):.1f} MiB")
     for q in body["queued"][:10]:
         print(f"  queued: {q.get('op')} {q.get('path')}")
+    for p in body["parked"]:
+        print(f"not synced: {p.get('path')}: {p.get('reason')} (kept here, retried every minute)")
     for c in body["conflicts"][-10:]:
         print(f"conflict: {c.get('path')} -> your version saved as {c.get('saved_as')}")
     for e in body["editing"]:

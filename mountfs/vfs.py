@@ -22,7 +22,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from blockstore.wire import MAX_NAME_BYTES
+from blockstore.wire import MAX_NAME_BYTES, MAX_PATH_BYTES
 from mountfs.attrs import Attr, FsStats, VfsError, attr_of
 from mountfs.handles import FileHandle
 from syncd.content import READAHEAD_BLOCKS, ContentStore, read_blocks
@@ -134,8 +134,24 @@ class Vfs:
             raise VfsError(errno.ENOENT) from None
 
     def _child_path(self, parent: int, name: str) -> str:
+        """The drive path of `name` in `parent`; ENAMETOOLONG where the server would refuse
+        it, so a change the server cannot take is never acknowledged."""
         p = self._path(parent)
-        return f"/{name}" if p == "/" else f"{p}/{name}"
+        path = f"/{name}" if p == "/" else f"{p}/{name}"
+        if len(path.encode()) > MAX_PATH_BYTES:
+            raise VfsError(errno.ENAMETOOLONG, "drive paths are limited to 4096 bytes")
+        return path
+
+    def _deepest_below(self, ino: int) -> int:
+        """Bytes the longest path below folder `ino` adds to the folder's own path."""
+        longest = 0
+        for name, child in self.state.children(ino):
+            node = self.state.node(child)
+            extra = len(name.encode()) + 1
+            if node is not None and node.kind == "dir":
+                extra += self._deepest_below(child)
+            longest = max(longest, extra)
+        return longest
 
     async def _child(self, parent: int, name: str) -> Node | None:
         self._dir(parent)
@@ -339,7 +355,8 @@ class Vfs:
             w.unlink(parent, name)
             w.put_node(node)
             w.put_node(pnode)
-            w.add_op({"op": "delete", "ino": node.ino, "path": path, "recursive": False})
+            w.add_op({"op": "delete", "ino": node.ino, "path": path, "recursive": False,
+                      "base_rev": node.rev if node.kind == "file" else None})  # fmt: skip
         self._wake()
         self._maybe_drop(node.ino)
 
@@ -361,6 +378,13 @@ class Vfs:
                     break
                 anc = self._node(anc).parent
         from_path, to_path = self._child_path(p_old, old), self._child_path(p_new, new)
+        grows = len(to_path.encode()) > len(from_path.encode())
+        if (
+            src.kind == "dir"
+            and grows
+            and (len(to_path.encode()) + self._deepest_below(src.ino) > MAX_PATH_BYTES)
+        ):
+            raise VfsError(errno.ENAMETOOLONG, "a path below would exceed 4096 bytes")
         if flags & RENAME_EXCHANGE:
             if dst is None:
                 raise VfsError(errno.ENOENT)
@@ -398,8 +422,9 @@ class Vfs:
             for d in dirs.values():
                 d.mtime_ns = d.ctime_ns = now
                 w.put_node(d)
+            seen = dst.rev if dst is not None and dst.kind == "file" else None
             w.add_op({"op": "move", "ino": src.ino, "from": from_path, "to": to_path,
-                      "mode": mode})  # fmt: skip
+                      "mode": mode, "dst_rev": seen})  # fmt: skip
         self._wake()
         if dst is not None and mode == "replace":
             self._maybe_drop(dst.ino)
@@ -480,6 +505,7 @@ class Vfs:
         pnode = self._dir(parent)
         if await self._child(parent, name) is not None:
             raise VfsError(errno.EEXIST)
+        self._child_path(parent, name)
         node = self._new_node(parent, name, "file", mode)
         self.content.start_dirty(node, empty=True)
         self._touch_dir(pnode)

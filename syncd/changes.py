@@ -46,19 +46,26 @@ class ChangeApplier:
         self.device_id = device_id
         self.on_entry = on_entry
         self.on_inode = on_inode
+        self._pending: set[int] = set()
         self._entries: list[tuple[int, str, int]] = []
         self._inodes: list[int] = []
 
-    def apply_all(self, changes: list[Change], busy: set[int]) -> int:
+    def apply_all(self, changes: list[Change], busy: set[int],
+                  pending: set[int] | None = None) -> int:  # fmt: skip
         """Apply `changes` (inside `w`); `busy` = inodes with queued namespace operations
         (a queued commit alone does not count: a rename elsewhere still applies, and the
         commit follows the file, see `syncd.conflicts`). One write transaction per change:
         LMDB reads do not see a pending write transaction, and the next change may need
         what this one made (a file inside a directory created just before).
 
+        `pending` = inodes with any queued or parked operation, commits included: a folder
+        deleted elsewhere stays while something below it is not synced yet (its upload
+        re-creates the folder: edit beats delete), with only those parts left in it.
+
         Returns:
             How many changes were from other devices.
         """
+        self._pending = busy | (pending or set())
         n = 0
         for ch in changes:
             if ch.is_from(self.device, self.device_id):
@@ -110,8 +117,13 @@ class ChangeApplier:
     def _remove(self, w: Writer, node: Node, busy: set[int]) -> None:
         if node.ino == ROOT_INO or not node.linked:
             return
-        if node.dirty is not None or node.ino in busy or self._has_busy_below(node, busy):
+        if node.dirty is not None or node.ino in busy:
             log.info("%s was deleted elsewhere but has local changes; keeping it", node.name)
+            return
+        if self._holds_pending(node):
+            log.info("%s was deleted elsewhere but holds local changes; keeping those",
+                     node.name)  # fmt: skip
+            self._prune(w, node)
             return
         if self.state.lookup(node.parent, node.name) == node.ino:
             w.unlink(node.parent, node.name)
@@ -120,25 +132,43 @@ class ChangeApplier:
         self._entries.append((node.parent, node.name, node.ino))
         self._inodes.append(node.parent)
 
-    def _has_busy_below(self, node: Node, busy: set[int]) -> bool:
+    def _prune(self, w: Writer, folder: Node) -> None:
+        """Remove what is clean below `folder` (deleted elsewhere), keep what is pending."""
+        for name, ino in self.state.children(folder.ino):
+            child = self.state.node(ino)
+            if child is None or not child.linked:
+                continue
+            if child.dirty is not None or ino in self._pending:
+                continue
+            if self._holds_pending(child):
+                self._prune(w, child)
+                continue
+            w.unlink(folder.ino, name)
+            child.linked = False
+            w.put_node(child)
+            self._entries.append((folder.ino, name, ino))
+        self._inodes.append(folder.ino)
+
+    def _holds_pending(self, node: Node) -> bool:
+        """Whether anything below folder `node` has unsynced content or queued operations
+        (walks the local subtree: only done when a folder is deleted elsewhere)."""
         if node.kind != "dir":
             return False
-        for ino in busy:
-            cur = self.state.node(ino)
-            hops = 0
-            while cur is not None and cur.ino != ROOT_INO and hops < 4096:
-                if cur.parent == node.ino:
-                    return True
-                cur = self.state.node(cur.parent)
-                hops += 1
+        for _, ino in self.state.children(node.ino):
+            child = self.state.node(ino)
+            if child is None or not child.linked:
+                continue
+            if child.dirty is not None or ino in self._pending or self._holds_pending(child):
+                return True
         return False
 
     def _insert(self, w: Writer, parent: Node, rec: FileRecord) -> None:
         existing = self.state.lookup(parent.ino, rec.name)
         if existing is not None:
             other = self.state.node(existing)
-            if other is not None and (other.server_id is None or other.dirty is not None):
-                return  # a local file of that name waits for upload: its commit resolves it
+            if other is not None and (other.server_id is None or other.dirty is not None
+                                      or other.ino in self._pending):  # fmt: skip
+                return  # a local entry of that name waits for upload: its upload resolves it
             if other is not None:
                 other.linked = False
                 w.put_node(other)

@@ -24,7 +24,7 @@ from syncd import errors
 from syncd.content import ContentStore
 from syncd.remote import RemoteClient
 from syncd.state import ROOT_INO, Node, StateDB
-from syncd.tree import node_from_record
+from syncd.tree import node_from_record, path_of
 
 __all__ = ["ConflictResolver", "conflicted_name"]
 
@@ -46,6 +46,15 @@ def conflicted_name(name: str, device: str, when: float | None = None, n: int = 
         stem, ext = name, ""
     suffix = f" (conflicted copy from {device} {stamp})" + (f" ({n})" if n > 1 else "")
     return f"{stem}{suffix}.{ext}" if ext else f"{stem}{suffix}"
+
+
+def path_of_parent_name(parent: int, name: str, state: StateDB) -> str | None:
+    """The path of entry `name` in folder `parent` (None if `parent` is not reachable)."""
+    try:
+        folder = path_of(state, parent)
+    except KeyError:
+        return None
+    return f"/{name}" if folder == "/" else f"{folder}/{name}"
 
 
 def _parent(path: str) -> str:
@@ -81,8 +90,10 @@ class ConflictResolver:
         size: int,
         commit_id: str,
         exc: errors.Conflict,
+        gen: int,
     ) -> FileRecord | None:
-        """Handle a 409 for our commit of `node` at `path`.
+        """Handle a 409 for our commit of `node` at `path` (`blocks` are its content at
+        dirty generation `gen`).
 
         Returns:
             The record of our content if it landed as this file (moved or revived: the
@@ -107,12 +118,13 @@ class ConflictResolver:
                     rec = await self._commit(cur.path, node.rev, node, blocks, size,
                                              commit_id + "-moved")  # fmt: skip
                 except errors.Conflict as again:
-                    return await self.resolve(node, cur.path, blocks, size, commit_id, again)
+                    return await self.resolve(node, cur.path, blocks, size, commit_id, again,
+                                              gen)  # fmt: skip
                 self._relocate(node, rec)
                 return rec
         if cur is None:
-            return await self._revive(node, path, blocks, size, commit_id)
-        await self._save_copy(node, path, cur, blocks, size, commit_id)
+            return await self._revive(node, path, blocks, size, commit_id, gen)
+        await self._save_copy(node, path, cur, blocks, size, commit_id, gen)
         return None
 
     async def _commit(self, path: str, base_rev: int | None, node: Node,
@@ -123,22 +135,22 @@ class ConflictResolver:
         )
 
     async def _revive(self, node: Node, path: str, blocks: list[tuple[BlockId, int]],
-                      size: int, commit_id: str) -> FileRecord | None:  # fmt: skip
+                      size: int, commit_id: str, gen: int) -> FileRecord | None:  # fmt: skip
         """Modify beats delete: bring the file back at `path`."""
         log.warning("%s was deleted elsewhere while edited here; keeping the edited file", path)
         try:
             return await self._commit(path, None, node, blocks, size, commit_id + "-revive")
         except errors.NotFound:
-            await self._make_parents(path)
+            await self.make_parents(path)
         except errors.Conflict as exc:
             cur = FileRecord.from_json(exc.current) if exc.current else None
             if cur is None:
                 raise
-            await self._save_copy(node, path, cur, blocks, size, commit_id)
+            await self._save_copy(node, path, cur, blocks, size, commit_id, gen)
             return None
         return await self._commit(path, None, node, blocks, size, commit_id + "-revive")
 
-    async def _make_parents(self, path: str) -> None:
+    async def make_parents(self, path: str) -> None:
         """Create the missing directories above `path` and adopt their ids locally."""
         parts = path_parts(_parent(path))
         ino = ROOT_INO
@@ -159,8 +171,8 @@ class ConflictResolver:
 
     async def _save_copy(self, node: Node, path: str, cur: FileRecord,
                          blocks: list[tuple[BlockId, int]], size: int,
-                         commit_id: str) -> None:  # fmt: skip
-        """Ours becomes a conflicted copy; the node shows the server's version."""
+                         commit_id: str, gen: int) -> None:  # fmt: skip
+        """Ours becomes a conflicted copy; the name shows the server's version."""
         where = _parent(cur.path) if cur.path != path and cur.kind == "file" else _parent(path)
         _, _, name = path.rpartition("/")
         when = time.time()
@@ -179,11 +191,15 @@ class ConflictResolver:
                     path, rec.path)  # fmt: skip
         conflicts = list(self.state.get_meta("conflicts", []))
         conflicts.append({"path": path, "saved_as": rec.path, "time": time.time()})
+        with self.state.write() as w:
+            w.set_meta("conflicts", conflicts[-MAX_CONFLICTS_KEPT:])
         parent_ino = self._dir_ino(where, node.parent)
+        if node.dirty is not None and node.dirty.gen != gen and node.linked:
+            self._become_copy(node, rec, cur, blocks, size, gen, parent_ino)
+            return
         copy = node_from_record(rec.id, parent_ino, rec)
         copy.set_blocks(list(blocks))
         with self.state.write() as w:
-            w.set_meta("conflicts", conflicts[-MAX_CONFLICTS_KEPT:])
             if self.state.node(rec.id) is None:
                 w.put_node(copy)
                 w.link(parent_ino, rec.name, rec.id)
@@ -204,6 +220,71 @@ class ConflictResolver:
         if self.on_changed is not None:
             self.on_changed(node.ino)
             self.on_changed(parent_ino)
+
+    def _become_copy(self, node: Node, rec: FileRecord, cur: FileRecord,
+                     blocks: list[tuple[BlockId, int]], size: int, gen: int,
+                     parent_ino: int) -> None:  # fmt: skip
+        """The file was written again while its conflict was being resolved: the local file
+        (with the newer write, and its open handles) becomes the conflicted copy, whose
+        next revision that write is; the server's version takes the name as a new inode."""
+        old_parent, old_name = node.parent, node.name
+        self.content.rebase(node, blocks, size, gen)
+        node.server_id, node.rev = rec.id, rec.rev
+        holder = self.state.lookup(old_parent, old_name)
+        with self.state.write() as w:
+            if holder == node.ino:
+                w.unlink(old_parent, old_name)
+            node.parent, node.name = parent_ino, rec.name
+            node.version += 1
+            w.put_node(node)
+            w.link(parent_ino, rec.name, node.ino)
+            if cur.kind == "file" and holder in (None, node.ino):
+                theirs = node_from_record(w.next_ino(), old_parent, cur)
+                w.put_node(theirs)
+                w.link(old_parent, old_name, theirs.ino)
+        old_path = path_of_parent_name(old_parent, old_name, self.state)
+        self.retarget_ops(node.ino, old_path, rec.path)
+        with self.state.write() as w:  # the op being resolved ends with this call
+            w.add_op({"op": "commit", "ino": node.ino, "path": rec.path})
+        log.warning("%s was written again during its conflict; that write goes to %s",
+                    old_name, rec.path)  # fmt: skip
+        if self.on_entry is not None:
+            self.on_entry(old_parent, old_name, node.ino)
+            self.on_entry(parent_ino, rec.name, node.ino)
+        if self.on_changed is not None:
+            self.on_changed(old_parent)
+            self.on_changed(parent_ino)
+
+    def retarget_ops(self, ino: int, old_path: str | None, new_path: str) -> bool:
+        """Queued commits of `ino` still name `old_path`, where a resolution just moved it
+        away from: point them at `new_path`. Returns whether one was found."""
+        found = False
+        for seq, op in self.state.ops():
+            if op.get("ino") == ino and op.get("op") == "commit" and op.get("path") == old_path:
+                op["path"] = new_path
+                with self.state.write() as w:
+                    w.replace_op(seq, op)
+                found = True
+        return found
+
+    def show(self, rec: FileRecord) -> None:
+        """Show the server's entry `rec` here, where its name is free and it is not shown yet
+        (the change feed skipped it while a local entry held the name)."""
+        parent = self._dir_ino(_parent(rec.path), -1)
+        ino = self.state.ino_for_server_id(rec.id)
+        known = self.state.node(ino) if ino is not None else None
+        if parent < 0 or (known is not None and known.linked and known.server_id == rec.id):
+            return
+        if self.state.lookup(parent, rec.name) is not None:
+            return
+        with self.state.write() as w:
+            node = node_from_record(w.next_ino(), parent, rec)
+            w.put_node(node)
+            w.link(parent, rec.name, node.ino)
+        if self.on_entry is not None:
+            self.on_entry(parent, rec.name, node.ino)
+        if self.on_changed is not None:
+            self.on_changed(parent)
 
     def _relocate(self, node: Node, rec: FileRecord) -> None:
         """Show `node` where the server has it (it was renamed elsewhere)."""

@@ -26,6 +26,7 @@ import os
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import Any, TypeVar
 
 import trio
 
@@ -40,6 +41,8 @@ from syncd.state import Dirty, Node, StateDB
 __all__ = ["READAHEAD_BLOCKS", "ContentStore", "NoSpace", "read_blocks"]
 
 log = logging.getLogger(__name__)
+
+T = TypeVar("T")
 
 READAHEAD_BLOCKS = 32
 """Blocks fetched ahead of a sequential reader (about 32 MiB at the 1 MiB average block
@@ -130,6 +133,8 @@ class ContentStore:
         self._direct_fds: dict[int, int] = {}
         self._direct = True  # until the filesystem refuses O_DIRECT (tmpfs)
         self._locks: dict[int, trio.Lock] = {}
+        self._inflight: dict[int, int] = {}
+        self._retired: dict[int, list[int]] = {}
         self._pinned: set[int] = set()
         self.on_dirty: Callable[[Node], None] | None = None
         """Called when a file turns dirty (presence notices, R10); must not block."""
@@ -166,10 +171,31 @@ class ContentStore:
         return fd
 
     def close_fd(self, ino: int) -> None:
+        """Close the descriptors of `ino`'s dirty file; those a worker thread is using
+        right now are closed when it is done (a descriptor closed under a pending `pwrite`
+        could be reused by another open and take bytes meant for this file)."""
         for fds in (self._fds, self._direct_fds):
             fd = fds.pop(ino, None)
-            if fd is not None:
+            if fd is None:
+                continue
+            if self._inflight.get(ino):
+                self._retired.setdefault(ino, []).append(fd)
+            else:
                 os.close(fd)
+
+    async def _io(self, ino: int, fn: Callable[..., T], *args: Any) -> T:
+        """`run_io(fn, *args)` for I/O on `ino`'s descriptors (see `close_fd`)."""
+        self._inflight[ino] = self._inflight.get(ino, 0) + 1
+        try:
+            return await run_io(fn, *args)
+        finally:
+            left = self._inflight[ino] - 1
+            if left:
+                self._inflight[ino] = left
+            else:
+                del self._inflight[ino]
+                for fd in self._retired.pop(ino, ()):
+                    os.close(fd)
 
     def _reserve(self, nbytes: int) -> None:
         """Refuse a write that would make unsynced data exceed the local storage limit.
@@ -236,7 +262,8 @@ class ContentStore:
         base_starts: list[int] | None = None
         for s, e, inside in rg.covered(dirty.ranges, off, end):
             if inside:
-                pieces.append(await run_io(_read_at, fd, self._direct_fd(node.ino), e - s, s))
+                direct = self._direct_fd(node.ino)
+                pieces.append(await self._io(node.ino, _read_at, fd, direct, e - s, s))
                 continue
             bend = min(e, dirty.base_size)
             if s < bend:
@@ -256,12 +283,14 @@ class ContentStore:
         if end > MAX_FILE_BYTES:
             raise TooBig(f"files are limited to {MAX_FILE_BYTES} bytes")
         dirty = self.start_dirty(node)
+        dirty.gen += 1  # no await since start_dirty: an upload finishing now keeps it dirty
         await self._pin_base(node)
         new_bytes = sum(e - s for s, e in rg.gaps(dirty.ranges, off, end))
         self._reserve(new_bytes)
         async with self._lock(node.ino):
             fd = self._fd(node.ino)
-            written = await run_io(_write_at, fd, self._direct_fd(node.ino), data, off)
+            dirty.gen += 1  # before the bytes land too: an upload reading now is torn
+            written = await self._io(node.ino, _write_at, fd, self._direct_fd(node.ino), data, off)
             dirty.ranges = rg.add(dirty.ranges, off, off + written)
             dirty.gen += 1
         self.dirty_bytes += new_bytes
@@ -274,6 +303,7 @@ class ContentStore:
         if size > MAX_FILE_BYTES:
             raise TooBig(f"files are limited to {MAX_FILE_BYTES} bytes")
         dirty = self.start_dirty(node, empty=size == 0)
+        dirty.gen += 1  # as in `write`
         await self._pin_base(node)
         async with self._lock(node.ino):
             if size < node.size:
@@ -281,7 +311,8 @@ class ContentStore:
                 dirty.ranges = rg.clip(dirty.ranges, size)
                 dirty.base_size = min(dirty.base_size, size)
                 self.dirty_bytes -= before - rg.total(dirty.ranges)
-                await run_io(os.ftruncate, self._fd(node.ino), size)
+                await self._io(node.ino, os.ftruncate, self._fd(node.ino), size)
+                dirty.shrunk_gen = dirty.gen + 1
             dirty.gen += 1
         node.size = size
         node.mtime_ns = node.ctime_ns = time.time_ns()
@@ -302,7 +333,7 @@ class ContentStore:
     async def sync(self, node: Node) -> None:
         """fsync: make the dirty data of `node` and its record durable on disk."""
         if node.dirty is not None and node.ino in self._fds:
-            await run_io(os.fdatasync, self._fds[node.ino])
+            await self._io(node.ino, os.fdatasync, self._fds[node.ino])
         with self.state.write() as w:
             w.put_node(node)
         await run_io(self.state.sync)
@@ -325,16 +356,20 @@ class ContentStore:
                 data = await self.fetcher.get(bid)
                 async with self._lock(node.ino):
                     for s, e in rg.gaps(dirty.ranges, pos, stop):
-                        await run_io(
-                            os.pwrite, self._fd(node.ino), data[s - bstart : e - bstart], s
+                        await self._io(
+                            node.ino,
+                            os.pwrite,
+                            self._fd(node.ino),
+                            data[s - bstart : e - bstart],
+                            s,
                         )
                         dirty.ranges = rg.add(dirty.ranges, s, e)
                         self.dirty_bytes += e - s
                 pos = stop
         async with self._lock(node.ino):
             fd = self._fd(node.ino)
-            if (await run_io(os.fstat, fd)).st_size != node.size:
-                await run_io(os.ftruncate, fd, node.size)
+            if (await self._io(node.ino, os.fstat, fd)).st_size != node.size:
+                await self._io(node.ino, os.ftruncate, fd, node.size)
             self.dirty_bytes += node.size - rg.total(dirty.ranges)
             dirty.ranges = [(0, node.size)] if node.size else []
 
@@ -351,6 +386,17 @@ class ContentStore:
             self._pinned.discard(node.ino)
             self.fetcher.cache.unpin_owner(f"dirty:{node.ino}")
         self._resize_cache()
+
+    def rebase(self, node: Node, blocks: list[tuple[BlockId, int]], size: int, gen: int) -> None:
+        """`blocks` (the content at `gen`) reached the server while `node` was written again:
+        make them the base of the remaining dirty ranges, so the next upload re-chunks only
+        what changed since. Not after a shrinking truncate since `gen`: those blocks hold
+        bytes that were cut off, and the hole of a later extend must read as zeros."""
+        dirty = node.dirty
+        if dirty is None or dirty.shrunk_gen > gen:
+            return
+        dirty.base_blocks = list(blocks)
+        dirty.base_size = min(size, node.size)
 
     def discard(self, node: Node) -> None:
         """The file is gone (unlinked and forgotten): drop local content."""

@@ -144,12 +144,11 @@ class Follower:
                 await self._reset(new_cursor)
                 return total
             if changes:
-                busy = {
-                    int(op["ino"])
-                    for _, op in self.state.ops()
-                    if "ino" in op and op.get("op") != "commit"
-                }
-                total += self.applier.apply_all(changes, busy)
+                queued = [op for _, op in self.state.ops()]
+                queued += [op for _, op, _, _ in self.state.parked()]
+                busy = {int(op["ino"]) for op in queued if "ino" in op and op["op"] != "commit"}
+                pending = {int(op["ino"]) for op in queued if "ino" in op}
+                total += self.applier.apply_all(changes, busy, pending)
                 with self.state.write() as w:
                     w.set_meta(CURSOR_KEY, new_cursor)
                 self.applier.announce()

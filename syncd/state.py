@@ -1,5 +1,6 @@
 """The client's local state in LMDB: the tree (inodes, directory entries), the durable
-upload queue (an ordered operation log), and small settings (cursor, inode counter).
+upload queue (an ordered operation log), the ops the server refused for now ("parked": kept,
+retried, reported), and small settings (cursor, inode counter).
 
 Why LMDB: `ls` must never wait for the network and a remount (even offline) must show the
 tree at once, so the tree lives locally; the queue must survive a crash of the client.
@@ -19,6 +20,7 @@ from __future__ import annotations
 
 import json
 import struct
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -48,13 +50,17 @@ class Dirty:
 
     Bytes inside `ranges` are in the dirty file; others below `base_size` come from
     `base_blocks` (the revision the edit started from); the rest reads as zeros.
-    `gen` counts writes so the uploader can tell whether the file changed under it.
+    `gen` counts writes so the uploader can tell whether the file changed under it;
+    `shrunk_gen` is the `gen` of the last truncate that made the file shorter: an upload
+    that started before it saw bytes that no longer exist, so its result must not become the
+    new base (the bytes cut off would come back in the hole of a later extend).
     """
 
     base_blocks: list[tuple[BlockId, int]]
     base_size: int
     ranges: list[tuple[int, int]]
     gen: int = 0
+    shrunk_gen: int = 0
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -62,6 +68,7 @@ class Dirty:
             "base_size": self.base_size,
             "ranges": [list(r) for r in self.ranges],
             "gen": self.gen,
+            "shrunk_gen": self.shrunk_gen,
         }
 
     @classmethod
@@ -71,6 +78,7 @@ class Dirty:
             base_size=int(d["base_size"]),
             ranges=[(int(s), int(e)) for s, e in d["ranges"]],
             gen=int(d.get("gen", 0)),
+            shrunk_gen=int(d.get("shrunk_gen", 0)),
         )
 
 
@@ -206,6 +214,22 @@ class Writer:
     def delete_op(self, seq: int) -> None:
         self._txn.delete(_k(seq), db=self._db._ops)
 
+    def park(self, seq: int, op: dict[str, Any], reason: str) -> None:
+        """Take `op` out of the queue and keep it aside with the reason the server gave
+        for refusing it: it is retried later and shown as "not synced" meanwhile."""
+        self._txn.delete(_k(seq), db=self._db._ops)
+        entry = {"op": op, "reason": reason, "since": time.time()}
+        self._txn.put(_k(seq), json.dumps(entry).encode(), db=self._db._parked)
+
+    def unpark_all(self) -> int:
+        """Put every parked op back at the end of the queue; returns how many."""
+        cur = self._txn.cursor(db=self._db._parked)
+        entries = [(bytes(k), json.loads(bytes(v))) for k, v in cur]
+        for key, entry in entries:
+            self._txn.delete(key, db=self._db._parked)
+            self.add_op(entry["op"])
+        return len(entries)
+
     def set_meta(self, key: str, value: Any) -> None:
         self._txn.put(key.encode(), json.dumps(value).encode(), db=self._db._meta)
 
@@ -229,6 +253,7 @@ class StateDB:
         self._srv = self._env.open_db(b"srv")
         self._ops = self._env.open_db(b"ops")
         self._meta = self._env.open_db(b"meta")
+        self._parked = self._env.open_db(b"parked")
         self._cache: dict[int, Node] = {}
 
     def close(self) -> None:
@@ -301,6 +326,14 @@ class StateDB:
     def op_count(self) -> int:
         with self._env.begin() as txn:
             return int(txn.stat(self._ops)["entries"])
+
+    def parked(self) -> list[tuple[int, dict[str, Any], str, float]]:
+        """`(seq, op, reason, since)` of every op the server refused for now."""
+        with self._env.begin() as txn:
+            return [
+                (_U64.unpack(k)[0], e["op"], str(e["reason"]), float(e["since"]))
+                for k, e in ((k, json.loads(bytes(v))) for k, v in txn.cursor(db=self._parked))
+            ]
 
     def dirty_nodes(self) -> list[Node]:
         """Every node with local unsynced content (scans; used at start-up and status)."""

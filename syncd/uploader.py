@@ -36,7 +36,7 @@ from blockstore.aio import run_io
 from blockstore.chunker import MIN_CHUNK_BYTES
 from blockstore.errors import CacheFullError
 from blockstore.ids import BlockId, block_id
-from blockstore.wire import FileRecord, blocks_to_json
+from blockstore.wire import FileRecord, blocks_to_json, join_path
 from syncd import errors
 from syncd.blockpush import BlockPusher
 from syncd.blocks import BlockCacheLike
@@ -44,7 +44,7 @@ from syncd.conflicts import ConflictResolver, conflicted_name
 from syncd.content import ContentStore
 from syncd.rechunk import NewChunk, plan, rechunk
 from syncd.remote import RemoteClient
-from syncd.state import Node, StateDB
+from syncd.state import ROOT_INO, Node, StateDB
 from syncd.tree import path_of
 
 __all__ = ["Uploader", "conflicted_name"]
@@ -56,7 +56,12 @@ HOLD_OPEN_S = 1.0
 """Longest wait for the last writer of a file before its queued commit is sent anyway (a
 file kept open, like a log, still reaches the server after each close of a descriptor)."""
 RETRY_TORN_S = 0.2
+MAX_RESOLVE_STEPS = 4
+"""Resolution steps for one refused commit (follow a renamed folder, re-create a deleted
+one, make a conflicted copy) before it is parked and retried later."""
 MAX_CRASHES = 5
+PARK_RETRY_S = 60.0
+"""How often changes the server refused (over quota, say) are tried again."""
 ROUND_OPS = 500
 ROUND_BYTES = 64 << 20
 
@@ -107,6 +112,7 @@ class Uploader:
         self.cache = cache
         self.device = device
         self.on_changed = on_changed
+        self.on_entry = on_entry
         self.conflicts = ConflictResolver(
             state, content, remote, device, on_changed=on_changed, on_entry=on_entry
         )
@@ -122,6 +128,8 @@ class Uploader:
         self.progress: dict[str, Any] | None = None
         """`{"path", "done", "total"}` of the file being uploaded (for `drive status`)."""
         self._failures: dict[int, int] = {}
+        self._refused: dict[int, str] = {}
+        """Ops of the current round the server refused for now: seq -> reason."""
 
     @property
     def current_seq(self) -> int | None:
@@ -167,22 +175,29 @@ class Uploader:
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         task_status.started()
         backoff = 0.5
+        self._unpark()
+        next_unpark = trio.current_time() + PARK_RETRY_S
         while True:
+            if trio.current_time() >= next_unpark:
+                self._unpark()
+                next_unpark = trio.current_time() + PARK_RETRY_S
             ops = self.state.ops(limit=ROUND_OPS)
             if not ops:
                 self._idle.set()
                 self._wake = trio.Event()
-                await self._wake.wait()
+                with trio.move_on_at(next_unpark):
+                    await self._wake.wait()
                 continue
             if await self._hold_for_last_writer(ops[0]):
                 continue
             batch = self._round(ops)
             seq, op = batch[0]
             self.busy_seqs = {s for s, _ in batch}
+            self._refused = {}
             try:
                 if op["op"] == "commit":
                     done = await self._commit_round(batch)
-                    if not done:
+                    if not done and not self._refused:
                         raise _Torn
                 else:
                     await self._apply(seq, op)
@@ -204,17 +219,20 @@ class Uploader:
             except errors.RateLimited as exc:
                 await trio.sleep(max(0.1, exc.retry_after))
                 continue
-            except (errors.Unauthorized, errors.ServerError, errors.QuotaExceeded) as exc:
+            except (errors.Unauthorized, errors.ServerError) as exc:
                 log.error("upload of %s %s failed, will retry: %s", op["op"], _where(op), exc)
                 self.last_error = str(exc)
                 await trio.sleep(backoff)
                 backoff = min(backoff * 2, MAX_BACKOFF_S)
                 continue
+            except errors.QuotaExceeded as exc:
+                done = []
+                for s_, _ in batch:
+                    self._refused[s_] = f"over quota: {exc}"
             except errors.RemoteError as exc:
-                log.warning("server refused %s %s; dropping it: %s", op["op"], _where(op), exc)
-                self.last_error = str(exc)
-                done = [seq]
-            except Exception as exc:  # a bug must not take the mount down
+                done = []
+                self._refused[seq] = f"refused by the server: {exc}"
+            except Exception as exc:  # a bug must not take the mount down, nor lose the change
                 failures = self._failures[seq] = self._failures.get(seq, 0) + 1
                 log.error("upload of %s %s crashed (attempt %d)", op["op"], _where(op),
                           failures, exc_info=exc)  # fmt: skip
@@ -223,8 +241,8 @@ class Uploader:
                     await trio.sleep(backoff)
                     backoff = min(backoff * 2, MAX_BACKOFF_S)
                     continue
-                log.error("giving up on %s %s", op["op"], _where(op))
-                done = [seq]
+                done = []
+                self._refused[seq] = f"internal error: {type(exc).__name__}: {exc}"
             finally:
                 self.progress = None
             if not self.online:
@@ -232,10 +250,33 @@ class Uploader:
                 self.last_error = None
             self.online = True
             backoff = 0.5
-            with self.state.write() as w:
-                for s in done:
-                    w.delete_op(s)
+            self._settle(batch, done)
             self.busy_seqs = set()
+
+    def _settle(self, batch: list[tuple[int, dict[str, Any]]], done: list[int]) -> None:
+        """Delete the finished ops of a round and park the refused ones (kept, retried every
+        `PARK_RETRY_S`, listed by `drive status` as not synced): never drop a change."""
+        ops = dict(batch)
+        with self.state.write() as w:
+            for s in done:
+                w.delete_op(s)
+            for s, reason in self._refused.items():
+                if s in ops and s not in done:
+                    w.park(s, ops[s], reason)
+                    self._failures.pop(s, None)
+                    log.error("not synced: %s %s: %s (kept; retried every %.0f s)",
+                              ops[s]["op"], _where(ops[s]), reason, PARK_RETRY_S)  # fmt: skip
+        if self._refused:
+            self.last_error = next(iter(self._refused.values()))
+
+    def _unpark(self) -> None:
+        with self.state.write() as w:
+            n = w.unpark_all()
+        if n:
+            log.info("retrying %d changes the server refused before", n)
+
+    def parked(self) -> int:
+        return len(self.state.parked())
 
     async def _hold_for_last_writer(self, head: tuple[int, dict[str, Any]]) -> bool:
         """Wait (once per op, at most `HOLD_OPEN_S`) while the head commit's file is open.
@@ -280,17 +321,9 @@ class Uploader:
 
     async def _apply(self, seq: int, op: dict[str, Any]) -> None:
         kind = op["op"]
-        if kind == "mkdir":
-            try:
-                rec = await self.remote.mkdir(op["path"], op["mode"])
-            except errors.Exists:
-                rec = await self.remote.meta(path=op["path"])
-            self._adopt(op["ino"], rec)
-        elif kind == "symlink":
-            try:
-                rec = await self.remote.symlink(op["path"], op["target"])
-            except errors.Exists:
-                rec = await self.remote.meta(path=op["path"])
+        node = self.state.node(op["ino"]) if "ino" in op else None
+        if kind in ("mkdir", "symlink"):
+            rec = await self._create(op, node)
             self._adopt(op["ino"], rec)
         elif kind == "setattr":
             try:
@@ -298,30 +331,125 @@ class Uploader:
             except errors.NotFound:
                 log.debug("setattr of vanished %s ignored", op["path"])
         elif kind == "move":
-            try:
-                rec = await self.remote.move(op["from"], op["to"], op["mode"])
-            except errors.NotFound:
-                node = self.state.node(op["ino"])
-                if node is not None and node.linked and node.server_id is not None:
-                    raise
-                log.debug("move of %s skipped: not on the server (yet)", op["from"])
-                return
-            self._adopt(op.get("ino"), rec, rev_only=True)
+            moved = await self._move(op, node)
+            if moved is not None:
+                self._adopt(op.get("ino"), moved, rev_only=True)
         elif kind == "delete":
             try:
-                await self.remote.delete(op["path"], op.get("recursive", False))
+                await self.remote.delete(
+                    op["path"], op.get("recursive", False), base_rev=op.get("base_rev")
+                )
             except errors.NotFound:
                 log.debug("delete of vanished %s ignored", op["path"])
+            except errors.Conflict as exc:  # edited elsewhere since we saw it: edits win
+                log.warning("%s was edited elsewhere before this delete; keeping it", op["path"])
+                if exc.current is not None:
+                    self.conflicts.show(FileRecord.from_json(exc.current))
         else:
-            log.error("unknown queued operation %r dropped", kind)
+            raise errors.BadRequest(f"unknown queued operation {kind!r}")
+
+    async def _create(self, op: dict[str, Any], node: Node | None) -> FileRecord:
+        """mkdir or symlink at `op["path"]`; a missing parent folder is followed or
+        re-created (see `_place_for`), an existing folder of that name is adopted."""
+        for _ in range(MAX_RESOLVE_STEPS):
+            try:
+                if op["op"] == "mkdir":
+                    return await self.remote.mkdir(op["path"], op["mode"])
+                return await self.remote.symlink(op["path"], op["target"])
+            except errors.Exists:
+                rec = await self.remote.meta(path=op["path"])
+                if rec.kind == op["op"].replace("mkdir", "dir"):
+                    return rec
+                if node is None:
+                    raise
+                op["path"] = self._rename_local(node, op["path"])
+            except errors.NotFound:
+                if node is None:
+                    raise
+                op["path"] = await self._place_for(node, op["path"])
+        raise errors.Conflict(f"could not place {op['path']} on the server")
+
+    async def _move(self, op: dict[str, Any], node: Node | None) -> FileRecord | None:
+        """A rename. Destination folder missing: followed or re-created. Destination name
+        taken meanwhile by another device (no replace asked): ours takes a conflicted-copy
+        name, here and on the server. Source gone from that path: moved from where the
+        server has it now, or (deleted elsewhere) its content is committed at the target."""
+        taken: list[str] = []
+        for _ in range(MAX_RESOLVE_STEPS):
+            try:
+                rec = await self.remote.move(
+                    op["from"], op["to"], op["mode"], dst_rev=op.get("dst_rev")
+                )
+            except (errors.Exists, errors.Conflict) as exc:
+                # the name was taken, or the file we replace was edited meanwhile (edits
+                # beat deletes): ours takes a conflicted-copy name, theirs stays
+                if node is None or op["mode"] == "exchange":
+                    raise
+                if isinstance(exc, errors.Exists) and op["mode"] != "noreplace":
+                    raise
+                taken.append(op["to"])
+                op["to"] = self._rename_local(node, op["to"])
+                op["mode"], op["dst_rev"] = "noreplace", None
+                continue
+            except errors.NotFound:
+                if node is None or not node.linked or node.server_id is None:
+                    log.debug("move of %s skipped: not on the server (yet)", op["from"])
+                    return None
+                try:
+                    src = await self.remote.meta(file_id=node.server_id)
+                except errors.NotFound:
+                    return await self._recreate_at(node, op["to"])
+                if src.path != op["from"]:
+                    op["from"] = src.path
+                    continue
+                op["to"] = await self._place_for(node, op["to"])
+                continue
+            for path in taken:  # show the other device's entry under the name it took
+                with contextlib.suppress(errors.NotFound):
+                    self.conflicts.show(await self.remote.meta(path=path))
+            return rec
+        raise errors.Conflict(f"could not move {op['from']} to {op['to']}")
+
+    async def _recreate_at(self, node: Node, path: str) -> FileRecord | None:
+        """A file moved here was deleted elsewhere meanwhile: keep what this device shows."""
+        if node.kind == "dir":
+            return await self._create({"op": "mkdir", "path": path, "mode": node.mode}, node)
+        if node.kind == "file" and node.dirty is None and node.blocks is not None:
+            log.warning("%s was deleted elsewhere while moved here; keeping it", path)
+            commit_id = f"{self.device}-{uuid.uuid4().hex}"
+            return await self.remote.commit(
+                path, None, node.blocks, node.size, node.mtime_ns, node.mode, commit_id
+            )
+        return None  # its queued commit brings it back (edit beats delete)
+
+    def _rename_local(self, node: Node, path: str) -> str:
+        """Another device took the name `path`: ours moves to a conflicted-copy name (on the
+        server by the caller's retry); the other device's entry arrives by the change feed."""
+        folder, _, name = path.rpartition("/")
+        new_name = conflicted_name(name, self.device)
+        new_path = join_path(folder or "/", new_name)
+        log.warning("%s was taken by another device meanwhile; ours is now %s", path, new_path)
+        with self.state.write() as w:
+            if node.linked and self.state.lookup(node.parent, node.name) == node.ino:
+                w.unlink(node.parent, node.name)
+                w.link(node.parent, new_name, node.ino)
+                if self.on_entry is not None:
+                    self.on_entry(node.parent, node.name, node.ino)
+                node.name = new_name
+                node.version += 1
+                w.put_node(node)
+        self.conflicts.retarget_ops(node.ino, path, new_path)
+        if self.on_changed is not None:
+            self.on_changed(node.parent)
+        return new_path
 
     def _adopt(self, ino: int | None, rec: FileRecord, *, rev_only: bool = False) -> None:
         node = self.state.node(ino) if ino is not None else None
         if node is None:
             return
+        if rec.kind != "file" or not rev_only or node.server_id != rec.id:
+            node.rev = rec.rev  # a rename over a file: ours is that file's next revision
         node.server_id = rec.id
-        if rec.kind != "file" or not rev_only:
-            node.rev = rec.rev
         with self.state.write() as w:
             w.put_node(node)
 
@@ -366,7 +494,7 @@ class Uploader:
                     it.op["path"], it.node.rev, it.blocks, it.size, it.node.mtime_ns,
                     it.node.mode, it.op["commit_id"],
                 )  # fmt: skip
-            except errors.Conflict as exc:
+            except errors.RemoteError as exc:
                 res = exc
             results = [res]
         elif ready:
@@ -375,8 +503,8 @@ class Uploader:
             results = []
         t2 = trio.current_time()
         for it, res in zip(ready, results, strict=True):
-            await self._finish(it, res)
-            done.append(it.seq)
+            if await self._finish(it, res):
+                done.append(it.seq)
         log.debug("round of %d: prepare %.3f s, commit %.3f s, finish %.3f s", len(batch),
                   t1 - t0, t2 - t1, trio.current_time() - t2)  # fmt: skip
         return done
@@ -390,10 +518,14 @@ class Uploader:
         p = plan(dirty.base_blocks, dirty.base_size, dirty.ranges, size)
         self.progress = {"path": op.get("path"), "done": p.start, "total": size}
 
-        async def read(off: int, n: int) -> bytes:
+        def check() -> None:
             if node.dirty is None or node.dirty.gen != gen or not node.linked:
                 raise _Torn
+
+        async def read(off: int, n: int) -> bytes:
+            check()
             data = await self.content.read(node, off, n)
+            check()  # a write or truncate during the read: these bytes may be torn or short
             if self.progress is not None:
                 self.progress["done"] = off + len(data)
             return data
@@ -445,23 +577,31 @@ class Uploader:
             "commit_id": it.op["commit_id"],
         }
 
-    async def _finish(self, it: _Item, res: FileRecord | errors.RemoteError) -> None:
+    async def _finish(self, it: _Item, res: FileRecord | errors.RemoteError) -> bool:
+        """Apply the server's answer to one commit; False if it was refused for now (the
+        caller parks the op). Every refusal has a resolution (docs/protocol.md "Rules")."""
         node = it.node
-        if isinstance(res, errors.Conflict):
-            rec = await self.conflicts.resolve(
-                node, it.op["path"], it.blocks, it.size, it.op["commit_id"], res
-            )
-            if rec is None:
-                return
-            res = rec
+        for step in range(1, MAX_RESOLVE_STEPS + 1):
+            if isinstance(res, errors.NotFound):  # its folder is not at that path any more
+                it.op["path"] = await self._place_for(node, it.op["path"])
+                res = await self._commit_at(it, f"placed-{step}")
+            elif isinstance(res, errors.Conflict):
+                rec = await self.conflicts.resolve(
+                    node, it.op["path"], it.blocks, it.size, it.op["commit_id"], res, it.gen
+                )
+                if rec is None:
+                    return True
+                res = rec
+            else:
+                break
         if isinstance(res, errors.BadRequest) and "missing" in res.body:
             raise errors.ServerError(f"blocks vanished before the commit of {it.op['path']}")
         if isinstance(res, errors.RemoteError):
-            if isinstance(res, errors.ServerError | errors.QuotaExceeded | errors.RateLimited):
+            if isinstance(res, errors.ServerError | errors.RateLimited | errors.Unauthorized):
                 raise res
-            log.warning("server refused the commit of %s; dropping it: %s", it.op["path"], res)
-            self.last_error = str(res)
-            return
+            why = "over quota" if isinstance(res, errors.QuotaExceeded) else "refused"
+            self._refused[it.seq] = f"{why}: {res}"
+            return False
         self.commits += 1
         node.server_id, node.rev = res.id, res.rev
         if node.dirty is not None and node.dirty.gen == it.gen:
@@ -470,10 +610,8 @@ class Uploader:
             self.content.finish_clean(node)
             with self.state.write() as w:
                 w.put_node(node)
-            return
-        if node.dirty is not None:  # written again meanwhile: commit that too
-            node.dirty.base_blocks = list(it.blocks)
-            node.dirty.base_size = min(it.size, node.size)
+            return True
+        self.content.rebase(node, it.blocks, it.size, it.gen)  # written again: commit that too
         with self.state.write() as w:
             w.put_node(node)
             if node.dirty is not None and node.linked:
@@ -481,6 +619,44 @@ class Uploader:
                     w.add_op({"op": "commit", "ino": node.ino,
                               "path": path_of(self.state, node.ino)})  # fmt: skip
         self.wake()
+        return True
+
+    async def _commit_at(self, it: _Item, tag: str) -> FileRecord | errors.RemoteError:
+        """Commit `it` at `it.op["path"]` again (after a resolution step moved it)."""
+        try:
+            return await self.remote.commit(
+                it.op["path"], it.node.rev, it.blocks, it.size, it.node.mtime_ns, it.node.mode,
+                f"{it.op['commit_id']}-{tag}",
+            )  # fmt: skip
+        except errors.RemoteError as exc:
+            return exc
+
+    async def _place_for(self, node: Node, path: str) -> str:
+        """Where a change refused for a missing parent folder goes now.
+
+        Where this device shows the file (the follower moved it with its folder); else where
+        the server has its folder now (renamed elsewhere: the file follows it); else the same
+        path with its folders re-created (deleted elsewhere: the edit wins, as in Dropbox).
+        """
+        try:
+            here = path_of(self.state, node.ino)
+        except KeyError:
+            here = path
+        if here != path:
+            return here
+        folder, _, name = path.rpartition("/")
+        parent = self.state.node(node.parent)
+        if parent is not None and parent.server_id is not None and parent.ino != ROOT_INO:
+            try:
+                rec: FileRecord | None = await self.remote.meta(file_id=parent.server_id)
+            except errors.NotFound:
+                rec = None
+            if rec is not None and rec.kind == "dir" and rec.path != (folder or "/"):
+                log.info("%s: its folder is now %s on the server; following it", path, rec.path)
+                return join_path(rec.path, name)
+        log.warning("%s: its folder was deleted elsewhere; re-creating it", path)
+        await self.conflicts.make_parents(path)
+        return path
 
 
 def _small_and_new(node: Node) -> bool:

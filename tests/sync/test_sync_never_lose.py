@@ -1,0 +1,276 @@
+"""Never lose, corrupt or silently drop a write (docs/protocol.md "Rules"): one test per
+way the drive used to lose or corrupt data, each with real mounts of one account on a real
+server, device A behind a proxy the test can cut (offline spells)."""
+
+from __future__ import annotations
+
+import errno
+import os
+import random
+import subprocess
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.helpers.mount_proc import MountProcess, requires_fuse
+from tests.helpers.tcp_proxy import TcpProxy
+from tests.sync.conftest import Account, read_or_none, wait_for
+from tests.sync.test_sync_conflicts import tree
+
+pytestmark = [pytest.mark.e2e, requires_fuse]
+
+
+@pytest.fixture
+def a_offline_b(account: Account) -> Iterator[tuple[MountProcess, MountProcess, TcpProxy]]:
+    """A (through a proxy the test can cut) and B (always online)."""
+    with TcpProxy(account.server.port) as proxy:
+        a = account.mount(account.device("devA", url=proxy.url), "a")
+        try:
+            b = account.mount(account.device("devB"), "b")
+        except BaseException:
+            a.stop()
+            raise
+        try:
+            yield a, b, proxy
+        finally:
+            proxy.restore()
+            b.stop()
+            a.stop()
+
+
+def _converged(a: MountProcess, b: MountProcess) -> dict[str, str] | None:
+    ta, tb = tree(a.mnt), tree(b.mnt)
+    if ta != tb or a.pending() or b.pending():
+        return None
+    return ta
+
+
+def _converge(a: MountProcess, b: MountProcess, timeout: float = 40) -> dict[str, str]:
+    try:
+        return wait_for(lambda: _converged(a, b), "A and B to converge", timeout=timeout)
+    except AssertionError as exc:
+        raise AssertionError(
+            f"{exc}\nA: {tree(a.mnt)}\nB: {tree(b.mnt)}\nA log:\n{a.log_text()[-4000:]}"
+        ) from None
+
+
+def _go_offline(a: MountProcess, proxy: TcpProxy) -> None:
+    proxy.cut()
+    wait_for(lambda: a.status().get("online") is False or None, "A noticing it is offline")
+
+
+def _contents(root: Path) -> dict[str, bytes]:
+    out: dict[str, bytes] = {}
+    for dirpath, _, files in os.walk(root):
+        for name in files:
+            p = Path(dirpath) / name
+            out[p.relative_to(root).as_posix()] = p.read_bytes()
+    return out
+
+
+def test_truncate_then_extend_during_uploads_reads_zeros_everywhere(
+    a_offline_b: tuple[MountProcess, MountProcess, TcpProxy],
+) -> None:
+    """Item 1: truncate + extend while the uploader works on the file never brings the
+    truncated bytes back, on this device or on any other."""
+    a, b, _ = a_offline_b
+    rng = random.Random(12)
+    expected: dict[str, bytes] = {}
+    for i in range(24):
+        path = a.mnt / f"t{i}.bin"
+        original = rng.randbytes(200_000)
+        path.write_bytes(original)
+        time.sleep(rng.choice([0, 0.001, 0.01, 0.03, 0.08, 0.2]))
+        fd = os.open(path, os.O_RDWR)
+        try:
+            os.ftruncate(fd, 10_000)
+            os.pwrite(fd, b"\x01", 75_000)
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        expected[path.name] = original[:10_000] + bytes(65_000) + b"\x01"
+    a.wait_synced(timeout=60)
+    subprocess.run(["sh", "-c", "sync; echo 3 > /proc/sys/vm/drop_caches"], check=False)
+    for name, want in expected.items():
+        got = (a.mnt / name).read_bytes()
+        assert got == want, f"{name} on A: bytes 10000..75000 are not zeros"
+    wait_for(
+        lambda: all(read_or_none(b.mnt / n) == w for n, w in expected.items()),
+        "every truncated file on B, exactly",
+    )
+    assert "giving up" not in a.log_text()
+
+
+def test_a_write_during_conflict_resolution_is_kept(
+    a_offline_b: tuple[MountProcess, MountProcess, TcpProxy],
+) -> None:
+    """Item 2: A edits offline (v1), B edits online, A reconnects and keeps writing while
+    its conflict is resolved: every version A's `close()` acknowledged ends up somewhere."""
+    a, b, proxy = a_offline_b
+    (b.mnt / "f.txt").write_bytes(b"original\n")
+    wait_for(lambda: read_or_none(a.mnt / "f.txt") == b"original\n", "f.txt on A")
+    _go_offline(a, proxy)
+    (a.mnt / "f.txt").write_bytes(b"A v1\n")
+    (b.mnt / "f.txt").write_bytes(b"B's version\n")
+    b.wait_synced()
+    proxy.restore()
+    last = b""
+    deadline = time.monotonic() + 3
+    n = 2
+    while time.monotonic() < deadline:
+        last = f"A v{n}\n".encode()
+        (a.mnt / "f.txt").write_bytes(last)  # each close() returned 0: acknowledged
+        n += 1
+        time.sleep(0.02)
+    final = _converge(a, b)
+    on_b = _contents(b.mnt)
+    assert last in on_b.values(), f"the last acknowledged write is on no device: {on_b}"
+    copies = [name for name in final if "conflicted copy from devA" in name]
+    assert copies, final
+    assert all(on_b[c].startswith(b"A v") for c in copies), on_b
+
+
+def test_new_file_in_a_folder_deleted_elsewhere_recreates_the_folder(
+    a_offline_b: tuple[MountProcess, MountProcess, TcpProxy],
+) -> None:
+    """Item 3: the edit wins over the folder's delete, the folder path is re-created."""
+    a, b, proxy = a_offline_b
+    (b.mnt / "B").mkdir()
+    (b.mnt / "B" / "old.txt").write_bytes(b"old\n")
+    wait_for(lambda: read_or_none(a.mnt / "B" / "old.txt") == b"old\n", "B/old.txt on A")
+    _go_offline(a, proxy)
+    (a.mnt / "B" / "new.txt").write_bytes(b"written offline on A\n")
+    subprocess.run(["rm", "-r", str(b.mnt / "B")], check=True)
+    b.wait_synced()
+    proxy.restore()
+    final = _converge(a, b)
+    assert (b.mnt / "B" / "new.txt").read_bytes() == b"written offline on A\n"
+    assert "B/old.txt" not in final, final
+    assert "not synced" not in a.log_text()
+
+
+def test_new_file_in_a_folder_renamed_elsewhere_follows_it(
+    a_offline_b: tuple[MountProcess, MountProcess, TcpProxy],
+) -> None:
+    """Item 3: the file follows its folder to its new place."""
+    a, b, proxy = a_offline_b
+    (b.mnt / "B").mkdir()
+    (b.mnt / "B" / "old.txt").write_bytes(b"old\n")
+    wait_for(lambda: read_or_none(a.mnt / "B" / "old.txt") == b"old\n", "B/old.txt on A")
+    _go_offline(a, proxy)
+    (a.mnt / "B" / "new.txt").write_bytes(b"written offline on A\n")
+    os.rename(b.mnt / "B", b.mnt / "C")
+    b.wait_synced()
+    proxy.restore()
+    final = _converge(a, b)
+    assert (b.mnt / "C" / "new.txt").read_bytes() == b"written offline on A\n"
+    assert sorted(final) == ["C/", "C/new.txt", "C/old.txt"], final
+
+
+def test_move_into_a_folder_deleted_elsewhere_recreates_it(
+    a_offline_b: tuple[MountProcess, MountProcess, TcpProxy],
+) -> None:
+    a, b, proxy = a_offline_b
+    (b.mnt / "D").mkdir()
+    (b.mnt / "x.txt").write_bytes(b"x\n")
+    wait_for(lambda: read_or_none(a.mnt / "x.txt") == b"x\n", "x.txt on A")
+    assert os.listdir(a.mnt / "D") == []
+    _go_offline(a, proxy)
+    os.rename(a.mnt / "x.txt", a.mnt / "D" / "x.txt")
+    (b.mnt / "D").rmdir()
+    b.wait_synced()
+    proxy.restore()
+    _converge(a, b)
+    assert (b.mnt / "D" / "x.txt").read_bytes() == b"x\n"
+
+
+def test_rename_onto_a_name_taken_elsewhere_keeps_both(
+    a_offline_b: tuple[MountProcess, MountProcess, TcpProxy],
+) -> None:
+    """Item 3: a rename onto a name another device created meanwhile gets a conflicted
+    name; the other device's file is untouched, also by a later edit."""
+    a, b, proxy = a_offline_b
+    (b.mnt / "draft.txt").write_bytes(b"A's draft\n")
+    wait_for(lambda: read_or_none(a.mnt / "draft.txt") == b"A's draft\n", "draft on A")
+    _go_offline(a, proxy)
+    os.rename(a.mnt / "draft.txt", a.mnt / "final.txt")
+    (b.mnt / "final.txt").write_bytes(b"B's final\n")
+    b.wait_synced()
+    proxy.restore()
+    final = _converge(a, b)
+    assert (b.mnt / "final.txt").read_bytes() == b"B's final\n"
+    copies = [n for n in final if n.startswith("final (conflicted copy from devA")]
+    assert len(copies) == 1, final
+    assert (b.mnt / copies[0]).read_bytes() == b"A's draft\n"
+    (a.mnt / copies[0]).write_bytes(b"A edits its copy\n")
+    _converge(a, b)
+    assert (b.mnt / "final.txt").read_bytes() == b"B's final\n"
+    assert (b.mnt / copies[0]).read_bytes() == b"A edits its copy\n"
+
+
+def test_paths_the_server_would_refuse_fail_at_the_system_call(
+    a_offline_b: tuple[MountProcess, MountProcess, TcpProxy],
+) -> None:
+    """Item 3: over 4,096 bytes of path is ENAMETOOLONG at once, never acknowledged."""
+    a, _, _ = a_offline_b
+    level = "d" * 203  # each level adds 204 bytes to the drive path
+    fds = [os.open(a.mnt, os.O_RDONLY)]
+    try:
+        with pytest.raises(OSError, match="too long") as info:  # noqa: PT012 (stops there)
+            for _ in range(40):
+                os.mkdir(level, dir_fd=fds[-1])
+                fds.append(os.open(level, os.O_RDONLY, dir_fd=fds[-1]))
+        assert info.value.errno == errno.ENAMETOOLONG
+        assert len(fds) - 1 == 4096 // 204  # made: /d.../d... up to 4,080 bytes
+        with pytest.raises(OSError, match="too long") as info2:
+            os.open("f" * 250, os.O_WRONLY | os.O_CREAT, dir_fd=fds[-1])
+        assert info2.value.errno == errno.ENAMETOOLONG
+        with pytest.raises(OSError, match="too long") as info3:
+            os.rename(level, "e" * 255, src_dir_fd=fds[0], dst_dir_fd=fds[0])
+        assert info3.value.errno == errno.ENAMETOOLONG
+        os.rename(level, "e" * 203, src_dir_fd=fds[0], dst_dir_fd=fds[0])  # same length: fine
+    finally:
+        for fd in fds:
+            os.close(fd)
+    a.wait_synced()
+    assert a.pending() == 0
+    assert "not synced" not in a.log_text()
+
+
+def test_over_quota_is_parked_kept_and_reported(account: Account, tmp_path: Path) -> None:
+    """Item 9: a change the server refuses for good stays on the device, `drive status`
+    says "not synced: REASON", and `drive unmount --wait` exits non-zero."""
+    from tests.helpers.mount_proc import drive
+    from tests.sync.conftest import SYNC_ENV
+
+    user = f"q{os.getpid()}{int(time.time() * 1000) % 100000}"
+    account.server.add_user(user, "pw-" + user, quota="1M")
+    from tests.helpers.mount_proc import login_home
+
+    home = login_home(account.server, tmp_path / "home-q", user, "pw-" + user, "devQ")
+    data = random.Random(9).randbytes(3 << 20)
+    with MountProcess(home, tmp_path / "mnt-q", env=SYNC_ENV) as m:
+        (m.mnt / "small.txt").write_bytes(b"fits\n")
+        (m.mnt / "big.bin").write_bytes(data)
+
+        def refused() -> str | None:
+            out = drive(home, "status").stdout
+            return out if "not synced" in out else None
+
+        status = wait_for(refused, "the refused upload in drive status")
+        assert "big.bin" in status
+        assert "quota" in status
+        assert (m.mnt / "big.bin").read_bytes() == data  # kept on the device
+        done = drive(home, "unmount", str(m.mnt), "--wait", timeout=60)
+        assert done.returncode != 0
+        assert "not synced" in done.stderr
+        assert os.path.ismount(m.mnt)
+    with account.server.client() as http:
+        token = drive(home, "auth", "token").stdout.strip()
+        listing = http.get("/api/v1/list", params={"path": "/"},
+                           headers={"Authorization": f"Bearer {token}"}).json()  # fmt: skip
+    names = {e["name"] for e in listing["entries"]}
+    assert "small.txt" in names
+    assert "big.bin" not in names
