@@ -274,3 +274,47 @@ def test_over_quota_is_parked_kept_and_reported(account: Account, tmp_path: Path
     names = {e["name"] for e in listing["entries"]}
     assert "small.txt" in names
     assert "big.bin" not in names
+
+
+def test_a_stale_delete_loses_to_a_newer_edit(
+    a_offline_b: tuple[MountProcess, MountProcess, TcpProxy],
+) -> None:
+    """Item 4: A deletes offline, B edits; the edit wins and comes back on A."""
+    a, b, proxy = a_offline_b
+    (b.mnt / "x.txt").write_bytes(b"first\n")
+    wait_for(lambda: read_or_none(a.mnt / "x.txt") == b"first\n", "x.txt on A")
+    _go_offline(a, proxy)
+    (a.mnt / "x.txt").unlink()
+    (b.mnt / "x.txt").write_bytes(b"B's newer edit\n")
+    b.wait_synced()
+    proxy.restore()
+    _converge(a, b)
+    assert (a.mnt / "x.txt").read_bytes() == b"B's newer edit\n"
+    assert (b.mnt / "x.txt").read_bytes() == b"B's newer edit\n"
+
+
+def test_sed_in_place_keeps_the_history(
+    a_offline_b: tuple[MountProcess, MountProcess, TcpProxy],
+) -> None:
+    """Item 6: an editor's save (temporary file renamed over the original) is the next
+    revision of the file; nothing goes to the trash."""
+    import json
+
+    from tests.helpers.mount_proc import drive
+
+    a, b, _ = a_offline_b
+    (a.mnt / "notes.txt").write_bytes(b"alpha\n")
+    a.wait_synced()
+    subprocess.run(["sed", "-i", "s/alpha/beta/", str(a.mnt / "notes.txt")], check=True)
+    a.wait_synced()
+    subprocess.run(["sed", "-i", "s/beta/gamma/", str(a.mnt / "notes.txt")], check=True)
+    final = _converge(a, b)
+    assert sorted(final) == ["notes.txt"], final
+    assert (b.mnt / "notes.txt").read_bytes() == b"gamma\n"
+    revs = json.loads(drive(a.home, "revisions", "/notes.txt", "--json").stdout)
+    assert [r["size"] for r in revs] == [6, 5, 6], revs
+    trash = drive(a.home, "trash", "--json").stdout
+    assert "notes.txt" not in trash
+    oldest = min(r["revision"] for r in revs)
+    assert drive(a.home, "restore", "/notes.txt", str(oldest)).returncode == 0
+    wait_for(lambda: read_or_none(b.mnt / "notes.txt") == b"alpha\n", "restored on B")
