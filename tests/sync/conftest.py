@@ -3,6 +3,7 @@ each mounted in its own subprocess; waits with deadlines for convergence."""
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import re
 import time
@@ -53,11 +54,15 @@ def account(shared_server: ServerProcess, tmp_path: Path) -> Account:
     return Account(shared_server, tmp_path)
 
 
-@pytest.fixture
-def two_mounts(account: Account) -> Iterator[tuple[MountProcess, MountProcess]]:
-    a = account.mount(account.device("devA"), "a")
+@contextlib.contextmanager
+def device_pair(
+    account: Account, *, url_a: str | None = None, url_b: str | None = None
+) -> Iterator[tuple[MountProcess, MountProcess]]:
+    """devA and devB of `account` mounted (each optionally through another URL, e.g. a
+    proxy the test can cut); both unmounted at the end whatever happened."""
+    a = account.mount(account.device("devA", url=url_a), "a")
     try:
-        b = account.mount(account.device("devB"), "b")
+        b = account.mount(account.device("devB", url=url_b), "b")
     except BaseException:
         a.stop()
         raise
@@ -66,6 +71,12 @@ def two_mounts(account: Account) -> Iterator[tuple[MountProcess, MountProcess]]:
     finally:
         b.stop()
         a.stop()
+
+
+@pytest.fixture
+def two_mounts(account: Account) -> Iterator[tuple[MountProcess, MountProcess]]:
+    with device_pair(account) as pair:
+        yield pair
 
 
 def wait_for(probe: Callable[[], T | None], what: str,

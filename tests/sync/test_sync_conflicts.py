@@ -13,7 +13,7 @@ import pytest
 from syncd.conflicts import conflicted_name
 from tests.helpers.mount_proc import MountProcess, requires_fuse
 from tests.helpers.tcp_proxy import TcpProxy
-from tests.sync.conftest import Account, read_or_none, wait_for
+from tests.sync.conftest import Account, device_pair, read_or_none, wait_for
 
 pytestmark = [pytest.mark.e2e, requires_fuse]
 
@@ -34,19 +34,11 @@ def tree(root: Path) -> dict[str, str]:
 @pytest.fixture
 def a_b_offline_capable(account: Account) -> Iterator[tuple[MountProcess, MountProcess, TcpProxy]]:
     """A (normal) and B (through a proxy the test can cut)."""
-    with TcpProxy(account.server.port) as proxy:
-        a = account.mount(account.device("devA"), "a")
-        try:
-            b = account.mount(account.device("devB", url=proxy.url), "b")
-        except BaseException:
-            a.stop()
-            raise
+    with TcpProxy(account.server.port) as proxy, device_pair(account, url_b=proxy.url) as (a, b):
         try:
             yield a, b, proxy
         finally:
             proxy.restore()
-            b.stop()
-            a.stop()
 
 
 _last: list[object] = []
