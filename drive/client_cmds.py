@@ -306,6 +306,7 @@ def status(args: argparse.Namespace) -> int:
         "editing": mstat.get("editing", []) if mounted else [],
         "last_error": mstat.get("last_error"),
         "cache_bytes": int(mstat.get("cache_bytes", 0)),
+        "mirror": mstat.get("mirror") if mounted else None,
         "mounted": mounted,
         "server": cfg.server_url,
         "user": cfg.user,
@@ -330,6 +331,10 @@ def _print_status(body: dict[str, Any]) -> None:
     print(f"{body['user']}@{body['server']} (device {body['device']}): {state}, {mounted}")
     if body["last_error"] and not body["online"]:
         print(f"  last error: {body['last_error']}")
+    mirror = body.get("mirror")
+    if isinstance(mirror, dict) and not mirror.get("complete"):
+        print(f"  making every folder available offline: {mirror.get('folders_listed')} "
+              "folders listed so far")  # fmt: skip
     print(f"pending uploads: {body['pending']}")
     up = body["uploading"]
     if isinstance(up, dict) and up.get("total"):

@@ -35,6 +35,7 @@ from syncd.config import load_config
 from syncd.content import ContentStore
 from syncd.follower import HOLD_S, Follower
 from syncd.home import Home
+from syncd.mirror import Mirror
 from syncd.remote import RemoteClient
 from syncd.state import StateDB
 from syncd.tree import TreeSync
@@ -79,14 +80,15 @@ async def _serve(home: Home, mountpoint: Path, cache_bytes: int, allow_other: bo
                             on_changed=invalidator.inode, on_entry=invalidator.entry,
                             cache_files_up_to=cache_bytes // UPLOAD_CACHE_FRACTION)  # fmt: skip
         activity = Activity(cfg.device, cfg.device_id)
+        mirror = Mirror(state, tree)
         applier = ChangeApplier(state, cfg.device, device_id=cfg.device_id,
-                                on_entry=invalidator.entry,
-                                on_inode=invalidator.inode)  # fmt: skip
+                                on_entry=invalidator.entry, on_inode=invalidator.inode,
+                                on_folder=mirror.note_folder)  # fmt: skip
         follower = Follower(state, remote, tree, applier, hold_s=_hold_seconds(),
                             on_changes=activity.note)  # fmt: skip
         presence = Presence(state, remote)
         content.on_dirty = presence.announce
-        sync = _Sync(uploader, follower, activity)
+        sync = _Sync(uploader, follower, activity, mirror)
         quota = [1 << 50, 0]
         vfs = Vfs(state, content, tree, uploader, quota=lambda: (quota[0], quota[1]))
         uploader.open_for_writing = vfs.open_for_writing
@@ -100,6 +102,7 @@ async def _serve(home: Home, mountpoint: Path, cache_bytes: int, allow_other: bo
                 await nursery.start(fetcher.run)
                 await nursery.start(uploader.run)
                 await nursery.start(follower.run)
+                await nursery.start(mirror.run)
                 nursery.start_soon(presence.run)
                 nursery.start_soon(invalidator.run)
                 nursery.start_soon(_signals, nursery)
@@ -138,6 +141,7 @@ class _Sync:
     uploader: Uploader
     follower: Follower
     activity: Activity
+    mirror: Mirror
 
 
 async def _status_writer(home: Home, sync: _Sync, cache: LmdbBlockCache,
@@ -166,6 +170,11 @@ async def _write_status(home: Home, sync: _Sync, cache: LmdbBlockCache, state: S
         "dirty_bytes": uploader.content.dirty_bytes,
         "last_error": uploader.last_error or sync.follower.last_error,
         "cursor": sync.follower.cursor,
+        "mirror": sync.mirror.snapshot(),
+        "parked": [
+            {"op": op.get("op"), "path": op.get("path") or op.get("from"), "reason": why}
+            for _, op, why, _ in state.parked()
+        ],
         **sync.activity.snapshot(),
     }
     tmp = home.status_path.with_suffix(".tmp")

@@ -40,12 +40,15 @@ class ChangeApplier:
         device_id: int | None = None,
         on_entry: OnEntry | None = None,
         on_inode: OnInode | None = None,
+        on_folder: OnInode | None = None,
     ) -> None:
         self.state = state
         self.device = device
         self.device_id = device_id
         self.on_entry = on_entry
         self.on_inode = on_inode
+        self.on_folder = on_folder
+        """Called with a folder that appeared here: its entries may not be in the feed."""
         self._pending: set[int] = set()
         self._entries: list[tuple[int, str, int]] = []
         self._inodes: list[int] = []
@@ -178,6 +181,8 @@ class ChangeApplier:
         node = node_from_record(rec.id, parent.ino, rec)
         w.put_node(node)
         w.link(parent.ino, rec.name, node.ino)
+        if node.kind == "dir" and self.on_folder is not None:
+            self.on_folder(node.ino)
         self._entries.append((parent.ino, rec.name, node.ino))
         self._inodes.append(parent.ino)
 

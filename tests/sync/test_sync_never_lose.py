@@ -16,7 +16,7 @@ import pytest
 
 from tests.helpers.mount_proc import MountProcess, requires_fuse
 from tests.helpers.tcp_proxy import TcpProxy
-from tests.sync.conftest import Account, read_or_none, wait_for
+from tests.sync.conftest import Account, device_pair, read_or_none, wait_for
 from tests.sync.test_sync_conflicts import tree
 
 pytestmark = [pytest.mark.e2e, requires_fuse]
@@ -25,19 +25,11 @@ pytestmark = [pytest.mark.e2e, requires_fuse]
 @pytest.fixture
 def a_offline_b(account: Account) -> Iterator[tuple[MountProcess, MountProcess, TcpProxy]]:
     """A (through a proxy the test can cut) and B (always online)."""
-    with TcpProxy(account.server.port) as proxy:
-        a = account.mount(account.device("devA", url=proxy.url), "a")
-        try:
-            b = account.mount(account.device("devB"), "b")
-        except BaseException:
-            a.stop()
-            raise
+    with TcpProxy(account.server.port) as proxy, device_pair(account, url_a=proxy.url) as (a, b):
         try:
             yield a, b, proxy
         finally:
             proxy.restore()
-            b.stop()
-            a.stop()
 
 
 def _converged(a: MountProcess, b: MountProcess) -> dict[str, str] | None:
@@ -318,3 +310,41 @@ def test_sed_in_place_keeps_the_history(
     oldest = min(r["revision"] for r in revs)
     assert drive(a.home, "restore", "/notes.txt", str(oldest)).returncode == 0
     wait_for(lambda: read_or_none(b.mnt / "notes.txt") == b"alpha\n", "restored on B")
+
+
+def test_a_new_device_mirrors_the_tree_and_works_offline(account: Account) -> None:
+    """Item 7: right after the first mount every folder is fetched in the background;
+    then every folder lists and accepts new files with the server gone."""
+    b = account.mount(account.device("devB"), "b")
+    try:
+        for top in ("p", "q"):
+            for sub in ("r", "s"):
+                (b.mnt / top / sub / "t").mkdir(parents=True)
+                (b.mnt / top / sub / "t" / "leaf.txt").write_bytes(f"{top}{sub}\n".encode())
+        b.wait_synced()
+        with TcpProxy(account.server.port) as proxy:
+            a = account.mount(account.device("devA", url=proxy.url), "a")
+            try:
+                wait_for(
+                    lambda: (a.status().get("mirror") or {}).get("complete"),
+                    "A's offline copy of the tree",
+                )
+                _go_offline(a, proxy)
+                started = time.monotonic()
+                found = sorted(
+                    str(p.relative_to(a.mnt)) for p in a.mnt.rglob("*") if p.is_dir()
+                )  # fmt: skip
+                assert "q/s/t" in found, found
+                (a.mnt / "q" / "s" / "t" / "offline.txt").write_bytes(b"made offline\n")
+                assert time.monotonic() - started < 5
+                proxy.restore()
+                wait_for(
+                    lambda: (
+                        read_or_none(b.mnt / "q" / "s" / "t" / "offline.txt") == b"made offline\n"
+                    ),
+                    "the offline file on B",
+                )
+            finally:
+                a.stop()
+    finally:
+        b.stop()
