@@ -268,6 +268,7 @@ def status(args: argparse.Namespace) -> int:
     """Pending uploads (with progress), conflicts, offline state, remote activity (R17)."""
     home, cfg = _config()
     from syncd.state import StateDB
+    from syncd.tree import ino_at
 
     pending = 0
     conflicts: list[Any] = []
@@ -276,7 +277,8 @@ def status(args: argparse.Namespace) -> int:
         st = StateDB(home.state_path)
         try:
             pending = st.op_count()
-            conflicts = list(st.get_meta("conflicts", []))
+            conflicts = [c for c in st.get_meta("conflicts", [])  # gone once its copy is
+                         if ino_at(st, str(c.get("saved_as", ""))) is not None]  # fmt: skip
             parked = [{"op": op.get("op"), "path": op.get("path") or op.get("from"),
                        "reason": reason, "since": since}
                       for _, op, reason, since in st.parked()]  # fmt: skip

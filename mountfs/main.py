@@ -52,6 +52,7 @@ MAX_FUSE_TASKS = 64
 STATUS_EVERY_S = 1.0
 STATUS_QUEUE_SHOWN = 20
 QUOTA_EVERY_S = 60.0
+NO_QUOTA = 1 << 50
 
 
 def run_mount(home: Home, mountpoint: Path, *, cache_bytes: int, allow_other: bool) -> None:
@@ -88,10 +89,11 @@ async def _serve(home: Home, mountpoint: Path, cache_bytes: int, allow_other: bo
                             on_changes=activity.note)  # fmt: skip
         presence = Presence(state, remote)
         content.on_dirty = presence.announce
-        sync = _Sync(uploader, follower, activity, mirror)
-        quota = [1 << 50, 0]
+        quota = [NO_QUOTA, 0]
+        sync = _Sync(uploader, follower, activity, mirror, quota)
         vfs = Vfs(state, content, tree, uploader, quota=lambda: (quota[0], quota[1]))
         uploader.open_for_writing = vfs.open_for_writing
+        content.room = lambda: quota[0] - quota[1]
         uploader.requeue_unqueued()
         options = {"fsname=drive", "subtype=drive", "default_permissions", "noatime"}
         if allow_other:
@@ -142,6 +144,8 @@ class _Sync:
     follower: Follower
     activity: Activity
     mirror: Mirror
+    quota: list[int]
+    """[quota bytes, used bytes] as last heard from the server."""
 
 
 async def _status_writer(home: Home, sync: _Sync, cache: LmdbBlockCache,
@@ -171,6 +175,8 @@ async def _write_status(home: Home, sync: _Sync, cache: LmdbBlockCache, state: S
         "last_error": uploader.last_error or sync.follower.last_error,
         "cursor": sync.follower.cursor,
         "mirror": sync.mirror.snapshot(),
+        "quota_bytes": sync.quota[0] if sync.quota[0] != NO_QUOTA else None,
+        "used_bytes": sync.quota[1],
         "parked": [
             {"op": op.get("op"), "path": op.get("path") or op.get("from"), "reason": why}
             for _, op, why, _ in state.parked()
@@ -192,7 +198,7 @@ async def _quota_refresher(remote: RemoteClient, quota: list[int]) -> None:
         try:
             who = await remote.whoami()
             q = who.get("quota_bytes")
-            quota[0] = int(q) if isinstance(q, int) and q > 0 else 1 << 50
+            quota[0] = int(q) if isinstance(q, int) and q > 0 else NO_QUOTA
             quota[1] = int(who.get("used_bytes") or 0)
         except errors.SyncError as exc:
             log.debug("whoami failed: %s", exc)

@@ -24,7 +24,7 @@ from syncd import errors
 from syncd.content import ContentStore
 from syncd.remote import RemoteClient
 from syncd.state import ROOT_INO, Node, StateDB
-from syncd.tree import node_from_record, path_of
+from syncd.tree import ino_at, node_from_record, path_of
 
 __all__ = ["ConflictResolver", "conflicted_name"]
 
@@ -308,10 +308,5 @@ class ConflictResolver:
             self.on_changed(parent)
 
     def _dir_ino(self, path: str, fallback: int) -> int:
-        ino = ROOT_INO
-        for part in path_parts(path):
-            nxt = self.state.lookup(ino, part)
-            if nxt is None:
-                return fallback
-            ino = nxt
-        return ino
+        ino = ino_at(self.state, path)
+        return fallback if ino is None else ino

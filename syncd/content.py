@@ -38,7 +38,7 @@ from syncd import ranges as rg
 from syncd.blocks import BlockCacheLike, BlockFetcher
 from syncd.state import Dirty, Node, StateDB
 
-__all__ = ["READAHEAD_BLOCKS", "ContentStore", "NoSpace", "read_blocks"]
+__all__ = ["READAHEAD_BLOCKS", "ContentStore", "NoSpace", "OverQuota", "read_blocks"]
 
 log = logging.getLogger(__name__)
 
@@ -58,6 +58,13 @@ class NoSpace(OSError):
 
     def __init__(self, message: str) -> None:
         super().__init__(errno.ENOSPC, message)
+
+
+class OverQuota(OSError):
+    """The account has no room for these bytes, as far as this client knows (EDQUOT)."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(errno.EDQUOT, message)
 
 
 class TooBig(OSError):
@@ -136,6 +143,10 @@ class ContentStore:
         self._inflight: dict[int, int] = {}
         self._retired: dict[int, list[int]] = {}
         self._pinned: set[int] = set()
+        self.room: Callable[[], int] | None = None
+        """Bytes the account still has room for on the server, as last heard (None: no
+        limit known). A write that cannot fit is refused with EDQUOT at once instead of
+        being acknowledged and then refused by the server."""
         self.on_dirty: Callable[[Node], None] | None = None
         """Called when a file turns dirty (presence notices, R10); must not block."""
         self.dirty_bytes = sum(rg.total(n.dirty.ranges) for n in state.dirty_nodes() if n.dirty)
@@ -203,6 +214,12 @@ class ContentStore:
         Clean cached blocks are always evictable, so only dirty data can fill the limit;
         the block cache's own bound shrinks as dirty data grows (evicted on its next put).
         """
+        room = self.room() if self.room is not None else None
+        if nbytes > 0 and room is not None and self.dirty_bytes + nbytes > room:
+            raise OverQuota(
+                f"the account's storage quota has room for {max(0, room)} more bytes and "
+                f"{self.dirty_bytes} are waiting for upload"
+            )
         if nbytes > 0 and self.dirty_bytes + nbytes > self.limit_bytes:
             log.warning(
                 "local storage limit of %d bytes is full of unsynced data (%d bytes); "

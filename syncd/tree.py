@@ -15,12 +15,12 @@ from collections.abc import Callable
 
 import trio
 
-from blockstore.wire import ROOT_PATH, FileRecord
+from blockstore.wire import ROOT_PATH, FileRecord, InvalidPath, path_parts
 from syncd import errors
 from syncd.remote import RemoteClient
 from syncd.state import ROOT_INO, Node, StateDB, Writer
 
-__all__ = ["TreeSync", "node_from_record", "path_of"]
+__all__ = ["TreeSync", "ino_at", "node_from_record", "path_of"]
 
 log = logging.getLogger(__name__)
 
@@ -47,6 +47,21 @@ def path_of(state: StateDB, ino: int) -> str:
         parts.append(node.name)
         ino = node.parent
     return "/" + "/".join(reversed(parts)) if parts else ROOT_PATH
+
+
+def ino_at(state: StateDB, path: str) -> int | None:
+    """The inode this device shows at drive path `path`, or None."""
+    ino = ROOT_INO
+    try:
+        parts = path_parts(path)
+    except InvalidPath:
+        return None
+    for part in parts:
+        nxt = state.lookup(ino, part)
+        if nxt is None:
+            return None
+        ino = nxt
+    return ino
 
 
 def node_from_record(ino: int, parent: int, rec: FileRecord) -> Node:

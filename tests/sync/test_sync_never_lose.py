@@ -5,6 +5,7 @@ server, device A behind a proxy the test can cut (offline spells)."""
 from __future__ import annotations
 
 import errno
+import json
 import os
 import random
 import subprocess
@@ -14,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.helpers.mount_proc import MountProcess, requires_fuse
+from tests.helpers.mount_proc import MountProcess, drive, requires_fuse
 from tests.helpers.tcp_proxy import TcpProxy
 from tests.sync.conftest import Account, device_pair, read_or_none, wait_for
 from tests.sync.test_sync_conflicts import tree
@@ -122,6 +123,12 @@ def test_a_write_during_conflict_resolution_is_kept(
     copies = [name for name in final if "conflicted copy from devA" in name]
     assert copies, final
     assert all(on_b[c].startswith(b"A v") for c in copies), on_b
+    listed = json.loads(drive(a.home, "status", "--json").stdout)["conflicts"]
+    assert {c["saved_as"] for c in listed} == {"/" + c for c in copies}
+    for c in copies:
+        (a.mnt / c).unlink()
+    after = json.loads(drive(a.home, "status", "--json").stdout)["conflicts"]
+    assert after == []  # a conflict notice goes once its copy is deleted
 
 
 def test_new_file_in_a_folder_deleted_elsewhere_recreates_the_folder(
@@ -231,20 +238,32 @@ def test_paths_the_server_would_refuse_fail_at_the_system_call(
     assert "not synced" not in a.log_text()
 
 
-def test_over_quota_is_parked_kept_and_reported(account: Account, tmp_path: Path) -> None:
-    """Item 9: a change the server refuses for good stays on the device, `drive status`
-    says "not synced: REASON", and `drive unmount --wait` exits non-zero."""
-    from tests.helpers.mount_proc import drive
+def test_over_quota_is_refused_at_once_or_parked_kept_and_reported(
+    account: Account, tmp_path: Path
+) -> None:
+    """Item 9: a write the client knows cannot fit fails with EDQUOT; one it could not know
+    about (another device used the space) stays on the device, `drive status` says
+    "not synced: REASON", and `drive unmount --wait` exits non-zero."""
+    from tests.helpers.mount_proc import login_home
     from tests.sync.conftest import SYNC_ENV
 
     user = f"q{os.getpid()}{int(time.time() * 1000) % 100000}"
     account.server.add_user(user, "pw-" + user, quota="1M")
-    from tests.helpers.mount_proc import login_home
-
     home = login_home(account.server, tmp_path / "home-q", user, "pw-" + user, "devQ")
-    data = random.Random(9).randbytes(3 << 20)
+    other = login_home(account.server, tmp_path / "home-r", user, "pw-" + user, "devR")
+    rng = random.Random(9)
     with MountProcess(home, tmp_path / "mnt-q", env=SYNC_ENV) as m:
+        wait_for(lambda: m.status().get("quota_bytes") == 1 << 20, "Q learning its quota")
+        with pytest.raises(OSError, match="quota") as info:
+            (m.mnt / "huge.bin").write_bytes(rng.randbytes(3 << 20))
+        assert info.value.errno == errno.EDQUOT
+        (m.mnt / "huge.bin").unlink()  # what fit before the refusal stays, as on a full disk
         (m.mnt / "small.txt").write_bytes(b"fits\n")
+        m.wait_synced()
+        with MountProcess(other, tmp_path / "mnt-r", env=SYNC_ENV) as r:
+            (r.mnt / "from-r.bin").write_bytes(rng.randbytes(700_000))
+            r.wait_synced()
+        data = rng.randbytes(700_000)  # Q does not know R used the room
         (m.mnt / "big.bin").write_bytes(data)
 
         def refused() -> str | None:
@@ -259,13 +278,11 @@ def test_over_quota_is_parked_kept_and_reported(account: Account, tmp_path: Path
         assert done.returncode != 0
         assert "not synced" in done.stderr
         assert os.path.ismount(m.mnt)
-    with account.server.client() as http:
-        token = drive(home, "auth", "token").stdout.strip()
-        listing = http.get("/api/v1/list", params={"path": "/"},
-                           headers={"Authorization": f"Bearer {token}"}).json()  # fmt: skip
+    token = drive(home, "auth", "token").stdout.strip()
+    with account.server.client(token) as http:
+        listing = http.get("/api/v1/list", params={"path": "/"}).json()
     names = {e["name"] for e in listing["entries"]}
-    assert "small.txt" in names
-    assert "big.bin" not in names
+    assert names == {"small.txt", "from-r.bin"}
 
 
 def test_a_stale_delete_loses_to_a_newer_edit(
@@ -290,10 +307,6 @@ def test_sed_in_place_keeps_the_history(
 ) -> None:
     """Item 6: an editor's save (temporary file renamed over the original) is the next
     revision of the file; nothing goes to the trash."""
-    import json
-
-    from tests.helpers.mount_proc import drive
-
     a, b, _ = a_offline_b
     (a.mnt / "notes.txt").write_bytes(b"alpha\n")
     a.wait_synced()
