@@ -62,12 +62,13 @@ class FsStats:
 _TYPE = {"file": stat.S_IFREG, "dir": stat.S_IFDIR, "symlink": stat.S_IFLNK}
 
 
-def attr_of(node: Node, uid: int, gid: int) -> Attr:
-    """The stat of a node. Ownership is the mount's user: the server keeps no owners."""
+def attr_of(node: Node, uid: int, gid: int, subdirs: int = 0) -> Attr:
+    """The stat of a node. Ownership is the mount's user: the server keeps no owners. A
+    directory has the usual link count, 2 + its subdirectories (`find` relies on it)."""
     return Attr(
         ino=node.ino,
         mode=_TYPE[node.kind] | (node.mode & 0o7777),
-        nlink=2 if node.kind == "dir" else (1 if node.linked else 0),
+        nlink=2 + subdirs if node.kind == "dir" else (1 if node.linked else 0),
         uid=uid,
         gid=gid,
         size=node.size,

@@ -125,7 +125,8 @@ class Vfs:
         return node
 
     def _attr(self, node: Node) -> Attr:
-        return attr_of(node, self.uid, self.gid)
+        subdirs = self.state.subdirs(node.ino) if node.kind == "dir" else 0
+        return attr_of(node, self.uid, self.gid, subdirs)
 
     def _path(self, ino: int) -> str:
         try:

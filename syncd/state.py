@@ -186,10 +186,29 @@ class Writer:
                 self._txn.delete(_k(node.server_id), db=self._db._srv)
 
     def link(self, parent: int, name: str, ino: int) -> None:
-        self._txn.put(_k(parent) + name.encode(), _k(ino), db=self._db._dirents)
+        key = _k(parent) + name.encode()
+        old = self._txn.get(key, db=self._db._dirents)
+        if old == _k(ino):
+            return
+        if old is not None:
+            self._count_subdir(parent, _U64.unpack(old)[0], -1)
+        self._txn.put(key, _k(ino), db=self._db._dirents)
+        self._count_subdir(parent, ino, +1)
 
     def unlink(self, parent: int, name: str) -> None:
-        self._txn.delete(_k(parent) + name.encode(), db=self._db._dirents)
+        key = _k(parent) + name.encode()
+        old = self._txn.get(key, db=self._db._dirents)
+        if old is not None:
+            self._count_subdir(parent, _U64.unpack(old)[0], -1)
+            self._txn.delete(key, db=self._db._dirents)
+
+    def _count_subdir(self, parent: int, child: int, delta: int) -> None:
+        """Keep the number of subdirectories of `parent` (a directory's link count)."""
+        if self._db._kind_in(self._txn, child) != "dir":
+            return
+        raw = self._txn.get(_k(parent), db=self._db._subdirs)
+        count = max(0, (_U64.unpack(raw)[0] if raw else 0) + delta)
+        self._txn.put(_k(parent), _k(count), db=self._db._subdirs)
 
     def add_op(self, op: dict[str, Any]) -> int:
         """Queue `op`; its sequence number is never reused, even after the queue drains
@@ -254,7 +273,35 @@ class StateDB:
         self._ops = self._env.open_db(b"ops")
         self._meta = self._env.open_db(b"meta")
         self._parked = self._env.open_db(b"parked")
+        self._subdirs = self._env.open_db(b"subdirs")
         self._cache: dict[int, Node] = {}
+        if not self.get_meta("subdirs_counted", False):
+            self._count_all_subdirs()
+
+    def _kind_in(self, txn: lmdb.Transaction, ino: int) -> str | None:
+        cached = self._cache.get(ino)
+        if cached is not None:
+            return cached.kind
+        raw = txn.get(_k(ino), db=self._nodes)
+        return None if raw is None else str(json.loads(bytes(raw))["kind"])
+
+    def _count_all_subdirs(self) -> None:
+        """Count every directory's subdirectories once (a state made before they were kept)."""
+        counts: dict[int, int] = {}
+        with self._env.begin(write=True) as txn:
+            for key, value in txn.cursor(db=self._dirents):
+                if self._kind_in(txn, _U64.unpack(value)[0]) == "dir":
+                    parent = _U64.unpack(bytes(key[:8]))[0]
+                    counts[parent] = counts.get(parent, 0) + 1
+            for parent, n in counts.items():
+                txn.put(_k(parent), _k(n), db=self._subdirs)
+            txn.put(b"subdirs_counted", b"true", db=self._meta)
+
+    def subdirs(self, ino: int) -> int:
+        """How many subdirectories directory `ino` has (its link count is 2 more)."""
+        with self._env.begin() as txn:
+            raw = txn.get(_k(ino), db=self._subdirs)
+        return _U64.unpack(raw)[0] if raw else 0
 
     def close(self) -> None:
         self._env.sync(True)

@@ -47,7 +47,8 @@ class FakeSource:
 
 class World:
     def __init__(self, root: Path, limit: int = 1 << 30) -> None:
-        self.state = StateDB(root / "state")
+        self.state_path = root / "state"
+        self.state = StateDB(self.state_path)
         self.cache = LmdbBlockCache(root / "cache", 256 << 20, sync=False)
         self.source = FakeSource()
         self.fetcher = BlockFetcher(self.cache, self.source, fetch_timeout_s=5)
@@ -279,3 +280,23 @@ async def test_big_and_small_writes_read_back_with_or_without_o_direct(
         assert bool(w.content._direct_fds) is direct
     finally:
         w.close()
+
+
+async def test_directories_count_their_subdirectories_in_nlink(world: World) -> None:
+    vfs = world.vfs
+    a = await vfs.mkdir(ROOT_INO, b"a", 0o755)
+    await vfs.mkdir(a.ino, b"b", 0o755)
+    c = await vfs.mkdir(a.ino, b"c", 0o755)
+    fh, _ = await vfs.create(a.ino, b"f.txt", 0o644, os.O_WRONLY)
+    await vfs.release(fh)
+    assert (await vfs.getattr(a.ino)).nlink == 4  # 2 + b and c; files do not count
+    assert (await vfs.getattr(ROOT_INO)).nlink == 3
+    await vfs.rmdir(a.ino, b"b")
+    assert (await vfs.getattr(a.ino)).nlink == 3
+    await vfs.rename(a.ino, b"c", ROOT_INO, b"c", 0)
+    assert (await vfs.getattr(a.ino)).nlink == 2
+    assert (await vfs.getattr(ROOT_INO)).nlink == 4
+    assert (await vfs.getattr(c.ino)).nlink == 2
+    world.state.close()  # the counts survive a restart
+    world.state = StateDB(world.state_path)
+    assert world.state.subdirs(ROOT_INO) == 2
