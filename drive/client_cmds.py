@@ -279,7 +279,7 @@ def status(args: argparse.Namespace) -> int:
             pending = st.op_count()
             conflicts = [c for c in st.get_meta("conflicts", [])  # gone once its copy is
                          if ino_at(st, str(c.get("saved_as", ""))) is not None]  # fmt: skip
-            parked = [{"op": op.get("op"), "path": op.get("path") or op.get("from"),
+            parked = [{"op": op.kind, "path": op.where,
                        "reason": reason, "since": since}
                       for _, op, reason, since in st.parked()]  # fmt: skip
         finally:

@@ -250,7 +250,7 @@ def _wait_queue_empty(home: object) -> None:
     finally:
         state.close()
     if parked:
-        lines = [f"  {op.get('path') or op.get('from')}: {why}" for _, op, why, _ in parked]
+        lines = [f"  {op.where}: {why}" for _, op, why, _ in parked]
         raise UserError(f"not unmounted: {len(parked)} changes are not synced (kept on this "
                         "device and retried every minute; `drive unmount` without --wait "
                         "unmounts anyway):\n" + "\n".join(lines))  # fmt: skip

@@ -158,10 +158,7 @@ async def _status_writer(home: Home, sync: _Sync, cache: LmdbBlockCache,
 async def _write_status(home: Home, sync: _Sync, cache: LmdbBlockCache, state: StateDB,
                         *, mounted: bool) -> None:  # fmt: skip
     uploader = sync.uploader
-    queued = [
-        {"op": op.get("op"), "path": op.get("path") or op.get("from")}
-        for _, op in state.ops(limit=STATUS_QUEUE_SHOWN)
-    ]
+    queued = [{"op": op.kind, "path": op.where} for _, op in state.ops(limit=STATUS_QUEUE_SHOWN)]
     body = {
         "mounted": mounted,
         "pid": os.getpid(),
@@ -178,8 +175,7 @@ async def _write_status(home: Home, sync: _Sync, cache: LmdbBlockCache, state: S
         "quota_bytes": sync.quota[0] if sync.quota[0] != NO_QUOTA else None,
         "used_bytes": sync.quota[1],
         "parked": [
-            {"op": op.get("op"), "path": op.get("path") or op.get("from"), "reason": why}
-            for _, op, why, _ in state.parked()
+            {"op": op.kind, "path": op.where, "reason": why} for _, op, why, _ in state.parked()
         ],
         **sync.activity.snapshot(),
     }

@@ -26,6 +26,7 @@ from blockstore.wire import MAX_NAME_BYTES, MAX_PATH_BYTES
 from mountfs.attrs import Attr, FsStats, VfsError, attr_of
 from mountfs.handles import FileHandle
 from syncd.content import READAHEAD_BLOCKS, ContentStore, read_blocks
+from syncd.queue_ops import Commit, Delete, Mkdir, Move, SetAttr, Symlink
 from syncd.state import ROOT_INO, Node, StateDB
 from syncd.tree import TreeSync, path_of
 from syncd.uploader import Uploader
@@ -188,12 +189,12 @@ class Vfs:
             same = (
                 last is not None
                 and last[0] not in busy
-                and last[1].get("op") == "commit"
-                and last[1].get("ino") == node.ino
-                and last[1].get("path") == path
+                and isinstance(last[1], Commit)
+                and last[1].ino == node.ino
+                and last[1].path == path
             )
             if not same:
-                w.add_op({"op": "commit", "ino": node.ino, "path": path})
+                w.add_op(Commit(node.ino, path))
         self._wake()
 
     # -- lookups and attributes ---------------------------------------------------------
@@ -276,7 +277,7 @@ class Vfs:
         with self.state.write() as w:
             w.put_node(node)
             if op and node.linked and (node.kind != "file" or node.dirty is None):
-                w.add_op({"op": "setattr", "ino": ino, "path": self._path(ino), **op})
+                w.add_op(SetAttr(ino, self._path(ino), op.get("mode"), op.get("mtime_ns")))
         self._wake()
         return self._attr(node)
 
@@ -300,8 +301,7 @@ class Vfs:
             w.put_node(node)
             w.put_node(pnode)
             w.link(parent, name, node.ino)
-            w.add_op({"op": "mkdir", "ino": node.ino, "path": self._child_path(parent, name),
-                      "mode": node.mode})  # fmt: skip
+            w.add_op(Mkdir(node.ino, self._child_path(parent, name), node.mode))
         self._wake()
         self.remember(node.ino)
         return self._attr(node)
@@ -323,8 +323,7 @@ class Vfs:
             w.put_node(node)
             w.put_node(pnode)
             w.link(parent, name, node.ino)
-            w.add_op({"op": "symlink", "ino": node.ino,
-                      "path": self._child_path(parent, name), "target": text})  # fmt: skip
+            w.add_op(Symlink(node.ino, self._child_path(parent, name), text))
         self._wake()
         self.remember(node.ino)
         return self._attr(node)
@@ -356,8 +355,7 @@ class Vfs:
             w.unlink(parent, name)
             w.put_node(node)
             w.put_node(pnode)
-            w.add_op({"op": "delete", "ino": node.ino, "path": path, "recursive": False,
-                      "base_rev": node.rev if node.kind == "file" else None})  # fmt: skip
+            w.add_op(Delete(node.ino, path, base_rev=node.rev if node.kind == "file" else None))
         self._wake()
         self._maybe_drop(node.ino)
 
@@ -424,8 +422,7 @@ class Vfs:
                 d.mtime_ns = d.ctime_ns = now
                 w.put_node(d)
             seen = dst.rev if dst is not None and dst.kind == "file" else None
-            w.add_op({"op": "move", "ino": src.ino, "from": from_path, "to": to_path,
-                      "mode": mode, "dst_rev": seen})  # fmt: skip
+            w.add_op(Move(src.ino, from_path, to_path, mode, seen))
         self._wake()
         if dst is not None and mode == "replace":
             self._maybe_drop(dst.ino)

@@ -22,6 +22,7 @@ from blockstore.ids import BlockId
 from blockstore.wire import FileRecord, path_parts
 from syncd import errors
 from syncd.content import ContentStore
+from syncd.queue_ops import Commit
 from syncd.remote import RemoteClient
 from syncd.state import ROOT_INO, Node, StateDB
 from syncd.tree import ino_at, node_from_record, path_of
@@ -245,7 +246,7 @@ class ConflictResolver:
         old_path = path_of_parent_name(old_parent, old_name, self.state)
         self.retarget_ops(node.ino, old_path, rec.path)
         with self.state.write() as w:  # the op being resolved ends with this call
-            w.add_op({"op": "commit", "ino": node.ino, "path": rec.path})
+            w.add_op(Commit(node.ino, rec.path))
         log.warning("%s was written again during its conflict; that write goes to %s",
                     old_name, rec.path)  # fmt: skip
         if self.on_entry is not None:
@@ -260,8 +261,8 @@ class ConflictResolver:
         away from: point them at `new_path`. Returns whether one was found."""
         found = False
         for seq, op in self.state.ops():
-            if op.get("ino") == ino and op.get("op") == "commit" and op.get("path") == old_path:
-                op["path"] = new_path
+            if isinstance(op, Commit) and op.ino == ino and op.path == old_path:
+                op.path = new_path
                 with self.state.write() as w:
                     w.replace_op(seq, op)
                 found = True

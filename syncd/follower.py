@@ -26,6 +26,7 @@ import trio
 from blockstore.wire import Change
 from syncd import errors
 from syncd.changes import ChangeApplier
+from syncd.queue_ops import Commit
 from syncd.remote import RemoteClient
 from syncd.state import ROOT_INO, StateDB
 from syncd.tree import TreeSync
@@ -146,8 +147,8 @@ class Follower:
             if changes:
                 queued = [op for _, op in self.state.ops()]
                 queued += [op for _, op, _, _ in self.state.parked()]
-                busy = {int(op["ino"]) for op in queued if "ino" in op and op["op"] != "commit"}
-                pending = {int(op["ino"]) for op in queued if "ino" in op}
+                busy = {op.ino for op in queued if not isinstance(op, Commit)}
+                pending = {op.ino for op in queued}
                 total += self.applier.apply_all(changes, busy, pending)
                 with self.state.write() as w:
                     w.set_meta(CURSOR_KEY, new_cursor)

@@ -30,6 +30,7 @@ from typing import Any
 import lmdb
 
 from blockstore.ids import BlockId
+from syncd.queue_ops import QueuedOp, op_from_json, op_to_json
 
 __all__ = ["LOCAL_INO_BASE", "ROOT_INO", "Dirty", "Node", "StateDB", "Writer"]
 
@@ -210,7 +211,7 @@ class Writer:
         count = max(0, (_U64.unpack(raw)[0] if raw else 0) + delta)
         self._txn.put(_k(parent), _k(count), db=self._db._subdirs)
 
-    def add_op(self, op: dict[str, Any]) -> int:
+    def add_op(self, op: QueuedOp) -> int:
         """Queue `op`; its sequence number is never reused, even after the queue drains
         (the uploader keys its retry counts and held ops by it)."""
         cur = self._txn.cursor(db=self._db._ops)
@@ -218,26 +219,26 @@ class Writer:
         raw = self._txn.get(b"op_seq", db=self._db._meta)
         seq = max(last, int(raw) if raw is not None else 0) + 1
         self._txn.put(b"op_seq", str(seq).encode(), db=self._db._meta)
-        self._txn.put(_k(seq), json.dumps(op).encode(), db=self._db._ops)
+        self._txn.put(_k(seq), json.dumps(op_to_json(op)).encode(), db=self._db._ops)
         return seq
 
-    def replace_op(self, seq: int, op: dict[str, Any]) -> None:
-        self._txn.put(_k(seq), json.dumps(op).encode(), db=self._db._ops)
+    def replace_op(self, seq: int, op: QueuedOp) -> None:
+        self._txn.put(_k(seq), json.dumps(op_to_json(op)).encode(), db=self._db._ops)
 
-    def last_op(self) -> tuple[int, dict[str, Any]] | None:
+    def last_op(self) -> tuple[int, QueuedOp] | None:
         cur = self._txn.cursor(db=self._db._ops)
         if not cur.last():
             return None
-        return _U64.unpack(cur.key())[0], json.loads(bytes(cur.value()))
+        return _U64.unpack(cur.key())[0], op_from_json(json.loads(bytes(cur.value())))
 
     def delete_op(self, seq: int) -> None:
         self._txn.delete(_k(seq), db=self._db._ops)
 
-    def park(self, seq: int, op: dict[str, Any], reason: str) -> None:
+    def park(self, seq: int, op: QueuedOp, reason: str) -> None:
         """Take `op` out of the queue and keep it aside with the reason the server gave
         for refusing it: it is retried later and shown as "not synced" meanwhile."""
         self._txn.delete(_k(seq), db=self._db._ops)
-        entry = {"op": op, "reason": reason, "since": time.time()}
+        entry = {"op": op_to_json(op), "reason": reason, "since": time.time()}
         self._txn.put(_k(seq), json.dumps(entry).encode(), db=self._db._parked)
 
     def unpark_all(self) -> int:
@@ -246,7 +247,7 @@ class Writer:
         entries = [(bytes(k), json.loads(bytes(v))) for k, v in cur]
         for key, entry in entries:
             self._txn.delete(key, db=self._db._parked)
-            self.add_op(entry["op"])
+            self.add_op(op_from_json(entry["op"]))
         return len(entries)
 
     def set_meta(self, key: str, value: Any) -> None:
@@ -360,12 +361,12 @@ class StateDB:
             raw = txn.get(_k(server_id), db=self._srv)
         return None if raw is None else _U64.unpack(raw)[0]
 
-    def ops(self, limit: int = 1 << 30) -> list[tuple[int, dict[str, Any]]]:
+    def ops(self, limit: int = 1 << 30) -> list[tuple[int, QueuedOp]]:
         """The queued operations, oldest first."""
-        out: list[tuple[int, dict[str, Any]]] = []
+        out: list[tuple[int, QueuedOp]] = []
         with self._env.begin() as txn:
             for key, value in txn.cursor(db=self._ops):
-                out.append((_U64.unpack(key)[0], json.loads(bytes(value))))
+                out.append((_U64.unpack(key)[0], op_from_json(json.loads(bytes(value)))))
                 if len(out) >= limit:
                     break
         return out
@@ -374,11 +375,11 @@ class StateDB:
         with self._env.begin() as txn:
             return int(txn.stat(self._ops)["entries"])
 
-    def parked(self) -> list[tuple[int, dict[str, Any], str, float]]:
+    def parked(self) -> list[tuple[int, QueuedOp, str, float]]:
         """`(seq, op, reason, since)` of every op the server refused for now."""
         with self._env.begin() as txn:
             return [
-                (_U64.unpack(k)[0], e["op"], str(e["reason"]), float(e["since"]))
+                (_U64.unpack(k)[0], op_from_json(e["op"]), str(e["reason"]), float(e["since"]))
                 for k, e in ((k, json.loads(bytes(v))) for k, v in txn.cursor(db=self._parked))
             ]
 

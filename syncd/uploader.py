@@ -42,6 +42,7 @@ from syncd.blockpush import BlockPusher
 from syncd.blocks import BlockCacheLike
 from syncd.conflicts import ConflictResolver, conflicted_name
 from syncd.content import ContentStore
+from syncd.queue_ops import Commit, Delete, Mkdir, Move, QueuedOp, SetAttr, Symlink
 from syncd.rechunk import NewChunk, plan, rechunk
 from syncd.remote import RemoteClient
 from syncd.state import ROOT_INO, Node, StateDB
@@ -73,7 +74,7 @@ class _Torn(Exception):
 @dataclass(slots=True)
 class _Item:
     seq: int
-    op: dict[str, Any]
+    op: Commit
     node: Node
     gen: int
     blocks: list[tuple[BlockId, int]]
@@ -155,7 +156,7 @@ class Uploader:
         its dirty state on disk; this makes sure it still reaches the server (N1), whatever
         moment the crash hit. Called once at start, before anything else is queued.
         """
-        queued = {op.get("ino") for _, op in self.state.ops() if op.get("op") == "commit"}
+        queued = {op.ino for _, op in self.state.ops() if isinstance(op, Commit)}
         orphans = [n for n in self.state.dirty_nodes()
                    if n.kind == "file" and n.linked and n.ino not in queued]  # fmt: skip
         if not orphans:
@@ -167,7 +168,7 @@ class Uploader:
                     path = path_of(self.state, node.ino)
                 except KeyError:
                     continue  # not reachable from the root: nothing to commit it under
-                w.add_op({"op": "commit", "ino": node.ino, "path": path})
+                w.add_op(Commit(node.ino, path))
                 added += 1
         log.info("queued %d changed files that were not queued yet", added)
         return added
@@ -195,7 +196,7 @@ class Uploader:
             self.busy_seqs = {s for s, _ in batch}
             self._refused = {}
             try:
-                if op["op"] == "commit":
+                if isinstance(op, Commit):
                     done = await self._commit_round(batch)
                     if not done and not self._refused:
                         raise _Torn
@@ -220,7 +221,7 @@ class Uploader:
                 await trio.sleep(max(0.1, exc.retry_after))
                 continue
             except (errors.Unauthorized, errors.ServerError) as exc:
-                log.error("upload of %s %s failed, will retry: %s", op["op"], _where(op), exc)
+                log.error("upload of %s %s failed, will retry: %s", op.kind, op.where, exc)
                 self.last_error = str(exc)
                 await trio.sleep(backoff)
                 backoff = min(backoff * 2, MAX_BACKOFF_S)
@@ -234,7 +235,7 @@ class Uploader:
                 self._refused[seq] = f"refused by the server: {exc}"
             except Exception as exc:  # a bug must not take the mount down, nor lose the change
                 failures = self._failures[seq] = self._failures.get(seq, 0) + 1
-                log.error("upload of %s %s crashed (attempt %d)", op["op"], _where(op),
+                log.error("upload of %s %s crashed (attempt %d)", op.kind, op.where,
                           failures, exc_info=exc)  # fmt: skip
                 self.last_error = f"{type(exc).__name__}: {exc}"
                 if failures < MAX_CRASHES:
@@ -253,7 +254,7 @@ class Uploader:
             self._settle(batch, done)
             self.busy_seqs = set()
 
-    def _settle(self, batch: list[tuple[int, dict[str, Any]]], done: list[int]) -> None:
+    def _settle(self, batch: list[tuple[int, QueuedOp]], done: list[int]) -> None:
         """Delete the finished ops of a round and park the refused ones (kept, retried every
         `PARK_RETRY_S`, listed by `drive status` as not synced): never drop a change."""
         ops = dict(batch)
@@ -265,7 +266,7 @@ class Uploader:
                     w.park(s, ops[s], reason)
                     self._failures.pop(s, None)
                     log.error("not synced: %s %s: %s (kept; retried every %.0f s)",
-                              ops[s]["op"], _where(ops[s]), reason, PARK_RETRY_S)  # fmt: skip
+                              ops[s].kind, ops[s].where, reason, PARK_RETRY_S)  # fmt: skip
         if self._refused:
             self.last_error = next(iter(self._refused.values()))
 
@@ -278,7 +279,7 @@ class Uploader:
     def parked(self) -> int:
         return len(self.state.parked())
 
-    async def _hold_for_last_writer(self, head: tuple[int, dict[str, Any]]) -> bool:
+    async def _hold_for_last_writer(self, head: tuple[int, QueuedOp]) -> bool:
         """Wait (once per op, at most `HOLD_OPEN_S`) while the head commit's file is open.
 
         A shell's `echo hi > f` closes its file twice (after `dup2`, and at exit), and each
@@ -287,89 +288,86 @@ class Uploader:
         second close's commit has coalesced into this one).
         """
         seq, op = head
-        if op.get("op") != "commit" or seq == self._held_seq:
+        if not isinstance(op, Commit) or seq == self._held_seq:
             return False
-        if not self.open_for_writing(int(op["ino"])):
+        if not self.open_for_writing(op.ino):
             return False
         self._held_seq = seq
         with trio.move_on_after(HOLD_OPEN_S):
-            while self.open_for_writing(int(op["ino"])):
+            while self.open_for_writing(op.ino):
                 self._wake = trio.Event()
                 await self._wake.wait()
         return True
 
-    def _round(self, ops: list[tuple[int, dict[str, Any]]]) -> list[tuple[int, dict[str, Any]]]:
+    def _round(self, ops: list[tuple[int, QueuedOp]]) -> list[tuple[int, QueuedOp]]:
         """The ops to send now: one non-commit op, or a run of commits of distinct files."""
-        if ops[0][1].get("op") != "commit":
+        if not isinstance(ops[0][1], Commit):
             return ops[:1]
-        out: list[tuple[int, dict[str, Any]]] = []
+        out: list[tuple[int, QueuedOp]] = []
         inos: set[int] = set()
         size = 0
         for seq, op in ops:
-            if op.get("op") != "commit" or op.get("ino") in inos:
+            if not isinstance(op, Commit) or op.ino in inos:
                 break
-            node = self.state.node(op["ino"])
+            node = self.state.node(op.ino)
             nbytes = node.size if node is not None else 0
             if out and size + nbytes > ROUND_BYTES:
                 break
             out.append((seq, op))
-            inos.add(op["ino"])
+            inos.add(op.ino)
             size += nbytes
         return out
 
     # -- non-content operations -----------------------------------------------------------
 
-    async def _apply(self, seq: int, op: dict[str, Any]) -> None:
-        kind = op["op"]
-        node = self.state.node(op["ino"]) if "ino" in op else None
-        if kind in ("mkdir", "symlink"):
+    async def _apply(self, seq: int, op: QueuedOp) -> None:
+        node = self.state.node(op.ino)
+        if isinstance(op, Mkdir | Symlink):
             rec = await self._create(op, node)
-            self._adopt(op["ino"], rec)
-        elif kind == "setattr":
+            self._adopt(op.ino, rec)
+        elif isinstance(op, SetAttr):
             try:
-                await self.remote.setattr(op["path"], op.get("mode"), op.get("mtime_ns"))
+                await self.remote.setattr(op.path, op.mode, op.mtime_ns)
             except errors.NotFound:
-                log.debug("setattr of vanished %s ignored", op["path"])
-        elif kind == "move":
+                log.debug("setattr of vanished %s ignored", op.path)
+        elif isinstance(op, Move):
             moved = await self._move(op, node)
             if moved is not None:
-                self._adopt(op.get("ino"), moved, rev_only=True)
-        elif kind == "delete":
+                self._adopt(op.ino, moved, rev_only=True)
+        elif isinstance(op, Delete):
             try:
-                await self.remote.delete(
-                    op["path"], op.get("recursive", False), base_rev=op.get("base_rev")
-                )
+                await self.remote.delete(op.path, op.recursive, base_rev=op.base_rev)
             except errors.NotFound:
-                log.debug("delete of vanished %s ignored", op["path"])
+                log.debug("delete of vanished %s ignored", op.path)
             except errors.Conflict as exc:  # edited elsewhere since we saw it: edits win
-                log.warning("%s was edited elsewhere before this delete; keeping it", op["path"])
+                log.warning("%s was edited elsewhere before this delete; keeping it", op.path)
                 if exc.current is not None:
                     self.conflicts.show(FileRecord.from_json(exc.current))
-        else:
-            raise errors.BadRequest(f"unknown queued operation {kind!r}")
 
-    async def _create(self, op: dict[str, Any], node: Node | None) -> FileRecord:
-        """mkdir or symlink at `op["path"]`; a missing parent folder is followed or
-        re-created (see `_place_for`), an existing folder of that name is adopted."""
+    async def _create(self, op: Mkdir | Symlink, node: Node | None) -> FileRecord:
+        """mkdir or symlink at `op.path`; a missing parent folder is followed or re-created
+        (see `_place_for`), an existing entry of that name and kind is adopted, another kind
+        there makes ours take a conflicted-copy name."""
+        want = "dir" if isinstance(op, Mkdir) else "symlink"
         for _ in range(MAX_RESOLVE_STEPS):
             try:
-                if op["op"] == "mkdir":
-                    return await self.remote.mkdir(op["path"], op["mode"])
-                return await self.remote.symlink(op["path"], op["target"])
+                if isinstance(op, Mkdir):
+                    return await self.remote.mkdir(op.path, op.mode)
+                return await self.remote.symlink(op.path, op.target)
             except errors.Exists:
-                rec = await self.remote.meta(path=op["path"])
-                if rec.kind == op["op"].replace("mkdir", "dir"):
+                rec = await self.remote.meta(path=op.path)
+                if rec.kind == want:
                     return rec
                 if node is None:
                     raise
-                op["path"] = self._rename_local(node, op["path"])
+                op.path = self._rename_local(node, op.path)
             except errors.NotFound:
                 if node is None:
                     raise
-                op["path"] = await self._place_for(node, op["path"])
-        raise errors.Conflict(f"could not place {op['path']} on the server")
+                op.path = await self._place_for(node, op.path)
+        raise errors.Conflict(f"could not place {op.path} on the server")
 
-    async def _move(self, op: dict[str, Any], node: Node | None) -> FileRecord | None:
+    async def _move(self, op: Move, node: Node | None) -> FileRecord | None:
         """A rename. Destination folder missing: followed or re-created. Destination name
         taken meanwhile by another device (no replace asked): ours takes a conflicted-copy
         name, here and on the server. Source gone from that path: moved from where the
@@ -377,43 +375,41 @@ class Uploader:
         taken: list[str] = []
         for _ in range(MAX_RESOLVE_STEPS):
             try:
-                rec = await self.remote.move(
-                    op["from"], op["to"], op["mode"], dst_rev=op.get("dst_rev")
-                )
+                rec = await self.remote.move(op.src, op.dst, op.mode, dst_rev=op.dst_rev)
             except (errors.Exists, errors.Conflict) as exc:
                 # the name was taken, or the file we replace was edited meanwhile (edits
                 # beat deletes): ours takes a conflicted-copy name, theirs stays
-                if node is None or op["mode"] == "exchange":
+                if node is None or op.mode == "exchange":
                     raise
-                if isinstance(exc, errors.Exists) and op["mode"] != "noreplace":
+                if isinstance(exc, errors.Exists) and op.mode != "noreplace":
                     raise
-                taken.append(op["to"])
-                op["to"] = self._rename_local(node, op["to"])
-                op["mode"], op["dst_rev"] = "noreplace", None
+                taken.append(op.dst)
+                op.dst = self._rename_local(node, op.dst)
+                op.mode, op.dst_rev = "noreplace", None
                 continue
             except errors.NotFound:
                 if node is None or not node.linked or node.server_id is None:
-                    log.debug("move of %s skipped: not on the server (yet)", op["from"])
+                    log.debug("move of %s skipped: not on the server (yet)", op.src)
                     return None
                 try:
                     src = await self.remote.meta(file_id=node.server_id)
                 except errors.NotFound:
-                    return await self._recreate_at(node, op["to"])
-                if src.path != op["from"]:
-                    op["from"] = src.path
+                    return await self._recreate_at(node, op.dst)
+                if src.path != op.src:
+                    op.src = src.path
                     continue
-                op["to"] = await self._place_for(node, op["to"])
+                op.dst = await self._place_for(node, op.dst)
                 continue
             for path in taken:  # show the other device's entry under the name it took
                 with contextlib.suppress(errors.NotFound):
                     self.conflicts.show(await self.remote.meta(path=path))
             return rec
-        raise errors.Conflict(f"could not move {op['from']} to {op['to']}")
+        raise errors.Conflict(f"could not move {op.src} to {op.dst}")
 
     async def _recreate_at(self, node: Node, path: str) -> FileRecord | None:
         """A file moved here was deleted elsewhere meanwhile: keep what this device shows."""
         if node.kind == "dir":
-            return await self._create({"op": "mkdir", "path": path, "mode": node.mode}, node)
+            return await self._create(Mkdir(node.ino, path, node.mode), node)
         if node.kind == "file" and node.dirty is None and node.blocks is not None:
             log.warning("%s was deleted elsewhere while moved here; keeping it", path)
             commit_id = f"{self.device}-{uuid.uuid4().hex}"
@@ -455,16 +451,17 @@ class Uploader:
 
     # -- commits ----------------------------------------------------------------------------
 
-    async def _commit_round(self, batch: list[tuple[int, dict[str, Any]]]) -> list[int]:
+    async def _commit_round(self, batch: list[tuple[int, QueuedOp]]) -> list[int]:
         """Upload and commit a run of commit ops; returns the seqs that are finished."""
         done: list[int] = []
         items: list[_Item] = []
         t0 = trio.current_time()
         async with BlockPusher(self.remote, self.cache,
                                remember=self.content.fetcher.remember) as pusher:  # fmt: skip
-            small: list[tuple[int, dict[str, Any], Node]] = []
+            small: list[tuple[int, Commit, Node]] = []
             for seq, op in batch:
-                node = self.state.node(op["ino"])
+                assert isinstance(op, Commit)  # `_round` makes rounds of commits only
+                node = self.state.node(op.ino)
                 if node is None or node.kind != "file" or node.dirty is None or not node.linked:
                     done.append(seq)  # committed by an earlier op, deleted, or not a file
                     continue
@@ -491,8 +488,8 @@ class Uploader:
             it = ready[0]
             try:
                 res: FileRecord | errors.RemoteError = await self.remote.commit(
-                    it.op["path"], it.node.rev, it.blocks, it.size, it.node.mtime_ns,
-                    it.node.mode, it.op["commit_id"],
+                    it.op.path, it.node.rev, it.blocks, it.size, it.node.mtime_ns,
+                    it.node.mode, it.op.commit_id or "",
                 )  # fmt: skip
             except errors.RemoteError as exc:
                 res = exc
@@ -509,14 +506,14 @@ class Uploader:
                   t1 - t0, t2 - t1, trio.current_time() - t2)  # fmt: skip
         return done
 
-    async def _prepare(self, seq: int, op: dict[str, Any], node: Node,
+    async def _prepare(self, seq: int, op: Commit, node: Node,
                        pusher: BlockPusher) -> _Item:  # fmt: skip
         dirty = node.dirty
         assert dirty is not None
         gen = dirty.gen
         size = node.size
         p = plan(dirty.base_blocks, dirty.base_size, dirty.ranges, size)
-        self.progress = {"path": op.get("path"), "done": p.start, "total": size}
+        self.progress = {"path": op.path, "done": p.start, "total": size}
 
         def check() -> None:
             if node.dirty is None or node.dirty.gen != gen or not node.linked:
@@ -538,7 +535,7 @@ class Uploader:
         blocks = await rechunk(dirty.base_blocks, p, size, read, sink)
         return _Item(seq, op, node, gen, blocks, sum(s for _, s in blocks))
 
-    async def _prepare_small(self, small: list[tuple[int, dict[str, Any], Node]],
+    async def _prepare_small(self, small: list[tuple[int, Commit, Node]],
                              pusher: BlockPusher) -> list[_Item]:  # fmt: skip
         """New files below the minimum chunk size are one block each: read, hash and cache
         all of them in one worker-thread call instead of three thread hops per file."""
@@ -558,23 +555,23 @@ class Uploader:
 
     def _set_commit_id(self, it: _Item) -> None:
         """Same content, base and path -> same id, even after a crash (idempotent retry)."""
-        key = repr((it.blocks, it.node.rev, it.op["path"], it.node.mode)).encode()
+        key = repr((it.blocks, it.node.rev, it.op.path, it.node.mode)).encode()
         digest = hashlib.sha256(key).hexdigest()
-        if it.op.get("digest") != digest:
-            it.op["digest"] = digest
-            it.op["commit_id"] = f"{self.device}-{it.node.ino}-{uuid.uuid4().hex}"
+        if it.op.digest != digest or it.op.commit_id is None:
+            it.op.digest = digest
+            it.op.commit_id = f"{self.device}-{it.node.ino}-{uuid.uuid4().hex}"
             with self.state.write() as w:
                 w.replace_op(it.seq, it.op)
 
     def _body(self, it: _Item) -> dict[str, Any]:
         return {
-            "path": it.op["path"],
+            "path": it.op.path,
             "base_rev": it.node.rev,
             "blocks": blocks_to_json(tuple(it.blocks)),
             "size": it.size,
             "mtime_ns": it.node.mtime_ns,
             "mode": it.node.mode,
-            "commit_id": it.op["commit_id"],
+            "commit_id": it.op.commit_id,
         }
 
     async def _finish(self, it: _Item, res: FileRecord | errors.RemoteError) -> bool:
@@ -583,11 +580,11 @@ class Uploader:
         node = it.node
         for step in range(1, MAX_RESOLVE_STEPS + 1):
             if isinstance(res, errors.NotFound):  # its folder is not at that path any more
-                it.op["path"] = await self._place_for(node, it.op["path"])
+                it.op.path = await self._place_for(node, it.op.path)
                 res = await self._commit_at(it, f"placed-{step}")
             elif isinstance(res, errors.Conflict):
                 rec = await self.conflicts.resolve(
-                    node, it.op["path"], it.blocks, it.size, it.op["commit_id"], res, it.gen
+                    node, it.op.path, it.blocks, it.size, it.op.commit_id or "", res, it.gen
                 )
                 if rec is None:
                     return True
@@ -595,7 +592,7 @@ class Uploader:
             else:
                 break
         if isinstance(res, errors.BadRequest) and "missing" in res.body:
-            raise errors.ServerError(f"blocks vanished before the commit of {it.op['path']}")
+            raise errors.ServerError(f"blocks vanished before the commit of {it.op.path}")
         if isinstance(res, errors.RemoteError):
             if isinstance(res, errors.ServerError | errors.RateLimited | errors.Unauthorized):
                 raise res
@@ -616,17 +613,16 @@ class Uploader:
             w.put_node(node)
             if node.dirty is not None and node.linked:
                 with contextlib.suppress(KeyError):
-                    w.add_op({"op": "commit", "ino": node.ino,
-                              "path": path_of(self.state, node.ino)})  # fmt: skip
+                    w.add_op(Commit(node.ino, path_of(self.state, node.ino)))
         self.wake()
         return True
 
     async def _commit_at(self, it: _Item, tag: str) -> FileRecord | errors.RemoteError:
-        """Commit `it` at `it.op["path"]` again (after a resolution step moved it)."""
+        """Commit `it` at `it.op.path` again (after a resolution step moved it)."""
         try:
             return await self.remote.commit(
-                it.op["path"], it.node.rev, it.blocks, it.size, it.node.mtime_ns, it.node.mode,
-                f"{it.op['commit_id']}-{tag}",
+                it.op.path, it.node.rev, it.blocks, it.size, it.node.mtime_ns, it.node.mode,
+                f"{it.op.commit_id}-{tag}",
             )  # fmt: skip
         except errors.RemoteError as exc:
             return exc
@@ -687,7 +683,3 @@ def _read_hash_cache(
                 cache.put(bid, data)
         out.append((bid, data))
     return out
-
-
-def _where(op: dict[str, Any]) -> str:
-    return str(op.get("path") or op.get("from") or "")

@@ -20,6 +20,7 @@ from syncd import errors
 from syncd import ranges as rg
 from syncd.blocks import BlockFetcher
 from syncd.content import ContentStore
+from syncd.queue_ops import Commit, Mkdir, Move
 from syncd.state import ROOT_INO, Node, StateDB
 from syncd.tree import TreeSync, path_of
 
@@ -102,9 +103,8 @@ async def test_create_write_read_and_the_queue(world: World) -> None:
     await vfs.rename(ROOT_INO, b"a.txt", d.ino, b"b.txt", 0)
     assert path_of(world.state, ino) == "/d/b.txt"
     ops = [op for _, op in world.state.ops()]
-    assert [o["op"] for o in ops] == ["commit", "mkdir", "move"]
-    assert ops[0]["path"] == "/a.txt"
-    assert (ops[2]["from"], ops[2]["to"]) == ("/a.txt", "/d/b.txt")
+    assert ops == [Commit(ino, "/a.txt"), Mkdir(d.ino, "/d", 0o755),
+                   Move(ino, "/a.txt", "/d/b.txt", "noreplace")]  # fmt: skip
     assert (await vfs.lookup(d.ino, b"b.txt")).size == 5
 
 

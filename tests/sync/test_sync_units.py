@@ -21,6 +21,7 @@ from blockstore.wire import Change, FileRecord
 from syncd import ranges as rg
 from syncd.changes import ChangeApplier
 from syncd.follower import MAX_BACKOFF_S, Follower, backoff_delay
+from syncd.queue_ops import Commit
 from syncd.rechunk import WINDOW_BYTES, NewChunk, plan, rechunk
 from syncd.remote import RemoteClient
 from syncd.state import ROOT_INO, Node, StateDB
@@ -296,11 +297,11 @@ async def test_local_edits_and_queued_moves_win_over_remote_changes(state: State
 def test_queue_sequence_numbers_are_never_reused(tmp_path: Path) -> None:
     state = StateDB(tmp_path / "seq-state")
     with state.write() as w:
-        first = w.add_op({"op": "commit", "ino": 5, "path": "/a"})
+        first = w.add_op(Commit(5, "/a"))
     with state.write() as w:
         w.delete_op(first)  # the queue drains...
     with state.write() as w:
-        second = w.add_op({"op": "commit", "ino": 6, "path": "/b"})
+        second = w.add_op(Commit(6, "/b"))
     assert second > first  # ...and the next op still gets a new number
     state.close()
     again = StateDB(tmp_path / "seq-state")  # across restarts too
@@ -308,6 +309,28 @@ def test_queue_sequence_numbers_are_never_reused(tmp_path: Path) -> None:
         with again.write() as w:
             w.delete_op(second)
         with again.write() as w:
-            assert w.add_op({"op": "commit", "ino": 7, "path": "/c"}) > second
+            assert w.add_op(Commit(7, "/c")) > second
     finally:
         again.close()
+
+
+def test_queued_ops_round_trip_and_old_queues_still_load() -> None:
+    from syncd.queue_ops import Delete, Mkdir, Move, SetAttr, Symlink, op_from_json, op_to_json
+
+    ops = [
+        Commit(1, "/a", "dev-1-x", "d1"),
+        Mkdir(2, "/d", 0o755),
+        Symlink(3, "/l", "target"),
+        SetAttr(4, "/a", 0o600, None),
+        Move(5, "/a", "/b", "replace", 7),
+        Delete(6, "/b", False, 3),
+    ]
+    for op in ops:
+        assert op_from_json(json.loads(json.dumps(op_to_json(op)))) == op
+    old = {"op": "move", "ino": 5, "from": "/a", "to": "/b", "mode": "noreplace"}
+    assert op_from_json(old) == Move(5, "/a", "/b", "noreplace", None)
+    assert op_from_json({"op": "delete", "ino": 6, "path": "/x", "recursive": True}).where == "/x"
+    with pytest.raises(ValueError, match="unknown"):
+        op_from_json({"op": "explode", "ino": 1})
+    with pytest.raises(ValueError, match="damaged"):
+        op_from_json({"op": "commit"})
