@@ -76,7 +76,7 @@ async def _serve(home: Home, mountpoint: Path, cache_bytes: int, allow_other: bo
         invalidator = Invalidator()
         fetcher = BlockFetcher(cache, remote, fetch_timeout_s=cfg.fetch_timeout_s)
         content = ContentStore(state, home.dirty_path, fetcher, cache_bytes)
-        tree = TreeSync(state, remote, on_removed=invalidator.entry, on_changed=invalidator.inode)
+        tree = TreeSync(state, remote)
         uploader = Uploader(state, content, remote, cache, cfg.device,
                             on_changed=invalidator.inode, on_entry=invalidator.entry,
                             cache_files_up_to=cache_bytes // UPLOAD_CACHE_FRACTION)  # fmt: skip
@@ -85,6 +85,7 @@ async def _serve(home: Home, mountpoint: Path, cache_bytes: int, allow_other: bo
         applier = ChangeApplier(state, cfg.device, device_id=cfg.device_id,
                                 on_entry=invalidator.entry, on_inode=invalidator.inode,
                                 on_folder=mirror.note_folder)  # fmt: skip
+        tree.reconciler = applier
         follower = Follower(state, remote, tree, applier, hold_s=_hold_seconds(),
                             on_changes=activity.note)  # fmt: skip
         presence = Presence(state, remote)

@@ -1,6 +1,8 @@
-"""Applying the server's change feed to the local tree (R11): what others did shows here.
+"""The one reconciler: what the server says (the change feed, R11, and folder listings) is
+merged into the local tree here, by one set of rules.
 
-One `Change` at a time, in journal order, each in its own write transaction. Rules:
+Changes are applied one at a time, in journal order, each in its own write transaction; a
+listing of one folder in one transaction (`merge_listing`). Rules:
 - Changes this device made are skipped: the uploader already put their result here.
 - Local work wins where it must: a file with unsynced edits keeps them (its commit then
   resolves the conflict, `syncd.conflicts`), and a node with queued operations is not moved
@@ -18,6 +20,7 @@ import logging
 from collections.abc import Callable
 
 from blockstore.wire import Change, FileRecord
+from syncd.queue_ops import Commit
 from syncd.state import ROOT_INO, Node, StateDB, Writer
 from syncd.tree import node_from_record
 
@@ -53,22 +56,30 @@ class ChangeApplier:
         self._entries: list[tuple[int, str, int]] = []
         self._inodes: list[int] = []
 
-    def apply_all(self, changes: list[Change], busy: set[int],
-                  pending: set[int] | None = None) -> int:  # fmt: skip
-        """Apply `changes` (inside `w`); `busy` = inodes with queued namespace operations
-        (a queued commit alone does not count: a rename elsewhere still applies, and the
-        commit follows the file, see `syncd.conflicts`). One write transaction per change:
-        LMDB reads do not see a pending write transaction, and the next change may need
-        what this one made (a file inside a directory created just before).
+    def queue_sets(self) -> tuple[set[int], set[int]]:
+        """`(busy, pending)`: inodes with queued or parked namespace operations, and inodes
+        with any queued or parked operation (commits included)."""
+        queued = [op for _, op in self.state.ops()]
+        queued += [op for _, op, _, _ in self.state.parked()]
+        busy = {op.ino for op in queued if not isinstance(op, Commit)}
+        return busy, {op.ino for op in queued}
 
-        `pending` = inodes with any queued or parked operation, commits included: a folder
-        deleted elsewhere stays while something below it is not synced yet (its upload
-        re-creates the folder: edit beats delete), with only those parts left in it.
+    def apply_all(self, changes: list[Change]) -> int:
+        """Apply `changes` in journal order.
+
+        Local work wins where it must: a node with queued namespace operations is not moved
+        or removed under them (a queued commit alone does not count: a rename elsewhere still
+        applies, and the commit follows the file, see `syncd.conflicts`); a folder deleted
+        elsewhere stays while something below it is not synced yet (its upload re-creates the
+        folder: edit beats delete), with only those parts left in it. One write transaction
+        per change: LMDB reads do not see a pending write transaction, and the next change
+        may need what this one made (a file inside a directory created just before).
 
         Returns:
             How many changes were from other devices.
         """
-        self._pending = busy | (pending or set())
+        busy, pending = self.queue_sets()
+        self._pending = busy | pending
         n = 0
         for ch in changes:
             if ch.is_from(self.device, self.device_id):
@@ -80,6 +91,32 @@ class ChangeApplier:
             except (KeyError, ValueError) as exc:  # a damaged entry must not stop the feed
                 log.warning("change %d (%s %s) not applied: %s", ch.seq, ch.op, ch.file.path, exc)
         return n
+
+    def merge_listing(
+        self, folder: Node, records: list[FileRecord], known: dict[int, int | None]
+    ) -> None:
+        """Merge the server's listing of `folder` by the same rules as the change feed.
+
+        `known`: the folder's children (ino -> server id) when the listing was asked for.
+        Only those are removed when the listing lacks them: an entry this device uploaded
+        while the request was under way is newer than the listing.
+        """
+        busy, pending = self.queue_sets()
+        self._pending = busy | pending
+        seen: set[int] = set()
+        with self.state.write() as w:  # one folder: the names in a listing are distinct
+            for rec in records:
+                self._merge_record(w, folder, rec, busy)
+                seen.add(rec.id)
+            for _, ino in self.state.children(folder.ino):
+                child = self.state.node(ino)
+                if child is None or child.server_id is None or child.server_id in seen:
+                    continue
+                if known.get(ino) == child.server_id:
+                    self._remove(w, child, busy)
+            folder.listed = True
+            w.put_node(folder)
+        self.announce()
 
     def announce(self) -> None:
         """Send the collected invalidations (call after the transaction committed)."""
@@ -112,6 +149,14 @@ class ChangeApplier:
             if node is not None and node.ino not in busy:
                 self._remove(w, node, busy)  # moved somewhere we do not show (yet)
             return
+        self._merge_record(w, parent, rec, busy)
+
+    def _merge_record(self, w: Writer, parent: Node, rec: FileRecord, busy: set[int]) -> None:
+        """The server has `rec` in folder `parent`: show it there, unless local work wins."""
+        ino = self.state.ino_for_server_id(rec.id)
+        node = self.state.node(ino) if ino is not None else None
+        if node is not None and node.server_id != rec.id:
+            node = None  # a stale id: the file was re-created here (modify beats delete)
         if node is None:
             self._insert(w, parent, rec)
         else:
@@ -208,7 +253,8 @@ class ChangeApplier:
             self._inodes.append(parent.ino)
             changed = True
         newer = node.rev is None or rec.rev >= node.rev
-        if node.dirty is None and newer:
+        if node.dirty is None and newer and node.linked:  # (deleted here: a queued delete
+            # names the revision this device saw; taking a newer one would make it win)
             if rec.kind == "file" and rec.state == "done" and rec.rev != node.rev:
                 node.kind = rec.kind
                 node.size = rec.size

@@ -26,7 +26,6 @@ import trio
 from blockstore.wire import Change
 from syncd import errors
 from syncd.changes import ChangeApplier
-from syncd.queue_ops import Commit
 from syncd.remote import RemoteClient
 from syncd.state import ROOT_INO, StateDB
 from syncd.tree import TreeSync
@@ -145,11 +144,7 @@ class Follower:
                 await self._reset(new_cursor)
                 return total
             if changes:
-                queued = [op for _, op in self.state.ops()]
-                queued += [op for _, op, _, _ in self.state.parked()]
-                busy = {op.ino for op in queued if not isinstance(op, Commit)}
-                pending = {op.ino for op in queued}
-                total += self.applier.apply_all(changes, busy, pending)
+                total += self.applier.apply_all(changes)
                 with self.state.write() as w:
                     w.set_meta(CURSOR_KEY, new_cursor)
                 self.applier.announce()

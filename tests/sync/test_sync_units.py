@@ -223,6 +223,7 @@ async def test_follower_applies_changes_persists_cursor_and_backs_off(
         tree = TreeSync(state, remote)
         applier = ChangeApplier(state, "me", on_entry=lambda p, n, i: entries.append((p, n, i)),
                                 on_inode=inodes.append)  # fmt: skip
+        tree.reconciler = applier
         follower = Follower(state, remote, tree, applier, hold_s=60)
         nursery.start_soon(follower.run)
         await trio.sleep(1)
@@ -273,7 +274,7 @@ def test_backoff_delay_grows_and_is_capped() -> None:
 
 async def test_local_edits_and_queued_moves_win_over_remote_changes(state: StateDB) -> None:
     applier = ChangeApplier(state, "me")
-    applier.apply_all([Change.from_json(_change(1, "create", _rec(6, 1, "/a.txt")))], set())
+    applier.apply_all([Change.from_json(_change(1, "create", _rec(6, 1, "/a.txt")))])
     node = state.node(6)
     assert node is not None
     node.dirty = None
@@ -286,7 +287,7 @@ async def test_local_edits_and_queued_moves_win_over_remote_changes(state: State
         applier.apply_all([
             Change.from_json(_change(2, "update", _rec(6, 1, "/a.txt", rev=2, size=1))),
             Change.from_json(_change(3, "delete", {**_rec(6, 1, "/a.txt"), "deleted": True})),
-        ], set())  # fmt: skip
+        ])  # fmt: skip
     node = state.node(6)
     assert node is not None
     assert node.rev == 1  # the local edit keeps its base; the commit will resolve it
