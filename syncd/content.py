@@ -321,6 +321,8 @@ class ContentStore:
             raise TooBig(f"files are limited to {MAX_FILE_BYTES} bytes")
         dirty = self.start_dirty(node, empty=size == 0)
         dirty.gen += 1  # as in `write`
+        if size < node.size:  # also before any await: see `rebase`
+            dirty.shrunk_gen = dirty.gen
         await self._pin_base(node)
         async with self._lock(node.ino):
             if size < node.size:

@@ -336,13 +336,23 @@ class Uploader:
                 self._adopt(op.ino, moved, rev_only=True)
         elif isinstance(op, Delete):
             try:
-                await self.remote.delete(op.path, op.recursive, base_rev=op.base_rev)
+                seen = self._seen_rev(op.ino, op.base_rev)
+                await self.remote.delete(op.path, op.recursive, base_rev=seen)
             except errors.NotFound:
                 log.debug("delete of vanished %s ignored", op.path)
             except errors.Conflict as exc:  # edited elsewhere since we saw it: edits win
                 log.warning("%s was edited elsewhere before this delete; keeping it", op.path)
                 if exc.current is not None:
                     self.conflicts.show(FileRecord.from_json(exc.current))
+
+    def _seen_rev(self, ino: int | None, queued: int | None) -> int | None:
+        """The revision of a file this device deleted or renamed over, as it last saw it:
+        when the op was queued, or newer if this device's own commit, queued before the op,
+        landed since (else the delete would be refused as stale against ourselves)."""
+        node = self.state.node(ino) if ino is not None else None
+        if queued is None or node is None or node.kind != "file" or node.rev is None:
+            return queued
+        return max(queued, node.rev)
 
     async def _create(self, op: Mkdir | Symlink, node: Node | None) -> FileRecord:
         """mkdir or symlink at `op.path`; a missing parent folder is followed or re-created
@@ -375,7 +385,8 @@ class Uploader:
         taken: list[str] = []
         for _ in range(MAX_RESOLVE_STEPS):
             try:
-                rec = await self.remote.move(op.src, op.dst, op.mode, dst_rev=op.dst_rev)
+                seen = self._seen_rev(op.dst_ino, op.dst_rev)
+                rec = await self.remote.move(op.src, op.dst, op.mode, dst_rev=seen)
             except (errors.Exists, errors.Conflict) as exc:
                 # the name was taken, or the file we replace was edited meanwhile (edits
                 # beat deletes): ours takes a conflicted-copy name, theirs stays
