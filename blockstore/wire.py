@@ -351,6 +351,9 @@ class Change:
     time: float
     device_id: int | None = None
     """The id of the device that made the change (names need not be unique)."""
+    client: str | None = None
+    """The `X-Drive-Client` id of the request that made the change (which program of that
+    device: a mount's own echo versus its CLI's restore); None when none was sent."""
 
     def to_json(self) -> dict[str, Any]:
         """Return the JSON object (a dict ready for `json.dumps`)."""
@@ -363,6 +366,7 @@ class Change:
             "user": self.user,
             "time": self.time,
             "device_id": self.device_id,
+            "client": self.client,
         }
 
     def is_from(self, device: str, device_id: int | None) -> bool:
@@ -386,6 +390,7 @@ class Change:
             user=_str(obj, "user", w),
             time=_float(obj, "time", w),
             device_id=None if obj.get("device_id") is None else _int(obj, "device_id", w),
+            client=_opt_str(obj, "client", w),
         )
 
 

@@ -23,12 +23,14 @@ from blockstore.errors import BlockNotFound, CorruptBlockError
 from blockstore.ids import BlockId
 from blockstore.keys import DataKey
 from blockstore.store import LocalDirStore
+from server.config import ServerConfig
 from server.db import Database, accounts
 from server.db import blocks as block_rows
 from server.db.accounts import Principal
-from server.errors import BadRequest, Internal, NotFound, QuotaExceeded, TooLarge
+from server.errors import BadRequest, Internal, NotFound, TooLarge
 from server.keyring import Keyring
 from server.metrics import Metrics
+from server.quota import StagedLimit, check_new_block
 
 log = logging.getLogger(__name__)
 
@@ -48,12 +50,14 @@ class BlockService:
         keyring: Keyring,
         metrics: Metrics,
         max_block_bytes: int,
+        staged_limit: StagedLimit | None = None,
     ) -> None:
         self.db = db
         self.store = store
         self.keyring = keyring
         self.metrics = metrics
         self.max_block_bytes = max_block_bytes
+        self.staged_limit = staged_limit or StagedLimit.from_config(ServerConfig())
         self._locks = [threading.Lock() for _ in range(_STRIPES)]
 
     def _lock(self, key: str) -> threading.Lock:
@@ -74,19 +78,18 @@ class BlockService:
         """Store a verified plaintext block for `who` (worker thread); True if new.
 
         `compress` False: the client sent the block raw, having tried zstd with our
-        settings, so the server does not try again.
+        settings, so the server does not try again. A new block starts staged (no version
+        references it): refused with 507 if it could not fit in the quota or would pass the
+        staged bound (`server.quota`). Concurrent puts of other blocks may each pass the
+        check before either is recorded, so a bound can be passed by what is in flight.
         """
         key = f"{who.account}/{bid}"
         with self._lock(key):
             if self.db.call(block_rows.touch_if_present, who.user_id, bid):
                 self.metrics.add("dedupe_hits")
                 return False
-            quota, used = self.db.call(accounts.usage, who.user_id)
-            if quota is not None and used + len(plaintext) > quota:
-                raise QuotaExceeded(
-                    f"storage quota of {quota} bytes exceeded ({used} used, "
-                    f"{len(plaintext)} more needed)"
-                )
+            usage = self.db.call(accounts.usage, who.user_id)
+            check_new_block(usage, len(plaintext), self.staged_limit)
             key_ = self._data_key(who.user_id, who.account)
             sealed = seal(key_, who.account, bid, plaintext, compress=compress)
             self.store.put(key, sealed)

@@ -18,6 +18,9 @@ rate limit as their hypercorn twins (`server.routes_batch`, `server.routes_api`)
     POST /api/v1/blocks/batch     block records in, {"stored": [...]} out
     POST /api/v1/blocks/fetch     {"ids": [...]} in, block records out
 
+None of them journals a change, so an `X-Drive-Client` header is only checked (400 if
+malformed, as everywhere) and otherwise ignored.
+
 Framing is deliberately strict: `Content-Length` bodies only (no chunked uploads), heads up
 to 64 KiB; anything else is answered once and the connection closed.
 """
@@ -49,7 +52,7 @@ from server.routes_batch import (
 )
 from server.services import Services
 from server.tls_stream import TlsSocketStream
-from server.web import DRAIN_LIMIT_BYTES
+from server.web import CLIENT_HEADER, DRAIN_LIMIT_BYTES, client_id
 
 __all__ = ["BulkConnections"]
 
@@ -182,6 +185,7 @@ class BulkConnections:
         leftover = bytearray()
         try:
             length = _content_length(request)
+            client_id(request.headers.get(CLIENT_HEADER))  # checked as everywhere; no journal
             route, call = self._route(request)
             limit = MAX_BATCH_BLOCK_BYTES if route.endswith("batch") else self._json_limit()
             if length > limit:

@@ -23,8 +23,8 @@ from server.metrics import Metrics
 
 
 def actor_of(who: Principal) -> Actor:
-    """The journal's view of a principal (their root namespace)."""
-    return Actor(who.ns_id, who.user_id, who.user, who.device, who.device_id)
+    """The journal's view of a principal (their root namespace, device and client)."""
+    return Actor(who.ns_id, who.user_id, who.user, who.device, who.device_id, who.client)
 
 
 class Metadata:

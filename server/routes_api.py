@@ -6,6 +6,7 @@ the per-token rate limit.
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from importlib import metadata as importlib_metadata
 
@@ -31,6 +32,7 @@ from server.web import (
     query_path,
     read_body,
     read_json,
+    request_client,
 )
 
 OCTET = "application/octet-stream"
@@ -51,10 +53,12 @@ def _rate(request: Request, key: str, login: bool = False) -> None:
 
 
 async def principal(request: Request) -> Principal:
-    """Authenticate the caller (401) and take one rate-limit token (429)."""
+    """Authenticate the caller (401) and take one rate-limit token (429); the principal
+    carries this request's `X-Drive-Client` id, which the journal records."""
     who = await services(request).auth.authenticate(request.headers.get("authorization"))
     _rate(request, who.token_hash)
-    return who
+    client = request_client(request)
+    return who if client is None else dataclasses.replace(who, client=client)
 
 
 def _version() -> str:
@@ -94,10 +98,10 @@ async def whoami(request: Request) -> Response:
     who = await principal(request)
     from server.db import accounts
 
-    quota, used = await services(request).db.run(accounts.usage, who.user_id)
+    u = await services(request).db.run(accounts.usage, who.user_id)
     return json_response(
         {"user": who.user, "device": who.device, "device_id": who.device_id,
-         "quota_bytes": quota, "used_bytes": used}
+         "quota_bytes": u.quota, "used_bytes": u.used, "staged_bytes": u.staged}
     )  # fmt: skip
 
 

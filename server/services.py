@@ -24,6 +24,7 @@ from server.feed import ChangeFeed
 from server.keyring import Keyring, load_master
 from server.metadata import Metadata
 from server.metrics import Metrics
+from server.quota import StagedLimit
 from server.ratelimit import RateLimiter
 from server.uploads import Uploads
 
@@ -55,7 +56,9 @@ class Services:
         db = Database(data_dir, config.db_threads)
         keyring = Keyring(load_master(data_dir))
         store = LocalDirStore(data_dir / BLOCKS_DIR)
-        blocks = BlockService(db, store, keyring, metrics, config.max_block_bytes)
+        blocks = BlockService(
+            db, store, keyring, metrics, config.max_block_bytes, StagedLimit.from_config(config)
+        )
         feed = ChangeFeed(db, config, metrics)
         metadata = Metadata(db, feed, metrics, config)
         return cls(

@@ -125,9 +125,11 @@ class Uploads:
             raise TooLarge(
                 f"file of {size} bytes is over the limit of {self.config.max_file_bytes}"
             )
-        quota, used = await self.db.run(accounts.usage, who.user_id)
-        if quota is not None and used + size > quota:
-            raise QuotaExceeded(f"storage quota of {quota} bytes would be exceeded ({used} used)")
+        u = await self.db.run(accounts.usage, who.user_id)
+        if u.quota is not None and u.used + size > u.quota:
+            raise QuotaExceeded(
+                f"storage quota of {u.quota} bytes would be exceeded ({u.used} used)"
+            )
 
     async def _append(
         self, path: Path, body: AsyncIterator[bytes], skip: int, limit: int, durable: bool

@@ -1,6 +1,7 @@
 """HTTP plumbing shared by the routes: the outer ASGI middleware, JSON in and out, parsing.
 
-The middleware gives every request an id (`X-Request-Id`), counts it by route and status,
+The middleware gives every request an id (`X-Request-Id`), checks its optional
+`X-Drive-Client` id (kept in the scope for the journal), counts it by route and status,
 adds the rate-limit headers, and turns errors into the protocol's JSON: an `ApiError` into
 its status and code, anything else into 500 `internal` with the request id, logged with the
 traceback on the server and never shown to the client.
@@ -10,6 +11,7 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 import secrets
 from collections.abc import AsyncIterator, Mapping
 from typing import Any
@@ -29,6 +31,9 @@ log = logging.getLogger(__name__)
 REQUEST_ID_KEY = "drive.request_id"
 RATE_HEADERS_KEY = "drive.rate_headers"
 DRAIN_KEY = "drive.drain"
+CLIENT_KEY = "drive.client"
+CLIENT_HEADER = "x-drive-client"
+_CLIENT_RE = re.compile(r"[A-Za-z0-9_-]{1,64}")
 DRAIN_LIMIT_BYTES = 64 * 1024 * 1024
 DRAIN_SECONDS = 10.0
 
@@ -43,6 +48,25 @@ def json_response(
         headers=dict(headers or {}),
         media_type="application/json",
     )
+
+
+def client_id(value: str | None) -> str | None:
+    """The `X-Drive-Client` id of a request (None when absent); 400 unless 1-64 characters
+    of [A-Za-z0-9_-], so the journal only ever stores a plain, bounded token."""
+    if value is None:
+        return None
+    if not _CLIENT_RE.fullmatch(value):
+        raise BadRequest(
+            "header X-Drive-Client must be 1-64 characters of A-Z, a-z, 0-9, '_' or '-'"
+        )
+    return value
+
+
+def _scope_client_id(scope: Scope) -> str | None:
+    values = [v for k, v in scope.get("headers", []) if k.lower() == CLIENT_HEADER.encode()]
+    if len(values) > 1:
+        raise BadRequest("header X-Drive-Client given more than once")
+    return client_id(values[0].decode("latin-1") if values else None)
 
 
 def error_response(exc: ApiError, rid: str | None = None) -> Response:
@@ -103,6 +127,7 @@ class DriveMiddleware:
             await send(message)
 
         try:
+            scope[CLIENT_KEY] = _scope_client_id(scope)
             await self.app(scope, receive_wrapper, send_wrapper)
         except ApiError as exc:
             if not started:
@@ -128,6 +153,12 @@ async def drain_body(request: Request) -> None:
     drain = request.scope.get(DRAIN_KEY)
     if drain is not None:
         await drain()
+
+
+def request_client(request: Request) -> str | None:
+    """This request's `X-Drive-Client` id (checked by the middleware), or None."""
+    value = request.scope.get(CLIENT_KEY)
+    return value if isinstance(value, str) else None
 
 
 def request_id(request: Request) -> str:

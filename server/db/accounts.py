@@ -40,6 +40,19 @@ class Principal:
     device_id: int
     device: str
     token_hash: str
+    client: str | None = None
+    """This request's `X-Drive-Client` id (per request: not part of the cached token)."""
+
+
+@dataclass(frozen=True, slots=True)
+class Usage:
+    """A user's storage: `used` counts blocks some kept version references (what the quota
+    limits), `staged` blocks nothing references yet (uploads awaiting their commit, or left
+    by a refused one until garbage collection), bounded separately (server.quota)."""
+
+    quota: int | None
+    used: int
+    staged: int
 
 
 @dataclass(frozen=True, slots=True)
@@ -217,12 +230,12 @@ def revoke_device(conn: sqlite3.Connection, device_id: int) -> None:
         conn.execute("UPDATE devices SET revoked_at = ? WHERE id = ?", (time.time(), device_id))
 
 
-def usage(conn: sqlite3.Connection, user_id: int) -> tuple[int | None, int]:
-    """The user's quota (None for unlimited) and the bytes their blocks use."""
+def usage(conn: sqlite3.Connection, user_id: int) -> Usage:
+    """The user's quota (None for unlimited), referenced and staged block bytes."""
     row = conn.execute(
-        "SELECT quota_bytes, used_bytes FROM users WHERE id = ?", (user_id,)
+        "SELECT quota_bytes, used_bytes, staged_bytes FROM users WHERE id = ?", (user_id,)
     ).fetchone()
-    return (None if row[0] is None else int(row[0])), int(row[1])
+    return Usage(None if row[0] is None else int(row[0]), int(row[1]), int(row[2]))
 
 
 def account_key(conn: sqlite3.Connection, user_id: int) -> tuple[str, bytes]:

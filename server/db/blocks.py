@@ -4,6 +4,11 @@ A row exists exactly while the block is in the store (the block service keeps th
 step under a per-key lock). `refcount` counts references from kept versions; a block whose
 count dropped to zero records `zero_since`, and is collected only after a grace period, so
 a block uploaded for a commit that has not happened yet is never collected under it.
+
+Accounting (server/quota.py): a block's size is in its user's `used_bytes` while its
+refcount is above zero and in `staged_bytes` otherwise. Every function here that creates a
+row, crosses zero or deletes a row moves the size between the two (or out) in the same
+transaction, so `used_bytes` is always the sum over referenced blocks.
 """
 
 from __future__ import annotations
@@ -48,7 +53,7 @@ def touch_if_present(conn: sqlite3.Connection, user_id: int, block_id: str) -> b
 def insert(
     conn: sqlite3.Connection, user_id: int, block_id: str, size: int, stored_size: int
 ) -> bool:
-    """Record a newly stored block (refcount 0, grace period starting now).
+    """Record a newly stored block (refcount 0, so staged; grace period starting now).
 
     Returns:
         False if another writer recorded it first.
@@ -63,22 +68,53 @@ def insert(
         )
         if cur.rowcount > 0:
             conn.execute(
-                "UPDATE users SET used_bytes = used_bytes + ? WHERE id = ?", (size, user_id)
+                "UPDATE users SET staged_bytes = staged_bytes + ? WHERE id = ?", (size, user_id)
             )
             return True
         return False
 
 
 def add_refs(conn: sqlite3.Connection, user_id: int, ids: Iterable[str], delta: int) -> None:
-    """Add `delta` (+1/-1) references per occurrence (inside the caller's transaction)."""
+    """Add `delta` (+1/-1) references per occurrence (inside the caller's transaction), and
+    move the size of every block whose count crosses zero between staged and used."""
     counts = Counter(ids)
     now = time.time()
+    moved = 0
+    for bid, (refcount, size) in _refcounts(conn, user_id, list(counts)).items():
+        after = refcount + delta * counts[bid]
+        if refcount <= 0 < after:
+            moved += size
+        elif after <= 0 < refcount:
+            moved -= size
     conn.executemany(
         "UPDATE blocks SET refcount = refcount + ?,"
         " zero_since = CASE WHEN refcount + ? <= 0 THEN ? ELSE NULL END"
         " WHERE user_id = ? AND block_id = ?",
         [(delta * n, delta * n, now, user_id, bid) for bid, n in counts.items()],
     )
+    if moved:
+        conn.execute(
+            "UPDATE users SET used_bytes = used_bytes + ?, staged_bytes = staged_bytes - ?"
+            " WHERE id = ?",
+            (moved, moved, user_id),
+        )
+
+
+def _refcounts(
+    conn: sqlite3.Connection, user_id: int, ids: Sequence[str]
+) -> dict[str, tuple[int, int]]:
+    """`block id -> (refcount, size)` of the held blocks among `ids` (each id once)."""
+    found: dict[str, tuple[int, int]] = {}
+    for i in range(0, len(ids), _BATCH):
+        batch = ids[i : i + _BATCH]
+        marks = ",".join("?" * len(batch))
+        rows = conn.execute(
+            f"SELECT block_id, refcount, size FROM blocks WHERE user_id = ?"
+            f" AND block_id IN ({marks})",
+            (user_id, *batch),
+        )
+        found.update((str(r[0]), (int(r[1]), int(r[2]))) for r in rows)
+    return found
 
 
 def gc_candidates(
@@ -109,7 +145,7 @@ def forget_if_unused(
             return False
         conn.execute("DELETE FROM blocks WHERE user_id = ? AND block_id = ?", (user_id, block_id))
         conn.execute(
-            "UPDATE users SET used_bytes = used_bytes - ? WHERE id = ?", (int(row[0]), user_id)
+            "UPDATE users SET staged_bytes = staged_bytes - ? WHERE id = ?", (int(row[0]), user_id)
         )
         return True
 

@@ -2,7 +2,10 @@
 
 Each namespace has `head_seq`, bumped by one for every change in the same transaction that
 makes the change, so the journal never shows a change that did not commit and never misses
-one that did. Entries store the FileRecord after the change as JSON (what delta returns).
+one that did. Entries store the FileRecord after the change as JSON (what delta returns),
+and who made it: the user, the device (name and id) and the client program (the request's
+`X-Drive-Client`, or None), so a device's follower can tell its own echoes from changes its
+own token made elsewhere (a `drive restore` from the same home's CLI).
 `trimmed_seq` is the newest sequence number dropped by trimming: a cursor below it gets
 "reset".
 """
@@ -28,6 +31,8 @@ class Actor:
     user: str
     device: str
     device_id: int | None = None
+    client: str | None = None
+    """The request's `X-Drive-Client` id (which program of the device made the change)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -52,7 +57,7 @@ def append(
     (seq,) = conn.execute("SELECT head_seq FROM namespaces WHERE id = ?", (actor.ns_id,)).fetchone()
     conn.execute(
         "INSERT INTO journal (ns_id, seq, op, file_id, record, old_path, device, device_id,"
-        " user_name, created_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+        " client, user_name, created_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
         (
             actor.ns_id,
             seq,
@@ -62,6 +67,7 @@ def append(
             old_path,
             actor.device,
             actor.device_id,
+            actor.client,
             actor.user,
             time.time(),
         ),
@@ -85,7 +91,7 @@ def delta(conn: sqlite3.Connection, ns_id: int, cursor: int, limit: int) -> Delt
         if cursor < trimmed or cursor > head_seq:
             return Delta([], int(head_seq), False, True)
         rows = conn.execute(
-            "SELECT seq, op, record, old_path, device, user_name, created_at, device_id"
+            "SELECT seq, op, record, old_path, device, user_name, created_at, device_id, client"
             " FROM journal WHERE ns_id = ? AND seq > ? ORDER BY seq LIMIT ?",
             (ns_id, cursor, limit + 1),
         ).fetchall()
@@ -103,6 +109,7 @@ def delta(conn: sqlite3.Connection, ns_id: int, cursor: int, limit: int) -> Delt
             "user": r[5],
             "time": float(r[6]),
             "device_id": None if r[7] is None else int(r[7]),
+            "client": None if r[8] is None else str(r[8]),
         }
         for r in rows
     ]

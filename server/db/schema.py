@@ -140,6 +140,20 @@ MIGRATIONS: list[list[str]] = [
     # 2: credit journal entries to a device id, not only its name (two devices may share a
     # name, and a follower must skip exactly its own changes).
     ["ALTER TABLE journal ADD COLUMN device_id BIGINT"],
+    # 3: credit journal entries to the client program that made them (`X-Drive-Client`), so
+    # a follower can skip exactly its own echoes and still see what its device's CLI did.
+    ["ALTER TABLE journal ADD COLUMN client TEXT"],
+    # 4: `used_bytes` counts only blocks some kept version references (refcount > 0);
+    # blocks nothing references yet (uploads awaiting a commit, or left by a refused one)
+    # are `staged_bytes`, bounded on their own (server.quota). Recount both from the rows.
+    [
+        "ALTER TABLE users ADD COLUMN staged_bytes BIGINT NOT NULL DEFAULT 0",
+        """UPDATE users SET
+            used_bytes = (SELECT COALESCE(SUM(b.size), 0) FROM blocks b
+                          WHERE b.user_id = users.id AND b.refcount > 0),
+            staged_bytes = (SELECT COALESCE(SUM(b.size), 0) FROM blocks b
+                            WHERE b.user_id = users.id AND b.refcount <= 0)""",
+    ],
 ]
 
 SCHEMA_VERSION = len(MIGRATIONS)

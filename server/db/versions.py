@@ -2,7 +2,9 @@
 
 A commit is one transaction: check the base revision, check every block is held, insert the
 version and its block list, take references on the blocks, update the file row, prune the
-oldest versions beyond the per-file limit (dropping their references) and journal the change.
+oldest versions beyond the per-file limit (dropping their references), check the quota
+against what that did to the referenced total (server/quota.py; over it, all of this is
+rolled back) and journal the change.
 """
 
 from __future__ import annotations
@@ -14,8 +16,8 @@ from dataclasses import dataclass
 
 from blockstore.ids import BlockId
 from blockstore.wire import FileRecord, RevisionInfo
+from server.db import accounts, journal, read_txn, write_txn
 from server.db import blocks as block_rows
-from server.db import journal, read_txn, write_txn
 from server.db.files import (
     DEFAULT_FILE_MODE,
     Row,
@@ -30,7 +32,8 @@ from server.db.files import (
     record,
 )
 from server.db.journal import Actor
-from server.errors import BadRequest, Conflict, Exists, NotFound, QuotaExceeded, TooLarge
+from server.errors import BadRequest, Conflict, Exists, NotFound, TooLarge
+from server.quota import check_commit
 
 EMPTY_HASH = hashlib.sha256(b"").hexdigest()
 
@@ -210,11 +213,7 @@ def commit(
         if missing:
             ordered = [b for b in dict.fromkeys(ids) if b in missing]
             raise BadRequest(f"{len(ordered)} blocks are missing", missing=ordered)
-        quota, used = conn.execute(
-            "SELECT quota_bytes, used_bytes FROM users WHERE id = ?", (actor.user_id,)
-        ).fetchone()
-        if quota is not None and used > quota:
-            raise QuotaExceeded(f"storage quota of {quota} bytes exceeded ({used} used)")
+        before = accounts.usage(conn, actor.user_id)
         created = row is None
         if row is None:
             file_id = req.reserved_id or new_file_id(conn, ns)
@@ -226,6 +225,7 @@ def commit(
             )
         content = Content(req.blocks, req.size, _content_hash(req), req.mtime_ns, req.mode)
         new = add_version(conn, actor, row, content, req.commit_id, limits.revisions_kept)
+        check_commit(before.quota, before.used, accounts.usage(conn, actor.user_id).used)
         rec = record(conn, ns, new, req.path)
         op = req.op or ("create" if created else "update")
         journal.append(conn, actor, op, rec)

@@ -7,7 +7,9 @@ pin is the identity). HTTP failures become `syncd.errors` exceptions here and no
 The bulk requests, `GET /blocks/{id}`, `POST /blocks/fetch` and `POST /blocks/batch`, take
 a faster path in the submodule `bulk` (blocking TLS sockets in worker threads, on
 connections the server serves outside its HTTP framework); nothing outside this package
-speaks HTTP.
+speaks HTTP. A client made with a `client_id` names itself in every httpx request
+(`X-Drive-Client`), so the change feed tells which program of this device made a change;
+the bulk requests only move blocks, which journal nothing, and go without it.
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import re
 import socket
 import ssl
 from collections.abc import Callable, Mapping, Sequence
@@ -52,6 +55,8 @@ CONNECT_TIMEOUT_S = 5.0
 READ_TIMEOUT_S = 60.0
 LONGPOLL_MARGIN_S = 60.0
 MAX_CONNECTIONS = 32
+CLIENT_HEADER = "X-Drive-Client"
+_CLIENT_ID_RE = re.compile(r"[A-Za-z0-9_-]{1,64}")
 
 _ERRORS: Mapping[str, type[errors.RemoteError]] = {
     "bad_request": errors.BadRequest,
@@ -176,18 +181,33 @@ class RemoteClient:
     Every method raises `syncd.errors.SyncError` subclasses only (plus cancellation).
     """
 
-    def __init__(self, http: httpx.AsyncClient, bulk: BulkTransport | None = None) -> None:
+    def __init__(
+        self,
+        http: httpx.AsyncClient,
+        bulk: BulkTransport | None = None,
+        client_id: str | None = None,
+    ) -> None:
+        """`client_id` (1-64 of [A-Za-z0-9_-]) is sent as `X-Drive-Client` with every httpx
+        request; the server journals it with the changes those requests make.
+
+        Raises:
+            ValueError: `client_id` is not such a token (the server would refuse it).
+        """
+        _check_client_id(client_id)
         self._http = http
         self._bulk = bulk
+        self.client_id = client_id
+        self._headers = {CLIENT_HEADER: client_id} if client_id is not None else None
 
     @classmethod
-    def from_config(cls, cfg: ClientConfig) -> RemoteClient:
+    def from_config(cls, cfg: ClientConfig, client_id: str | None = None) -> RemoteClient:
         """A client for the logged-in server of `cfg` (call `aclose()` when done).
 
         Block reads and batch uploads go through a `BulkTransport` (blocking sockets in
         worker threads, far cheaper per MiB than httpx on trio); everything else through
-        httpx.
+        httpx, naming `client_id` if given.
         """
+        _check_client_id(client_id)
         bulk = BulkTransport(
             cfg.server_url.rstrip("/"),
             pinned_ssl_context(cfg.cert_pem),
@@ -196,7 +216,7 @@ class RemoteClient:
             read_timeout_s=READ_TIMEOUT_S,
             max_idle=MAX_CONNECTIONS,
         )
-        return cls(_new_http(cfg.server_url, cfg.cert_pem, cfg.token), bulk)
+        return cls(_new_http(cfg.server_url, cfg.cert_pem, cfg.token), bulk, client_id)
 
     async def aclose(self) -> None:
         if self._bulk is not None:
@@ -221,7 +241,13 @@ class RemoteClient:
             extra["timeout"] = timeout
         try:
             resp = await self._http.request(
-                method, path, params=params, json=json, content=content, **extra
+                method,
+                path,
+                params=params,
+                json=json,
+                content=content,
+                headers=self._headers,
+                **extra,
             )
         except httpx.ConnectError as exc:
             if "CERTIFICATE_VERIFY_FAILED" in str(exc) or "certificate verify failed" in str(exc):
@@ -546,6 +572,11 @@ class RemoteClient:
         )
         backoff = body.get("backoff")
         return bool(body.get("changes")), backoff if isinstance(backoff, int) else None
+
+
+def _check_client_id(client_id: str | None) -> None:
+    if client_id is not None and not _CLIENT_ID_RE.fullmatch(client_id):
+        raise ValueError(f"client id must be 1-64 of A-Z, a-z, 0-9, '_', '-': {client_id!r}")
 
 
 def _decode_verified(frame: bytes | bytearray | memoryview, bid: BlockId) -> bytes:

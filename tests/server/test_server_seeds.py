@@ -62,13 +62,15 @@ def test_uploads_dedupe_with_client_blocks(
         for c in chunks:
             bid = hashlib.sha256(c.data).hexdigest()
             assert http.put(f"/api/v1/blocks/{bid}", content=encode_wire(c.data)).status_code == 201
-        used = http.get("/api/v1/whoami").json()["used_bytes"]
+        me = http.get("/api/v1/whoami").json()
+        assert (me["used_bytes"], me["staged_bytes"]) == (0, len(data))  # not committed yet
         r = http.post("/files/upload?path=/dedupe.bin&uploadType=media", content=data)
         assert r.status_code == 201
         assert [b[0] for b in r.json()["blocks"]] == [
             hashlib.sha256(c.data).hexdigest() for c in chunks
         ]
-        assert http.get("/api/v1/whoami").json()["used_bytes"] == used == len(data)
+        me = http.get("/api/v1/whoami").json()  # nothing stored twice: the same bytes, now used
+        assert (me["used_bytes"], me["staged_bytes"]) == (len(data), 0)
 
 
 def _put_part(http: httpx.Client, loc: str, data: bytes, start: int, total: int) -> httpx.Response:

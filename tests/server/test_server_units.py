@@ -85,7 +85,7 @@ def test_unreferenced_blocks_are_collected_after_the_grace_period(tmp_path: Path
         assert blocks.collect_sync(grace_seconds=0.01) == 1
         assert sorted(k.rsplit("/", 1)[1] for k in store.keys())  # noqa: SIM118  # a store == [ids[0]]
         assert blocks.get_plain_sync(who, ids[0]) == kept  # type: ignore[arg-type]
-        assert db.call(accounts.usage, user_id) == (None, len(kept))
+        assert db.call(accounts.usage, user_id) == accounts.Usage(None, len(kept), 0)
     finally:
         db.close()
 
