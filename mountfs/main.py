@@ -14,6 +14,7 @@ import json
 import logging
 import os
 import signal
+import uuid
 from contextlib import AsyncExitStack
 from dataclasses import dataclass
 from pathlib import Path
@@ -71,7 +72,8 @@ async def _serve(home: Home, mountpoint: Path, cache_bytes: int, allow_other: bo
         stack.callback(state.close)
         cache = LmdbBlockCache(home.cache_path, cache_bytes, sync=False)
         stack.callback(cache.close)
-        remote = RemoteClient.from_config(cfg)
+        client_id = _client_id(state)
+        remote = RemoteClient.from_config(cfg, client_id=client_id)
         stack.push_async_callback(remote.aclose)
         invalidator = Invalidator()
         fetcher = BlockFetcher(cache, remote, fetch_timeout_s=cfg.fetch_timeout_s)
@@ -82,8 +84,8 @@ async def _serve(home: Home, mountpoint: Path, cache_bytes: int, allow_other: bo
                             cache_files_up_to=cache_bytes // UPLOAD_CACHE_FRACTION)  # fmt: skip
         activity = Activity(cfg.device, cfg.device_id)
         mirror = Mirror(state, tree)
-        applier = ChangeApplier(state, cfg.device, device_id=cfg.device_id,
-                                on_entry=invalidator.entry, on_inode=invalidator.inode,
+        applier = ChangeApplier(state, client_id, on_entry=invalidator.entry,
+                                on_inode=invalidator.inode,
                                 on_folder=mirror.note_folder)  # fmt: skip
         tree.reconciler = applier
         follower = Follower(state, remote, tree, applier, hold_s=_hold_seconds(),
@@ -119,6 +121,17 @@ async def _serve(home: Home, mountpoint: Path, cache_bytes: int, allow_other: bo
             pyfuse3.close(unmount=True)
             log.info("unmounted %s; %d changes still queued", mountpoint, state.op_count())
             await _write_status(home, sync, cache, state, mounted=False)
+
+
+def _client_id(state: StateDB) -> str:
+    """This home's client id (made once, kept in its state): the server tags the changes
+    this mount makes with it, so the follower skips exactly those and applies the rest."""
+    value = state.get_meta("client_id")
+    if not isinstance(value, str):
+        value = uuid.uuid4().hex
+        with state.write() as w:
+            w.set_meta("client_id", value)
+    return value
 
 
 async def _signals(nursery: trio.Nursery) -> None:

@@ -3,7 +3,9 @@ merged into the local tree here, by one set of rules.
 
 Changes are applied one at a time, in journal order, each in its own write transaction; a
 listing of one folder in one transaction (`merge_listing`). Rules:
-- Changes this device made are skipped: the uploader already put their result here.
+- Changes this mount's uploader made (the change names its client id) are skipped: the
+  uploader already put their result here. Every other change applies, this device's own
+  made elsewhere included (`drive restore`, the API, the web app, with the same token).
 - Local work wins where it must: a file with unsynced edits keeps them (its commit then
   resolves the conflict, `syncd.conflicts`), and a node with queued operations is not moved
   or removed under them (the queue has not told the server yet). A remotely deleted file
@@ -33,21 +35,20 @@ OnInode = Callable[[int], None]
 
 
 class ChangeApplier:
-    """Applies changes of other devices to the local state (see the module docstring)."""
+    """Merges what the server says into the local state (see the module docstring)."""
 
     def __init__(
         self,
         state: StateDB,
-        device: str,
+        client_id: str,
         *,
-        device_id: int | None = None,
         on_entry: OnEntry | None = None,
         on_inode: OnInode | None = None,
         on_folder: OnInode | None = None,
     ) -> None:
         self.state = state
-        self.device = device
-        self.device_id = device_id
+        self.client_id = client_id
+        """This mount's `X-Drive-Client`: changes it made are already reflected here."""
         self.on_entry = on_entry
         self.on_inode = on_inode
         self.on_folder = on_folder
@@ -76,14 +77,14 @@ class ChangeApplier:
         may need what this one made (a file inside a directory created just before).
 
         Returns:
-            How many changes were from other devices.
+            How many changes were not this mount's own.
         """
         busy, pending = self.queue_sets()
         self._pending = busy | pending
         n = 0
         for ch in changes:
-            if ch.is_from(self.device, self.device_id):
-                continue
+            if ch.client == self.client_id:
+                continue  # made by this mount's uploader, which applied its result itself
             n += 1
             try:
                 with self.state.write() as w:

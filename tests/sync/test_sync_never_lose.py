@@ -361,3 +361,39 @@ def test_a_new_device_mirrors_the_tree_and_works_offline(account: Account) -> No
                 a.stop()
     finally:
         b.stop()
+
+
+def test_own_changes_made_outside_the_mount_reach_it(
+    a_offline_b: tuple[MountProcess, MountProcess, TcpProxy],
+) -> None:
+    """Item 5: a restore made with this device's own token shows in its own mount, and the
+    next local edit is a plain new revision, not a conflicted copy with itself."""
+    a, b, _ = a_offline_b
+    (a.mnt / "doc.txt").write_bytes(b"one\n")
+    a.wait_synced()
+    (a.mnt / "doc.txt").write_bytes(b"two\n")
+    a.wait_synced()
+    revs = json.loads(drive(a.home, "revisions", "/doc.txt", "--json").stdout)
+    first = min(r["revision"] for r in revs)
+    assert drive(a.home, "restore", "/doc.txt", str(first)).returncode == 0
+    wait_for(lambda: read_or_none(a.mnt / "doc.txt") == b"one\n", "the restore on A itself")
+    (a.mnt / "doc.txt").write_bytes(b"three\n")
+    final = _converge(a, b)
+    assert sorted(final) == ["doc.txt"], final
+    assert (b.mnt / "doc.txt").read_bytes() == b"three\n"
+
+
+def test_renames_over_names_just_created_leave_no_ghost(
+    a_offline_b: tuple[MountProcess, MountProcess, TcpProxy],
+) -> None:
+    """Item 5: renaming over a file this device had just created, then editing the result,
+    gives one file with the edit on every device."""
+    a, b, _ = a_offline_b
+    (a.mnt / "other.txt").write_bytes(b"other\n")
+    a.wait_synced()
+    (a.mnt / "new.txt").write_bytes(b"new\n")
+    os.rename(a.mnt / "other.txt", a.mnt / "new.txt")
+    (a.mnt / "new.txt").write_bytes(b"edited after the rename\n")
+    final = _converge(a, b)
+    assert sorted(final) == ["new.txt"], final
+    assert (b.mnt / "new.txt").read_bytes() == b"edited after the rename\n"

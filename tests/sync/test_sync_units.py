@@ -146,9 +146,10 @@ def _rec(fid: int, parent: int, path: str, kind: str = "file", rev: int = 1,
     ).to_json()  # fmt: skip
 
 
-def _change(seq: int, op: str, rec: dict[str, Any], device: str = "other") -> dict[str, Any]:
+def _change(seq: int, op: str, rec: dict[str, Any], device: str = "other",
+            client: str | None = None) -> dict[str, Any]:  # fmt: skip
     return {"seq": seq, "op": op, "file": rec, "old_path": None, "device": device,
-            "user": "u", "time": 1.0}  # fmt: skip
+            "user": "u", "time": 1.0, "client": client}  # fmt: skip
 
 
 class FakeServer:
@@ -163,8 +164,9 @@ class FakeServer:
         self.listing: list[dict[str, Any]] = []
         self.wake = trio.Event()
 
-    def add(self, op: str, rec: dict[str, Any], device: str = "other") -> None:
-        self.journal.append(_change(len(self.journal) + 1, op, rec, device))
+    def add(self, op: str, rec: dict[str, Any], device: str = "other",
+            client: str | None = None) -> None:  # fmt: skip
+        self.journal.append(_change(len(self.journal) + 1, op, rec, device, client))
         self.wake.set()
 
     async def handle(self, request: httpx.Request) -> httpx.Response:
@@ -230,13 +232,15 @@ async def test_follower_applies_changes_persists_cursor_and_backs_off(
         assert state.get_meta("cursor") == "0"
         fake.add("mkdir", _rec(5, 1, "/docs", "dir"))
         fake.add("create", _rec(6, 5, "/docs/a.txt"))
-        fake.add("create", _rec(7, 1, "/mine.txt"), device="me")  # our own: skipped
+        fake.add("create", _rec(7, 1, "/mine.txt"), device="me", client="me")  # this mount's
+        fake.add("create", _rec(10, 1, "/cli.txt"), device="me")  # same device, not the mount
         await trio.sleep(1)
         assert state.lookup(ROOT_INO, "docs") == 5
         assert state.lookup(5, "a.txt") == 6
         assert state.lookup(ROOT_INO, "mine.txt") is None
+        assert state.lookup(ROOT_INO, "cli.txt") == 10
         assert (ROOT_INO, "docs", 5) in entries
-        assert state.get_meta("cursor") == "3"
+        assert state.get_meta("cursor") == "4"
         # an update invalidates the inode; a delete removes the name
         fake.add("update", _rec(6, 5, "/docs/a.txt", rev=2, size=2))
         await trio.sleep(1)
