@@ -24,7 +24,7 @@ import errno
 import logging
 import os
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -194,11 +194,12 @@ class ContentStore:
             else:
                 os.close(fd)
 
-    async def _io(self, ino: int, fn: Callable[..., T], *args: Any) -> T:
-        """`run_io(fn, *args)` for I/O on `ino`'s descriptors (see `close_fd`)."""
+    @contextlib.contextmanager
+    def _in_use(self, ino: int) -> Iterator[None]:
+        """Keep `ino`'s descriptors open meanwhile, even if `close_fd` is called."""
         self._inflight[ino] = self._inflight.get(ino, 0) + 1
         try:
-            return await run_io(fn, *args)
+            yield
         finally:
             left = self._inflight[ino] - 1
             if left:
@@ -207,6 +208,11 @@ class ContentStore:
                 del self._inflight[ino]
                 for fd in self._retired.pop(ino, ()):
                     os.close(fd)
+
+    async def _io(self, ino: int, fn: Callable[..., T], *args: Any) -> T:
+        """`run_io(fn, *args)` for I/O on `ino`'s descriptors (see `close_fd`)."""
+        with self._in_use(ino):
+            return await run_io(fn, *args)
 
     def _reserve(self, nbytes: int) -> None:
         """Refuse a write that would make unsynced data exceed the local storage limit.
@@ -274,12 +280,15 @@ class ContentStore:
                 end,
                 readahead=READAHEAD_BLOCKS if readahead else 0,
             )
-        fd = self._fd(node.ino)
+        with self._in_use(node.ino):  # the upload may finish (and close it) meanwhile
+            return await self._read_dirty(node, dirty, off, end)
+
+    async def _read_dirty(self, node: Node, dirty: Dirty, off: int, end: int) -> bytes:
+        fd, direct = self._fd(node.ino), self._direct_fd(node.ino)  # once: see `_in_use`
         pieces: list[bytes] = []
         base_starts: list[int] | None = None
         for s, e, inside in rg.covered(dirty.ranges, off, end):
             if inside:
-                direct = self._direct_fd(node.ino)
                 pieces.append(await self._io(node.ino, _read_at, fd, direct, e - s, s))
                 continue
             bend = min(e, dirty.base_size)

@@ -187,6 +187,12 @@ def _first_diff(a: bytes, b: bytes) -> int:
          ("write", "d/c", 0, 992, 200), ("during_commit", [("unlink", "d/c")])],
     seed=678,
 )  # fmt: skip
+@example(  # found by this test: a read of dirty data while the file's upload finished read
+    # through a descriptor closed (or re-opened on a new empty file) under it
+    ops=[("write", "a", 0, 1, 1), ("write", "b", 846, 1, 1), ("write", "a", 0, 1, 1),
+         ("write", "b", 0, 1, 1), ("during_commit", [("unlink", "a")])],
+    seed=1,
+)  # fmt: skip
 @given(ops=st.lists(_ops, min_size=1, max_size=25), seed=st.integers(0, 2**32))
 async def test_local_state_vfs_and_uploader_follow_the_model(
     ops: list[tuple[object, ...]], seed: int
