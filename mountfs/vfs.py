@@ -232,6 +232,9 @@ class Vfs:
         if node is None or node.linked:
             return
         self.content.discard(node)
+        if any(op.ino == ino for _, op in self.state.ops()):
+            return  # its record stays while its delete is queued: the server id and the
+            # revision it names (a change from elsewhere must not bring it back meanwhile)
         with self.state.write() as w:
             w.delete_node(ino)
 

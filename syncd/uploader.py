@@ -352,6 +352,8 @@ class Uploader:
         node = self.state.node(ino) if ino is not None else None
         if queued is None or node is None or node.kind != "file" or node.rev is None:
             return queued
+        if node.linked:
+            return queued  # shown again (edited elsewhere): not what this device saw
         return max(queued, node.rev)
 
     async def _create(self, op: Mkdir | Symlink, node: Node | None) -> FileRecord:

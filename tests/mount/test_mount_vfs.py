@@ -149,8 +149,11 @@ async def test_unlinked_open_file_lives_until_last_close(world: World) -> None:
     await vfs.release(fh)
     assert world.state.node(ino) is not None  # the kernel still knows it
     vfs.forget([(ino, 10)])
-    assert world.state.node(ino) is None
+    gone = world.state.node(ino)
+    assert gone is not None  # its record stays while its delete is queued (it names its rev)
+    assert not gone.linked
     assert not world.content.path(ino).exists()
+    assert world.state.lookup(ROOT_INO, "f") is None
 
 
 async def test_sparse_writes_truncate_and_chmod_times(world: World) -> None:
