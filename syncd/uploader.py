@@ -335,6 +335,9 @@ class Uploader:
             if moved is not None:
                 self._adopt(op.ino, moved, rev_only=True)
         elif isinstance(op, Delete):
+            if node is not None and node.server_id is None:
+                log.debug("delete of %s skipped: it never reached the server", op.path)
+                return  # the name on the server (if any) is another device's entry
             try:
                 seen = self._seen_rev(op.ino, op.base_rev)
                 await self.remote.delete(op.path, op.recursive, base_rev=seen)
@@ -350,11 +353,11 @@ class Uploader:
         when the op was queued, or newer if this device's own commit, queued before the op,
         landed since (else the delete would be refused as stale against ourselves)."""
         node = self.state.node(ino) if ino is not None else None
-        if queued is None or node is None or node.kind != "file" or node.rev is None:
+        if node is None or node.kind != "file" or node.rev is None:
             return queued
         if node.linked:
             return queued  # shown again (edited elsewhere): not what this device saw
-        return max(queued, node.rev)
+        return node.rev if queued is None else max(queued, node.rev)
 
     async def _create(self, op: Mkdir | Symlink, node: Node | None) -> FileRecord:
         """mkdir or symlink at `op.path`; a missing parent folder is followed or re-created
@@ -385,6 +388,10 @@ class Uploader:
         name, here and on the server. Source gone from that path: moved from where the
         server has it now, or (deleted elsewhere) its content is committed at the target."""
         taken: list[str] = []
+        replaced = self.state.node(op.dst_ino) if op.dst_ino is not None else None
+        if op.mode == "replace" and replaced is not None and replaced.server_id is None:
+            op.mode = "noreplace"  # what it replaces here never reached the server: the
+            # name there, if taken, is another device's entry (then ours gets a copy name)
         for _ in range(MAX_RESOLVE_STEPS):
             try:
                 seen = self._seen_rev(op.dst_ino, op.dst_rev)
