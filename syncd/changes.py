@@ -53,6 +53,9 @@ class ChangeApplier:
         self.on_inode = on_inode
         self.on_folder = on_folder
         """Called with a folder that appeared here: its entries may not be in the feed."""
+        self.open_for_writing: Callable[[int], bool] = lambda ino: False
+        """Set by the mount: a file deleted elsewhere stays while a handle may write to it
+        (its writes and close() are acknowledged; the next commit brings it back)."""
         self._pending: set[int] = set()
         self._entries: list[tuple[int, str, int]] = []
         self._inodes: list[int] = []
@@ -166,7 +169,7 @@ class ChangeApplier:
     def _remove(self, w: Writer, node: Node, busy: set[int]) -> None:
         if node.ino == ROOT_INO or not node.linked:
             return
-        if node.dirty is not None or node.ino in busy:
+        if node.dirty is not None or node.ino in busy or self.open_for_writing(node.ino):
             log.info("%s was deleted elsewhere but has local changes; keeping it", node.name)
             return
         if self._holds_pending(node):

@@ -343,6 +343,10 @@ class Uploader:
                 await self.remote.delete(op.path, op.recursive, base_rev=seen)
             except errors.NotFound:
                 log.debug("delete of vanished %s ignored", op.path)
+            except errors.NotEmpty:  # another device put something in it: that stays
+                log.warning("%s got new entries elsewhere before this delete; keeping it", op.path)
+                with contextlib.suppress(errors.NotFound):
+                    self.conflicts.show(await self.remote.meta(path=op.path))
             except errors.Conflict as exc:  # edited elsewhere since we saw it: edits win
                 log.warning("%s was edited elsewhere before this delete; keeping it", op.path)
                 if exc.current is not None:
