@@ -2,7 +2,7 @@
 
 A commit is one transaction: check the base revision, check every block is held, insert the
 version and its block list, take references on the blocks, update the file row, prune the
-oldest versions beyond the per-file limit (dropping their references), check the quota
+oldest versions beyond the per-file limit (releasing their block references), check the quota
 against what that did to the referenced total (server/quota.py; over it, all of this is
 rolled back) and journal the change.
 """

@@ -4,7 +4,10 @@ each mounted in its own subprocess; waits with deadlines for convergence."""
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import itertools
+import json
+import os
 import re
 import time
 import uuid
@@ -14,8 +17,9 @@ from typing import TypeVar
 
 import pytest
 
-from tests.helpers.mount_proc import MountProcess, login_home
+from tests.helpers.mount_proc import MountProcess, drive, login_home
 from tests.helpers.server_proc import ServerProcess
+from tests.helpers.tcp_proxy import TcpProxy
 
 T = TypeVar("T")
 _numbers = itertools.count(1)
@@ -109,3 +113,54 @@ def metric(server: ServerProcess, name: str) -> float:
     m = re.search(rf"^{re.escape(name)}(?:{{[^}}]*}})? ([0-9.e+]+)$", text, re.MULTILINE)
     assert m, f"metric {name} not found"
     return float(m.group(1))
+
+
+def tree(root: Path) -> dict[str, str]:
+    """Relative path -> SHA-256 of every file (folders: "dir") below `root`."""
+    out: dict[str, str] = {}
+    for dirpath, dirnames, filenames in os.walk(root):
+        rel = Path(dirpath).relative_to(root)
+        for d in dirnames:
+            out[(rel / d).as_posix() + "/"] = "dir"
+        for name in filenames:
+            out[(rel / name).as_posix()] = hashlib.sha256(
+                (Path(dirpath) / name).read_bytes()
+            ).hexdigest()
+    return out
+
+
+@pytest.fixture
+def a_offline_b(account: Account) -> Iterator[tuple[MountProcess, MountProcess, TcpProxy]]:
+    """A (through a proxy the test can cut) and B (always online)."""
+    with TcpProxy(account.server.port) as proxy, device_pair(account, url_a=proxy.url) as (a, b):
+        try:
+            yield a, b, proxy
+        finally:
+            proxy.restore()
+
+
+def synced(m: MountProcess) -> bool:
+    """Nothing pending and nothing parked (refused by the server and kept)."""
+    body = json.loads(drive(m.home, "status", "--json").stdout)
+    return body["pending"] == 0 and not body["parked"]
+
+
+def converge(a: MountProcess, b: MountProcess, timeout: float = 40) -> dict[str, str]:
+    """Wait until A and B show the same tree with nothing pending or parked; return it."""
+
+    def probe() -> dict[str, str] | None:
+        ta, tb = tree(a.mnt), tree(b.mnt)
+        return ta if ta == tb and synced(a) and synced(b) else None
+
+    try:
+        return wait_for(probe, "A and B to converge", timeout=timeout)
+    except AssertionError as exc:
+        raise AssertionError(
+            f"{exc}\nA: {tree(a.mnt)}\nB: {tree(b.mnt)}\nA log:\n{a.log_text()[-4000:]}"
+        ) from None
+
+
+def go_offline(a: MountProcess, proxy: TcpProxy) -> None:
+    """Cut A's proxy and wait until A says it is offline."""
+    proxy.cut()
+    wait_for(lambda: a.status().get("online") is False or None, "A noticing it is offline")

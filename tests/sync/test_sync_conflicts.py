@@ -6,29 +6,15 @@ import hashlib
 import os
 import time
 from collections.abc import Iterator
-from pathlib import Path
 
 import pytest
 
 from syncd.conflicts import conflicted_name
 from tests.helpers.mount_proc import MountProcess, requires_fuse
 from tests.helpers.tcp_proxy import TcpProxy
-from tests.sync.conftest import Account, device_pair, read_or_none, wait_for
+from tests.sync.conftest import Account, device_pair, read_or_none, tree, wait_for
 
 pytestmark = [pytest.mark.e2e, requires_fuse]
-
-
-def tree(root: Path) -> dict[str, str]:
-    out: dict[str, str] = {}
-    for dirpath, dirnames, filenames in os.walk(root):
-        rel = Path(dirpath).relative_to(root)
-        for d in dirnames:
-            out[(rel / d).as_posix() + "/"] = "dir"
-        for name in filenames:
-            out[(rel / name).as_posix()] = hashlib.sha256(
-                (Path(dirpath) / name).read_bytes()
-            ).hexdigest()
-    return out
 
 
 @pytest.fixture

@@ -11,19 +11,16 @@ Below them, minimal deterministic reproductions of the product bugs the random r
 from __future__ import annotations
 
 import hashlib
-import json
 import os
 import shutil
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 from tests.helpers.convergence import run_seed
-from tests.helpers.mount_proc import MountProcess, drive, requires_fuse
+from tests.helpers.mount_proc import MountProcess, requires_fuse
 from tests.helpers.tcp_proxy import TcpProxy
-from tests.sync.conftest import Account, device_pair, read_or_none, wait_for
-from tests.sync.test_sync_conflicts import tree
+from tests.sync.conftest import Account, converge, go_offline, read_or_none, wait_for
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow, requires_fuse]
 
@@ -31,7 +28,7 @@ OPS = 80
 
 
 @pytest.mark.parametrize("seed", [1, 2])
-def test_random_operations_on_three_devices_converge(
+def test_random_operations_on_three_devicesconverge(
     account: Account, tmp_path: Path, seed: int
 ) -> None:
     result = run_seed(account.server, tmp_path / "conv", seed, OPS, account.name,
@@ -43,43 +40,6 @@ def test_random_operations_on_three_devices_converge(
 
 
 # -- reproductions of bugs found by the random runs --------------------------------------------
-
-
-@pytest.fixture
-def a_offline_b(account: Account) -> Iterator[tuple[MountProcess, MountProcess, TcpProxy]]:
-    """A (through a proxy the test can cut) and B (always online)."""
-    with TcpProxy(account.server.port) as proxy, device_pair(account, url_a=proxy.url) as (a, b):
-        try:
-            yield a, b, proxy
-        finally:
-            proxy.restore()
-
-
-def _synced(m: MountProcess) -> bool:
-    """Nothing pending and nothing parked (refused by the server and kept)."""
-    body = json.loads(drive(m.home, "status", "--json").stdout)
-    return body["pending"] == 0 and not body["parked"]
-
-
-def _converged(a: MountProcess, b: MountProcess) -> dict[str, str] | None:
-    ta, tb = tree(a.mnt), tree(b.mnt)
-    if ta != tb or not _synced(a) or not _synced(b):
-        return None
-    return ta
-
-
-def _converge(a: MountProcess, b: MountProcess, timeout: float = 15) -> dict[str, str]:
-    try:
-        return wait_for(lambda: _converged(a, b), "A and B to converge", timeout=timeout)
-    except AssertionError as exc:
-        raise AssertionError(
-            f"{exc}\nA: {tree(a.mnt)}\nB: {tree(b.mnt)}\nA log:\n{a.log_text()[-3000:]}"
-        ) from None
-
-
-def _go_offline(a: MountProcess, proxy: TcpProxy) -> None:
-    proxy.cut()
-    wait_for(lambda: a.status().get("online") is False or None, "A noticing it is offline")
 
 
 def _sha(data: bytes) -> str:
@@ -97,12 +57,12 @@ def test_a_folder_delete_loses_to_a_file_added_elsewhere(
     (b.mnt / "D").mkdir()
     (b.mnt / "D" / "f").write_bytes(b"f\n")
     wait_for(lambda: read_or_none(a.mnt / "D" / "f") == b"f\n", "D/f on A")
-    _go_offline(a, proxy)
+    go_offline(a, proxy)
     (b.mnt / "D" / "g").write_bytes(b"B's new file\n")
     b.wait_synced()
     shutil.rmtree(a.mnt / "D")
     proxy.restore()
-    final = _converge(a, b)
+    final = converge(a, b)
     assert final == {"D/": "dir", "D/g": _sha(b"B's new file\n")}, final
 
 
@@ -124,12 +84,12 @@ def test_a_folder_renamed_over_a_folder_filled_elsewhere_keeps_both(
     (b.mnt / "E" / "e").write_bytes(b"e\n")
     wait_for(lambda: read_or_none(a.mnt / "E" / "e") == b"e\n", "E/e on A")
     wait_for(lambda: (a.mnt / "F").is_dir() or None, "F on A")
-    _go_offline(a, proxy)
+    go_offline(a, proxy)
     (b.mnt / "F" / "g").write_bytes(b"B's new file\n")
     b.wait_synced()
     os.rename(a.mnt / "E", a.mnt / "F")
     proxy.restore()
-    final = _converge(a, b)
+    final = converge(a, b)
     assert final.get("F/g") == _sha(b"B's new file\n"), final
     assert _sha(b"e\n") in final.values(), final
 
@@ -142,13 +102,13 @@ def test_a_file_created_and_deleted_offline_leaves_another_devices_file_alone(
     revision) trashes B's file, which A never saw, and A keeps showing it (its follower
     skips its own delete): A and the server disagree for ever."""
     a, b, proxy = a_offline_b
-    _go_offline(a, proxy)
+    go_offline(a, proxy)
     (a.mnt / "n.txt").write_bytes(b"A's short-lived file\n")
     (a.mnt / "n.txt").unlink()
     (b.mnt / "n.txt").write_bytes(b"B's file\n")
     b.wait_synced()
     proxy.restore()
-    final = _converge(a, b)
+    final = converge(a, b)
     assert final == {"n.txt": _sha(b"B's file\n")}, final
 
 
@@ -160,14 +120,14 @@ def test_a_save_over_a_file_never_uploaded_leaves_another_devices_file_alone(
     so B's content silently becomes an old revision of A's file. Name taken elsewhere: A's
     file should take a conflicted-copy name and B's stay under its name."""
     a, b, proxy = a_offline_b
-    _go_offline(a, proxy)
+    go_offline(a, proxy)
     (a.mnt / "m.txt").write_bytes(b"A v1\n")
     (a.mnt / ".m.txt.tmp").write_bytes(b"A v2\n")
     os.rename(a.mnt / ".m.txt.tmp", a.mnt / "m.txt")
     (b.mnt / "m.txt").write_bytes(b"B's file\n")
     b.wait_synced()
     proxy.restore()
-    final = _converge(a, b)
+    final = converge(a, b)
     assert final.get("m.txt") == _sha(b"B's file\n"), final
     assert _sha(b"A v2\n") in final.values(), final
 
@@ -191,7 +151,7 @@ def test_a_write_through_a_handle_opened_before_a_remote_delete_is_kept(
         os.pwrite(fd, b"A's edit\n", 0)
     finally:
         os.close(fd)  # returned 0: acknowledged
-    final = _converge(a, b)
+    final = converge(a, b)
     assert _sha(b"A's edit\n") in final.values(), final
 
 
@@ -213,12 +173,12 @@ def test_a_rename_over_a_file_whose_source_was_deleted_elsewhere_is_kept(
     (b.mnt / "d.txt").write_bytes(b"D content\n")
     wait_for(lambda: read_or_none(a.mnt / "c.txt") == b"C content\n", "c.txt on A")
     wait_for(lambda: read_or_none(a.mnt / "d.txt") == b"D content\n", "d.txt on A")
-    _go_offline(a, proxy)
+    go_offline(a, proxy)
     os.rename(a.mnt / "c.txt", a.mnt / "d.txt")
     (b.mnt / "c.txt").unlink()
     b.wait_synced()
     proxy.restore()
-    final = _converge(a, b)
+    final = converge(a, b)
     assert final == {"d.txt": _sha(b"C content\n")}, final
 
 
@@ -238,13 +198,13 @@ def test_a_rename_does_not_move_a_file_another_device_put_at_the_old_name(
     a, b, proxy = a_offline_b
     (b.mnt / "c.txt").write_bytes(b"old C\n")
     wait_for(lambda: read_or_none(a.mnt / "c.txt") == b"old C\n", "c.txt on A")
-    _go_offline(a, proxy)
+    go_offline(a, proxy)
     os.rename(a.mnt / "c.txt", a.mnt / "e.txt")
     (b.mnt / "c.txt").unlink()
     b.wait_synced()
     (b.mnt / "c.txt").write_bytes(b"B's new C\n")
     b.wait_synced()
     proxy.restore()
-    final = _converge(a, b)
+    final = converge(a, b)
     assert final.get("c.txt") == _sha(b"B's new C\n"), final
     assert final.get("e.txt") == _sha(b"old C\n"), final

@@ -10,48 +10,15 @@ import os
 import random
 import subprocess
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 from tests.helpers.mount_proc import MountProcess, drive, requires_fuse
 from tests.helpers.tcp_proxy import TcpProxy
-from tests.sync.conftest import Account, device_pair, read_or_none, wait_for
-from tests.sync.test_sync_conflicts import tree
+from tests.sync.conftest import Account, converge, go_offline, read_or_none, wait_for
 
 pytestmark = [pytest.mark.e2e, requires_fuse]
-
-
-@pytest.fixture
-def a_offline_b(account: Account) -> Iterator[tuple[MountProcess, MountProcess, TcpProxy]]:
-    """A (through a proxy the test can cut) and B (always online)."""
-    with TcpProxy(account.server.port) as proxy, device_pair(account, url_a=proxy.url) as (a, b):
-        try:
-            yield a, b, proxy
-        finally:
-            proxy.restore()
-
-
-def _converged(a: MountProcess, b: MountProcess) -> dict[str, str] | None:
-    ta, tb = tree(a.mnt), tree(b.mnt)
-    if ta != tb or a.pending() or b.pending():
-        return None
-    return ta
-
-
-def _converge(a: MountProcess, b: MountProcess, timeout: float = 40) -> dict[str, str]:
-    try:
-        return wait_for(lambda: _converged(a, b), "A and B to converge", timeout=timeout)
-    except AssertionError as exc:
-        raise AssertionError(
-            f"{exc}\nA: {tree(a.mnt)}\nB: {tree(b.mnt)}\nA log:\n{a.log_text()[-4000:]}"
-        ) from None
-
-
-def _go_offline(a: MountProcess, proxy: TcpProxy) -> None:
-    proxy.cut()
-    wait_for(lambda: a.status().get("online") is False or None, "A noticing it is offline")
 
 
 def _contents(root: Path) -> dict[str, bytes]:
@@ -104,7 +71,7 @@ def test_a_write_during_conflict_resolution_is_kept(
     a, b, proxy = a_offline_b
     (b.mnt / "f.txt").write_bytes(b"original\n")
     wait_for(lambda: read_or_none(a.mnt / "f.txt") == b"original\n", "f.txt on A")
-    _go_offline(a, proxy)
+    go_offline(a, proxy)
     (a.mnt / "f.txt").write_bytes(b"A v1\n")
     (b.mnt / "f.txt").write_bytes(b"B's version\n")
     b.wait_synced()
@@ -117,7 +84,7 @@ def test_a_write_during_conflict_resolution_is_kept(
         (a.mnt / "f.txt").write_bytes(last)  # each close() returned 0: acknowledged
         n += 1
         time.sleep(0.02)
-    final = _converge(a, b)
+    final = converge(a, b)
     on_b = _contents(b.mnt)
     assert last in on_b.values(), f"the last acknowledged write is on no device: {on_b}"
     copies = [name for name in final if "conflicted copy from devA" in name]
@@ -139,12 +106,12 @@ def test_new_file_in_a_folder_deleted_elsewhere_recreates_the_folder(
     (b.mnt / "B").mkdir()
     (b.mnt / "B" / "old.txt").write_bytes(b"old\n")
     wait_for(lambda: read_or_none(a.mnt / "B" / "old.txt") == b"old\n", "B/old.txt on A")
-    _go_offline(a, proxy)
+    go_offline(a, proxy)
     (a.mnt / "B" / "new.txt").write_bytes(b"written offline on A\n")
     subprocess.run(["rm", "-r", str(b.mnt / "B")], check=True)
     b.wait_synced()
     proxy.restore()
-    final = _converge(a, b)
+    final = converge(a, b)
     assert (b.mnt / "B" / "new.txt").read_bytes() == b"written offline on A\n"
     assert "B/old.txt" not in final, final
     assert "not synced" not in a.log_text()
@@ -158,12 +125,12 @@ def test_new_file_in_a_folder_renamed_elsewhere_follows_it(
     (b.mnt / "B").mkdir()
     (b.mnt / "B" / "old.txt").write_bytes(b"old\n")
     wait_for(lambda: read_or_none(a.mnt / "B" / "old.txt") == b"old\n", "B/old.txt on A")
-    _go_offline(a, proxy)
+    go_offline(a, proxy)
     (a.mnt / "B" / "new.txt").write_bytes(b"written offline on A\n")
     os.rename(b.mnt / "B", b.mnt / "C")
     b.wait_synced()
     proxy.restore()
-    final = _converge(a, b)
+    final = converge(a, b)
     assert (b.mnt / "C" / "new.txt").read_bytes() == b"written offline on A\n"
     assert sorted(final) == ["C/", "C/new.txt", "C/old.txt"], final
 
@@ -176,12 +143,12 @@ def test_move_into_a_folder_deleted_elsewhere_recreates_it(
     (b.mnt / "x.txt").write_bytes(b"x\n")
     wait_for(lambda: read_or_none(a.mnt / "x.txt") == b"x\n", "x.txt on A")
     assert os.listdir(a.mnt / "D") == []
-    _go_offline(a, proxy)
+    go_offline(a, proxy)
     os.rename(a.mnt / "x.txt", a.mnt / "D" / "x.txt")
     (b.mnt / "D").rmdir()
     b.wait_synced()
     proxy.restore()
-    _converge(a, b)
+    converge(a, b)
     assert (b.mnt / "D" / "x.txt").read_bytes() == b"x\n"
 
 
@@ -193,18 +160,18 @@ def test_rename_onto_a_name_taken_elsewhere_keeps_both(
     a, b, proxy = a_offline_b
     (b.mnt / "draft.txt").write_bytes(b"A's draft\n")
     wait_for(lambda: read_or_none(a.mnt / "draft.txt") == b"A's draft\n", "draft on A")
-    _go_offline(a, proxy)
+    go_offline(a, proxy)
     os.rename(a.mnt / "draft.txt", a.mnt / "final.txt")
     (b.mnt / "final.txt").write_bytes(b"B's final\n")
     b.wait_synced()
     proxy.restore()
-    final = _converge(a, b)
+    final = converge(a, b)
     assert (b.mnt / "final.txt").read_bytes() == b"B's final\n"
     copies = [n for n in final if n.startswith("final (conflicted copy from devA")]
     assert len(copies) == 1, final
     assert (b.mnt / copies[0]).read_bytes() == b"A's draft\n"
     (a.mnt / copies[0]).write_bytes(b"A edits its copy\n")
-    _converge(a, b)
+    converge(a, b)
     assert (b.mnt / "final.txt").read_bytes() == b"B's final\n"
     assert (b.mnt / copies[0]).read_bytes() == b"A edits its copy\n"
 
@@ -292,12 +259,12 @@ def test_a_stale_delete_loses_to_a_newer_edit(
     a, b, proxy = a_offline_b
     (b.mnt / "x.txt").write_bytes(b"first\n")
     wait_for(lambda: read_or_none(a.mnt / "x.txt") == b"first\n", "x.txt on A")
-    _go_offline(a, proxy)
+    go_offline(a, proxy)
     (a.mnt / "x.txt").unlink()
     (b.mnt / "x.txt").write_bytes(b"B's newer edit\n")
     b.wait_synced()
     proxy.restore()
-    _converge(a, b)
+    converge(a, b)
     assert (a.mnt / "x.txt").read_bytes() == b"B's newer edit\n"
     assert (b.mnt / "x.txt").read_bytes() == b"B's newer edit\n"
 
@@ -313,7 +280,7 @@ def test_sed_in_place_keeps_the_history(
     subprocess.run(["sed", "-i", "s/alpha/beta/", str(a.mnt / "notes.txt")], check=True)
     a.wait_synced()
     subprocess.run(["sed", "-i", "s/beta/gamma/", str(a.mnt / "notes.txt")], check=True)
-    final = _converge(a, b)
+    final = converge(a, b)
     assert sorted(final) == ["notes.txt"], final
     assert (b.mnt / "notes.txt").read_bytes() == b"gamma\n"
     revs = json.loads(drive(a.home, "revisions", "/notes.txt", "--json").stdout)
@@ -342,7 +309,7 @@ def test_a_new_device_mirrors_the_tree_and_works_offline(account: Account) -> No
                     lambda: (a.status().get("mirror") or {}).get("complete"),
                     "A's offline copy of the tree",
                 )
-                _go_offline(a, proxy)
+                go_offline(a, proxy)
                 started = time.monotonic()
                 found = sorted(
                     str(p.relative_to(a.mnt)) for p in a.mnt.rglob("*") if p.is_dir()
@@ -378,7 +345,7 @@ def test_own_changes_made_outside_the_mount_reach_it(
     assert drive(a.home, "restore", "/doc.txt", str(first)).returncode == 0
     wait_for(lambda: read_or_none(a.mnt / "doc.txt") == b"one\n", "the restore on A itself")
     (a.mnt / "doc.txt").write_bytes(b"three\n")
-    final = _converge(a, b)
+    final = converge(a, b)
     assert sorted(final) == ["doc.txt"], final
     assert (b.mnt / "doc.txt").read_bytes() == b"three\n"
 
@@ -394,6 +361,6 @@ def test_renames_over_names_just_created_leave_no_ghost(
     (a.mnt / "new.txt").write_bytes(b"new\n")
     os.rename(a.mnt / "other.txt", a.mnt / "new.txt")
     (a.mnt / "new.txt").write_bytes(b"edited after the rename\n")
-    final = _converge(a, b)
+    final = converge(a, b)
     assert sorted(final) == ["new.txt"], final
     assert (b.mnt / "new.txt").read_bytes() == b"edited after the rename\n"
