@@ -425,7 +425,8 @@ class Vfs:
                 d.mtime_ns = d.ctime_ns = now
                 w.put_node(d)
             seen = dst.rev if dst is not None and dst.kind == "file" else None
-            w.add_op(Move(src.ino, from_path, to_path, mode, seen, dst.ino if dst else None))
+            w.add_op(Move(src.ino, from_path, to_path, mode, seen, dst.ino if dst else None,
+                          dst.server_id if dst else None))  # fmt: skip
         self._wake()
         if dst is not None and mode == "replace":
             self._maybe_drop(dst.ino)

@@ -112,20 +112,28 @@ class Metadata:
         mode: str,
         src_rev: int | None = None,
         dst_rev: int | None = None,
+        src_id: int | None = None,
+        dst_id: int | None = None,
     ) -> FileRecord:
         """Move or rename atomically (a file renamed over a file becomes its next revision)."""
         rec = await self.db.run(
             moves.move, actor_of(who), src, dst, mode, keep=self.limits.revisions_kept,
-            src_rev=src_rev, dst_rev=dst_rev,
+            src_rev=src_rev, dst_rev=dst_rev, src_id=src_id, dst_id=dst_id,
         )  # fmt: skip
         await self.feed.notify(who.ns_id)
         return rec
 
     async def delete(
-        self, who: Principal, path: str, recursive: bool, base_rev: int | None = None
+        self,
+        who: Principal,
+        path: str,
+        recursive: bool,
+        base_rev: int | None = None,
+        file_id: int | None = None,
     ) -> FileRecord:
-        """Move to the trash (refused if the file is no longer at `base_rev`)."""
-        rec = await self.db.run(moves.delete, actor_of(who), path, recursive, base_rev)
+        """Move to the trash (refused if the file is no longer at `base_rev`, or another
+        entry than `file_id` has its name)."""
+        rec = await self.db.run(moves.delete, actor_of(who), path, recursive, base_rev, file_id)
         await self.feed.notify(who.ns_id)
         return rec
 

@@ -231,6 +231,8 @@ async def move(request: Request) -> Response:
         who, check_path(body.get("from"), "from"), check_path(body.get("to"), "to"), mode,
         src_rev=get_int(body, "src_rev", optional=True),
         dst_rev=get_int(body, "dst_rev", optional=True),
+        src_id=get_int(body, "src_id", optional=True),
+        dst_id=get_int(body, "dst_id", optional=True),
     )  # fmt: skip
     return json_response(rec.to_json())
 
@@ -241,7 +243,7 @@ async def delete(request: Request) -> Response:
     body = await read_json(request, s.config.max_json_bytes)
     rec = await s.metadata.delete(
         who, check_path(body.get("path")), get_bool(body, "recursive", False),
-        get_int(body, "base_rev", optional=True),
+        get_int(body, "base_rev", optional=True), get_int(body, "id", optional=True),
     )  # fmt: skip
     return json_response({"deleted": rec.to_json()})
 

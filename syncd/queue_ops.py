@@ -81,7 +81,8 @@ class SetAttr:
 @dataclass(slots=True)
 class Move:
     """Rename `src` to `dst`; `dst_rev` is the revision of the file it replaces (inode
-    `dst_ino`) as this device saw it (edits beat deletes: the server refuses a stale one)."""
+    `dst_ino`, server id `dst_id` if it had one when queued) as this device saw it (edits
+    beat deletes: the server refuses a stale one)."""
 
     kind: ClassVar[str] = "move"
     ino: int
@@ -90,6 +91,7 @@ class Move:
     mode: str
     dst_rev: int | None = None
     dst_ino: int | None = None
+    dst_id: int | None = None
 
     @property
     def where(self) -> str:
@@ -117,7 +119,7 @@ QueuedOp = Commit | Mkdir | Symlink | SetAttr | Move | Delete
 def op_to_json(op: QueuedOp) -> dict[str, Any]:
     if isinstance(op, Move):
         return {"op": op.kind, "ino": op.ino, "from": op.src, "to": op.dst, "mode": op.mode,
-                "dst_rev": op.dst_rev, "dst_ino": op.dst_ino}  # fmt: skip
+                "dst_rev": op.dst_rev, "dst_ino": op.dst_ino, "dst_id": op.dst_id}  # fmt: skip
     body: dict[str, Any] = {"op": op.kind}
     for name in op.__slots__:
         body[name] = getattr(op, name)
@@ -138,7 +140,7 @@ def op_from_json(d: dict[str, Any]) -> QueuedOp:
             return SetAttr(int(d["ino"]), str(d["path"]), d.get("mode"), d.get("mtime_ns"))
         if kind == "move":
             return Move(int(d["ino"]), str(d["from"]), str(d["to"]), str(d["mode"]),
-                        d.get("dst_rev"), d.get("dst_ino"))  # fmt: skip
+                        d.get("dst_rev"), d.get("dst_ino"), d.get("dst_id"))  # fmt: skip
         if kind == "delete":
             return Delete(int(d["ino"]), str(d["path"]), bool(d.get("recursive", False)),
                           d.get("base_rev"))  # fmt: skip

@@ -340,7 +340,8 @@ class Uploader:
                 return  # the name on the server (if any) is another device's entry
             try:
                 seen = self._seen_rev(op.ino, op.base_rev)
-                await self.remote.delete(op.path, op.recursive, base_rev=seen)
+                await self.remote.delete(op.path, op.recursive, base_rev=seen,
+                                         file_id=node.server_id if node else None)  # fmt: skip
             except errors.NotFound:
                 log.debug("delete of vanished %s ignored", op.path)
             except errors.NotEmpty:  # another device put something in it: that stays
@@ -387,25 +388,36 @@ class Uploader:
         raise errors.Conflict(f"could not place {op.path} on the server")
 
     async def _move(self, op: Move, node: Node | None) -> FileRecord | None:
-        """A rename. Destination folder missing: followed or re-created. Destination name
-        taken meanwhile by another device (no replace asked): ours takes a conflicted-copy
-        name, here and on the server. Source gone from that path: moved from where the
-        server has it now, or (deleted elsewhere) its content is committed at the target."""
+        """A rename, of the entries this device saw (by server id). Destination folder
+        missing: followed or re-created. Destination name taken meanwhile by another device
+        (no replace asked), or the file we replace is another one or moved on: ours takes a
+        conflicted-copy name, here and on the server. Source not at that path any more:
+        moved from where the server has it now, or (deleted elsewhere) its content is
+        committed at the target."""
+        if node is not None and node.server_id is None:
+            log.debug("move of %s skipped: it never reached the server", op.src)
+            return None  # the name on the server (if any) is another device's entry
         taken: list[str] = []
         replaced = self.state.node(op.dst_ino) if op.dst_ino is not None else None
-        if op.mode == "replace" and replaced is not None and replaced.server_id is None:
+        dst_id = op.dst_id
+        if dst_id is None and replaced is not None:
+            dst_id = replaced.server_id
+        if op.mode == "replace" and dst_id is None and op.dst_ino is not None:
             op.mode = "noreplace"  # what it replaces here never reached the server: the
             # name there, if taken, is another device's entry (then ours gets a copy name)
         for _ in range(MAX_RESOLVE_STEPS):
             try:
                 seen = self._seen_rev(op.dst_ino, op.dst_rev)
-                rec = await self.remote.move(op.src, op.dst, op.mode, dst_rev=seen)
-            except (errors.Exists, errors.Conflict) as exc:
-                # the name was taken, or the file we replace was edited meanwhile (edits
-                # beat deletes): ours takes a conflicted-copy name, theirs stays
+                rec = await self.remote.move(
+                    op.src, op.dst, op.mode, dst_rev=seen,
+                    src_id=node.server_id if node else None,
+                    dst_id=dst_id if op.mode != "noreplace" else None,
+                )  # fmt: skip
+            except (errors.Exists, errors.Conflict, errors.NotEmpty):
+                # the name was taken (by another entry, or one of another kind), the file we
+                # replace was edited meanwhile (edits beat deletes), or the folder we replace
+                # got entries: ours takes a conflicted-copy name, theirs stays
                 if node is None or op.mode == "exchange":
-                    raise
-                if isinstance(exc, errors.Exists) and op.mode != "noreplace":
                     raise
                 taken.append(op.dst)
                 op.dst = self._rename_local(node, op.dst)
@@ -418,7 +430,7 @@ class Uploader:
                 try:
                     src = await self.remote.meta(file_id=node.server_id)
                 except errors.NotFound:
-                    return await self._recreate_at(node, op.dst)
+                    return await self._recreate_at(node, op)
                 if src.path != op.src:
                     op.src = src.path
                     continue
@@ -430,17 +442,28 @@ class Uploader:
             return rec
         raise errors.Conflict(f"could not move {op.src} to {op.dst}")
 
-    async def _recreate_at(self, node: Node, path: str) -> FileRecord | None:
-        """A file moved here was deleted elsewhere meanwhile: keep what this device shows."""
+    async def _recreate_at(self, node: Node, op: Move) -> FileRecord | None:
+        """A file moved here was deleted elsewhere meanwhile: keep what this device shows,
+        at the destination (over a file: as its next revision, if it is still the one this
+        device saw; else under a conflicted-copy name)."""
         if node.kind == "dir":
-            return await self._create(Mkdir(node.ino, path, node.mode), node)
-        if node.kind == "file" and node.dirty is None and node.blocks is not None:
-            log.warning("%s was deleted elsewhere while moved here; keeping it", path)
+            return await self._create(Mkdir(node.ino, op.dst, node.mode), node)
+        if node.kind != "file" or node.dirty is not None or node.blocks is None:
+            return None  # its queued commit brings it back (edit beats delete)
+        log.warning("%s was deleted elsewhere while moved to %s; keeping it", op.src, op.dst)
+        base = self._seen_rev(op.dst_ino, op.dst_rev) if op.mode == "replace" else None
+        for step in range(MAX_RESOLVE_STEPS):
             commit_id = f"{self.device}-{uuid.uuid4().hex}"
-            return await self.remote.commit(
-                path, None, node.blocks, node.size, node.mtime_ns, node.mode, commit_id
-            )
-        return None  # its queued commit brings it back (edit beats delete)
+            try:
+                return await self.remote.commit(
+                    op.dst, base, node.blocks, node.size, node.mtime_ns, node.mode, commit_id
+                )
+            except (errors.Conflict, errors.Exists):  # another entry has the name now
+                op.dst, base = self._rename_local(node, op.dst), None
+            except errors.NotFound:
+                op.dst = await self._place_for(node, op.dst)
+            log.debug("re-creating %s: step %d", op.dst, step + 1)
+        raise errors.Conflict(f"could not re-create {op.dst} on the server")
 
     def _rename_local(self, node: Node, path: str) -> str:
         """Another device took the name `path`: ours moves to a conflicted-copy name (on the

@@ -8,7 +8,7 @@ earlier on their own stay in the trash as their own items).
 Never lose a write: a delete or a rename-over may name the revision the device saw
 (`base_rev`, `src_rev`, `dst_rev`); a file that moved on since is refused with 409 `conflict`
 so a stale delete cannot remove a newer edit. History follows the path: a file renamed over a
-file becomes the next revision of the target (editors' atomic saves keep the history).
+file becomes the next revisions of the target (editors' atomic saves keep the history).
 """
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ from dataclasses import dataclass
 
 from blockstore.wire import ROOT_PATH, FileRecord, is_within
 from server.db import journal, read_txn, versions, write_txn
-from server.db.files import Row, block_list, child, get_row, need, need_parent_dir, path_of, record
+from server.db.files import Row, child, get_row, need, need_parent_dir, path_of, record
 from server.db.journal import Actor
 from server.errors import BadRequest, Conflict, Exists, NotEmpty, NotFound, ParentMissing
 
@@ -76,36 +76,98 @@ def _moved_record(conn: sqlite3.Connection, ns_id: int, file_id: int, path: str)
 
 
 def _check_rev(
-    conn: sqlite3.Connection, ns_id: int, row: Row, path: str, expected: int | None
+    conn: sqlite3.Connection,
+    ns_id: int,
+    row: Row,
+    path: str,
+    expected: int | None,
+    expected_id: int | None = None,
 ) -> None:
-    """409 `conflict` (with `current`) if `row` is a file no longer at revision `expected`;
-    no check when `expected` is None (older clients) or the entry is not a file."""
-    if expected is None or row["kind"] != "file" or int(row["rev"]) == expected:
+    """409 `conflict` (with `current`) if `row` is a file no longer at revision `expected`,
+    or another entry than `expected_id` (the one the caller saw was replaced by another
+    device's entry of the same name); no check for what the caller left out (older clients)
+    or a revision of an entry that is not a file."""
+    other = expected_id is not None and int(row["id"]) != expected_id
+    stale = expected is not None and row["kind"] == "file" and int(row["rev"]) != expected
+    if not (other or stale):
         return
     current = record(conn, ns_id, row, path).to_json()
-    raise Conflict(f"{path} is no longer at revision {expected}", current=current)
+    what = "another entry now" if other else f"no longer at revision {expected}"
+    raise Conflict(f"{path} is {what}", current=current)
+
+
+def _need_entry(conn: sqlite3.Connection, ns_id: int, path: str, expected_id: int | None) -> Row:
+    """The live entry at `path`; 404 also when it is not the entry `expected_id` the caller
+    means (that one was moved or deleted elsewhere, and another took its name)."""
+    row = need(conn, ns_id, path)
+    if expected_id is not None and int(row["id"]) != expected_id:
+        raise NotFound(f"{path} is another entry now (id {int(row['id'])}, not {expected_id})")
+    return row
 
 
 def _replace_content(
     conn: sqlite3.Connection, actor: Actor, row: Row, src: str, target: Row, dst: str, keep: int
 ) -> FileRecord:
-    """Rename the file `row` over the file `target`: the source's current content becomes the
-    next revision of the target, which keeps its id and history; the source entry and its
-    versions are dropped (not trashed: its content lives on as the target's revision)."""
+    """Rename the file `row` over the file `target`: the source's revisions, oldest first,
+    become the next revisions of the target (with their devices and times), which keeps its
+    id and history; the source entry is removed, not trashed. So every version a user saved
+    under either name stays restorable under the name the file has now (`keep` applies)."""
     ns = actor.ns_id
-    src_id = int(row["id"])
-    content = versions.Content(
-        block_list(conn, ns, src_id, int(row["rev"])), int(row["size"]), row["content_hash"],
-        int(row["mtime_ns"]), int(row["mode"]),
-    )  # fmt: skip
+    src_id, dst_id = int(row["id"]), int(target["id"])
     gone = record(conn, ns, row, src, deleted=True)
-    new = versions.add_version(conn, actor, target, content, None, keep)
-    versions.prune(conn, actor, src_id, keep=0)
+    revs = conn.execute(
+        "SELECT rev FROM file_versions WHERE ns_id = ? AND file_id = ? ORDER BY rev",
+        (ns, src_id),
+    ).fetchall()
+    rev = int(target["rev"])
+    for (old,) in revs:
+        rev += 1
+        _move_version(conn, ns, (src_id, int(old)), (dst_id, rev))
+    conn.execute(
+        "UPDATE files SET rev = ?, size = ?, content_hash = ?, mtime_ns = ?, mode = ?"
+        " WHERE ns_id = ? AND id = ?",
+        (rev, int(row["size"]), row["content_hash"], int(row["mtime_ns"]), int(row["mode"]),
+         ns, dst_id),
+    )  # fmt: skip
+    versions.prune(conn, actor, dst_id, keep)
     conn.execute("DELETE FROM files WHERE ns_id = ? AND id = ?", (ns, src_id))
     journal.append(conn, actor, "delete", gone)
+    new = get_row(conn, ns, dst_id)
+    assert new is not None
     rec = record(conn, ns, new, dst)
     journal.append(conn, actor, "update", rec)
     return rec
+
+
+def _move_version(
+    conn: sqlite3.Connection, ns_id: int, old: tuple[int, int], new: tuple[int, int]
+) -> None:
+    """Re-home one version (its block list and block references with it) from (file, rev)
+    `old` to `new`: copy the row, point the block list at the copy, drop the original (the
+    foreign keys and the unique commit id allow no other order)."""
+    conn.execute(
+        "INSERT INTO file_versions (ns_id, file_id, rev, state, size, content_hash, mtime_ns,"
+        " device, created_at, commit_id) SELECT ns_id, ?, ?, state, size, content_hash,"
+        " mtime_ns, device, created_at, NULL FROM file_versions"
+        " WHERE ns_id = ? AND file_id = ? AND rev = ?",
+        (*new, ns_id, *old),
+    )
+    conn.execute(
+        "UPDATE version_blocks SET file_id = ?, rev = ?"
+        " WHERE ns_id = ? AND file_id = ? AND rev = ?",
+        (*new, ns_id, *old),
+    )
+    commit_id = conn.execute(
+        "SELECT commit_id FROM file_versions WHERE ns_id = ? AND file_id = ? AND rev = ?",
+        (ns_id, *old),
+    ).fetchone()[0]
+    conn.execute(
+        "DELETE FROM file_versions WHERE ns_id = ? AND file_id = ? AND rev = ?", (ns_id, *old)
+    )
+    conn.execute(
+        "UPDATE file_versions SET commit_id = ? WHERE ns_id = ? AND file_id = ? AND rev = ?",
+        (commit_id, ns_id, *new),
+    )
 
 
 def move(
@@ -118,17 +180,21 @@ def move(
     keep: int,
     src_rev: int | None = None,
     dst_rev: int | None = None,
+    src_id: int | None = None,
+    dst_id: int | None = None,
 ) -> FileRecord:
     """POST /move with mode noreplace | replace | exchange.
 
     `keep` is the number of revisions a file keeps (a rename-over adds one to the target);
-    `src_rev`/`dst_rev` are the revisions the caller saw of the source and target files.
+    `src_rev`/`dst_rev` are the revisions the caller saw of the source and target files,
+    `src_id`/`dst_id` their ids: a source that is another entry now is 404 (the caller's
+    entry is elsewhere or gone), a target that is another entry is 409 `conflict`.
     """
     ns = actor.ns_id
     if src == ROOT_PATH or dst == ROOT_PATH:
         raise BadRequest("the root directory cannot be moved or replaced")
     with write_txn(conn):
-        row = need(conn, ns, src)
+        row = _need_entry(conn, ns, src, src_id)
         _check_rev(conn, ns, row, src, src_rev)
         if row["kind"] == "dir" and is_within(dst, src) and dst != src:
             raise BadRequest(f"cannot move a directory into itself: {src} -> {dst}")
@@ -137,7 +203,7 @@ def move(
         if target is not None and int(target["id"]) == int(row["id"]):
             return record(conn, ns, row, src)
         if target is not None and mode != "noreplace":
-            _check_rev(conn, ns, target, dst, dst_rev)
+            _check_rev(conn, ns, target, dst, dst_rev, dst_id)
         if mode == "exchange":
             if target is None:
                 raise NotFound(f"exchange target does not exist: {dst}")
@@ -178,14 +244,16 @@ def delete(
     path: str,
     recursive: bool,
     base_rev: int | None = None,
+    file_id: int | None = None,
 ) -> FileRecord:
     """POST /delete: move an entry (and its subtree) to the trash; a file no longer at
-    `base_rev` (the revision the caller saw) is refused, so an edit beats a stale delete."""
+    `base_rev` (the revision the caller saw) is refused, so an edit beats a stale delete;
+    an entry that is not `file_id` (another device's entry took the name) is 404."""
     ns = actor.ns_id
     if path == ROOT_PATH:
         raise BadRequest("the root directory cannot be deleted")
     with write_txn(conn):
-        row = need(conn, ns, path)
+        row = _need_entry(conn, ns, path, file_id)
         _check_rev(conn, ns, row, path, base_rev)
         if row["kind"] == "dir" and not recursive and _has_children(conn, ns, int(row["id"])):
             raise NotEmpty(f"directory not empty: {path}")

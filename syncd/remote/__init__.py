@@ -333,23 +333,32 @@ class RemoteClient:
         *,
         src_rev: int | None = None,
         dst_rev: int | None = None,
+        src_id: int | None = None,
+        dst_id: int | None = None,
     ) -> FileRecord:
         """`POST /api/v1/move`. `src_rev`/`dst_rev`: the revisions this device saw of the
-        source and target files; the server refuses (Conflict) if either moved on. A file
-        renamed over a file answers the target's record (its id, a new revision)."""
+        source and target files; the server refuses (Conflict) if either moved on.
+        `src_id`/`dst_id`: the entries this device means (NotFound if the source, Conflict
+        if the target, is another entry now). A file renamed over a file answers the
+        target's record (its id, a new revision)."""
         body: dict[str, Any] = {"from": src, "to": dst, "mode": mode}
-        if src_rev is not None:
-            body["src_rev"] = src_rev
-        if dst_rev is not None:
-            body["dst_rev"] = dst_rev
+        for key, value in (("src_rev", src_rev), ("dst_rev", dst_rev), ("src_id", src_id),
+                           ("dst_id", dst_id)):  # fmt: skip
+            if value is not None:
+                body[key] = value
         return await self._record("POST", "/api/v1/move", json=body)
 
-    async def delete(self, path: str, recursive: bool, base_rev: int | None = None) -> None:
+    async def delete(
+        self, path: str, recursive: bool, base_rev: int | None = None, file_id: int | None = None
+    ) -> None:
         """`POST /api/v1/delete`. `base_rev`: the revision this device saw; a file edited
-        since is not deleted (Conflict carrying its current record)."""
+        since is not deleted (Conflict carrying its current record). `file_id`: the entry
+        this device means (NotFound, nothing deleted, if another entry has the name now)."""
         body: dict[str, Any] = {"path": path, "recursive": recursive}
         if base_rev is not None:
             body["base_rev"] = base_rev
+        if file_id is not None:
+            body["id"] = file_id
         await self.request("POST", "/api/v1/delete", json=body)
 
     # -- blocks and commits ---------------------------------------------------------------

@@ -260,10 +260,12 @@ class FakeRemote:
         *,
         src_rev: int | None = None,
         dst_rev: int | None = None,
+        src_id: int | None = None,
+        dst_id: int | None = None,
     ) -> FileRecord:
         await self._enter("move")
         e = self._find(src)
-        if e is None:
+        if e is None or (src_id is not None and e.id != src_id):
             raise errors.NotFound(f"no such entry: {src}")
         parent, name = self._parent(dst)
         target = self._children(parent.id).get(name)
@@ -272,7 +274,8 @@ class FakeRemote:
         if target is not None:
             if mode == "noreplace":
                 raise errors.Exists(f"exists: {dst}")
-            if dst_rev is not None and target.kind == "file" and target.rev != dst_rev:
+            stale = dst_rev is not None and target.kind == "file" and target.rev != dst_rev
+            if stale or (dst_id is not None and target.id != dst_id):
                 raise errors.Conflict(
                     "target moved on", {"current": self._record(target).to_json()}
                 )
@@ -294,10 +297,12 @@ class FakeRemote:
         for child in list(self._children(e.id).values()):
             self._graveyard(child)
 
-    async def delete(self, path: str, recursive: bool, base_rev: int | None = None) -> None:
+    async def delete(
+        self, path: str, recursive: bool, base_rev: int | None = None, file_id: int | None = None
+    ) -> None:
         await self._enter("delete")
         e = self._find(path)
-        if e is None:
+        if e is None or (file_id is not None and e.id != file_id):
             raise errors.NotFound(f"no such entry: {path}")
         if base_rev is not None and e.kind == "file" and e.rev != base_rev:
             raise errors.Conflict("moved on", {"current": self._record(e).to_json()})

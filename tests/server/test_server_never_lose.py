@@ -117,6 +117,41 @@ def test_rename_over_a_file_becomes_its_next_revision(http: httpx.Client) -> Non
     assert (entries[1]["file"]["rev"], entries[1]["file"]["blocks"]) == (3, tmp["blocks"])
 
 
+def test_moves_and_deletes_touch_only_the_entry_the_caller_saw(http: httpx.Client) -> None:
+    """A device that saw `/c` (id X) renames or deletes it after another device deleted it
+    and created a new `/c` (id Y): nothing happens to Y. A rename-over whose target is
+    another entry than the one the device saw is a conflict, like a stale revision."""
+    old = commit(http, "/c", None, [put(http, b"old c")], "i1").json()
+    assert http.post("/api/v1/delete", json={"path": "/c"}).status_code == 200
+    new = commit(http, "/c", None, [put(http, b"new c")], "i2").json()
+    assert new["id"] != old["id"]
+    assert new["rev"] == old["rev"]
+    moved = http.post("/api/v1/move", json={"from": "/c", "to": "/e", "src_id": old["id"]})
+    assert (moved.status_code, moved.json()["error"]) == (404, "not_found")
+    gone = http.post("/api/v1/delete", json={"path": "/c", "base_rev": 1, "id": old["id"]})
+    assert (gone.status_code, gone.json()["error"]) == (404, "not_found")
+    assert _meta(http, "/c").json()["id"] == new["id"]
+    assert _meta(http, "/e").status_code == 404
+    tmp = commit(http, "/c.tmp", None, [put(http, b"save")], "i3").json()
+    over = http.post(
+        "/api/v1/move",
+        json={"from": "/c.tmp", "to": "/c", "mode": "replace", "dst_rev": 1,
+              "src_id": tmp["id"], "dst_id": old["id"]},
+    )  # fmt: skip
+    assert (over.status_code, over.json()["error"]) == (409, "conflict")
+    assert over.json()["current"]["id"] == new["id"]
+    assert http.get("/files/download", params={"path": "/c"}).content == b"new c"
+    # Naming the entries that are there: both go ahead.
+    ok = http.post(
+        "/api/v1/move",
+        json={"from": "/c.tmp", "to": "/c", "mode": "replace", "src_id": tmp["id"],
+              "dst_id": new["id"]},
+    )  # fmt: skip
+    assert (ok.status_code, ok.json()["id"], ok.json()["rev"]) == (200, new["id"], 2)
+    done = http.post("/api/v1/delete", json={"path": "/c", "id": new["id"]})
+    assert done.status_code == 200
+
+
 def test_rename_over_keeps_other_kinds_as_before(http: httpx.Client) -> None:
     for p in ["/d1", "/d2"]:
         http.post("/api/v1/mkdir", json={"path": p})
@@ -185,9 +220,10 @@ async def test_remote_client_sends_revisions_and_maps_no_parent(
         await remote.aclose()
 
 
-def test_rename_over_releases_the_source_history(tmp_path: Path) -> None:
-    """The source's versions drop their block references (not trashed), the target's new
-    revision takes one, and revisions_kept still caps the target's history."""
+def test_rename_over_carries_the_source_history_within_revisions_kept(tmp_path: Path) -> None:
+    """The source's versions become the target's newest ones with their block references
+    (nothing is trashed or counted twice), and revisions_kept still caps the target's
+    history: here the target's own two older versions are pruned."""
     admin.add_user(tmp_path, "ro", "pw")
     db = Database(tmp_path, threads=2)
     try:
@@ -219,7 +255,7 @@ def test_rename_over_releases_the_source_history(tmp_path: Path) -> None:
         save("/s", "s1", None)
         save("/s", "s2", 1)
         rec = db.call(moves.move, actor, "/s", "/t", "replace", keep=limits.revisions_kept)
-        assert (rec.rev, rec.blocks) == (3, ((ids["s2"], len(datas["s2"])),))
+        assert (rec.rev, rec.blocks) == (4, ((ids["s2"], len(datas["s2"])),))
 
         def refcounts() -> dict[str, int]:
             rows = db.call(
@@ -230,13 +266,16 @@ def test_rename_over_releases_the_source_history(tmp_path: Path) -> None:
             by_id = {str(r[0]): int(r[1]) for r in rows}
             return {name: by_id.get(bid, -1) for name, bid in ids.items()}
 
-        # t1 pruned (2 kept: t2 and the new one), s1 with the source's history, s2 held once
-        # by the target's new revision.
-        assert refcounts() == {"t1": 0, "t2": 1, "s1": 0, "s2": 1}
-        assert db.call(versions.revisions, ns_id, "/t", 10)[0].revision == 3
-        assert len(db.call(versions.revisions, ns_id, "/t", 10)) == 2
+        # 2 kept: s1 and s2, now revisions 3 and 4 of /t; t1 and t2 pruned.
+        assert refcounts() == {"t1": 0, "t2": 0, "s1": 1, "s2": 1}
+        kept = db.call(versions.revisions, ns_id, "/t", 10)
+        assert [(v.revision, v.content_hash) for v in kept] == [
+            (4, hashlib.sha256(datas["s2"]).hexdigest()),
+            (3, hashlib.sha256(datas["s1"]).hexdigest()),
+        ]
         time.sleep(0.05)
         assert blocks.collect_sync(grace_seconds=0.01) == 2
         assert blocks.get_plain_sync(who, ids["s2"]) == datas["s2"]
+        assert blocks.get_plain_sync(who, ids["s1"]) == datas["s1"]
     finally:
         db.close()

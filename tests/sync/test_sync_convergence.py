@@ -66,11 +66,6 @@ def test_a_folder_delete_loses_to_a_file_added_elsewhere(
     assert final == {"D/": "dir", "D/g": _sha(b"B's new file\n")}, final
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="product bug: a folder renamed over a folder that is no longer empty on the "
-    "server (409 not_empty) is parked for ever (syncd/uploader.py Uploader._move)",
-)
 def test_a_folder_renamed_over_a_folder_filled_elsewhere_keeps_both(
     a_offline_b: tuple[MountProcess, MountProcess, TcpProxy],
 ) -> None:
@@ -155,12 +150,6 @@ def test_a_write_through_a_handle_opened_before_a_remote_delete_is_kept(
     assert _sha(b"A's edit\n") in final.values(), final
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="product bug: a rename over a file, whose source was deleted elsewhere meanwhile, "
-    "re-creates the content at the target with base_rev null; the server answers 409 "
-    "(name taken) and the move is parked for ever (syncd/uploader.py Uploader._recreate_at)",
-)
 def test_a_rename_over_a_file_whose_source_was_deleted_elsewhere_is_kept(
     a_offline_b: tuple[MountProcess, MountProcess, TcpProxy],
 ) -> None:
@@ -182,12 +171,6 @@ def test_a_rename_over_a_file_whose_source_was_deleted_elsewhere_is_kept(
     assert final == {"d.txt": _sha(b"C content\n")}, final
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="product bug: renames go out without src_rev, so a device's rename moves whatever "
-    "file another device put at that path meanwhile (mountfs/vfs.py rename, "
-    "syncd/uploader.py Uploader._move)",
-)
 def test_a_rename_does_not_move_a_file_another_device_put_at_the_old_name(
     a_offline_b: tuple[MountProcess, MountProcess, TcpProxy],
 ) -> None:
