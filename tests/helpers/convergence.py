@@ -294,13 +294,11 @@ class Result:
     found_history: int = 0
     found_trash: int = 0
     coalesced: int = 0
-    gaps: int = 0
     spells: int = 0
     kills: int = 0
     seconds: float = 0.0
     converge_seconds: float = 0.0
     failures: list[str] = field(default_factory=list)
-    warnings: list[str] = field(default_factory=list)
     report: str = ""
     log: str = ""
 
@@ -310,7 +308,7 @@ class Result:
             f"seed {self.seed}: {verdict}  ops={self.ops_done} acked={self.acked} "
             f"must-find={self.must_find} (live {self.found_live}, history "
             f"{self.found_history}, trash {self.found_trash}) coalesced={self.coalesced} "
-            f"gaps={self.gaps} offline-spells={self.spells} kills={self.kills} "
+            f"offline-spells={self.spells} kills={self.kills} "
             f"converged-in={self.converge_seconds:.1f}s seconds={self.seconds:.1f}"
         )
 
@@ -502,7 +500,6 @@ class Run:
         self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="convergence-op")
         self._token = ""
         self._abort = False
-        self._file_ids: set[int] = set()
         self._by_id: dict[int, list[dict[str, Any]]] = {}
 
     # -- lifecycle ----------------------------------------------------------------------
@@ -932,10 +929,6 @@ class Run:
                 " WHERE v.ns_id = ? AND v.state = 'done' AND f.deleted_at IS NOT NULL",
                 (ns,),
             ).fetchall()
-            self._file_ids = {
-                int(r[0])
-                for r in conn.execute("SELECT id FROM files WHERE ns_id = ?", (ns,)).fetchall()
-            }
         finally:
             conn.close()
         for fid, troot, rev, h in rows:
@@ -995,31 +988,15 @@ class Run:
             if not commits:
                 res.failures.append(f"LOST: {label}: never committed to the server")
                 continue
-            fids = {int(e["file"]["id"]) for e in commits}
             story = ", ".join(
                 f"seq {e['seq']} {e['op']} {e['file']['path']} rev "
                 f"{e['file']['rev']} id {e['file']['id']} by {e['device']}"
                 for e in commits
             )
-            if not fids & self._file_ids:
-                res.gaps += 1
-                after = [
-                    f"seq {e['seq']} {e['op']} {e['file']['path']} rev {e['file']['rev']} by "
-                    f"{e['device']}"
-                    for fid in sorted(fids)
-                    for e in self._by_id.get(fid, [])
-                    if e["seq"] > max(c["seq"] for c in commits)
-                ]
-                res.warnings.append(
-                    f"GAP: {label}: committed ({story}) but the file was later removed with "
-                    "its history by a rename over another file (docs/protocol.md 'Rename-over');"
-                    f" later journal entries of that file: {'; '.join(after)}"
-                )
-            else:
-                res.failures.append(
-                    f"LOST: {label}: committed ({story}) but no longer on the "
-                    "server (not live, in no revision, not in the trash)"
-                )
+            res.failures.append(
+                f"LOST: {label}: committed ({story}) but no longer on the "
+                "server (not live, in no revision, not in the trash)"
+            )
 
     # -- the report ---------------------------------------------------------------------------
 
@@ -1057,7 +1034,6 @@ class Run:
             *self.result.failures,
             "",
         ]
-        lines += self.result.warnings
         lines.append(self.op_log())
         try:
             statuses, trees, srv = self._snapshot()
@@ -1172,11 +1148,6 @@ def main(argv: list[str] | None = None) -> int:
             print(res.summary(), flush=True)
             if args.verbose:
                 print(res.log, flush=True)
-            if res.warnings:
-                notes = out / f"seed-{seed}-gaps.txt"
-                notes.write_text("\n".join(res.warnings) + "\n")
-                print(f"  {len(res.warnings)} documented gap(s) (acknowledged writes dropped "
-                      f"with a rename-over source's history): {notes}", flush=True)  # fmt: skip
             if res.ok:
                 if not args.keep:
                     shutil.rmtree(root, ignore_errors=True)
