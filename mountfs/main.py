@@ -96,6 +96,7 @@ async def _serve(home: Home, mountpoint: Path, cache_bytes: int, allow_other: bo
         sync = _Sync(uploader, follower, activity, mirror, quota)
         vfs = Vfs(state, content, tree, uploader, quota=lambda: (quota[0], quota[1]))
         uploader.open_for_writing = vfs.open_for_writing
+        uploader.release_unlinked = vfs.release_unlinked
         applier.open_for_writing = vfs.open_for_writing
         content.room = lambda: quota[0] - quota[1]
         uploader.requeue_unqueued()

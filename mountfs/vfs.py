@@ -222,19 +222,22 @@ class Vfs:
                 continue
             self._lookups.pop(ino, None)
             self._kernel_version.pop(ino, None)
-            self._maybe_drop(ino)
+            self.release_unlinked(ino)
 
-    def _maybe_drop(self, ino: int) -> None:
-        """Free an unlinked inode once the kernel forgot it and nobody has it open."""
+    def release_unlinked(self, ino: int) -> None:
+        """Free an unlinked inode once the kernel forgot it, nobody has it open and no
+        queued op names it."""
         if ino == ROOT_INO or self._lookups.get(ino) or self._open_count.get(ino):
             return
         node = self.state.node(ino)
         if node is None or node.linked:
             return
         self.content.discard(node)
-        if any(op.ino == ino for _, op in self.state.ops()):
-            return  # its record stays while its delete is queued: the server id and the
-            # revision it names (a change from elsewhere must not bring it back meanwhile)
+        queued = [op for _, op in self.state.ops()] + [op for _, op, _, _ in self.state.parked()]
+        if any(ino in (op.ino, getattr(op, "dst_ino", None)) for op in queued):
+            return  # its record stays while an op naming it is queued (or parked): the server
+            # id and the revision it names (a change from elsewhere must not bring it back
+            # meanwhile); the uploader calls this again once the op is done
         with self.state.write() as w:
             w.delete_node(ino)
 
@@ -360,7 +363,7 @@ class Vfs:
             w.put_node(pnode)
             w.add_op(Delete(node.ino, path, base_rev=node.rev if node.kind == "file" else None))
         self._wake()
-        self._maybe_drop(node.ino)
+        self.release_unlinked(node.ino)
 
     async def rename(self, p_old: int, raw_old: bytes, p_new: int, raw_new: bytes,
                      flags: int) -> None:  # fmt: skip
@@ -429,7 +432,7 @@ class Vfs:
                           dst.server_id if dst else None))  # fmt: skip
         self._wake()
         if dst is not None and mode == "replace":
-            self._maybe_drop(dst.ino)
+            self.release_unlinked(dst.ino)
 
     # -- directories --------------------------------------------------------------------
 
@@ -590,7 +593,7 @@ class Vfs:
             node = self.state.node(handle.ino)
             if node is not None and node.dirty is None:
                 self.content.close_fd(handle.ino)
-            self._maybe_drop(handle.ino)
+            self.release_unlinked(handle.ino)
 
     # -- the rest -----------------------------------------------------------------------
 

@@ -60,6 +60,7 @@ class Harness:
         self.uploader = Uploader(self.state, self.content, self.remote, self.cache, "devT")  # type: ignore[arg-type]
         self.vfs = Vfs(self.state, self.content, self.tree, self.uploader, uid=0, gid=0)
         self.uploader.open_for_writing = self.vfs.open_for_writing
+        self.uploader.release_unlinked = self.vfs.release_unlinked
         self.model: dict[str, bytes] = {}
         self.rng = rng
         self.want_inside = False
@@ -215,6 +216,8 @@ async def test_local_state_vfs_and_uploader_follow_the_model(
                     await h.uploader.wait_idle()
                 nursery.cancel_scope.cancel()
             assert h.state.parked() == [], h.state.parked()
+            # nothing changed is left behind unqueued (status would say 0 pending)
+            assert [n.ino for n in h.state.dirty_nodes() if n.linked] == []
             on_server = h.remote.tree()
             files = {p[1:]: c for p, c in on_server.items() if c is not None}
             assert files == h.model, (sorted(files), sorted(h.model))
@@ -245,3 +248,34 @@ async def test_truncate_and_extend_racing_a_commit_answer_read_zeros() -> None:
                 assert h.remote.tree()["/a"] == bytes([1]) * 10_000 + bytes(65_000) + b"\x02"
             finally:
                 h.close()
+
+
+async def test_a_changed_file_with_nothing_queued_is_queued_again_once() -> None:
+    """The safety net behind "0 pending" (run at start and every minute): a changed file
+    whose commit is neither queued nor parked gets one; a parked one is not doubled."""
+    with tempfile.TemporaryDirectory() as tmp:
+        h = Harness(Path(tmp), random.Random(0))
+        try:
+            await h.write("a", 0, 1000, 7)
+            ((seq, op),) = h.state.ops()
+            with h.state.write() as w:
+                w.delete_op(seq)  # what a bug (seed 214 of the convergence runs) left behind
+            assert h.uploader.requeue_unqueued() == 1
+            assert [(type(o).__name__, o.ino) for _, o in h.state.ops()] == [("Commit", op.ino)]
+            assert h.uploader.requeue_unqueued() == 0
+            ((seq, op),) = h.state.ops()
+            with h.state.write() as w:
+                w.park(seq, op, "over quota")
+            assert h.uploader.requeue_unqueued() == 0
+            with h.state.write() as w:
+                w.unpark_all()
+            async with trio.open_nursery() as nursery:
+                await nursery.start(h.fetcher.run)
+                await nursery.start(h.uploader.run)
+                with trio.fail_after(30):
+                    await h.uploader.wait_idle()
+                nursery.cancel_scope.cancel()
+            assert h.remote.tree()["/a"] == bytes([7]) * 1000
+            assert h.state.dirty_nodes() == []
+        finally:
+            h.close()
