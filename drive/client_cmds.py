@@ -231,14 +231,16 @@ def _forget_other_account(home: Home, url: str, user: str) -> None:
         from syncd.state import StateDB
 
         st = StateDB(home.state_path)
-        try:
-            pending = st.op_count()
+        try:  # queued, parked (refused for now) or written but not queued: all unsynced
+            changed = {n.ino for n in st.dirty_nodes() if n.linked}
+            pending = st.op_count() + len(st.parked()) + len(changed)
         finally:
             st.close()
         if pending:
             raise UserError(
-                f"{pending} local changes of the previous login are not uploaded yet; "
-                "mount and let them sync, or use another --home"
+                f"local changes of the previous login are not uploaded yet ({pending} "
+                "queued, not synced or changed); mount and let them sync (`drive status`), "
+                "or use another --home"
             )
     for path in (home.state_path, home.cache_path, home.dirty_path):
         shutil.rmtree(path, ignore_errors=True)

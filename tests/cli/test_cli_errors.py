@@ -174,3 +174,33 @@ def test_server_on_a_busy_port_or_unknown_host_is_one_line(home, tmp_path):
     done = drive(home, "server", "serve", "--data", str(tmp_path / "nohost"),
                  "--listen", "no-such-host.invalid:8443")  # fmt: skip
     assert_one_line(done, "cannot listen on no-such-host.invalid:8443")
+
+
+def test_login_as_another_user_keeps_a_home_with_unsynced_changes(
+    shared_server: ServerProcess, tmp_path: Path
+) -> None:
+    """Switching accounts drops the local state, so it is refused while that state holds a
+    change the server refused for now (parked, not in the queue any more)."""
+    from syncd.home import Home
+    from syncd.queue_ops import Commit
+    from syncd.state import StateDB
+    from tests.helpers.mount_proc import login_home
+
+    for name in ("swap1", "swap2"):
+        shared_server.add_user(name, "pw-" + name)
+    home = Home(login_home(shared_server, tmp_path / "home", "swap1", "pw-swap1"))
+    st = StateDB(home.state_path)
+    try:
+        with st.write() as w:
+            seq = w.add_op(Commit(5, "/big.iso"))
+        with st.write() as w:
+            w.park(seq, Commit(5, "/big.iso"), "over quota")
+    finally:
+        st.close()
+    with pytest.raises(RuntimeError, match="not uploaded yet"):
+        login_home(shared_server, home.root, "swap2", "pw-swap2")
+    st = StateDB(home.state_path)
+    try:
+        assert [(op.path, why) for _, op, why, _ in st.parked()] == [("/big.iso", "over quota")]
+    finally:
+        st.close()
