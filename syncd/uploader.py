@@ -100,9 +100,8 @@ class Uploader:
         the file is at most this big (None: always). A large file streamed into the drive
         would otherwise evict what the cache holds for reading, and writing it to the cache
         as well as to the dirty file and the server makes the kernel write back
-        gigabytes during the upload: a 1 GiB `cp` until durable took 9.9-10.9 s with the cache
-        copy and 7.9-8.0 s without (two runs each). Its pages stay in the kernel's page cache;
-        once those are gone, reading it again fetches it from the server."""
+        gigabytes during the upload (docs/performance.md). Its pages stay in the kernel's page
+        cache; once those are gone, reading it again fetches it from the server."""
         self.cache_files_up_to = cache_files_up_to
         self.open_for_writing: Callable[[int], bool] = lambda ino: False
         """Set by the mount: whether a file still has handles that may write to it."""
