@@ -22,7 +22,7 @@ import logging
 from collections.abc import Callable
 
 from blockstore.wire import Change, FileRecord
-from syncd.queue_ops import Commit
+from syncd.queue_ops import Commit, Move
 from syncd.state import ROOT_INO, Node, StateDB, Writer
 from syncd.tree import node_from_record
 
@@ -61,11 +61,14 @@ class ChangeApplier:
         self._inodes: list[int] = []
 
     def queue_sets(self) -> tuple[set[int], set[int]]:
-        """`(busy, pending)`: inodes with queued or parked namespace operations, and inodes
-        with any queued or parked operation (commits included)."""
+        """`(busy, pending)`: inodes with queued or parked namespace operations (the file a
+        queued rename replaced included: the move will tell the server, and until then it
+        must not come back over the renamed file), and inodes with any queued or parked
+        operation (commits included)."""
         queued = [op for _, op in self.state.ops()]
         queued += [op for _, op, _, _ in self.state.parked()]
         busy = {op.ino for op in queued if not isinstance(op, Commit)}
+        busy |= {op.dst_ino for op in queued if isinstance(op, Move) and op.dst_ino is not None}
         return busy, {op.ino for op in queued}
 
     def apply_all(self, changes: list[Change]) -> int:
@@ -241,7 +244,8 @@ class ChangeApplier:
         if node.ino not in busy and (where != (parent.ino, rec.name) or not node.linked):
             target = self.state.lookup(parent.ino, rec.name)
             other = self.state.node(target) if target is not None and target != node.ino else None
-            if other is not None and (other.server_id is None or other.dirty is not None):
+            if other is not None and (other.server_id is None or other.dirty is not None
+                                      or other.ino in self._pending):  # fmt: skip
                 return  # a local entry holds that name; its upload sorts it out
             if other is not None:
                 other.linked = False

@@ -279,7 +279,11 @@ class ConflictResolver:
         if self.state.lookup(parent, rec.name) is not None:
             return
         with self.state.write() as w:
-            node = node_from_record(w.next_ino(), parent, rec)
+            if known is not None and not known.linked and known.dirty is None:
+                node = node_from_record(known.ino, parent, rec)  # the inode it had here (a
+                node.version = known.version + 1  # second one would map the same server id)
+            else:
+                node = node_from_record(w.next_ino(), parent, rec)
             w.put_node(node)
             w.link(parent, rec.name, node.ino)
         if self.on_entry is not None:

@@ -191,3 +191,26 @@ def test_a_rename_does_not_move_a_file_another_device_put_at_the_old_name(
     final = converge(a, b)
     assert final.get("c.txt") == _sha(b"B's new C\n"), final
     assert final.get("e.txt") == _sha(b"old C\n"), final
+
+
+def test_a_rename_over_a_file_edited_elsewhere_keeps_both_after_the_feed_catches_up(
+    a_offline_b: tuple[MountProcess, MountProcess, TcpProxy],
+) -> None:
+    """Seed 301 of `scripts/convergence --ops 500`, op 497. A (offline) renames `y.txt` over
+    `x.txt`; B edits `x.txt`. Back online, A's change feed applies B's edit before A's
+    queued move is sent: it must not put the replaced `x.txt` back over A's renamed file
+    (which then vanished from A: the move went out as a conflicted copy A never showed)."""
+    a, b, proxy = a_offline_b
+    (b.mnt / "x.txt").write_bytes(b"x v1\n")
+    (b.mnt / "y.txt").write_bytes(b"y content\n")
+    wait_for(lambda: read_or_none(a.mnt / "x.txt") == b"x v1\n", "x.txt on A")
+    wait_for(lambda: read_or_none(a.mnt / "y.txt") == b"y content\n", "y.txt on A")
+    go_offline(a, proxy)
+    os.rename(a.mnt / "y.txt", a.mnt / "x.txt")
+    (b.mnt / "x.txt").write_bytes(b"x v2 from B\n")
+    b.wait_synced()
+    proxy.restore()
+    final = converge(a, b)
+    assert final.get("x.txt") == _sha(b"x v2 from B\n"), final
+    assert _sha(b"y content\n") in final.values(), final
+    assert len(final) == 2, final

@@ -299,6 +299,40 @@ async def test_local_edits_and_queued_moves_win_over_remote_changes(state: State
     assert json.dumps(node.to_json())
 
 
+def test_a_file_renamed_over_here_is_not_put_back_by_a_remote_edit(state: StateDB) -> None:
+    """Seed 301 of the convergence runs: `y.txt` renamed over `x.txt` here (the move still
+    queued), then the feed brings an edit of the replaced `x.txt`. The move will tell the
+    server (and lose to the edit: a conflicted copy); until then `x.txt` here stays the
+    renamed file, which must not be pushed out of the tree (it vanished from this device)."""
+    from syncd.queue_ops import Move
+
+    applier = ChangeApplier(state, "me")
+    applier.apply_all([
+        Change.from_json(_change(1, "create", _rec(80, 1, "/x.txt"))),
+        Change.from_json(_change(2, "create", _rec(59, 1, "/y.txt", size=2))),
+    ])  # fmt: skip
+    replaced, renamed = state.node(80), state.node(59)
+    assert replaced is not None
+    assert renamed is not None
+    with state.write() as w:  # what Vfs.rename does
+        w.unlink(ROOT_INO, "x.txt")
+        replaced.linked = False
+        w.put_node(replaced)
+        w.unlink(ROOT_INO, "y.txt")
+        renamed.name = "x.txt"
+        w.link(ROOT_INO, "x.txt", 59)
+        w.put_node(renamed)
+        w.add_op(Move(59, "/y.txt", "/x.txt", "replace", 1, 80, 80))
+    applier.apply_all([Change.from_json(_change(3, "update", _rec(80, 1, "/x.txt", rev=2)))])
+    assert state.lookup(ROOT_INO, "x.txt") == 59
+    shown = state.node(59)
+    assert shown is not None
+    assert shown.linked
+    gone = state.node(80)
+    assert gone is not None
+    assert not gone.linked
+
+
 def test_queue_sequence_numbers_are_never_reused(tmp_path: Path) -> None:
     state = StateDB(tmp_path / "seq-state")
     with state.write() as w:
