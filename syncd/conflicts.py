@@ -216,6 +216,9 @@ class ConflictResolver:
             w.put_node(node)
             if not node.linked:
                 w.unlink(node.parent, node.name)
+        if node.linked and cur.kind == "file" and cur.path != path:
+            self._relocate(node, cur)  # the server's version is elsewhere now (renamed
+            # there): show it there, as the change feed (which was held back) would have
         if self.on_entry is not None:
             self.on_entry(parent_ino, rec.name, rec.id)
         if self.on_changed is not None:
@@ -239,10 +242,12 @@ class ConflictResolver:
             node.version += 1
             w.put_node(node)
             w.link(parent_ino, rec.name, node.ino)
-            if cur.kind == "file" and holder in (None, node.ino):
-                theirs = node_from_record(w.next_ino(), old_parent, cur)
+            theirs_at = self._dir_ino(_parent(cur.path), -1), cur.name
+            free = self.state.lookup(*theirs_at) in (None, node.ino) and theirs_at[0] >= 0
+            if cur.kind == "file" and free:  # where the server has it (renamed there, maybe)
+                theirs = node_from_record(w.next_ino(), theirs_at[0], cur)
                 w.put_node(theirs)
-                w.link(old_parent, old_name, theirs.ino)
+                w.link(*theirs_at, theirs.ino)
         old_path = path_of_parent_name(old_parent, old_name, self.state)
         self.retarget_ops(node.ino, old_path, rec.path)
         with self.state.write() as w:  # the op being resolved ends with this call

@@ -214,3 +214,28 @@ def test_a_rename_over_a_file_edited_elsewhere_keeps_both_after_the_feed_catches
     assert final.get("x.txt") == _sha(b"x v2 from B\n"), final
     assert _sha(b"y content\n") in final.values(), final
     assert len(final) == 2, final
+
+
+def test_an_edit_of_a_file_moved_and_edited_elsewhere_ends_beside_it(
+    a_offline_b: tuple[MountProcess, MountProcess, TcpProxy],
+) -> None:
+    """Seed 401 of `scripts/convergence --ops 500`: A (offline) edits `c.txt`; B moves it
+    into `x/` and edits it. A's commit is a conflict: A's edit becomes a conflicted copy
+    beside the file (in `x/`), and A shows the file where the server has it now, not at the
+    old name (where it stayed, with B's content, on A only)."""
+    a, b, proxy = a_offline_b
+    (b.mnt / "c.txt").write_bytes(b"c v1\n")
+    wait_for(lambda: read_or_none(a.mnt / "c.txt") == b"c v1\n", "c.txt on A")
+    go_offline(a, proxy)
+    (a.mnt / "c.txt").write_bytes(b"A's edit\n")
+    (b.mnt / "x").mkdir()
+    os.rename(b.mnt / "c.txt", b.mnt / "x" / "c.txt")
+    (b.mnt / "x" / "c.txt").write_bytes(b"B's edit\n")
+    b.wait_synced()
+    proxy.restore()
+    final = converge(a, b)
+    assert final.get("x/c.txt") == _sha(b"B's edit\n"), final
+    copies = [p for p, h in final.items() if h == _sha(b"A's edit\n")]
+    assert len(copies) == 1, final
+    assert copies[0].startswith("x/c (conflicted copy from"), final
+    assert "c.txt" not in final, final

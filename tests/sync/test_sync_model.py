@@ -279,3 +279,37 @@ async def test_a_changed_file_with_nothing_queued_is_queued_again_once() -> None
             assert h.state.dirty_nodes() == []
         finally:
             h.close()
+
+
+async def test_an_edit_of_a_file_moved_and_edited_elsewhere_shows_it_where_it_went() -> None:
+    """Seed 401 of the convergence runs, the order the e2e test rarely gets: the commit of
+    a local edit reaches the server before the change feed tells of the file's move and
+    edit elsewhere. Ours becomes a conflicted copy beside the file (in x/), and the mount
+    shows the server's version where the server has it (x/c), not at the old name."""
+    with tempfile.TemporaryDirectory() as tmp:
+        h = Harness(Path(tmp), random.Random(0))
+        try:
+            async with trio.open_nursery() as nursery:
+                await nursery.start(h.fetcher.run)
+                await nursery.start(h.uploader.run)
+                await h.vfs.mkdir(ROOT_INO, b"x", 0o755)
+                await h.write("c", 0, 100, 1)
+                with trio.fail_after(30):
+                    await h.uploader.wait_idle()
+                rec = await h.remote.move("/c", "/x/c", "noreplace")  # another device
+                blocks = list((await h.remote.meta(path="/x/c")).blocks or [])
+                await h.remote.commit("/x/c", rec.rev, blocks, 100, 1, 0o644, "other-1")
+                await h.write("c", 0, 100, 2)  # here, before the feed tells of it
+                with trio.fail_after(30):
+                    await h.uploader.wait_idle()
+                nursery.cancel_scope.cancel()
+            on_server = h.remote.tree()
+            copies = [p for p, c in on_server.items() if c == bytes([2]) * 100]
+            assert len(copies) == 1, sorted(on_server)
+            assert copies[0].startswith("/x/c (conflicted copy"), sorted(on_server)
+            x = (await h.vfs.lookup(ROOT_INO, b"x")).ino
+            shown = {name for name, _ in h.state.children(x)}
+            assert shown == {"c", copies[0][3:]}, shown
+            assert h.state.lookup(ROOT_INO, "c") is None
+        finally:
+            h.close()
