@@ -585,6 +585,8 @@ class Vfs:
             else:
                 del self._writers[handle.ino]
                 self._wake()  # a commit of this file may be waiting for its last writer
+                if self.tree.reconciler is not None:  # a delete from elsewhere may wait too
+                    self.tree.reconciler.writers_done(handle.ino)
         left = self._open_count.get(handle.ino, 1) - 1
         if left:
             self._open_count[handle.ino] = left

@@ -57,6 +57,8 @@ class ChangeApplier:
         """Set by the mount: a file deleted elsewhere stays while a handle may write to it
         (its writes and close() are acknowledged; the next commit brings it back)."""
         self._pending: set[int] = set()
+        self._held: set[int] = set()
+        """Files deleted elsewhere that stayed only for a handle that may write to them."""
         self._entries: list[tuple[int, str, int]] = []
         self._inodes: list[int] = []
 
@@ -169,9 +171,30 @@ class ChangeApplier:
         else:
             self._update(w, node, parent, rec, busy)
 
+    def gone(self, ino: int) -> None:
+        """The server no longer has file `ino` (a read found it gone, or its delete was
+        held back for a handle that has now closed without writing): remove it here by
+        the usual rules (kept if it has local changes: their upload brings it back)."""
+        self._held.discard(ino)
+        node = self.state.node(ino)
+        if node is None or not node.linked:
+            return
+        busy, pending = self.queue_sets()
+        self._pending = busy | pending
+        with self.state.write() as w:
+            self._remove(w, node, busy)
+        self.announce()
+
+    def writers_done(self, ino: int) -> None:
+        """The last handle that could write to `ino` closed (called by the mount)."""
+        if ino in self._held:
+            self.gone(ino)
+
     def _remove(self, w: Writer, node: Node, busy: set[int]) -> None:
         if node.ino == ROOT_INO or not node.linked:
             return
+        if node.dirty is None and node.ino not in busy and self.open_for_writing(node.ino):
+            self._held.add(node.ino)  # removed when the handle closes unwritten
         if node.dirty is not None or node.ino in busy or self.open_for_writing(node.ino):
             log.info("%s was deleted elsewhere but has local changes; keeping it", node.name)
             return

@@ -8,6 +8,7 @@ with the server down, never wait for the network.
 
 from __future__ import annotations
 
+import errno
 import logging
 import time
 from typing import TYPE_CHECKING
@@ -152,8 +153,13 @@ class TreeSync:
             return
         if self.remote is None:
             raise errors.Offline("no server configured")
-        with trio.fail_after(LIST_TIMEOUT_S * 2):
-            rec = await self.remote.meta(file_id=node.server_id)
+        try:
+            with trio.fail_after(LIST_TIMEOUT_S * 2):
+                rec = await self.remote.meta(file_id=node.server_id)
+        except errors.NotFound:
+            if self.reconciler is not None:  # deleted elsewhere and the feed did not say
+                self.reconciler.gone(node.ino)
+            raise FileNotFoundError(errno.ENOENT, f"{node.name} was deleted elsewhere") from None
         node.set_blocks(list(rec.blocks or ()))
         if rec.rev != node.rev or rec.size != node.size:
             node.version += 1

@@ -239,3 +239,25 @@ def test_an_edit_of_a_file_moved_and_edited_elsewhere_ends_beside_it(
     assert len(copies) == 1, final
     assert copies[0].startswith("x/c (conflicted copy from"), final
     assert "c.txt" not in final, final
+
+
+def test_a_handle_opened_before_a_remote_delete_and_closed_unwritten_lets_it_go(
+    a_offline_b: tuple[MountProcess, MountProcess, TcpProxy],
+) -> None:
+    """Seed 501 of `scripts/convergence --ops 500`: the counterpart of the test above. A
+    opens `f.txt` for writing, B deletes it, A closes without writing. The delete held back
+    for the handle applies at close: A stops showing a file the server no longer has
+    (reading it failed with EIO for ever, and the trees never converged)."""
+    a, b, _ = a_offline_b
+    (b.mnt / "f.txt").write_bytes(b"v1\n")
+    wait_for(lambda: read_or_none(a.mnt / "f.txt") == b"v1\n", "f.txt on A")
+    fd = os.open(a.mnt / "f.txt", os.O_RDWR)
+    try:
+        (b.mnt / "f.txt").unlink()
+        b.wait_synced()
+        wait_for(lambda: "delete /f.txt" in a.log_text() or None, "A learning of the delete")
+        assert (a.mnt / "f.txt").exists()  # held for the handle
+    finally:
+        os.close(fd)
+    wait_for(lambda: not (a.mnt / "f.txt").exists() or None, "f.txt gone from A")
+    assert converge(a, b) == {}
