@@ -4,8 +4,10 @@ merged into the local tree here, by one set of rules.
 Changes are applied one at a time, in journal order, each in its own write transaction; a
 listing of one folder in one transaction (`merge_listing`). Rules:
 - Changes this mount's uploader made (the change names its client id) are skipped: the
-  uploader already put their result here. Every other change applies, this device's own
-  made elsewhere included (`drive restore`, the API, the web app, with the same token).
+  uploader already put their result here; so are changes of the same entry that come
+  before such a change in the batch (its result already includes them). Every other
+  change applies, this device's own made elsewhere included (`drive restore`, the API,
+  the web app, with the same token).
 - Local work wins where it must: a file with unsynced edits keeps them (its commit then
   resolves the conflict, `syncd.conflicts`), and a node with queued operations is not moved
   or removed under them (the queue has not told the server yet). A remotely deleted file
@@ -89,10 +91,14 @@ class ChangeApplier:
         """
         busy, pending = self.queue_sets()
         self._pending = busy | pending
+        own = {ch.file.id: ch.seq for ch in changes if ch.client == self.client_id}
         n = 0
         for ch in changes:
             if ch.client == self.client_id:
                 continue  # made by this mount's uploader, which applied its result itself
+            if own.get(ch.file.id, -1) > ch.seq:
+                continue  # older than this mount's own later change of that entry, whose
+                # result is here already (it would move the entry back where it was)
             n += 1
             try:
                 with self.state.write() as w:

@@ -333,6 +333,31 @@ def test_a_file_renamed_over_here_is_not_put_back_by_a_remote_edit(state: StateD
     assert not gone.linked
 
 
+def test_a_change_older_than_this_mounts_own_later_change_is_not_applied(
+    state: StateDB,
+) -> None:
+    """Seed 601 of the convergence runs: C moved file 51 (seq 2), then this mount's queued
+    move followed it and put it under its own name (seq 3, its result already here). The
+    feed brings both; C's older move must not put the file back under C's name."""
+    applier = ChangeApplier(state, "me")
+    applier.apply_all([Change.from_json(_change(1, "create", _rec(51, 1, "/a")))])
+    node = state.node(51)
+    assert node is not None
+    with state.write() as w:  # what the uploader did after its move was answered
+        w.unlink(ROOT_INO, "a")
+        node.name = "a (mine)"
+        w.link(ROOT_INO, "a (mine)", 51)
+        w.put_node(node)
+    applier.apply_all([
+        Change.from_json(_change(2, "move", _rec(51, 1, "/a (theirs)"))),
+        Change.from_json(_change(3, "move", _rec(51, 1, "/a (mine)"), device="me", client="me")),
+        Change.from_json(_change(4, "create", _rec(52, 1, "/b"))),
+    ])  # fmt: skip
+    assert state.lookup(ROOT_INO, "a (mine)") == 51
+    assert state.lookup(ROOT_INO, "a (theirs)") is None
+    assert state.lookup(ROOT_INO, "b") == 52
+
+
 def test_queue_sequence_numbers_are_never_reused(tmp_path: Path) -> None:
     state = StateDB(tmp_path / "seq-state")
     with state.write() as w:
