@@ -105,6 +105,10 @@ class Uploader:
         self.cache_files_up_to = cache_files_up_to
         self.open_for_writing: Callable[[int], bool] = lambda ino: False
         """Set by the mount: whether a file still has handles that may write to it."""
+        self.relist_folder: Callable[[int], None] = lambda ino: None
+        """Set by the mount: list a folder again (in the background), here one created
+        here whose name the server already had as a folder (adopted: it may hold entries
+        this device never heard of, since it showed its own empty folder)."""
         self.release_unlinked: Callable[[int], None] = lambda ino: None
         """Set by the mount: drop the record of a removed file that nothing uses any more
         (called once the last queued op naming it is done)."""
@@ -395,6 +399,12 @@ class Uploader:
             except errors.Exists:
                 rec = await self.remote.meta(path=op.path)
                 if rec.kind == want:
+                    if node is not None and want == "dir":
+                        self._adopt(node.ino, rec)
+                        node.listed = False
+                        with self.state.write() as w:
+                            w.put_node(node)
+                        self.relist_folder(node.ino)
                     return rec
                 if node is None:
                     raise

@@ -261,3 +261,23 @@ def test_a_handle_opened_before_a_remote_delete_and_closed_unwritten_lets_it_go(
         os.close(fd)
     wait_for(lambda: not (a.mnt / "f.txt").exists() or None, "f.txt gone from A")
     assert converge(a, b) == {}
+
+
+def test_a_folder_made_on_two_devices_shows_both_devices_files(
+    a_offline_b: tuple[MountProcess, MountProcess, TcpProxy],
+) -> None:
+    """Seed 601 of `scripts/convergence --ops 500`: A (offline) and B each create folder `D`
+    with a file in it. A's mkdir finds B's folder and adopts it; A must then list it (B's
+    file was announced while A's `D` had no server id, so the change feed could not place
+    it, and A showed only its own file for ever)."""
+    a, b, proxy = a_offline_b
+    go_offline(a, proxy)
+    (a.mnt / "D").mkdir()
+    (a.mnt / "D" / "a.txt").write_bytes(b"A's file\n")
+    (b.mnt / "D").mkdir()
+    (b.mnt / "D" / "b.txt").write_bytes(b"B's file\n")
+    b.wait_synced()
+    proxy.restore()
+    final = converge(a, b)
+    assert final == {"D/": "dir", "D/a.txt": _sha(b"A's file\n"),
+                     "D/b.txt": _sha(b"B's file\n")}, final  # fmt: skip
