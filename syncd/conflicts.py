@@ -206,6 +206,7 @@ class ConflictResolver:
                 w.link(parent_ino, rec.name, rec.id)
         self.content.finish_clean(node)
         if cur.kind == "file":
+            self._unshow_other(cur.id, node.ino)
             node.server_id, node.rev, node.size = cur.id, cur.rev, cur.size
             node.mtime_ns = cur.mtime_ns
             node.set_blocks(None if cur.blocks is None else list(cur.blocks))
@@ -235,6 +236,8 @@ class ConflictResolver:
         self.content.rebase(node, blocks, size, gen)
         node.server_id, node.rev = rec.id, rec.rev
         holder = self.state.lookup(old_parent, old_name)
+        if cur.kind == "file":
+            self._unshow_other(cur.id, node.ino)  # "theirs" below shows it
         with self.state.write() as w:
             if holder == node.ino:
                 w.unlink(old_parent, old_name)
@@ -295,6 +298,26 @@ class ConflictResolver:
             self.on_entry(parent, rec.name, node.ino)
         if self.on_changed is not None:
             self.on_changed(parent)
+
+    def _unshow_other(self, server_id: int, keep: int) -> None:
+        """Inode `keep` shows the server's file `server_id` now: another inode that still
+        shows it elsewhere (a place the change feed could not update while a local entry
+        held the name it moved to) goes, so one server file is never two files here."""
+        ino = self.state.ino_for_server_id(server_id)
+        other = self.state.node(ino) if ino is not None and ino != keep else None
+        if other is None or not other.linked or other.server_id != server_id:
+            return
+        if other.dirty is not None or any(op.ino == other.ino for _, op in self.state.ops()):
+            return  # it has local work: its upload resolves it
+        with self.state.write() as w:
+            if self.state.lookup(other.parent, other.name) == other.ino:
+                w.unlink(other.parent, other.name)
+            other.linked = False
+            w.put_node(other)
+        if self.on_entry is not None:
+            self.on_entry(other.parent, other.name, other.ino)
+        if self.on_changed is not None:
+            self.on_changed(other.parent)
 
     def _relocate(self, node: Node, rec: FileRecord) -> None:
         """Show `node` where the server has it (it was renamed elsewhere)."""

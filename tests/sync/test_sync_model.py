@@ -17,6 +17,7 @@ from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 from blockstore.cache import LmdbBlockCache
+from blockstore.ids import BlockId
 from mountfs.attrs import VfsError
 from mountfs.vfs import Vfs
 from syncd.blocks import BlockFetcher
@@ -313,3 +314,52 @@ async def test_an_edit_of_a_file_moved_and_edited_elsewhere_shows_it_where_it_we
             assert h.state.lookup(ROOT_INO, "c") is None
         finally:
             h.close()
+
+
+async def test_a_file_moved_onto_a_name_held_here_is_shown_once_after_the_conflict() -> None:
+    """Seed 602 of the convergence runs: another device saves `c` the sed way (temporary
+    `.sed1`, renamed to `c`) while `c` here is new and not uploaded yet. The feed shows
+    `.sed1` but cannot move it onto `c` (a local entry holds the name); our commit is then a
+    conflict, our `c` becomes the copy and the name shows their file: the `.sed1` entry
+    (the same server file) must go, or the file is shown twice here for ever."""
+    from blockstore.wire import Change
+    from syncd.changes import ChangeApplier
+
+    with tempfile.TemporaryDirectory() as tmp:
+        h = Harness(Path(tmp), random.Random(0))
+        applier = ChangeApplier(h.state, "me")
+        try:
+            await h.write("c", 0, 50, 1)  # ours, queued (the uploader is not running yet)
+            bid = await _put_block(h.remote, bytes([9]) * 40)
+            tmp_rec = await h.remote.commit("/.sed1", None, [(bid, 40)], 40, 1, 0o644, "o1")
+            moved = await h.remote.move("/.sed1", "/c", "noreplace")
+            applier.apply_all([
+                Change.from_json({"seq": 1, "op": "create", "file": tmp_rec.to_json(),
+                                  "old_path": None, "device": "other", "user": "u",
+                                  "time": 1.0, "client": None}),
+                Change.from_json({"seq": 2, "op": "move", "file": moved.to_json(),
+                                  "old_path": "/.sed1", "device": "other", "user": "u",
+                                  "time": 1.0, "client": None}),
+            ])  # fmt: skip
+            async with trio.open_nursery() as nursery:
+                await nursery.start(h.fetcher.run)
+                await nursery.start(h.uploader.run)
+                with trio.fail_after(30):
+                    await h.uploader.wait_idle()
+                nursery.cancel_scope.cancel()
+            names = sorted(name for name, _ in h.state.children(ROOT_INO))
+            assert len(names) == 2, names  # not also .sed1
+            assert names[0] == "c", names
+            assert names[1].startswith("c (conflicted copy from devT"), names
+            assert h.remote.tree()["/c"] == bytes([9]) * 40
+        finally:
+            h.close()
+
+
+async def _put_block(remote: FakeRemote, data: bytes) -> BlockId:
+    from blockstore.codec import encode_wire
+    from blockstore.ids import block_id
+
+    bid = block_id(data)
+    await remote.put_block(bid, encode_wire(data))
+    return bid
