@@ -138,6 +138,8 @@ class Uploader:
         self._refused: dict[int, str] = {}
         """Ops of the current round the server refused for now: seq -> reason."""
         self._requeue_log: Callable[..., None] = log.info
+        self._moved_on = False
+        """Set by `_move`: the file it moved had been edited elsewhere since we saw it."""
 
     @property
     def current_seq(self) -> int | None:
@@ -355,7 +357,7 @@ class Uploader:
         elif isinstance(op, Move):
             moved = await self._move(op, node)
             if moved is not None:
-                self._adopt(op.ino, moved, rev_only=True)
+                self._adopt_moved(op.ino, moved)
         elif isinstance(op, Delete):
             if node is not None and node.server_id is None:
                 log.debug("delete of %s skipped: it never reached the server", op.path)
@@ -433,15 +435,22 @@ class Uploader:
         if op.mode == "replace" and dst_id is None and op.dst_ino is not None:
             op.mode = "noreplace"  # what it replaces here never reached the server: the
             # name there, if taken, is another device's entry (then ours gets a copy name)
+        src_rev = node.rev if node is not None and node.kind == "file" else None
         for _ in range(MAX_RESOLVE_STEPS):
             try:
                 seen = self._seen_rev(op.dst_ino, op.dst_rev)
                 rec = await self.remote.move(
-                    op.src, op.dst, op.mode, dst_rev=seen,
+                    op.src, op.dst, op.mode, dst_rev=seen, src_rev=src_rev,
                     src_id=node.server_id if node else None,
                     dst_id=dst_id if op.mode != "noreplace" else None,
                 )  # fmt: skip
-            except (errors.Exists, errors.Conflict, errors.NotEmpty):
+            except (errors.Exists, errors.Conflict, errors.NotEmpty) as exc:
+                if isinstance(exc, errors.Conflict) and _names(exc, node):
+                    # the file we move was edited elsewhere since we saw it: the rename still
+                    # applies (edits travel with renames); the result shows what we had not
+                    # seen, and a local edit of ours then conflicts with it (see _adopt_moved)
+                    src_rev, self._moved_on = None, True
+                    continue
                 # the name was taken (by another entry, or one of another kind), the file we
                 # replace was edited meanwhile (edits beat deletes), or the folder we replace
                 # got entries: ours takes a conflicted-copy name, theirs stays
@@ -514,15 +523,43 @@ class Uploader:
             self.on_changed(node.parent)
         return new_path
 
-    def _adopt(self, ino: int | None, rec: FileRecord, *, rev_only: bool = False) -> None:
+    def _adopt(self, ino: int | None, rec: FileRecord) -> None:
         node = self.state.node(ino) if ino is not None else None
         if node is None:
             return
-        if rec.kind != "file" or not rev_only or node.server_id != rec.id:
-            node.rev = rec.rev  # a rename over a file: ours is that file's next revision
+        node.rev = rec.rev
         node.server_id = rec.id
         with self.state.write() as w:
             w.put_node(node)
+
+    def _adopt_moved(self, ino: int, rec: FileRecord) -> None:
+        """After a move: this device shows what the server has for the entry now (the
+        change feed skips this mount's own changes, and older changes of this entry).
+
+        A clean file takes the answer's content: after a rename over a file, ours is that
+        file's latest revision; if it was edited elsewhere since we saw it, those edits
+        travel with the rename. A file with local edits keeps them; if it was edited
+        elsewhere meanwhile, its base revision is set to 0 so that its next commit is a
+        conflict (ours becomes a conflicted copy, the name shows theirs)."""
+        node = self.state.node(ino)
+        moved_on, self._moved_on = self._moved_on, False
+        if node is None:
+            return
+        node.server_id = rec.id
+        if node.kind != "file" or rec.kind != "file":
+            node.rev = rec.rev
+        elif node.dirty is not None:
+            node.rev = 0 if moved_on else rec.rev
+        elif rec.blocks is not None and list(rec.blocks) != (node.blocks or []):
+            node.rev, node.size, node.mtime_ns = rec.rev, rec.size, rec.mtime_ns
+            node.set_blocks(list(rec.blocks))
+            node.version += 1
+        else:
+            node.rev = rec.rev
+        with self.state.write() as w:
+            w.put_node(node)
+        if moved_on and self.on_changed is not None:
+            self.on_changed(node.ino)
 
     # -- commits ----------------------------------------------------------------------------
 
@@ -728,6 +765,12 @@ class Uploader:
         log.warning("%s: its folder was deleted elsewhere; re-creating it", path)
         await self.conflicts.make_parents(path)
         return path
+
+
+def _names(exc: errors.Conflict, node: Node | None) -> bool:
+    """Whether a 409 `conflict` is about `node`'s own server entry (its revision moved on)."""
+    current = exc.current
+    return node is not None and current is not None and current.get("id") == node.server_id
 
 
 def _small_and_new(node: Node) -> bool:

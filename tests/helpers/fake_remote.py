@@ -267,6 +267,8 @@ class FakeRemote:
         e = self._find(src)
         if e is None or (src_id is not None and e.id != src_id):
             raise errors.NotFound(f"no such entry: {src}")
+        if src_rev is not None and e.kind == "file" and e.rev != src_rev:
+            raise errors.Conflict("source moved on", {"current": self._record(e).to_json()})
         parent, name = self._parent(dst)
         target = self._children(parent.id).get(name)
         if target is e:

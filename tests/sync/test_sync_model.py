@@ -363,3 +363,50 @@ async def _put_block(remote: FakeRemote, data: bytes) -> BlockId:
     bid = block_id(data)
     await remote.put_block(bid, encode_wire(data))
     return bid
+
+
+async def test_a_rename_of_a_file_edited_elsewhere_takes_the_edit_along() -> None:
+    """Seed 503 of the convergence runs: this device renames `a` to `b` (it saw revision 1)
+    while another device edits `a` (revision 2). The move names the revision it saw and is
+    refused; it is sent again and the rename applies to the edited file: here `b` must show
+    the other device's edit (it kept the old content, and the server's next change of the
+    file was skipped as older than this mount's own move). With a local edit of `b` too,
+    ours becomes a conflicted copy and `b` shows theirs."""
+    from syncd.state import ROOT_INO as ROOT
+
+    for edit_here in (False, True):
+        with tempfile.TemporaryDirectory() as tmp:
+            h = Harness(Path(tmp), random.Random(0))
+            try:
+                async with trio.open_nursery() as nursery:
+                    await nursery.start(h.fetcher.run)
+                    await nursery.start(h.uploader.run)
+                    await h.write("a", 0, 100, 1)
+                    with trio.fail_after(30):
+                        await h.uploader.wait_idle()
+                    bid = await _put_block(h.remote, bytes([9]) * 80)
+                    await h.remote.commit("/a", 1, [(bid, 80)], 80, 1, 0o644, "other")
+                    await h.vfs.rename(ROOT, b"a", ROOT, b"b", 0)
+                    if edit_here:
+                        await h.write("b", 0, 10, 2)
+                    with trio.fail_after(30):
+                        await h.uploader.wait_idle()
+                    nursery.cancel_scope.cancel()
+                on_server = h.remote.tree()
+                assert "/a" not in on_server, sorted(on_server)
+                assert on_server["/b"] == bytes([9]) * 80, edit_here
+                ino = await h._ino("b")
+                assert ino is not None
+                fh, _ = await h.vfs.open(ino, os.O_RDONLY)
+                try:
+                    assert await h.vfs.read(fh, 0, 1000) == bytes([9]) * 80, edit_here
+                finally:
+                    await h.vfs.release(fh)
+                copies = [p for p in on_server if "conflicted copy" in p]
+                if edit_here:
+                    assert len(copies) == 1, sorted(on_server)
+                    assert on_server[copies[0]] == bytes([2]) * 10 + bytes([1]) * 90
+                else:
+                    assert copies == [], sorted(on_server)
+            finally:
+                h.close()
