@@ -128,8 +128,13 @@ class TreeSync:
                 return
             known = {ino: self._server_id(ino) for _, ino in self.state.children(dir_ino)}
             try:
+                path = path_of(self.state, dir_ino)
+            except KeyError:  # not reachable from the root (a folder above it went)
+                self.fresh.add(dir_ino)
+                return
+            try:
                 with trio.fail_after(LIST_TIMEOUT_S):
-                    records = await self.remote.list_dir(path_of(self.state, dir_ino))
+                    records = await self.remote.list_dir(path)
             except (errors.Offline, trio.TooSlowError) as exc:
                 self.mark_offline()
                 if node.listed:

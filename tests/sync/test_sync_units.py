@@ -398,3 +398,22 @@ def test_queued_ops_round_trip_and_old_queues_still_load() -> None:
         op_from_json({"op": "explode", "ino": 1})
     with pytest.raises(ValueError, match="damaged"):
         op_from_json({"op": "commit"})
+
+
+async def test_listing_a_folder_no_longer_reachable_from_the_root_is_a_no_op(
+    state: StateDB,
+) -> None:
+    """Convergence seed 801: the background mirror asked to list a folder whose parent had
+    gone; `path_of` raised KeyError out of the mirror task and took the whole mount down."""
+
+    class NoServer:
+        async def list_dir(self, path: str) -> list[FileRecord]:
+            raise AssertionError(f"listed {path}")
+
+    with state.write() as w:
+        w.put_node(Node(ino=77, parent=999, name="orphan", kind="dir", mode=0o755,
+                        server_id=77, rev=1))  # fmt: skip
+    tree = TreeSync(state, NoServer())  # type: ignore[arg-type]
+    tree.reconciler = ChangeApplier(state, "me")
+    await tree.ensure_listed(77)
+    assert 77 in tree.fresh
