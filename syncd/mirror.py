@@ -90,5 +90,8 @@ class Mirror:
             except errors.RemoteError as exc:
                 log.warning("could not list folder %d for offline use: %s", ino, exc)
                 return
+            except Exception as exc:  # a bug must not take the mount down with this task
+                log.error("listing folder %d for offline use crashed", ino, exc_info=exc)
+                return
             self.listed += 1
             return
