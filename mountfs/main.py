@@ -97,12 +97,7 @@ async def _serve(home: Home, mountpoint: Path, cache_bytes: int, allow_other: bo
         vfs = Vfs(state, content, tree, uploader, quota=lambda: (quota[0], quota[1]))
         uploader.open_for_writing = vfs.open_for_writing
         uploader.release_unlinked = vfs.release_unlinked
-
-        def relist_folder(ino: int) -> None:
-            tree.fresh.discard(ino)
-            mirror.note_folder(ino)
-
-        uploader.relist_folder = relist_folder
+        uploader.relist_folder = mirror.note_folder
         applier.open_for_writing = vfs.open_for_writing
         content.room = lambda: quota[0] - quota[1]
         uploader.requeue_unqueued()

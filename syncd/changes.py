@@ -284,6 +284,8 @@ class ChangeApplier:
                 w.unlink(*where)
                 self._entries.append((where[0], where[1], node.ino))
                 self._inodes.append(where[0])
+            if not node.linked and node.kind == "dir" and self.on_folder is not None:
+                self.on_folder(node.ino)  # back after a local delete: its entries went
             node.parent, node.name, node.linked = parent.ino, rec.name, True
             w.link(parent.ino, rec.name, node.ino)
             self._entries.append((parent.ino, rec.name, node.ino))

@@ -43,7 +43,9 @@ class Mirror:
         self._wake = trio.Event()
 
     def note_folder(self, ino: int) -> None:
-        """A folder appeared that may hold entries the change feed never mentioned."""
+        """A folder appeared (or came back) that may hold entries the change feed never
+        mentioned: list it again, even if it was listed (or created here) this session."""
+        self.tree.fresh.discard(ino)
         self._todo.append(ino)
         self._wake.set()
 
@@ -73,7 +75,7 @@ class Mirror:
             node = self.state.node(ino)
             if node is None or node.kind != "dir" or (not node.linked and ino != ROOT_INO):
                 continue
-            if not node.listed:
+            if not node.listed or ino == start:
                 await self._list(ino)
             for _, child in self.state.children(ino):
                 sub = self.state.node(child)

@@ -371,7 +371,11 @@ class Uploader:
             except errors.NotEmpty:  # another device put something in it: that stays
                 log.warning("%s got new entries elsewhere before this delete; keeping it", op.path)
                 with contextlib.suppress(errors.NotFound):
-                    self.conflicts.show(await self.remote.meta(path=op.path))
+                    rec = await self.remote.meta(path=op.path)
+                    self.conflicts.show(rec)
+                    shown = self.state.ino_for_server_id(rec.id)
+                    if shown is not None:
+                        self.relist_folder(shown)  # with what is in it now
             except errors.Conflict as exc:  # edited elsewhere since we saw it: edits win
                 log.warning("%s was edited elsewhere before this delete; keeping it", op.path)
                 if exc.current is not None:

@@ -281,3 +281,23 @@ def test_a_folder_made_on_two_devices_shows_both_devices_files(
     final = converge(a, b)
     assert final == {"D/": "dir", "D/a.txt": _sha(b"A's file\n"),
                      "D/b.txt": _sha(b"B's file\n")}, final  # fmt: skip
+
+
+def test_a_nested_folder_delete_loses_to_an_edit_deep_inside_it(
+    a_offline_b: tuple[MountProcess, MountProcess, TcpProxy],
+) -> None:
+    """Seed 702 of `scripts/convergence --ops 500`: A (offline) removes `x` with `rm -r`
+    while B edits `x/z/c`. Each delete is refused (edited, then not empty) and everything
+    stays; A must show all of it again, not an empty `x` (its own folders had been listed,
+    so nothing listed them again)."""
+    a, b, proxy = a_offline_b
+    (b.mnt / "x" / "z").mkdir(parents=True)
+    (b.mnt / "x" / "z" / "c").write_bytes(b"c v1\n")
+    wait_for(lambda: read_or_none(a.mnt / "x" / "z" / "c") == b"c v1\n", "x/z/c on A")
+    go_offline(a, proxy)
+    (b.mnt / "x" / "z" / "c").write_bytes(b"c v2 from B\n")
+    b.wait_synced()
+    shutil.rmtree(a.mnt / "x")
+    proxy.restore()
+    final = converge(a, b)
+    assert final == {"x/": "dir", "x/z/": "dir", "x/z/c": _sha(b"c v2 from B\n")}, final
