@@ -98,6 +98,12 @@ async def _serve(home: Home, mountpoint: Path, cache_bytes: int, allow_other: bo
         uploader.open_for_writing = vfs.open_for_writing
         uploader.release_unlinked = vfs.release_unlinked
         uploader.relist_folder = mirror.note_folder
+
+        def relist_blocked() -> None:
+            for folder in applier.take_blocked():
+                mirror.note_folder(folder)
+
+        uploader.on_idle = relist_blocked
         applier.open_for_writing = vfs.open_for_writing
         content.room = lambda: quota[0] - quota[1]
         uploader.requeue_unqueued()

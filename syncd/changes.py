@@ -59,6 +59,10 @@ class ChangeApplier:
         """Set by the mount: a file deleted elsewhere stays while a handle may write to it
         (its writes and close() are acknowledged; the next commit brings it back)."""
         self._pending: set[int] = set()
+        self.blocked: set[int] = set()
+        """Folders where a server entry was not shown because a local entry held its name
+        (its upload resolves that); listed again once the queue is empty (`take_blocked`),
+        in case the local entry has left the name since."""
         self._held: set[int] = set()
         """Files deleted elsewhere that stayed only for a handle that may write to them."""
         self._entries: list[tuple[int, str, int]] = []
@@ -191,6 +195,11 @@ class ChangeApplier:
             self._remove(w, node, busy)
         self.announce()
 
+    def take_blocked(self) -> list[int]:
+        """The folders to list again now that the upload queue is empty (see `blocked`)."""
+        out, self.blocked = sorted(self.blocked), set()
+        return out
+
     def writers_done(self, ino: int) -> None:
         """The last handle that could write to `ino` closed (called by the mount)."""
         if ino in self._held:
@@ -252,6 +261,7 @@ class ChangeApplier:
             other = self.state.node(existing)
             if other is not None and (other.server_id is None or other.dirty is not None
                                       or other.ino in self._pending):  # fmt: skip
+                self.blocked.add(parent.ino)
                 return  # a local entry of that name waits for upload: its upload resolves it
             if other is not None:
                 other.linked = False
@@ -275,6 +285,7 @@ class ChangeApplier:
             other = self.state.node(target) if target is not None and target != node.ino else None
             if other is not None and (other.server_id is None or other.dirty is not None
                                       or other.ino in self._pending):  # fmt: skip
+                self.blocked.add(parent.ino)
                 return  # a local entry holds that name; its upload sorts it out
             if other is not None:
                 other.linked = False

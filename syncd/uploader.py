@@ -105,6 +105,8 @@ class Uploader:
         self.cache_files_up_to = cache_files_up_to
         self.open_for_writing: Callable[[int], bool] = lambda ino: False
         """Set by the mount: whether a file still has handles that may write to it."""
+        self.on_idle: Callable[[], None] = lambda: None
+        """Set by the mount: called each time the queue has emptied."""
         self.relist_folder: Callable[[int], None] = lambda ino: None
         """Set by the mount: list a folder again (in the background), here one created
         here whose name the server already had as a folder (adopted: it may hold entries
@@ -202,6 +204,7 @@ class Uploader:
                 next_unpark = trio.current_time() + PARK_RETRY_S
             ops = self.state.ops(limit=ROUND_OPS)
             if not ops:
+                self.on_idle()
                 self._idle.set()
                 self._wake = trio.Event()
                 with trio.move_on_at(next_unpark):

@@ -301,3 +301,23 @@ def test_a_nested_folder_delete_loses_to_an_edit_deep_inside_it(
     proxy.restore()
     final = converge(a, b)
     assert final == {"x/": "dir", "x/z/": "dir", "x/z/c": _sha(b"c v2 from B\n")}, final
+
+
+def test_a_remote_file_held_back_by_a_local_name_appears_once_the_name_is_free(
+    a_offline_b: tuple[MountProcess, MountProcess, TcpProxy],
+) -> None:
+    """Seed 802 of `scripts/convergence --ops 500`: B's `a` arrives while A's own new `a`
+    (not uploaded) holds the name, so A does not show B's; then A removes its `a`. B's
+    file must appear on A (the change that announced it had been used up)."""
+    a, b, _ = a_offline_b
+    fd = os.open(a.mnt / "a", os.O_WRONLY | os.O_CREAT, 0o644)
+    try:
+        os.write(fd, b"A's short-lived a\n")
+        (b.mnt / "a").write_bytes(b"B's a\n")
+        b.wait_synced()
+        wait_for(lambda: "create /a" in a.log_text() or None, "A hearing of B's a")
+        os.unlink(a.mnt / "a")
+    finally:
+        os.close(fd)
+    final = converge(a, b)
+    assert final == {"a": _sha(b"B's a\n")}, final
