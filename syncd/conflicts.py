@@ -194,7 +194,7 @@ class ConflictResolver:
         conflicts.append({"path": path, "saved_as": rec.path, "time": time.time()})
         with self.state.write() as w:
             w.set_meta("conflicts", conflicts[-MAX_CONFLICTS_KEPT:])
-        parent_ino = self._dir_ino(where, node.parent)
+        parent_ino = self._folder_of(rec, self._dir_ino(where, node.parent))
         if node.dirty is not None and node.dirty.gen != gen and node.linked:
             self._become_copy(node, rec, cur, blocks, size, gen, parent_ino)
             return
@@ -245,7 +245,7 @@ class ConflictResolver:
             node.version += 1
             w.put_node(node)
             w.link(parent_ino, rec.name, node.ino)
-            theirs_at = self._dir_ino(_parent(cur.path), -1), cur.name
+            theirs_at = self._folder_of(cur, self._dir_ino(_parent(cur.path), -1)), cur.name
             free = self.state.lookup(*theirs_at) in (None, node.ino) and theirs_at[0] >= 0
             if cur.kind == "file" and free:  # where the server has it (renamed there, maybe)
                 theirs = node_from_record(w.next_ino(), theirs_at[0], cur)
@@ -279,7 +279,7 @@ class ConflictResolver:
     def show(self, rec: FileRecord) -> None:
         """Show the server's entry `rec` here, where its name is free and it is not shown yet
         (the change feed skipped it while a local entry held the name)."""
-        parent = self._dir_ino(_parent(rec.path), -1)
+        parent = self._folder_of(rec, self._dir_ino(_parent(rec.path), -1))
         ino = self.state.ino_for_server_id(rec.id)
         known = self.state.node(ino) if ino is not None else None
         if parent < 0 or (known is not None and known.linked and known.server_id == rec.id):
@@ -321,7 +321,7 @@ class ConflictResolver:
 
     def _relocate(self, node: Node, rec: FileRecord) -> None:
         """Show `node` where the server has it (it was renamed elsewhere)."""
-        parent = self._dir_ino(_parent(rec.path), -1)
+        parent = self._folder_of(rec, self._dir_ino(_parent(rec.path), -1))
         if parent < 0 or (node.parent, node.name) == (parent, rec.name):
             return
         if self.state.lookup(parent, rec.name) not in (None, node.ino):
@@ -339,6 +339,18 @@ class ConflictResolver:
         if self.on_changed is not None:
             self.on_changed(old[0])
             self.on_changed(parent)
+
+    def _folder_of(self, rec: FileRecord, fallback: int) -> int:
+        """The local folder that is `rec`'s folder on the server (by id: this device may
+        show it elsewhere, the change feed not having moved it yet; placed by path, the
+        entry would stay behind when it does), else `fallback`."""
+        ino = self.state.ino_for_server_id(rec.parent_id) if rec.parent_id else None
+        folder = self.state.node(ino) if ino is not None else None
+        if folder is None or folder.kind != "dir" or folder.server_id != rec.parent_id:
+            return fallback
+        if not folder.linked and folder.ino != ROOT_INO:
+            return fallback
+        return folder.ino
 
     def _dir_ino(self, path: str, fallback: int) -> int:
         ino = ino_at(self.state, path)
