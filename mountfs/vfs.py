@@ -493,6 +493,8 @@ class Vfs:
         if node.kind != "file":
             raise VfsError(errno.ELOOP)
         write = (flags & os.O_ACCMODE) != os.O_RDONLY
+        if write and not node.linked and self.tree.reconciler is not None:
+            self.tree.reconciler.revive(ino)  # deleted elsewhere, opened by a cached name
         if flags & os.O_TRUNC and write:
             await self.content.truncate(node, 0)
             self._local_gen[ino] = self._local_gen.get(ino, 0) + 1

@@ -64,6 +64,9 @@ class ChangeApplier:
         (its upload resolves that); listed again once the queue is empty (`take_blocked`),
         in case the local entry has left the name since."""
         self._held: set[int] = set()
+        self._removed: set[int] = set()
+        """Files this reconciler removed this session (a stale kernel name may still open
+        them: see `revive`)."""
         """Files deleted elsewhere that stayed only for a handle that may write to them."""
         self._entries: list[tuple[int, str, int]] = []
         self._inodes: list[int] = []
@@ -222,8 +225,33 @@ class ChangeApplier:
             w.unlink(node.parent, node.name)
         node.linked = False
         w.put_node(node)
+        self._removed.add(node.ino)
         self._entries.append((node.parent, node.name, node.ino))
         self._inodes.append(node.parent)
+
+    def revive(self, ino: int) -> bool:
+        """A program opens for writing a file this reconciler removed (deleted elsewhere)
+        through a name the kernel still had cached: edits beat deletes, so it comes back
+        where it was (if that name is free), and its commit brings it back on the server.
+        Returns whether it is shown again."""
+        node = self.state.node(ino)
+        if node is None or node.linked or ino not in self._removed:
+            return False
+        parent = self.state.node(node.parent)
+        if parent is None or not (parent.linked or parent.ino == ROOT_INO):
+            return False
+        if self.state.lookup(node.parent, node.name) is not None:
+            return False
+        log.info("%s was deleted elsewhere and is written here again; keeping it", node.name)
+        self._removed.discard(ino)
+        with self.state.write() as w:
+            node.linked = True
+            w.link(node.parent, node.name, node.ino)
+            w.put_node(node)
+        self._entries.append((node.parent, node.name, node.ino))
+        self._inodes.append(node.parent)
+        self.announce()
+        return True
 
     def _prune(self, w: Writer, folder: Node) -> None:
         """Remove what is clean below `folder` (deleted elsewhere), keep what is pending."""

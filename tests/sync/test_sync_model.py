@@ -410,3 +410,45 @@ async def test_a_rename_of_a_file_edited_elsewhere_takes_the_edit_along() -> Non
                     assert copies == [], sorted(on_server)
             finally:
                 h.close()
+
+
+async def test_a_write_through_a_cached_name_of_a_file_deleted_elsewhere_is_kept() -> None:
+    """Seed 806 of the convergence runs: the change feed removes `a` (deleted elsewhere)
+    while the kernel still has the name cached; a program opens it through that name,
+    appends and closes (0: acknowledged). Edits beat deletes: `a` comes back, here and on
+    the server, with the appended bytes (they were dropped with the unlinked inode)."""
+    from blockstore.wire import Change
+    from syncd.changes import ChangeApplier
+
+    with tempfile.TemporaryDirectory() as tmp:
+        h = Harness(Path(tmp), random.Random(0))
+        applier = ChangeApplier(h.state, "me")
+        h.tree.reconciler = applier
+        try:
+            async with trio.open_nursery() as nursery:
+                await nursery.start(h.fetcher.run)
+                await nursery.start(h.uploader.run)
+                await h.write("a", 0, 100, 1)
+                with trio.fail_after(30):
+                    await h.uploader.wait_idle()
+                ino = await h._ino("a")
+                assert ino is not None
+                rec = await h.remote.meta(path="/a")
+                await h.remote.delete("/a", False)
+                applier.apply_all([Change.from_json({
+                    "seq": 9, "op": "delete", "file": {**rec.to_json(), "deleted": True},
+                    "old_path": None, "device": "other", "user": "u", "time": 1.0,
+                    "client": None})])  # fmt: skip
+                assert h.state.lookup(ROOT_INO, "a") is None
+                fh, _ = await h.vfs.open(ino, os.O_WRONLY | os.O_APPEND)  # the cached name
+                try:
+                    await h.vfs.write(fh, 100, bytes([2]) * 10)
+                finally:
+                    await h.vfs.release(fh)
+                with trio.fail_after(30):
+                    await h.uploader.wait_idle()
+                nursery.cancel_scope.cancel()
+            assert h.state.lookup(ROOT_INO, "a") == ino
+            assert h.remote.tree().get("/a") == bytes([1]) * 100 + bytes([2]) * 10
+        finally:
+            h.close()
