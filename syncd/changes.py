@@ -64,6 +64,8 @@ class ChangeApplier:
         (its upload resolves that); listed again once the queue is empty (`take_blocked`),
         in case the local entry has left the name since."""
         self._held: set[int] = set()
+        self._stale: set[int] = set()
+        """Files open for writing here whose newer server version was held back."""
         self._removed: set[int] = set()
         """Files this reconciler removed this session (a stale kernel name may still open
         them: see `revive`)."""
@@ -207,6 +209,11 @@ class ChangeApplier:
         """The last handle that could write to `ino` closed (called by the mount)."""
         if ino in self._held:
             self.gone(ino)
+        if ino in self._stale:
+            self._stale.discard(ino)
+            node = self.state.node(ino)
+            if node is not None and node.linked and node.dirty is None and self.on_folder:
+                self.on_folder(node.parent)  # take the update held back for the writer
 
     def _remove(self, w: Writer, node: Node, busy: set[int]) -> None:
         if node.ino == ROOT_INO or not node.linked:
@@ -333,7 +340,11 @@ class ChangeApplier:
         newer = node.rev is None or rec.rev >= node.rev
         if node.dirty is None and newer and node.linked:  # (deleted here: a queued delete
             # names the revision this device saw; taking a newer one would make it win)
-            if rec.kind == "file" and rec.state == "done" and rec.rev != node.rev:
+            held = self.open_for_writing(node.ino)
+            if held and rec.kind == "file" and rec.state == "done" and rec.rev != node.rev:
+                self._stale.add(node.ino)  # a writer here works on what it opened: its
+                # commit (on the old base) will conflict; unwritten, it is updated at close
+            elif rec.kind == "file" and rec.state == "done" and rec.rev != node.rev:
                 node.kind = rec.kind
                 node.size = rec.size
                 node.rev = rec.rev

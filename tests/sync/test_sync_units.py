@@ -417,3 +417,22 @@ async def test_listing_a_folder_no_longer_reachable_from_the_root_is_a_no_op(
     tree.reconciler = ChangeApplier(state, "me")
     await tree.ensure_listed(77)
     assert 77 in tree.fresh
+
+
+def test_a_remote_update_waits_for_a_writer_here(state: StateDB) -> None:
+    """Seed 903 of the convergence runs: another device's version arrived between a
+    program's open for appending and its write; the append landed inside the other
+    device's content (a 3,590-byte file read back as 110,693 bytes). The update waits for
+    the writer: a write then commits on the old base and conflicts (a conflicted copy);
+    a handle closed unwritten takes the update (its folder is listed again)."""
+    folders: list[int] = []
+    applier = ChangeApplier(state, "me", on_folder=folders.append)
+    applier.apply_all([Change.from_json(_change(1, "create", _rec(6, 1, "/c")))])
+    applier.open_for_writing = lambda ino: ino == 6
+    applier.apply_all([Change.from_json(_change(2, "update", _rec(6, 1, "/c", rev=2, size=2)))])
+    node = state.node(6)
+    assert node is not None
+    assert (node.rev, node.size) == (1, 3)
+    applier.open_for_writing = lambda ino: False
+    applier.writers_done(6)
+    assert folders == [ROOT_INO]
