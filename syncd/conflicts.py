@@ -22,7 +22,7 @@ from blockstore.ids import BlockId
 from blockstore.wire import FileRecord, path_parts
 from syncd import errors
 from syncd.content import ContentStore
-from syncd.queue_ops import Commit
+from syncd.queue_ops import Commit, Move
 from syncd.remote import RemoteClient
 from syncd.state import ROOT_INO, Node, StateDB
 from syncd.tree import ino_at, node_from_record, path_of
@@ -121,7 +121,7 @@ class ConflictResolver:
                 except errors.Conflict as again:
                     return await self.resolve(node, cur.path, blocks, size, commit_id, again,
                                               gen)  # fmt: skip
-                self._relocate(node, rec)
+                self.relocate(node, rec)
                 return rec
         if cur is None:
             return await self._revive(node, path, blocks, size, commit_id, gen)
@@ -218,7 +218,7 @@ class ConflictResolver:
             if not node.linked:
                 w.unlink(node.parent, node.name)
         if node.linked and cur.kind == "file" and cur.path != path:
-            self._relocate(node, cur)  # the server's version is elsewhere now (renamed
+            self.relocate(node, cur)  # the server's version is elsewhere now (renamed
             # there): show it there, as the change feed (which was held back) would have
         if self.on_entry is not None:
             self.on_entry(parent_ino, rec.name, rec.id)
@@ -319,8 +319,13 @@ class ConflictResolver:
         if self.on_changed is not None:
             self.on_changed(other.parent)
 
-    def _relocate(self, node: Node, rec: FileRecord) -> None:
-        """Show `node` where the server has it (it was renamed elsewhere)."""
+    def relocate(self, node: Node, rec: FileRecord, *, own_moves: int = 0) -> None:
+        """Show `node` where the server has it (renamed elsewhere, or by our own move, of
+        which `own_moves` are still queued: a later local rename waiting in the queue
+        must not be undone)."""
+        queued = sum(isinstance(op, Move) and op.ino == node.ino for _, op in self.state.ops())
+        if queued > own_moves:
+            return
         parent = self._folder_of(rec, self._dir_ino(_parent(rec.path), -1))
         if parent < 0 or (node.parent, node.name) == (parent, rec.name):
             return

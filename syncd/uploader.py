@@ -565,6 +565,9 @@ class Uploader:
             node.rev = rec.rev
         with self.state.write() as w:
             w.put_node(node)
+        if node.linked:  # where the server put it: in its folder by id (this device may
+            self.conflicts.relocate(node, rec, own_moves=1)  # show that folder elsewhere, or
+            # another local folder of that name), under the name it got (a copy's)
         if moved_on and self.on_changed is not None:
             self.on_changed(node.ino)
 
