@@ -233,8 +233,7 @@ class Vfs:
         if node is None or node.linked:
             return
         self.content.discard(node)
-        queued = [op for _, op in self.state.ops()] + [op for _, op, _, _ in self.state.parked()]
-        if any(ino in (op.ino, getattr(op, "dst_ino", None)) for op in queued):
+        if any(ino in (op.ino, getattr(op, "dst_ino", None)) for op in self.state.unsynced_ops()):
             return  # its record stays while an op naming it is queued (or parked): the server
             # id and the revision it names (a change from elsewhere must not bring it back
             # meanwhile); the uploader calls this again once the op is done

@@ -78,8 +78,7 @@ class ChangeApplier:
         queued rename replaced included: the move will tell the server, and until then it
         must not come back over the renamed file), and inodes with any queued or parked
         operation (commits included)."""
-        queued = [op for _, op in self.state.ops()]
-        queued += [op for _, op, _, _ in self.state.parked()]
+        queued = self.state.unsynced_ops()
         busy = {op.ino for op in queued if not isinstance(op, Commit)}
         busy |= {op.dst_ino for op in queued if isinstance(op, Move) and op.dst_ino is not None}
         return busy, {op.ino for op in queued}

@@ -375,6 +375,10 @@ class StateDB:
         with self._env.begin() as txn:
             return int(txn.stat(self._ops)["entries"])
 
+    def unsynced_ops(self) -> list[QueuedOp]:
+        """Every operation not yet on the server: queued, then parked."""
+        return [op for _, op in self.ops()] + [op for _, op, _, _ in self.parked()]
+
     def parked(self) -> list[tuple[int, QueuedOp, str, float]]:
         """`(seq, op, reason, since)` of every op the server refused for now."""
         with self._env.begin() as txn:

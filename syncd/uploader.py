@@ -170,8 +170,7 @@ class Uploader:
         a changed file with nothing queued would otherwise sit unsynced while `drive status`
         says 0 pending (found there, it is a bug: logged as an error, and healed).
         """
-        queued = {op.ino for _, op in self.state.ops() if isinstance(op, Commit)}
-        queued |= {op.ino for _, op, _, _ in self.state.parked() if isinstance(op, Commit)}
+        queued = {op.ino for op in self.state.unsynced_ops() if isinstance(op, Commit)}
         orphans = [n for n in self.state.dirty_nodes()
                    if n.kind == "file" and n.linked and n.ino not in queued
                    and not self.open_for_writing(n.ino)]  # fmt: skip
@@ -408,8 +407,7 @@ class Uploader:
             except errors.Exists:
                 rec = await self.remote.meta(path=op.path)
                 if rec.kind == want:
-                    if node is not None and want == "dir":
-                        self._adopt(node.ino, rec)
+                    if node is not None and want == "dir":  # adopted by the caller
                         node.listed = False
                         with self.state.write() as w:
                             w.put_node(node)

@@ -7,9 +7,11 @@ nothing parked and no conflicted copy (one device cannot conflict with itself)."
 
 from __future__ import annotations
 
+import contextlib
 import os
 import random
 import tempfile
+from collections.abc import AsyncIterator
 from pathlib import Path
 
 import trio
@@ -98,6 +100,19 @@ class Harness:
     def close(self) -> None:
         self.cache.close()
         self.state.close()
+
+    @contextlib.asynccontextmanager
+    async def running(self) -> AsyncIterator[None]:
+        """The fetcher and the uploader at work for the body of the `async with`."""
+        async with trio.open_nursery() as nursery:
+            await nursery.start(self.fetcher.run)
+            await nursery.start(self.uploader.run)
+            yield
+            nursery.cancel_scope.cancel()
+
+    async def idle(self, seconds: float = 30) -> None:
+        with trio.fail_after(seconds):
+            await self.uploader.wait_idle()
 
     async def _dir(self, path: str) -> tuple[int, bytes]:
         folder, _, name = path.rpartition("/")
@@ -202,9 +217,7 @@ async def test_local_state_vfs_and_uploader_follow_the_model(
     with tempfile.TemporaryDirectory() as tmp:
         h = Harness(Path(tmp), random.Random(seed))
         try:
-            async with trio.open_nursery() as nursery:
-                await nursery.start(h.fetcher.run)
-                await nursery.start(h.uploader.run)
+            async with h.running():
                 await h.vfs.mkdir(ROOT_INO, b"d", 0o755)
                 for op in ops:
                     kind, *args = op
@@ -213,9 +226,7 @@ async def test_local_state_vfs_and_uploader_follow_the_model(
                     else:
                         await getattr(h, str(kind))(*args)
                     await h.check_reads()
-                with trio.fail_after(60):
-                    await h.uploader.wait_idle()
-                nursery.cancel_scope.cancel()
+                await h.idle(60)
             assert h.state.parked() == [], h.state.parked()
             # nothing changed is left behind unqueued (status would say 0 pending)
             assert [n.ino for n in h.state.dirty_nodes() if n.linked] == []
@@ -235,17 +246,13 @@ async def test_truncate_and_extend_racing_a_commit_answer_read_zeros() -> None:
         with tempfile.TemporaryDirectory() as tmp:
             h = Harness(Path(tmp), random.Random(seed))
             try:
-                async with trio.open_nursery() as nursery:
-                    await nursery.start(h.fetcher.run)
-                    await nursery.start(h.uploader.run)
+                async with h.running():
                     await h.vfs.mkdir(ROOT_INO, b"d", 0o755)
                     await h.write("a", 0, 200_000, 1)
                     await h.during_commit([("truncate", "a", 10_000), ("write", "a", 75_000, 1, 2)])
                     await h.check_reads()
-                    with trio.fail_after(30):
-                        await h.uploader.wait_idle()
+                    await h.idle()
                     await h.check_reads()
-                    nursery.cancel_scope.cancel()
                 assert h.remote.tree()["/a"] == bytes([1]) * 10_000 + bytes(65_000) + b"\x02"
             finally:
                 h.close()
@@ -270,12 +277,8 @@ async def test_a_changed_file_with_nothing_queued_is_queued_again_once() -> None
             assert h.uploader.requeue_unqueued() == 0
             with h.state.write() as w:
                 w.unpark_all()
-            async with trio.open_nursery() as nursery:
-                await nursery.start(h.fetcher.run)
-                await nursery.start(h.uploader.run)
-                with trio.fail_after(30):
-                    await h.uploader.wait_idle()
-                nursery.cancel_scope.cancel()
+            async with h.running():
+                await h.idle()
             assert h.remote.tree()["/a"] == bytes([7]) * 1000
             assert h.state.dirty_nodes() == []
         finally:
@@ -290,20 +293,15 @@ async def test_an_edit_of_a_file_moved_and_edited_elsewhere_shows_it_where_it_we
     with tempfile.TemporaryDirectory() as tmp:
         h = Harness(Path(tmp), random.Random(0))
         try:
-            async with trio.open_nursery() as nursery:
-                await nursery.start(h.fetcher.run)
-                await nursery.start(h.uploader.run)
+            async with h.running():
                 await h.vfs.mkdir(ROOT_INO, b"x", 0o755)
                 await h.write("c", 0, 100, 1)
-                with trio.fail_after(30):
-                    await h.uploader.wait_idle()
+                await h.idle()
                 rec = await h.remote.move("/c", "/x/c", "noreplace")  # another device
                 blocks = list((await h.remote.meta(path="/x/c")).blocks or [])
                 await h.remote.commit("/x/c", rec.rev, blocks, 100, 1, 0o644, "other-1")
                 await h.write("c", 0, 100, 2)  # here, before the feed tells of it
-                with trio.fail_after(30):
-                    await h.uploader.wait_idle()
-                nursery.cancel_scope.cancel()
+                await h.idle()
             on_server = h.remote.tree()
             copies = [p for p, c in on_server.items() if c == bytes([2]) * 100]
             assert len(copies) == 1, sorted(on_server)
@@ -341,12 +339,8 @@ async def test_a_file_moved_onto_a_name_held_here_is_shown_once_after_the_confli
                                   "old_path": "/.sed1", "device": "other", "user": "u",
                                   "time": 1.0, "client": None}),
             ])  # fmt: skip
-            async with trio.open_nursery() as nursery:
-                await nursery.start(h.fetcher.run)
-                await nursery.start(h.uploader.run)
-                with trio.fail_after(30):
-                    await h.uploader.wait_idle()
-                nursery.cancel_scope.cancel()
+            async with h.running():
+                await h.idle()
             names = sorted(name for name, _ in h.state.children(ROOT_INO))
             assert len(names) == 2, names  # not also .sed1
             assert names[0] == "c", names
@@ -378,20 +372,15 @@ async def test_a_rename_of_a_file_edited_elsewhere_takes_the_edit_along() -> Non
         with tempfile.TemporaryDirectory() as tmp:
             h = Harness(Path(tmp), random.Random(0))
             try:
-                async with trio.open_nursery() as nursery:
-                    await nursery.start(h.fetcher.run)
-                    await nursery.start(h.uploader.run)
+                async with h.running():
                     await h.write("a", 0, 100, 1)
-                    with trio.fail_after(30):
-                        await h.uploader.wait_idle()
+                    await h.idle()
                     bid = await _put_block(h.remote, bytes([9]) * 80)
                     await h.remote.commit("/a", 1, [(bid, 80)], 80, 1, 0o644, "other")
                     await h.vfs.rename(ROOT, b"a", ROOT, b"b", 0)
                     if edit_here:
                         await h.write("b", 0, 10, 2)
-                    with trio.fail_after(30):
-                        await h.uploader.wait_idle()
-                    nursery.cancel_scope.cancel()
+                    await h.idle()
                 on_server = h.remote.tree()
                 assert "/a" not in on_server, sorted(on_server)
                 assert on_server["/b"] == bytes([9]) * 80, edit_here
@@ -425,12 +414,9 @@ async def test_a_write_through_a_cached_name_of_a_file_deleted_elsewhere_is_kept
         applier = ChangeApplier(h.state, "me")
         h.tree.reconciler = applier
         try:
-            async with trio.open_nursery() as nursery:
-                await nursery.start(h.fetcher.run)
-                await nursery.start(h.uploader.run)
+            async with h.running():
                 await h.write("a", 0, 100, 1)
-                with trio.fail_after(30):
-                    await h.uploader.wait_idle()
+                await h.idle()
                 ino = await h._ino("a")
                 assert ino is not None
                 rec = await h.remote.meta(path="/a")
@@ -445,9 +431,7 @@ async def test_a_write_through_a_cached_name_of_a_file_deleted_elsewhere_is_kept
                     await h.vfs.write(fh, 100, bytes([2]) * 10)
                 finally:
                     await h.vfs.release(fh)
-                with trio.fail_after(30):
-                    await h.uploader.wait_idle()
-                nursery.cancel_scope.cancel()
+                await h.idle()
             assert h.state.lookup(ROOT_INO, "a") == ino
             assert h.remote.tree().get("/a") == bytes([1]) * 100 + bytes([2]) * 10
         finally:
