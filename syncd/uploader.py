@@ -373,15 +373,20 @@ class Uploader:
             except errors.NotEmpty:  # another device put something in it: that stays
                 log.warning("%s got new entries elsewhere before this delete; keeping it", op.path)
                 with contextlib.suppress(errors.NotFound):
-                    rec = await self.remote.meta(path=op.path)
-                    self.conflicts.show(rec)
-                    shown = self.state.ino_for_server_id(rec.id)
-                    if shown is not None:
-                        self.relist_folder(shown)  # with what is in it now
+                    self._show_theirs(await self.remote.meta(path=op.path))
             except errors.Conflict as exc:  # edited elsewhere since we saw it: edits win
                 log.warning("%s was edited elsewhere before this delete; keeping it", op.path)
                 if exc.current is not None:
-                    self.conflicts.show(FileRecord.from_json(exc.current))
+                    self._show_theirs(FileRecord.from_json(exc.current))
+
+    def _show_theirs(self, rec: FileRecord) -> None:
+        """Show the server's entry `rec`, which kept a name ours was refused. A folder is
+        listed again: it may be the inode it had here before our operation took it away,
+        listed then, and the change feed could not add what arrived in it meanwhile."""
+        self.conflicts.show(rec)
+        shown = self.state.ino_for_server_id(rec.id)
+        if rec.kind == "dir" and shown is not None:
+            self.relist_folder(shown)
 
     def _seen_rev(self, ino: int | None, queued: int | None) -> int | None:
         """The revision of a file this device deleted or renamed over, as it last saw it:
@@ -480,7 +485,7 @@ class Uploader:
                 continue
             for path in taken:  # show the other device's entry under the name it took
                 with contextlib.suppress(errors.NotFound):
-                    self.conflicts.show(await self.remote.meta(path=path))
+                    self._show_theirs(await self.remote.meta(path=path))
             return rec
         raise errors.Conflict(f"could not move {op.src} to {op.dst}")
 

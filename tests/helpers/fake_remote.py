@@ -281,6 +281,8 @@ class FakeRemote:
                 raise errors.Conflict(
                     "target moved on", {"current": self._record(target).to_json()}
                 )
+            if target.kind == "dir" and self._children(target.id):
+                raise errors.NotEmpty(f"not empty: {dst}")
             if target.kind == "file" and e.kind == "file" and mode == "replace":
                 target.history.append(target.blocks)
                 target.rev += 1

@@ -436,3 +436,47 @@ async def test_a_write_through_a_cached_name_of_a_file_deleted_elsewhere_is_kept
             assert h.remote.tree().get("/a") == bytes([1]) * 100 + bytes([2]) * 10
         finally:
             h.close()
+
+
+async def test_a_folder_shown_again_after_a_refused_rename_over_it_is_listed_again() -> None:
+    """CI run of test_a_folder_renamed_over_a_folder_filled_elsewhere_keeps_both: folder `E`
+    renamed over the empty folder `F` here while another device adds `F/g`. The feed's
+    "create F/g" arrives while `F` is not shown here (our rename took its name); the move is
+    refused (`not_empty`), ours becomes a conflicted copy and `F` is shown again under the
+    inode it had, listed before: it must be listed again, or `F/g` never shows here."""
+    from blockstore.wire import Change
+    from syncd.changes import ChangeApplier
+
+    with tempfile.TemporaryDirectory() as tmp:
+        h = Harness(Path(tmp), random.Random(0))
+        applier = ChangeApplier(h.state, "me")
+        relisted: list[int] = []
+        h.uploader.relist_folder = relisted.append
+        try:
+            async with h.running():
+                await h.vfs.mkdir(ROOT_INO, b"E", 0o755)
+                await h.vfs.mkdir(ROOT_INO, b"F", 0o755)
+                await h.write("E/e", 0, 10, 1)
+                await h.idle()
+            f_ino = await h._ino("F")
+            assert f_ino is not None
+            bid = await _put_block(h.remote, bytes([7]) * 20)
+            g = await h.remote.commit("/F/g", None, [(bid, 20)], 20, 1, 0o644, "o1")
+            await h.vfs.rename(ROOT_INO, b"E", ROOT_INO, b"F", 0)
+            applier.apply_all([
+                Change.from_json({"seq": 1, "op": "create", "file": g.to_json(),
+                                  "old_path": None, "device": "other", "user": "u",
+                                  "time": 1.0, "client": None}),
+            ])  # fmt: skip
+            relisted.clear()
+            async with h.running():
+                await h.idle()
+            names = sorted(name for name, _ in h.state.children(ROOT_INO))
+            assert len(names) == 2, names
+            assert names[0] == "F", names
+            assert names[1].startswith("F (conflicted copy from devT"), names
+            assert await h._ino("F") == f_ino
+            assert f_ino in relisted, relisted
+            assert h.remote.tree()["/F/g"] == bytes([7]) * 20
+        finally:
+            h.close()
