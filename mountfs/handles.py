@@ -23,6 +23,6 @@ class FileHandle:
     ino: int
     writable: bool
     local_gen: int
-    snapshot: tuple[list[tuple[BlockId, int]], list[int], int] | None = None
+    snapshot: tuple[tuple[tuple[BlockId, int], ...], tuple[int, ...], int] | None = None
     dirty: bool = False
     last_end: int = -1

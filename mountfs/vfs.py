@@ -19,7 +19,7 @@ import logging
 import os
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from blockstore.wire import MAX_NAME_BYTES, MAX_PATH_BYTES
@@ -174,11 +174,14 @@ class Vfs:
             mtime_ns=now, ctime_ns=now, listed=kind == "dir",
         )  # fmt: skip
 
-    def _touch_dir(self, node: Node) -> None:
-        node.mtime_ns = node.ctime_ns = time.time_ns()
+    def _touched_dir(self, node: Node) -> Node:
+        """Folder `node` as it is now (not as read before an await), with its times set."""
+        now = time.time_ns()
+        return replace(self.state.current(node), mtime_ns=now, ctime_ns=now)
 
     def _queue_commit(self, node: Node) -> None:
         """Put `node`'s content in the durable upload queue (coalesced)."""
+        node = self.state.current(node)
         if not node.linked:
             return
         path = self._path(node.ino)
@@ -271,14 +274,15 @@ class Vfs:
             else:
                 await self.content.flush(node)
                 self._queue_commit(node)
+            node = self.state.current(node)  # truncated
         if mode is not None:
-            node.mode = mode & 0o7777
+            node = replace(node, mode=mode & 0o7777)
             op["mode"] = node.mode
         if mtime_ns is not None:
-            node.mtime_ns = mtime_ns
+            node = replace(node, mtime_ns=mtime_ns)
             op["mtime_ns"] = mtime_ns
         if mode is not None or mtime_ns is not None or size is not None:
-            node.ctime_ns = time.time_ns()
+            node = replace(node, ctime_ns=time.time_ns())
         with self.state.write() as w:
             w.put_node(node)
             if op and node.linked and (node.kind != "file" or node.dirty is None):
@@ -301,7 +305,7 @@ class Vfs:
             raise VfsError(errno.EEXIST)
         node = self._new_node(parent, name, "dir", mode)
         self.tree.fresh.add(node.ino)
-        self._touch_dir(pnode)
+        pnode = self._touched_dir(pnode)
         with self.state.write() as w:
             w.put_node(node)
             w.put_node(pnode)
@@ -320,10 +324,9 @@ class Vfs:
             text = target.decode("utf-8")
         except UnicodeDecodeError:
             raise VfsError(errno.EINVAL, "symlink targets must be UTF-8") from None
-        node = self._new_node(parent, name, "symlink", 0o777)
-        node.target = text
-        node.size = len(target)
-        self._touch_dir(pnode)
+        node = replace(self._new_node(parent, name, "symlink", 0o777), target=text,
+                       size=len(target))  # fmt: skip
+        pnode = self._touched_dir(pnode)
         with self.state.write() as w:
             w.put_node(node)
             w.put_node(pnode)
@@ -353,9 +356,8 @@ class Vfs:
             if self.state.has_children(node.ino):
                 raise VfsError(errno.ENOTEMPTY)
         path = self._child_path(parent, name)
-        node.linked = False
-        node.ctime_ns = time.time_ns()
-        self._touch_dir(pnode)
+        node = replace(self.state.current(node), linked=False, ctime_ns=time.time_ns())
+        pnode = self._touched_dir(pnode)
         with self.state.write() as w:
             w.unlink(parent, name)
             w.put_node(node)
@@ -371,7 +373,8 @@ class Vfs:
         if src is None:
             raise VfsError(errno.ENOENT)
         dst = await self._child(p_new, new)
-        if src is dst:
+        src = self.state.current(src)  # as it is after that await
+        if dst is not None and dst.ino == src.ino:
             return
         if src.kind == "dir":
             anc = p_new
@@ -408,24 +411,26 @@ class Vfs:
         else:
             mode = "noreplace"
         now = time.time_ns()
-        dirs = {p_old: self._node(p_old), p_new: self._node(p_new)}
+        for folder in (p_old, p_new):
+            self._node(folder)  # ENOENT before anything is written
+        # each record is read as it is now, inside the transaction: after the awaits above,
+        # and after the puts before it (a folder may be one of the nodes moved)
         with self.state.write() as w:
             w.unlink(p_old, old)
             if mode == "exchange" and dst is not None:
                 w.unlink(p_new, new)
-                dst.parent, dst.name, dst.ctime_ns = p_old, old, now
+                dst = replace(self.state.current(dst), parent=p_old, name=old, ctime_ns=now)
                 w.link(p_old, old, dst.ino)
                 w.put_node(dst)
             elif dst is not None:
                 w.unlink(p_new, new)
-                dst.linked = False
+                dst = replace(self.state.current(dst), linked=False)
                 w.put_node(dst)
-            src.parent, src.name, src.ctime_ns = p_new, new, now
+            src = replace(self.state.current(src), parent=p_new, name=new, ctime_ns=now)
             w.link(p_new, new, src.ino)
             w.put_node(src)
-            for d in dirs.values():
-                d.mtime_ns = d.ctime_ns = now
-                w.put_node(d)
+            for d in dict.fromkeys((p_old, p_new)):
+                w.put_node(replace(self._node(d), mtime_ns=now, ctime_ns=now))
             seen = dst.rev if dst is not None and dst.kind == "file" else None
             w.add_op(Move(src.ino, from_path, to_path, mode, seen, dst.ino if dst else None,
                           dst.server_id if dst else None))  # fmt: skip
@@ -472,8 +477,8 @@ class Vfs:
         self._next_fh += 1
         handle = FileHandle(fh=fh, ino=node.ino, writable=write,
                             local_gen=self._local_gen.get(node.ino, 0))  # fmt: skip
-        if node.dirty is None and node.blocks is not None:
-            handle.snapshot = (list(node.blocks), list(node.block_starts()), node.size)
+        if node.dirty is None and node.blocks is not None:  # immutable: kept, not copied
+            handle.snapshot = (node.blocks, node.block_starts(), node.size)
         self._handles[fh] = handle
         self._open_count[node.ino] = self._open_count.get(node.ino, 0) + 1
         if write:
@@ -499,6 +504,7 @@ class Vfs:
             self._local_gen[ino] = self._local_gen.get(ino, 0) + 1
         elif node.dirty is None and node.blocks is None and node.size > 0:
             await self.tree.load_blocks(node)
+        node = self.state.current(node)  # truncated, or its blocks loaded
         handle = self._new_handle(node, write=write)
         if flags & os.O_TRUNC and write:
             handle.dirty = True
@@ -512,9 +518,8 @@ class Vfs:
         if await self._child(parent, name) is not None:
             raise VfsError(errno.EEXIST)
         self._child_path(parent, name)
-        node = self._new_node(parent, name, "file", mode)
-        self.content.start_dirty(node, empty=True)
-        self._touch_dir(pnode)
+        node = self.content.start_dirty(self._new_node(parent, name, "file", mode), empty=True)
+        pnode = self._touched_dir(pnode)
         with self.state.write() as w:
             w.put_node(node)
             w.put_node(pnode)
@@ -557,6 +562,7 @@ class Vfs:
         handle.dirty = True
         handle.snapshot = None
         self._local_gen[node.ino] = self._local_gen.get(node.ino, 0) + 1
+        node = self.state.current(node)  # as the write left it
         self._kernel_version[node.ino] = node.version  # the kernel saw this write
         return n
 

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable
+from dataclasses import replace
 
 from blockstore.wire import Change, FileRecord
 from syncd.queue_ops import Commit, Move
@@ -122,7 +123,8 @@ class ChangeApplier:
 
         `known`: the folder's children (ino -> server id) when the listing was asked for.
         Only those are removed when the listing lacks them: an entry this device uploaded
-        while the request was under way is newer than the listing.
+        while the request was under way is newer than the listing. `folder` may be a record
+        read before the request: its inode's record now is the one marked listed.
         """
         busy, pending = self.queue_sets()
         self._pending = busy | pending
@@ -137,8 +139,7 @@ class ChangeApplier:
                     continue
                 if known.get(ino) == child.server_id:
                     self._remove(w, child, busy)
-            folder.listed = True
-            w.put_node(folder)
+            w.put_node(replace(self.state.current(folder), listed=True))
         self.announce()
 
     def announce(self) -> None:
@@ -229,8 +230,7 @@ class ChangeApplier:
             return
         if self.state.lookup(node.parent, node.name) == node.ino:
             w.unlink(node.parent, node.name)
-        node.linked = False
-        w.put_node(node)
+        w.put_node(replace(node, linked=False))
         self._removed.add(node.ino)
         self._entries.append((node.parent, node.name, node.ino))
         self._inodes.append(node.parent)
@@ -251,9 +251,8 @@ class ChangeApplier:
         log.info("%s was deleted elsewhere and is written here again; keeping it", node.name)
         self._removed.discard(ino)
         with self.state.write() as w:
-            node.linked = True
             w.link(node.parent, node.name, node.ino)
-            w.put_node(node)
+            w.put_node(replace(node, linked=True))
         self._entries.append((node.parent, node.name, node.ino))
         self._inodes.append(node.parent)
         self.announce()
@@ -271,8 +270,7 @@ class ChangeApplier:
                 self._prune(w, child)
                 continue
             w.unlink(folder.ino, name)
-            child.linked = False
-            w.put_node(child)
+            w.put_node(replace(child, linked=False))
             self._entries.append((folder.ino, name, ino))
         self._inodes.append(folder.ino)
 
@@ -298,8 +296,7 @@ class ChangeApplier:
                 self.blocked.add(parent.ino)
                 return  # a local entry of that name waits for upload: its upload resolves it
             if other is not None:
-                other.linked = False
-                w.put_node(other)
+                w.put_node(replace(other, linked=False))
                 self._inodes.append(other.ino)
         if rec.kind == "file" and rec.state == "pending" and rec.rev == 0:
             return  # a provisional record of an upload in progress: the commit will follow
@@ -322,8 +319,7 @@ class ChangeApplier:
                 self.blocked.add(parent.ino)
                 return  # a local entry holds that name; its upload sorts it out
             if other is not None:
-                other.linked = False
-                w.put_node(other)
+                w.put_node(replace(other, linked=False))
                 self._inodes.append(other.ino)
             if node.linked and self.state.lookup(*where) == node.ino:
                 w.unlink(*where)
@@ -331,7 +327,7 @@ class ChangeApplier:
                 self._inodes.append(where[0])
             if not node.linked and node.kind == "dir" and self.on_folder is not None:
                 self.on_folder(node.ino)  # back after a local delete: its entries went
-            node.parent, node.name, node.linked = parent.ino, rec.name, True
+            node = replace(node, parent=parent.ino, name=rec.name, linked=True)
             w.link(parent.ino, rec.name, node.ino)
             self._entries.append((parent.ino, rec.name, node.ino))
             self._inodes.append(parent.ino)
@@ -344,19 +340,16 @@ class ChangeApplier:
                 self._stale.add(node.ino)  # a writer here works on what it opened: its
                 # commit (on the old base) will conflict; unwritten, it is updated at close
             elif rec.kind == "file" and rec.state == "done" and rec.rev != node.rev:
-                node.kind = rec.kind
-                node.size = rec.size
-                node.rev = rec.rev
-                node.set_blocks(None if rec.blocks is None else list(rec.blocks))
-                node.version += 1
+                blocks = None if rec.blocks is None else tuple(rec.blocks)
+                node = replace(node, kind=rec.kind, size=rec.size, rev=rec.rev, blocks=blocks,
+                               version=node.version + 1)  # fmt: skip
                 changed = True
             if rec.kind == "symlink" and rec.target != node.target:
-                node.target = rec.target
-                node.size = len((rec.target or "").encode())
+                node = replace(node, target=rec.target, size=len((rec.target or "").encode()))
                 changed = True
             if (node.mode, node.mtime_ns) != (rec.mode, rec.mtime_ns):
-                node.mode, node.mtime_ns = rec.mode, rec.mtime_ns
-                node.ctime_ns = max(node.ctime_ns, rec.mtime_ns)
+                node = replace(node, mode=rec.mode, mtime_ns=rec.mtime_ns,
+                               ctime_ns=max(node.ctime_ns, rec.mtime_ns))  # fmt: skip
                 changed = True
         if changed:
             w.put_node(node)

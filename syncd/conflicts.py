@@ -17,6 +17,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable
+from dataclasses import replace
 
 from blockstore.ids import BlockId
 from blockstore.wire import FileRecord, path_parts
@@ -101,6 +102,7 @@ class ConflictResolver:
             caller finishes the commit as usual), or None if it became a conflicted copy
             (the node now shows the server's version; done here).
         """
+        node = self.state.current(node)
         current = exc.current
         cur: FileRecord | None = None
         if current is not None:
@@ -113,6 +115,7 @@ class ConflictResolver:
                 cur = await self.remote.meta(file_id=node.server_id)
             except errors.NotFound:
                 cur = None
+            node = self.state.current(node)  # as it is after the request
             if cur is not None and cur.rev == node.rev and cur.kind == "file":
                 log.info("%s was renamed to %s meanwhile; committing there", path, cur.path)
                 try:
@@ -131,6 +134,7 @@ class ConflictResolver:
     async def _commit(self, path: str, base_rev: int | None, node: Node,
                       blocks: list[tuple[BlockId, int]], size: int,
                       commit_id: str) -> FileRecord:  # fmt: skip
+        node = self.state.current(node)  # its times and mode as they are when sent
         return await self.remote.commit(
             path, base_rev, blocks, size, node.mtime_ns, node.mode, commit_id
         )
@@ -165,9 +169,8 @@ class ConflictResolver:
             child = self.state.lookup(ino, part) if ino is not None else None
             node = self.state.node(child) if child is not None else None
             if node is not None and node.server_id != rec.id:
-                node.server_id = rec.id
                 with self.state.write() as w:
-                    w.put_node(node)
+                    w.put_node(replace(node, server_id=rec.id))
             ino = child if child is not None else ino
 
     async def _save_copy(self, node: Node, path: str, cur: FileRecord,
@@ -194,25 +197,25 @@ class ConflictResolver:
         conflicts.append({"path": path, "saved_as": rec.path, "time": time.time()})
         with self.state.write() as w:
             w.set_meta("conflicts", conflicts[-MAX_CONFLICTS_KEPT:])
+        node = self.state.current(node)  # written again during the requests?
         parent_ino = self._folder_of(rec, self._dir_ino(where, node.parent))
         if node.dirty is not None and node.dirty.gen != gen and node.linked:
             self._become_copy(node, rec, cur, blocks, size, gen, parent_ino)
             return
-        copy = node_from_record(rec.id, parent_ino, rec)
-        copy.set_blocks(list(blocks))
+        copy = replace(node_from_record(rec.id, parent_ino, rec), blocks=tuple(blocks))
         with self.state.write() as w:
             if self.state.node(rec.id) is None:
                 w.put_node(copy)
                 w.link(parent_ino, rec.name, rec.id)
-        self.content.finish_clean(node)
+        node = self.content.finish_clean(node)
         if cur.kind == "file":
             self._unshow_other(cur.id, node.ino)
-            node.server_id, node.rev, node.size = cur.id, cur.rev, cur.size
-            node.mtime_ns = cur.mtime_ns
-            node.set_blocks(None if cur.blocks is None else list(cur.blocks))
+            blocks_now = None if cur.blocks is None else tuple(cur.blocks)
+            node = replace(node, server_id=cur.id, rev=cur.rev, size=cur.size,
+                           mtime_ns=cur.mtime_ns, blocks=blocks_now)  # fmt: skip
         else:  # a directory or symlink took the name: the local file goes away
-            node.linked = False
-        node.version += 1
+            node = replace(node, linked=False)
+        node = replace(node, version=node.version + 1)
         with self.state.write() as w:
             w.put_node(node)
             if not node.linked:
@@ -233,16 +236,15 @@ class ConflictResolver:
         (with the newer write, and its open handles) becomes the conflicted copy, whose
         next revision that write is; the server's version takes the name as a new inode."""
         old_parent, old_name = node.parent, node.name
-        self.content.rebase(node, blocks, size, gen)
-        node.server_id, node.rev = rec.id, rec.rev
+        node = self.content.rebase(node, blocks, size, gen)
+        node = replace(node, server_id=rec.id, rev=rec.rev)
         holder = self.state.lookup(old_parent, old_name)
         if cur.kind == "file":
             self._unshow_other(cur.id, node.ino)  # "theirs" below shows it
         with self.state.write() as w:
             if holder == node.ino:
                 w.unlink(old_parent, old_name)
-            node.parent, node.name = parent_ino, rec.name
-            node.version += 1
+            node = replace(node, parent=parent_ino, name=rec.name, version=node.version + 1)
             w.put_node(node)
             w.link(parent_ino, rec.name, node.ino)
             theirs_at = self._folder_of(cur, self._dir_ino(_parent(cur.path), -1)), cur.name
@@ -288,8 +290,8 @@ class ConflictResolver:
             return
         with self.state.write() as w:
             if known is not None and not known.linked and known.dirty is None:
-                node = node_from_record(known.ino, parent, rec)  # the inode it had here (a
-                node.version = known.version + 1  # second one would map the same server id)
+                # the inode it had here (a second one would map the same server id)
+                node = replace(node_from_record(known.ino, parent, rec), version=known.version + 1)
             else:
                 node = node_from_record(w.next_ino(), parent, rec)
             w.put_node(node)
@@ -312,8 +314,7 @@ class ConflictResolver:
         with self.state.write() as w:
             if self.state.lookup(other.parent, other.name) == other.ino:
                 w.unlink(other.parent, other.name)
-            other.linked = False
-            w.put_node(other)
+            w.put_node(replace(other, linked=False))
         if self.on_entry is not None:
             self.on_entry(other.parent, other.name, other.ino)
         if self.on_changed is not None:
@@ -323,6 +324,7 @@ class ConflictResolver:
         """Show `node` where the server has it (renamed elsewhere, or by our own move, of
         which `own_moves` are still queued: a later local rename waiting in the queue
         must not be undone)."""
+        node = self.state.current(node)
         queued = sum(isinstance(op, Move) and op.ino == node.ino for _, op in self.state.ops())
         if queued > own_moves:
             return
@@ -335,9 +337,8 @@ class ConflictResolver:
         with self.state.write() as w:
             if self.state.lookup(*old) == node.ino:
                 w.unlink(*old)
-            node.parent, node.name = parent, rec.name
             w.link(parent, rec.name, node.ino)
-            w.put_node(node)
+            w.put_node(replace(node, parent=parent, name=rec.name))
         if self.on_entry is not None:
             self.on_entry(old[0], old[1], node.ino)
             self.on_entry(parent, rec.name, node.ino)

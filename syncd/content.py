@@ -13,7 +13,10 @@ the rules about ranges live in one place.
 
 Concurrency: on the trio thread. Disk I/O goes through `run_io`. A per-inode lock
 serialises the "pwrite then update ranges" steps of writers and of `materialize`, so a
-gap filled from the base can never overwrite a user's write.
+gap filled from the base can never overwrite a user's write. Records are immutable: each
+step of an edit applies its change to the inode's record as it is then (after an await it
+may be another: an upload finished or rebased it) and stages it (`StateDB.stage`) until
+`flush` writes it.
 """
 
 from __future__ import annotations
@@ -25,6 +28,7 @@ import logging
 import os
 import time
 from collections.abc import Callable, Iterator, Sequence
+from dataclasses import replace
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -241,19 +245,33 @@ class ContentStore:
         if hasattr(cache, "max_bytes"):
             cache.max_bytes = max(1 << 20, self.limit_bytes - self.dirty_bytes - extra)
 
-    def start_dirty(self, node: Node, *, empty: bool = False) -> Dirty:
-        """Turn `node` dirty (idempotent). `empty`: the old content is not needed (O_TRUNC)."""
+    def start_dirty(self, node: Node, *, empty: bool = False) -> Node:
+        """`node` turned dirty (idempotent), staged as its inode's record. `empty`: the old
+        content is not needed (O_TRUNC)."""
         if node.dirty is not None:
-            return node.dirty
+            return node
         if empty or not node.blocks:
-            node.dirty = Dirty(base_blocks=[], base_size=0, ranges=[])
+            dirty = Dirty(base_blocks=(), base_size=0, ranges=())
         else:
-            node.dirty = Dirty(base_blocks=list(node.blocks), base_size=node.size, ranges=[])
+            dirty = Dirty(base_blocks=node.blocks, base_size=node.size, ranges=())
         self._fd(node.ino)
-        node.version += 1
+        node = replace(node, dirty=dirty, version=node.version + 1)
+        self.state.stage(node)
         if self.on_dirty is not None:
             self.on_dirty(node)
-        return node.dirty
+        return node
+
+    def _dirty_now(self, node: Node, *, empty: bool = False) -> tuple[Node, Dirty]:
+        """The current record of `node`'s inode, dirty, and its `Dirty`: every step of an
+        edit starts from it, since an `await` before may have let an upload finish (clean:
+        dirty again) or rebase it."""
+        node = self.start_dirty(self.state.current(node), empty=empty)
+        assert node.dirty is not None
+        return node, node.dirty
+
+    def _stage(self, node: Node) -> Node:
+        self.state.stage(node)
+        return node
 
     async def _pin_base(self, node: Node) -> None:
         dirty = node.dirty
@@ -274,7 +292,7 @@ class ContentStore:
         if dirty is None:
             return await read_blocks(
                 self.fetcher,
-                node.blocks or [],
+                node.blocks or (),
                 node.block_starts(),
                 off,
                 end,
@@ -308,43 +326,51 @@ class ContentStore:
         end = off + len(data)
         if end > MAX_FILE_BYTES:
             raise TooBig(f"files are limited to {MAX_FILE_BYTES} bytes")
-        dirty = self.start_dirty(node)
-        dirty.gen += 1  # no await since start_dirty: an upload finishing now keeps it dirty
+        node, dirty = self._dirty_now(node)
+        # no await since start_dirty: an upload finishing now keeps it dirty
+        node = self._stage(replace(node, dirty=replace(dirty, gen=dirty.gen + 1)))
         await self._pin_base(node)
+        node, dirty = self._dirty_now(node)
         new_bytes = sum(e - s for s, e in rg.gaps(dirty.ranges, off, end))
         self._reserve(new_bytes)
         async with self._lock(node.ino):
             fd = self._fd(node.ino)
-            dirty.gen += 1  # before the bytes land too: an upload reading now is torn
+            node, dirty = self._dirty_now(node)
+            # before the bytes land too: an upload reading now is torn
+            self._stage(replace(node, dirty=replace(dirty, gen=dirty.gen + 1)))
             written = await self._io(node.ino, _write_at, fd, self._direct_fd(node.ino), data, off)
-            dirty.ranges = rg.add(dirty.ranges, off, off + written)
-            dirty.gen += 1
+            node, dirty = self._dirty_now(node)
+            dirty = replace(dirty, ranges=rg.add(dirty.ranges, off, off + written),
+                            gen=dirty.gen + 1)  # fmt: skip
+            now = time.time_ns()
+            self._stage(replace(node, dirty=dirty, size=max(node.size, off + written),
+                                mtime_ns=now, ctime_ns=now, version=node.version + 1))  # fmt: skip
         self.dirty_bytes += new_bytes
-        node.size = max(node.size, off + written)
-        node.mtime_ns = node.ctime_ns = time.time_ns()
-        node.version += 1
         return written
 
     async def truncate(self, node: Node, size: int) -> None:
         if size > MAX_FILE_BYTES:
             raise TooBig(f"files are limited to {MAX_FILE_BYTES} bytes")
-        dirty = self.start_dirty(node, empty=size == 0)
-        dirty.gen += 1  # as in `write`
+        node, dirty = self._dirty_now(node, empty=size == 0)
+        dirty = replace(dirty, gen=dirty.gen + 1)  # as in `write`
         if size < node.size:  # also before any await: see `rebase`
-            dirty.shrunk_gen = dirty.gen
+            dirty = replace(dirty, shrunk_gen=dirty.gen)
+        node = self._stage(replace(node, dirty=dirty))
         await self._pin_base(node)
         async with self._lock(node.ino):
+            node, dirty = self._dirty_now(node)
             if size < node.size:
                 before = rg.total(dirty.ranges)
-                dirty.ranges = rg.clip(dirty.ranges, size)
-                dirty.base_size = min(dirty.base_size, size)
+                dirty = replace(dirty, ranges=rg.clip(dirty.ranges, size),
+                                base_size=min(dirty.base_size, size))  # fmt: skip
+                node = self._stage(replace(node, dirty=dirty))
                 self.dirty_bytes -= before - rg.total(dirty.ranges)
                 await self._io(node.ino, os.ftruncate, self._fd(node.ino), size)
-                dirty.shrunk_gen = dirty.gen + 1
-            dirty.gen += 1
-        node.size = size
-        node.mtime_ns = node.ctime_ns = time.time_ns()
-        node.version += 1
+                node, dirty = self._dirty_now(node)
+                dirty = replace(dirty, shrunk_gen=dirty.gen + 1)
+            now = time.time_ns()
+            self._stage(replace(node, dirty=replace(dirty, gen=dirty.gen + 1), size=size,
+                                mtime_ns=now, ctime_ns=now, version=node.version + 1))  # fmt: skip
 
     async def flush(self, node: Node) -> None:
         """Record the dirty state of `node` (on close): it survives a crash of the client.
@@ -356,34 +382,37 @@ class ContentStore:
         """
         await trio.lowlevel.checkpoint()
         with self.state.write() as w:
-            w.put_node(node)
+            w.put_node(self.state.current(node))
 
     async def sync(self, node: Node) -> None:
         """fsync: make the dirty data of `node` and its record durable on disk."""
         if node.dirty is not None and node.ino in self._fds:
             await self._io(node.ino, os.fdatasync, self._fds[node.ino])
         with self.state.write() as w:
-            w.put_node(node)
+            w.put_node(self.state.current(node))
         await run_io(self.state.sync)
 
     # -- for the uploader -------------------------------------------------------------------
 
     async def materialize(self, node: Node) -> None:
-        """Fill every gap of the dirty file so it holds the whole content."""
+        """Fill every gap of the dirty file so it holds the whole content (stops if an upload
+        made it clean meanwhile)."""
+        node = self.state.current(node)
         dirty = node.dirty
         if dirty is None:
             return
-        base_starts = _starts(dirty.base_blocks)
+        base_blocks, base_starts = dirty.base_blocks, _starts(dirty.base_blocks)
         for gs, ge in rg.gaps(dirty.ranges, 0, min(dirty.base_size, node.size)):
             pos = gs
             while pos < ge:
                 i = bisect.bisect_right(base_starts, pos) - 1
-                bid, bsize = dirty.base_blocks[i]
+                bid, bsize = base_blocks[i]
                 bstart = base_starts[i]
                 stop = min(ge, bstart + bsize)
                 data = await self.fetcher.get(bid)
                 async with self._lock(node.ino):
-                    for s, e in rg.gaps(dirty.ranges, pos, stop):
+                    dirty = self.state.current(node).dirty
+                    for s, e in rg.gaps(dirty.ranges if dirty else (), pos, stop):
                         await self._io(
                             node.ino,
                             os.pwrite,
@@ -391,40 +420,52 @@ class ContentStore:
                             data[s - bstart : e - bstart],
                             s,
                         )
-                        dirty.ranges = rg.add(dirty.ranges, s, e)
+                        node = self.state.current(node)
+                        if node.dirty is None:
+                            return
+                        ranges = rg.add(node.dirty.ranges, s, e)
+                        self._stage(replace(node, dirty=replace(node.dirty, ranges=ranges)))
                         self.dirty_bytes += e - s
                 pos = stop
         async with self._lock(node.ino):
             fd = self._fd(node.ino)
-            if (await self._io(node.ino, os.fstat, fd)).st_size != node.size:
-                await self._io(node.ino, os.ftruncate, fd, node.size)
-            self.dirty_bytes += node.size - rg.total(dirty.ranges)
-            dirty.ranges = [(0, node.size)] if node.size else []
+            size = self.state.current(node).size
+            if (await self._io(node.ino, os.fstat, fd)).st_size != size:
+                await self._io(node.ino, os.ftruncate, fd, size)
+            node = self.state.current(node)
+            if node.dirty is None:
+                return
+            self.dirty_bytes += node.size - rg.total(node.dirty.ranges)
+            ranges = ((0, node.size),) if node.size else ()
+            self._stage(replace(node, dirty=replace(node.dirty, ranges=ranges)))
 
-    def finish_clean(self, node: Node) -> None:
-        """The uploaded content is on the server: drop the dirty file and its pins."""
+    def finish_clean(self, node: Node) -> Node:
+        """The uploaded content is on the server: drop the dirty file and its pins. Returns
+        `node` clean (staged; the caller writes it)."""
         if node.dirty is not None:
             self.dirty_bytes -= rg.total(node.dirty.ranges)
-            node.dirty = None
+            node = self._stage(replace(node, dirty=None))
         self.close_fd(node.ino)
         self._locks.pop(node.ino, None)
         with contextlib.suppress(FileNotFoundError):
             self.path(node.ino).unlink()
-        if node.ino in self._pinned or node.dirty is None:
-            self._pinned.discard(node.ino)
-            self.fetcher.cache.unpin_owner(f"dirty:{node.ino}")
+        self._pinned.discard(node.ino)
+        self.fetcher.cache.unpin_owner(f"dirty:{node.ino}")
         self._resize_cache()
+        return node
 
-    def rebase(self, node: Node, blocks: list[tuple[BlockId, int]], size: int, gen: int) -> None:
+    def rebase(self, node: Node, blocks: Sequence[tuple[BlockId, int]], size: int,
+               gen: int) -> Node:  # fmt: skip
         """`blocks` (the content at `gen`) reached the server while `node` was written again:
         make them the base of the remaining dirty ranges, so the next upload re-chunks only
         what changed since. Not after a shrinking truncate since `gen`: those blocks hold
-        bytes that were cut off, and the hole of a later extend must read as zeros."""
+        bytes that were cut off, and the hole of a later extend must read as zeros.
+        Returns `node` rebased (staged; the caller writes it)."""
         dirty = node.dirty
         if dirty is None or dirty.shrunk_gen > gen:
-            return
-        dirty.base_blocks = list(blocks)
-        dirty.base_size = min(size, node.size)
+            return node
+        dirty = replace(dirty, base_blocks=tuple(blocks), base_size=min(size, node.size))
+        return self._stage(replace(node, dirty=dirty))
 
     def discard(self, node: Node) -> None:
         """The file is gone (unlinked and forgotten): drop local content."""

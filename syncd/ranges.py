@@ -1,24 +1,25 @@
 """Sorted, disjoint, merged byte ranges `[start, end)`: which parts of a dirty file are valid.
 
-Pure functions over `list[tuple[int, int]]`; no I/O. A dirty file is sparse: bytes inside
-the ranges come from the local dirty file, bytes outside come from the base revision's
-blocks (below `base_size`) or read as zeros.
+Pure functions returning tuples (immutable, like the records that hold them); no I/O. A
+dirty file is sparse: bytes inside the ranges come from the local dirty file, bytes outside
+come from the base revision's blocks (below `base_size`) or read as zeros.
 """
 
 from __future__ import annotations
 
 import bisect
+from collections.abc import Sequence
 
 __all__ = ["Ranges", "add", "clip", "covered", "gaps", "total"]
 
-Ranges = list[tuple[int, int]]
+Ranges = tuple[tuple[int, int], ...]
 
 
-def add(ranges: Ranges, start: int, end: int) -> Ranges:
+def add(ranges: Sequence[tuple[int, int]], start: int, end: int) -> Ranges:
     """Return `ranges` with `[start, end)` added, merging neighbours that touch or overlap."""
     if end <= start:
-        return ranges
-    out: Ranges = []
+        return tuple(ranges)
+    out: list[tuple[int, int]] = []
     i = 0
     n = len(ranges)
     while i < n and ranges[i][1] < start:
@@ -30,20 +31,20 @@ def add(ranges: Ranges, start: int, end: int) -> Ranges:
         i += 1
     out.append((start, end))
     out.extend(ranges[i:])
-    return out
+    return tuple(out)
 
 
-def clip(ranges: Ranges, size: int) -> Ranges:
+def clip(ranges: Sequence[tuple[int, int]], size: int) -> Ranges:
     """Return `ranges` cut at `size` (after a truncate)."""
-    out: Ranges = []
+    out: list[tuple[int, int]] = []
     for s, e in ranges:
         if s >= size:
             break
         out.append((s, min(e, size)))
-    return out
+    return tuple(out)
 
 
-def covered(ranges: Ranges, start: int, end: int) -> list[tuple[int, int, bool]]:
+def covered(ranges: Sequence[tuple[int, int]], start: int, end: int) -> list[tuple[int, int, bool]]:
     """Split `[start, end)` into consecutive pieces `(s, e, inside)`, in order."""
     out: list[tuple[int, int, bool]] = []
     pos = start
@@ -64,11 +65,11 @@ def covered(ranges: Ranges, start: int, end: int) -> list[tuple[int, int, bool]]
     return out
 
 
-def gaps(ranges: Ranges, start: int, end: int) -> Ranges:
+def gaps(ranges: Sequence[tuple[int, int]], start: int, end: int) -> Ranges:
     """The parts of `[start, end)` that no range covers."""
-    return [(s, e) for s, e, inside in covered(ranges, start, end) if not inside]
+    return tuple((s, e) for s, e, inside in covered(ranges, start, end) if not inside)
 
 
-def total(ranges: Ranges) -> int:
+def total(ranges: Sequence[tuple[int, int]]) -> int:
     """Number of bytes covered."""
     return sum(e - s for s, e in ranges)

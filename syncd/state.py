@@ -13,7 +13,9 @@ fsync, in a worker thread) makes it survive a crash of the machine too.
 
 Inode numbers: entries that came from the server use the server's file id (the root is 1 on
 both sides); entries created here get `LOCAL_INO_BASE + n` and learn their server id when
-the uploader commits them. `Node` objects are cached in memory (write-through).
+the uploader commits them. The current record of each inode is cached in memory: a record
+is changed by building a new one (`dataclasses.replace`) and writing it with
+`Writer.put_node` (or staging it with `StateDB.stage` for content edits recorded on close).
 """
 
 from __future__ import annotations
@@ -30,7 +32,9 @@ from typing import Any
 import lmdb
 
 from blockstore.ids import BlockId
+from blockstore.wire import BlockList
 from syncd.queue_ops import QueuedOp, op_from_json, op_to_json
+from syncd.ranges import Ranges
 
 __all__ = ["LOCAL_INO_BASE", "ROOT_INO", "Dirty", "Node", "StateDB", "Writer"]
 
@@ -57,9 +61,9 @@ class Dirty:
     new base (the bytes cut off would come back in the hole of a later extend).
     """
 
-    base_blocks: list[tuple[BlockId, int]]
+    base_blocks: BlockList
     base_size: int
-    ranges: list[tuple[int, int]]
+    ranges: Ranges
     gen: int = 0
     shrunk_gen: int = 0
 
@@ -75,9 +79,9 @@ class Dirty:
     @classmethod
     def from_json(cls, d: dict[str, Any]) -> Dirty:
         return cls(
-            base_blocks=[(BlockId(b), int(s)) for b, s in d["base_blocks"]],
+            base_blocks=tuple((BlockId(b), int(s)) for b, s in d["base_blocks"]),
             base_size=int(d["base_size"]),
-            ranges=[(int(s), int(e)) for s, e in d["ranges"]],
+            ranges=tuple((int(s), int(e)) for s, e in d["ranges"]),
             gen=int(d.get("gen", 0)),
             shrunk_gen=int(d.get("shrunk_gen", 0)),
         )
@@ -85,7 +89,10 @@ class Dirty:
 
 @dataclass(slots=True)
 class Node:
-    """One inode. `mode` holds permission bits only; `kind` is file, dir or symlink."""
+    """One inode. `mode` holds permission bits only; `kind` is file, dir or symlink.
+
+    Build a changed record with `dataclasses.replace` and write it.
+    """
 
     ino: int
     parent: int
@@ -97,14 +104,14 @@ class Node:
     ctime_ns: int = 0
     server_id: int | None = None
     rev: int | None = None
-    blocks: list[tuple[BlockId, int]] | None = None
+    blocks: BlockList | None = None
     target: str | None = None
     listed: bool = False
     dirty: Dirty | None = None
     linked: bool = True
     version: int = 0
     """Bumped whenever the content seen through this inode changes (kernel cache check)."""
-    _starts: list[int] | None = field(default=None, repr=False, compare=False)
+    _starts: tuple[int, ...] | None = field(default=None, init=False, repr=False, compare=False)
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -141,7 +148,7 @@ class Node:
             ctime_ns=int(d.get("ctime_ns", d["mtime_ns"])),
             server_id=d.get("server_id"),
             rev=d.get("rev"),
-            blocks=None if blocks is None else [(BlockId(b), int(s)) for b, s in blocks],
+            blocks=None if blocks is None else tuple((BlockId(b), int(s)) for b, s in blocks),
             target=d.get("target"),
             listed=bool(d.get("listed", False)),
             dirty=None if dirty is None else Dirty.from_json(dirty),
@@ -149,20 +156,23 @@ class Node:
             version=int(d.get("version", 0)),
         )
 
-    def set_blocks(self, blocks: list[tuple[BlockId, int]] | None) -> None:
-        self.blocks = blocks
-        self._starts = None
+    def block_starts(self) -> tuple[int, ...]:
+        """Offsets at which each block of `blocks` begins.
 
-    def block_starts(self) -> list[int]:
-        """Offsets at which each block of `blocks` begins (memoised)."""
-        if self._starts is None:
-            starts: list[int] = []
+        Memoised in `_starts`, the one slot ever set after construction: it is derived
+        from `blocks`, which are not changed in place, and `replace` leaves it unset in the
+        new record (`init=False`).
+        """
+        starts = self._starts
+        if starts is None:
+            out: list[int] = []
             pos = 0
             for _, size in self.blocks or ():
-                starts.append(pos)
+                out.append(pos)
                 pos += size
-            self._starts = starts
-        return self._starts
+            starts = tuple(out)
+            object.__setattr__(self, "_starts", starts)
+        return starts
 
 
 class Writer:
@@ -173,6 +183,8 @@ class Writer:
         self._txn = txn
 
     def put_node(self, node: Node) -> None:
+        """Make `node` the record of its inode (the only way, with `StateDB.stage`, to
+        change one)."""
         self._txn.put(_k(node.ino), json.dumps(node.to_json()).encode(), db=self._db._nodes)
         self._db._cache[node.ino] = node
         if node.server_id is not None:
@@ -331,6 +343,18 @@ class StateDB:
         node = Node.from_json(json.loads(raw))
         self._cache[ino] = node
         return node
+
+    def current(self, node: Node) -> Node:
+        """The record of `node`'s inode now: what an `await` since `node` was read may have
+        changed (`node` itself if the inode was forgotten meanwhile)."""
+        return self.node(node.ino) or node
+
+    def stage(self, node: Node) -> None:
+        """Make `node` the current record of its inode in memory only, written with the next
+        record derived from it (`ContentStore.flush` on close). For content edits: every
+        write moves the dirty ranges and generation, and one LMDB transaction per write
+        would cost more than the write."""
+        self._cache[node.ino] = node
 
     def lookup(self, parent: int, name: str) -> int | None:
         with self._env.begin() as txn:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import errno
 import logging
 import time
+from dataclasses import replace
 from typing import TYPE_CHECKING
 
 import trio
@@ -63,23 +64,23 @@ def ino_at(state: StateDB, path: str) -> int | None:
 
 
 def node_from_record(ino: int, parent: int, rec: FileRecord) -> Node:
-    node = Node(
+    size = rec.size if rec.kind == "file" else 0
+    if rec.kind == "symlink" and rec.target is not None:
+        size = len(rec.target.encode())
+    return Node(
         ino=ino,
         parent=parent,
         name=rec.name,
         kind=rec.kind,
         mode=rec.mode,
-        size=rec.size if rec.kind == "file" else 0,
+        size=size,
         mtime_ns=rec.mtime_ns,
         ctime_ns=rec.mtime_ns,
         server_id=rec.id,
         rev=rec.rev,
+        blocks=None if rec.blocks is None else tuple(rec.blocks),
         target=rec.target,
     )
-    if rec.kind == "symlink" and rec.target is not None:
-        node.size = len(rec.target.encode())
-    node.set_blocks(None if rec.blocks is None else list(rec.blocks))
-    return node
 
 
 class TreeSync:
@@ -137,7 +138,7 @@ class TreeSync:
                     records = await self.remote.list_dir(path)
             except (errors.Offline, trio.TooSlowError) as exc:
                 self.mark_offline()
-                if node.listed:
+                if self.state.current(node).listed:
                     log.info("server unreachable; showing the local copy of the tree (%s)", exc)
                     return
                 raise errors.Offline(f"cannot list directory: {exc}") from exc
@@ -165,9 +166,10 @@ class TreeSync:
             if self.reconciler is not None:  # deleted elsewhere and the feed did not say
                 self.reconciler.gone(node.ino)
             raise FileNotFoundError(errno.ENOENT, f"{node.name} was deleted elsewhere") from None
-        node.set_blocks(list(rec.blocks or ()))
-        if rec.rev != node.rev or rec.size != node.size:
-            node.version += 1
-        node.rev, node.size, node.mtime_ns = rec.rev, rec.size, rec.mtime_ns
+        node = self.state.current(node)  # as it is now, after the request
+        changed = rec.rev != node.rev or rec.size != node.size
+        version = node.version + 1 if changed else node.version
+        node = replace(node, blocks=tuple(rec.blocks or ()), rev=rec.rev, size=rec.size,
+                       mtime_ns=rec.mtime_ns, version=version)  # fmt: skip
         with self.state.write() as w:
             w.put_node(node)

@@ -26,7 +26,7 @@ import hashlib
 import logging
 import uuid
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -73,6 +73,11 @@ class _Torn(Exception):
 
 @dataclass(slots=True)
 class _Item:
+    """One file of a commit round: its content at dirty generation `gen`.
+
+    `node` is its record when the upload started; what the file is now (written again,
+    removed, renamed) is `Uploader._now(item)`."""
+
     seq: int
     op: Commit
     node: Node
@@ -413,9 +418,8 @@ class Uploader:
                 rec = await self.remote.meta(path=op.path)
                 if rec.kind == want:
                     if node is not None and want == "dir":  # adopted by the caller
-                        node.listed = False
                         with self.state.write() as w:
-                            w.put_node(node)
+                            w.put_node(replace(self.state.current(node), listed=False))
                         self.relist_folder(node.ino)
                     return rec
                 if node is None:
@@ -447,6 +451,8 @@ class Uploader:
             # name there, if taken, is another device's entry (then ours gets a copy name)
         src_rev = node.rev if node is not None and node.kind == "file" else None
         for _ in range(MAX_RESOLVE_STEPS):
+            if node is not None:
+                node = self.state.current(node)  # as it is after the last request
             try:
                 seen = self._seen_rev(op.dst_ino, op.dst_rev)
                 rec = await self.remote.move(
@@ -455,6 +461,7 @@ class Uploader:
                     dst_id=dst_id if op.mode != "noreplace" else None,
                 )  # fmt: skip
             except (errors.Exists, errors.Conflict, errors.NotEmpty) as exc:
+                node = self.state.current(node) if node is not None else None
                 if isinstance(exc, errors.Conflict) and _names(exc, node):
                     # the file we move was edited elsewhere since we saw it: the rename still
                     # applies (edits travel with renames); the result shows what we had not
@@ -471,6 +478,7 @@ class Uploader:
                 op.mode, op.dst_rev = "noreplace", None
                 continue
             except errors.NotFound:
+                node = self.state.current(node) if node is not None else None
                 if node is None or not node.linked or node.server_id is None:
                     log.debug("move of %s skipped: not on the server (yet)", op.src)
                     return None
@@ -493,6 +501,7 @@ class Uploader:
         """A file moved here was deleted elsewhere meanwhile: keep what this device shows,
         at the destination (over a file: as its next revision, if it is still the one this
         device saw; else under a conflicted-copy name)."""
+        node = self.state.current(node)
         if node.kind == "dir":
             return await self._create(Mkdir(node.ino, op.dst, node.mode), node)
         if node.kind != "file" or node.dirty is not None or node.blocks is None:
@@ -501,10 +510,12 @@ class Uploader:
         base = self._seen_rev(op.dst_ino, op.dst_rev) if op.mode == "replace" else None
         for step in range(MAX_RESOLVE_STEPS):
             commit_id = f"{self.device}-{uuid.uuid4().hex}"
+            node = self.state.current(node)
             try:
                 return await self.remote.commit(
-                    op.dst, base, node.blocks, node.size, node.mtime_ns, node.mode, commit_id
-                )
+                    op.dst, base, node.blocks or (), node.size, node.mtime_ns, node.mode,
+                    commit_id,
+                )  # fmt: skip
             except (errors.Conflict, errors.Exists):  # another entry has the name now
                 op.dst, base = self._rename_local(node, op.dst), None
             except errors.NotFound:
@@ -519,14 +530,14 @@ class Uploader:
         new_name = conflicted_name(name, self.device)
         new_path = join_path(folder or "/", new_name)
         log.warning("%s was taken by another device meanwhile; ours is now %s", path, new_path)
+        node = self.state.current(node)
         with self.state.write() as w:
             if node.linked and self.state.lookup(node.parent, node.name) == node.ino:
                 w.unlink(node.parent, node.name)
                 w.link(node.parent, new_name, node.ino)
                 if self.on_entry is not None:
                     self.on_entry(node.parent, node.name, node.ino)
-                node.name = new_name
-                node.version += 1
+                node = replace(node, name=new_name, version=node.version + 1)
                 w.put_node(node)
         self.conflicts.retarget_ops(node.ino, path, new_path)
         if self.on_changed is not None:
@@ -537,10 +548,8 @@ class Uploader:
         node = self.state.node(ino) if ino is not None else None
         if node is None:
             return
-        node.rev = rec.rev
-        node.server_id = rec.id
         with self.state.write() as w:
-            w.put_node(node)
+            w.put_node(replace(node, rev=rec.rev, server_id=rec.id))
 
     def _adopt_moved(self, ino: int, rec: FileRecord) -> None:
         """After a move: this device shows what the server has for the entry now (the
@@ -555,17 +564,16 @@ class Uploader:
         moved_on, self._moved_on = self._moved_on, False
         if node is None:
             return
-        node.server_id = rec.id
+        node = replace(node, server_id=rec.id)
         if node.kind != "file" or rec.kind != "file":
-            node.rev = rec.rev
+            node = replace(node, rev=rec.rev)
         elif node.dirty is not None:
-            node.rev = 0 if moved_on else rec.rev
-        elif rec.blocks is not None and list(rec.blocks) != (node.blocks or []):
-            node.rev, node.size, node.mtime_ns = rec.rev, rec.size, rec.mtime_ns
-            node.set_blocks(list(rec.blocks))
-            node.version += 1
+            node = replace(node, rev=0 if moved_on else rec.rev)
+        elif rec.blocks is not None and tuple(rec.blocks) != (node.blocks or ()):
+            node = replace(node, rev=rec.rev, size=rec.size, mtime_ns=rec.mtime_ns,
+                           blocks=tuple(rec.blocks), version=node.version + 1)  # fmt: skip
         else:
-            node.rev = rec.rev
+            node = replace(node, rev=rec.rev)
         with self.state.write() as w:
             w.put_node(node)
         if node.linked:  # where the server put it: in its folder by id (this device may
@@ -603,7 +611,7 @@ class Uploader:
         t1 = trio.current_time()
         ready: list[_Item] = []
         for it in items:
-            node = it.node
+            node = self._now(it)  # not the record it started from: was it written meanwhile?
             if node.dirty is None or not node.linked:
                 done.append(it.seq)
             elif node.dirty.gen == it.gen:
@@ -611,10 +619,11 @@ class Uploader:
                 ready.append(it)
         if len(ready) == 1:
             it = ready[0]
+            node = self._now(it)
             try:
                 res: FileRecord | errors.RemoteError = await self.remote.commit(
-                    it.op.path, it.node.rev, it.blocks, it.size, it.node.mtime_ns,
-                    it.node.mode, it.op.commit_id or "",
+                    it.op.path, node.rev, it.blocks, it.size, node.mtime_ns, node.mode,
+                    it.op.commit_id or "",
                 )  # fmt: skip
             except errors.RemoteError as exc:
                 res = exc
@@ -640,13 +649,16 @@ class Uploader:
         p = plan(dirty.base_blocks, dirty.base_size, dirty.ranges, size)
         self.progress = {"path": op.path, "done": p.start, "total": size}
 
-        def check() -> None:
-            if node.dirty is None or node.dirty.gen != gen or not node.linked:
+        def check() -> Node:
+            """The file's record now, unless it was written, truncated or removed since the
+            upload started (read again: `node` is the record as it was then)."""
+            now = self.state.current(node)
+            if now.dirty is None or now.dirty.gen != gen or not now.linked:
                 raise _Torn
+            return now
 
         async def read(off: int, n: int) -> bytes:
-            check()
-            data = await self.content.read(node, off, n)
+            data = await self.content.read(check(), off, n)
             check()  # a write or truncate during the read: these bytes may be torn or short
             if self.progress is not None:
                 self.progress["done"] = off + len(data)
@@ -664,6 +676,8 @@ class Uploader:
                              pusher: BlockPusher) -> list[_Item]:  # fmt: skip
         """New files below the minimum chunk size are one block each: read, hash and cache
         all of them in one worker-thread call instead of three thread hops per file."""
+        # the records as they are now, after the larger files' uploads
+        small = [(seq, op, self.state.current(node)) for seq, op, node in small]
         gens = [node.dirty.gen if node.dirty is not None else -1 for _, _, node in small]
         paths = [(self.content.path(node.ino), node.size) for _, _, node in small]
         got = await run_io(_read_hash_cache, paths, self.cache)
@@ -678,39 +692,44 @@ class Uploader:
             out.append(_Item(seq, op, node, gen, blocks, len(data)))
         return out
 
+    def _now(self, it: _Item) -> Node:
+        return self.state.current(it.node)
+
     def _set_commit_id(self, it: _Item) -> None:
         """Same content, base and path -> same id, even after a crash (idempotent retry)."""
-        key = repr((it.blocks, it.node.rev, it.op.path, it.node.mode)).encode()
+        node = self._now(it)
+        key = repr((it.blocks, node.rev, it.op.path, node.mode)).encode()
         digest = hashlib.sha256(key).hexdigest()
         if it.op.digest != digest or it.op.commit_id is None:
             it.op.digest = digest
-            it.op.commit_id = f"{self.device}-{it.node.ino}-{uuid.uuid4().hex}"
+            it.op.commit_id = f"{self.device}-{node.ino}-{uuid.uuid4().hex}"
             with self.state.write() as w:
                 w.replace_op(it.seq, it.op)
 
     def _body(self, it: _Item) -> dict[str, Any]:
+        node = self._now(it)
         return {
             "path": it.op.path,
-            "base_rev": it.node.rev,
+            "base_rev": node.rev,
             "blocks": blocks_to_json(tuple(it.blocks)),
             "size": it.size,
-            "mtime_ns": it.node.mtime_ns,
-            "mode": it.node.mode,
+            "mtime_ns": node.mtime_ns,
+            "mode": node.mode,
             "commit_id": it.op.commit_id,
         }
 
     async def _finish(self, it: _Item, res: FileRecord | errors.RemoteError) -> bool:
         """Apply the server's answer to one commit; False if it was refused for now (the
         caller parks the op). Every refusal has a resolution (docs/protocol.md "Rules")."""
-        node = it.node
         for step in range(1, MAX_RESOLVE_STEPS + 1):
             if isinstance(res, errors.NotFound):  # its folder is not at that path any more
-                it.op.path = await self._place_for(node, it.op.path)
+                it.op.path = await self._place_for(self._now(it), it.op.path)
                 res = await self._commit_at(it, f"placed-{step}")
             elif isinstance(res, errors.Conflict):
                 rec = await self.conflicts.resolve(
-                    node, it.op.path, it.blocks, it.size, it.op.commit_id or "", res, it.gen
-                )
+                    self._now(it), it.op.path, it.blocks, it.size, it.op.commit_id or "", res,
+                    it.gen,
+                )  # fmt: skip
                 if rec is None:
                     return True
                 res = rec
@@ -725,16 +744,16 @@ class Uploader:
             self._refused[it.seq] = f"{why}: {res}"
             return False
         self.commits += 1
-        node.server_id, node.rev = res.id, res.rev
+        # the record as it is now, after the answer: was the file written meanwhile?
+        node = replace(self._now(it), server_id=res.id, rev=res.rev)
         if node.dirty is not None and node.dirty.gen == it.gen:
-            node.set_blocks(it.blocks)
-            node.size = it.size
-            self.content.finish_clean(node)
+            node = replace(node, blocks=tuple(it.blocks), size=it.size)
+            node = self.content.finish_clean(node)
             with self.state.write() as w:
                 w.put_node(node)
             return True
-        self.content.rebase(node, it.blocks, it.size, it.gen)  # written again: commit that too
-        with self.state.write() as w:
+        node = self.content.rebase(node, it.blocks, it.size, it.gen)  # written again: commit
+        with self.state.write() as w:  # that too
             w.put_node(node)
             if node.dirty is not None and node.linked:
                 with contextlib.suppress(KeyError):
@@ -744,9 +763,10 @@ class Uploader:
 
     async def _commit_at(self, it: _Item, tag: str) -> FileRecord | errors.RemoteError:
         """Commit `it` at `it.op.path` again (after a resolution step moved it)."""
+        node = self._now(it)
         try:
             return await self.remote.commit(
-                it.op.path, it.node.rev, it.blocks, it.size, it.node.mtime_ns, it.node.mode,
+                it.op.path, node.rev, it.blocks, it.size, node.mtime_ns, node.mode,
                 f"{it.op.commit_id}-{tag}",
             )  # fmt: skip
         except errors.RemoteError as exc:
@@ -759,6 +779,7 @@ class Uploader:
         the server has its folder now (renamed elsewhere: the file follows it); else the same
         path with its folders re-created (deleted elsewhere: the edit wins, as in Dropbox).
         """
+        node = self.state.current(node)
         try:
             here = path_of(self.state, node.ino)
         except KeyError:
@@ -790,7 +811,7 @@ def _small_and_new(node: Node) -> bool:
     dirty = node.dirty
     if dirty is None or dirty.base_blocks or node.size >= MIN_CHUNK_BYTES:
         return False
-    return node.size == 0 or dirty.ranges == [(0, node.size)]
+    return node.size == 0 or dirty.ranges == ((0, node.size),)
 
 
 def _read_hash_cache(

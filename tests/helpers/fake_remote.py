@@ -157,7 +157,7 @@ class FakeRemote:
         self,
         path: str,
         base_rev: int | None,
-        blocks: list[tuple[BlockId, int]],
+        blocks: Sequence[tuple[BlockId, int]],
         size: int,
         mtime_ns: int,
         mode: int,

@@ -5,6 +5,7 @@ from __future__ import annotations
 import errno
 import os
 from collections.abc import Iterator
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -66,8 +67,7 @@ class World:
     def remote_file(self, name: str, data: bytes, ino: int = 500) -> Node:
         bid = self.source.add(data)
         node = Node(ino=ino, parent=ROOT_INO, name=name, kind="file", mode=0o644,
-                    size=len(data), server_id=ino, rev=1)  # fmt: skip
-        node.set_blocks([(bid, len(data))])
+                    size=len(data), server_id=ino, rev=1, blocks=((bid, len(data)),))  # fmt: skip
         with self.state.write() as w:
             w.put_node(node)
             w.link(ROOT_INO, name, ino)
@@ -194,8 +194,8 @@ async def test_open_file_keeps_its_revision_and_local_writes_win(world: World) -
     fh, _ = await world.vfs.open(node.ino, os.O_RDONLY)
     new = b"NEW CONTENT!"
     bid = world.source.add(new)
-    node.set_blocks([(bid, len(new))])  # a remote update arrives
-    node.size = len(new)
+    with world.state.write() as w:  # a remote update arrives
+        w.put_node(replace(node, blocks=((bid, len(new)),), size=len(new)))
     assert await world.vfs.read(fh, 0, 100) == old
     fh2, _ = await world.vfs.open(node.ino, os.O_RDWR)
     assert await world.vfs.read(fh2, 0, 100) == new
@@ -211,12 +211,15 @@ async def test_dirty_file_over_a_base_revision_materializes(world: World) -> Non
     fh, _ = await world.vfs.open(node.ino, os.O_RDWR)
     await world.vfs.write(fh, 100, b"XY")
     await world.vfs.release(fh)
+    node = world.state.current(node)
     assert node.dirty is not None
-    assert node.dirty.ranges == [(100, 102)]
+    assert node.dirty.ranges == ((100, 102),)
     await world.content.materialize(node)
     want = data[:100] + b"XY" + data[102:]
     assert world.content.path(node.ino).read_bytes() == want
-    assert node.dirty.ranges == [(0, len(want))]
+    node = world.state.current(node)
+    assert node.dirty is not None
+    assert node.dirty.ranges == ((0, len(want)),)
 
 
 async def test_unreachable_server_gives_offline_after_bounded_wait(
@@ -245,13 +248,13 @@ async def test_writes_beyond_the_limit_fail_with_enospc(tmp_path: Path) -> None:
 
 
 def test_ranges() -> None:
-    r: rg.Ranges = []
+    r: rg.Ranges = ()
     r = rg.add(r, 10, 20)
     r = rg.add(r, 30, 40)
     r = rg.add(r, 20, 30)
-    assert r == [(10, 40)]
-    assert rg.gaps(r, 0, 50) == [(0, 10), (40, 50)]
-    assert rg.clip(r, 15) == [(10, 15)]
+    assert r == ((10, 40),)
+    assert rg.gaps(r, 0, 50) == ((0, 10), (40, 50))
+    assert rg.clip(r, 15) == ((10, 15),)
     assert rg.covered([(5, 8)], 0, 10) == [(0, 5, False), (5, 8, True), (8, 10, False)]
 
 

@@ -7,6 +7,7 @@ import errno
 import itertools
 import json
 import random
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -281,10 +282,9 @@ async def test_local_edits_and_queued_moves_win_over_remote_changes(state: State
     applier.apply_all([Change.from_json(_change(1, "create", _rec(6, 1, "/a.txt")))])
     node = state.node(6)
     assert node is not None
-    node.dirty = None
     from syncd.state import Dirty
 
-    node.dirty = Dirty(base_blocks=[], base_size=0, ranges=[(0, 1)])
+    node = replace(node, dirty=Dirty(base_blocks=(), base_size=0, ranges=((0, 1),)))
     with state.write() as w:
         w.put_node(node)
     if True:
@@ -316,12 +316,10 @@ def test_a_file_renamed_over_here_is_not_put_back_by_a_remote_edit(state: StateD
     assert renamed is not None
     with state.write() as w:  # what Vfs.rename does
         w.unlink(ROOT_INO, "x.txt")
-        replaced.linked = False
-        w.put_node(replaced)
+        w.put_node(replace(replaced, linked=False))
         w.unlink(ROOT_INO, "y.txt")
-        renamed.name = "x.txt"
         w.link(ROOT_INO, "x.txt", 59)
-        w.put_node(renamed)
+        w.put_node(replace(renamed, name="x.txt"))
         w.add_op(Move(59, "/y.txt", "/x.txt", "replace", 1, 80, 80))
     applier.apply_all([Change.from_json(_change(3, "update", _rec(80, 1, "/x.txt", rev=2)))])
     assert state.lookup(ROOT_INO, "x.txt") == 59
@@ -345,9 +343,8 @@ def test_a_change_older_than_this_mounts_own_later_change_is_not_applied(
     assert node is not None
     with state.write() as w:  # what the uploader did after its move was answered
         w.unlink(ROOT_INO, "a")
-        node.name = "a (mine)"
         w.link(ROOT_INO, "a (mine)", 51)
-        w.put_node(node)
+        w.put_node(replace(node, name="a (mine)"))
     applier.apply_all([
         Change.from_json(_change(2, "move", _rec(51, 1, "/a (theirs)"))),
         Change.from_json(_change(3, "move", _rec(51, 1, "/a (mine)"), device="me", client="me")),
