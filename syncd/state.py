@@ -13,9 +13,16 @@ fsync, in a worker thread) makes it survive a crash of the machine too.
 
 Inode numbers: entries that came from the server use the server's file id (the root is 1 on
 both sides); entries created here get `LOCAL_INO_BASE + n` and learn their server id when
-the uploader commits them. The current record of each inode is cached in memory: a record
-is changed by building a new one (`dataclasses.replace`) and writing it with
-`Writer.put_node` (or staging it with `StateDB.stage` for content edits recorded on close).
+the uploader commits them.
+
+Records are immutable (`Node`, `Dirty` are frozen): an inode changes only by a new record
+(`dataclasses.replace`) written with `Writer.put_node`, or staged with `StateDB.stage` for
+content edits recorded on close. The VFS, uploader, reconciler and resolver all hold
+records; were they shared mutable objects, a change would be seen before it was written
+and code could depend on that without saying so. A record is a snapshot: after an `await`,
+code that must know whether the inode changed meanwhile (an upload checking the dirty
+generation) reads it again (`StateDB.current`). The current record of each inode is cached
+in memory.
 """
 
 from __future__ import annotations
@@ -49,7 +56,7 @@ def _k(n: int) -> bytes:
     return _U64.pack(n)
 
 
-@dataclass(slots=True)
+@dataclass(frozen=True, slots=True)
 class Dirty:
     """Local, not yet uploaded content of a file.
 
@@ -87,11 +94,11 @@ class Dirty:
         )
 
 
-@dataclass(slots=True)
+@dataclass(frozen=True, slots=True)
 class Node:
     """One inode. `mode` holds permission bits only; `kind` is file, dir or symlink.
 
-    Build a changed record with `dataclasses.replace` and write it.
+    Immutable: build a changed record with `dataclasses.replace` and write it.
     """
 
     ino: int
@@ -159,9 +166,9 @@ class Node:
     def block_starts(self) -> tuple[int, ...]:
         """Offsets at which each block of `blocks` begins.
 
-        Memoised in `_starts`, the one slot ever set after construction: it is derived
-        from `blocks`, which are not changed in place, and `replace` leaves it unset in the
-        new record (`init=False`).
+        Memoised in `_starts`, the one slot ever set after construction (hence
+        `object.__setattr__`): it is derived from `blocks`, which never change, and
+        `replace` leaves it unset in the new record (`init=False`).
         """
         starts = self._starts
         if starts is None:
