@@ -314,6 +314,43 @@ async def test_an_edit_of_a_file_moved_and_edited_elsewhere_shows_it_where_it_we
             h.close()
 
 
+async def test_a_write_while_the_conflicted_copy_is_on_the_wire_is_kept() -> None:
+    """A file edited here and elsewhere conflicts; while our copy's commit is on the wire it
+    is written again. The resolver must see that write (the file's record now, not the one
+    it started from): the local file becomes the copy and the write is its next revision,
+    instead of the file taking the server's version and the write being dropped."""
+    with tempfile.TemporaryDirectory() as tmp:
+        h = Harness(Path(tmp), random.Random(0))
+        try:
+            async with h.running():
+                await h.write("a", 0, 100, 1)
+                await h.idle()
+                bid = await _put_block(h.remote, bytes([9]) * 80)
+                await h.remote.commit("/a", 1, [(bid, 80)], 80, 1, 0o644, "other")
+                commits = 0
+
+                async def hook(name: str) -> None:
+                    nonlocal commits
+                    if name == "commit":
+                        commits += 1
+                        if commits == 2:  # ours was refused; this one is the copy
+                            await h.write("a", 0, 10, 3)
+
+                h.remote.hook = hook
+                await h.write("a", 0, 100, 2)
+                await h.idle()
+            assert commits >= 2
+            on_server = h.remote.tree()
+            assert on_server["/a"] == bytes([9]) * 80, sorted(on_server)
+            copies = [p for p in on_server if "conflicted copy" in p]
+            assert len(copies) == 1, sorted(on_server)
+            assert on_server[copies[0]] == bytes([3]) * 10 + bytes([2]) * 90
+            shown = sorted(name for name, _ in h.state.children(ROOT_INO))
+            assert shown == ["a", copies[0][1:]], shown
+        finally:
+            h.close()
+
+
 async def test_a_file_moved_onto_a_name_held_here_is_shown_once_after_the_conflict() -> None:
     """Seed 602 of the convergence runs: another device saves `c` the sed way (temporary
     `.sed1`, renamed to `c`) while `c` here is new and not uploaded yet. The feed shows
