@@ -4,10 +4,11 @@ merged into the local tree here, by one set of rules.
 Changes are applied one at a time, in journal order, each in its own write transaction; a
 listing of one folder in one transaction (`merge_listing`). Rules:
 - Changes this mount's uploader made (the change names its client id) are skipped: the
-  uploader already put their result here; so are changes of the same entry that come
-  before such a change in the batch (its result already includes them). Every other
-  change applies, this device's own made elsewhere included (`drive restore`, the API,
-  the web app, with the same token).
+  uploader already put their result here (unless a change from elsewhere, older but applied
+  later, undid it); so are changes of the same entry that come before such a change in the
+  batch (its result already includes them), and an older change must not take a name that
+  such a later change of ours gave an entry. Every other change applies, this device's own
+  made elsewhere included (`drive restore`, the API, the web app, with the same token).
 - Local work wins where it must: a file with unsynced edits keeps them (its commit then
   resolves the conflict, `syncd.conflicts`), and a node with queued operations is not moved
   or removed under them (the queue has not told the server yet). A remotely deleted file
@@ -72,6 +73,10 @@ class ChangeApplier:
         """Files deleted elsewhere that stayed only for a handle that may write to them."""
         self._entries: list[tuple[int, str, int]] = []
         self._inodes: list[int] = []
+        self._own: dict[int, int] = {}
+        """Server id -> journal seq of this mount's latest own change of it in the batch."""
+        self._seq = 0
+        """The journal seq of the change being applied (0 for a listing: it is current)."""
 
     def queue_sets(self) -> tuple[set[int], set[int]]:
         """`(busy, pending)`: inodes with queued or parked namespace operations (the file a
@@ -100,20 +105,49 @@ class ChangeApplier:
         busy, pending = self.queue_sets()
         self._pending = busy | pending
         own = {ch.file.id: ch.seq for ch in changes if ch.client == self.client_id}
+        self._own = own
         n = 0
-        for ch in changes:
-            if ch.client == self.client_id:
-                continue  # made by this mount's uploader, which applied its result itself
-            if own.get(ch.file.id, -1) > ch.seq:
-                continue  # older than this mount's own later change of that entry, whose
-                # result is here already (it would move the entry back where it was)
-            n += 1
-            try:
-                with self.state.write() as w:
-                    self._apply(w, ch, busy)
-            except (KeyError, ValueError) as exc:  # a damaged entry must not stop the feed
-                log.warning("change %d (%s %s) not applied: %s", ch.seq, ch.op, ch.file.path, exc)
+        try:
+            for ch in changes:
+                if own.get(ch.file.id, -1) > ch.seq:
+                    continue  # older than this mount's own later change of that entry, whose
+                    # result is here already (it would move the entry back where it was)
+                if ch.client == self.client_id and self._reflected(ch, busy):
+                    continue  # made by this mount's uploader, which applied its result
+                n += ch.client != self.client_id
+                self._seq = ch.seq
+                try:
+                    with self.state.write() as w:
+                        self._apply(w, ch, busy)
+                except (KeyError, ValueError) as exc:  # a damaged entry must not stop the feed
+                    log.warning("change %d (%s %s) not applied: %s", ch.seq, ch.op,
+                                ch.file.path, exc)  # fmt: skip
+        finally:
+            self._own, self._seq = {}, 0
         return n
+
+    def _reflected(self, ch: Change, busy: set[int]) -> bool:
+        """Whether this mount's own change `ch` shows here, as the uploader left it. Not
+        when an older change from elsewhere, applied after the uploader's answer (it was
+        fetched before), took its entry's name, or the entry came back after our delete:
+        then it is applied like any other."""
+        if ch.op == "pending":
+            return True
+        ino = self.state.ino_for_server_id(ch.file.id)
+        node = self.state.node(ino) if ino is not None else None
+        if node is None or node.server_id != ch.file.id or node.ino in busy:
+            return True
+        if node.dirty is not None:
+            return True
+        gone = ch.op == "delete" or ch.file.deleted
+        return node.linked != gone
+
+    def _ours_later(self, other: Node) -> bool:
+        """`other` holds a name through this mount's own change later in this batch: an
+        older change from elsewhere must not take that name from it (the entry that had
+        the name then has left it since, and a later change says where it went)."""
+        sid = other.server_id
+        return sid is not None and self._own.get(sid, -1) > self._seq > 0
 
     def merge_listing(
         self, folder: Node, records: list[FileRecord], known: dict[int, int | None]
@@ -297,6 +331,8 @@ class ChangeApplier:
                                       or other.ino in self._pending):  # fmt: skip
                 self.blocked.add(parent.ino)
                 return  # a local entry of that name waits for upload: its upload resolves it
+            if other is not None and self._ours_later(other):
+                return
             if other is not None:
                 other.linked = False
                 w.put_node(other)
@@ -321,6 +357,8 @@ class ChangeApplier:
                                       or other.ino in self._pending):  # fmt: skip
                 self.blocked.add(parent.ino)
                 return  # a local entry holds that name; its upload sorts it out
+            if other is not None and self._ours_later(other):
+                return
             if other is not None:
                 other.linked = False
                 w.put_node(other)

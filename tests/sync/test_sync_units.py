@@ -24,7 +24,7 @@ from syncd.follower import MAX_BACKOFF_S, Follower, backoff_delay
 from syncd.queue_ops import Commit
 from syncd.rechunk import WINDOW_BYTES, NewChunk, plan, rechunk
 from syncd.remote import RemoteClient
-from syncd.state import ROOT_INO, Node, StateDB
+from syncd.state import LOCAL_INO_BASE, ROOT_INO, Node, StateDB
 from syncd.tree import TreeSync
 
 MIB = 1 << 20
@@ -356,6 +356,49 @@ def test_a_change_older_than_this_mounts_own_later_change_is_not_applied(
     assert state.lookup(ROOT_INO, "a (mine)") == 51
     assert state.lookup(ROOT_INO, "a (theirs)") is None
     assert state.lookup(ROOT_INO, "b") == 52
+
+
+def test_an_older_change_from_elsewhere_does_not_take_a_name_this_mount_took_later(
+    state: StateDB,
+) -> None:
+    """Seed 1101 of the convergence runs (at debug level): B created `a` (id 69) and C
+    deleted it; then this mount's uploader created its own `a` (id 73) and showed it here.
+    The feed brings all three; B's create, older than ours, must not take the name from
+    our file (which then vanished here for good, the feed skipping our own create). When
+    the older change came in an earlier page (fetched before our commit landed), our own
+    change is applied again: it no longer shows here as the uploader left it."""
+    mine = LOCAL_INO_BASE + 5
+    for same_page in (True, False):
+        with state.write() as w:
+            if state.lookup(ROOT_INO, "a") is not None:
+                w.unlink(ROOT_INO, "a")
+            w.put_node(
+                Node(
+                    ino=mine,
+                    parent=ROOT_INO,
+                    name="a",
+                    kind="file",
+                    mode=0o644,
+                    size=3,
+                    server_id=73,
+                    rev=1,
+                    blocks=[(block_id(b"abc"), 3)],
+                )
+            )
+            w.link(ROOT_INO, "a", mine)  # fmt: skip
+        applier = ChangeApplier(state, "me")
+        theirs = [Change.from_json(_change(1, "create", _rec(69, 1, "/a"))),
+                  Change.from_json(_change(2, "delete", _rec(69, 1, "/a")))]  # fmt: skip
+        ours = Change.from_json(_change(3, "create", _rec(73, 1, "/a"), "me", "me"))
+        if same_page:
+            applier.apply_all([*theirs, ours])
+        else:
+            applier.apply_all(theirs[:1])
+            applier.apply_all([theirs[1], ours])
+        assert state.lookup(ROOT_INO, "a") == mine, same_page
+        node = state.node(mine)
+        assert node is not None
+        assert node.linked, same_page
 
 
 def test_queue_sequence_numbers_are_never_reused(tmp_path: Path) -> None:
