@@ -480,3 +480,37 @@ async def test_a_folder_shown_again_after_a_refused_rename_over_it_is_listed_aga
             assert h.remote.tree()["/F/g"] == bytes([7]) * 20
         finally:
             h.close()
+
+
+async def test_re_created_folders_do_not_take_the_id_of_a_folder_shown_elsewhere() -> None:
+    """Seed 1108 of the convergence runs: this device shows `y` and `x/z`; elsewhere `x/z` is
+    deleted and `y` is renamed to `x/z`. A move here into `x/z/z` then re-creates the
+    folders of its path: the local `x/z` must not take the id of the server's `x/z` (that is
+    `y`, shown here as `y` until the feed moves it), or two folders here stand for one on
+    the server and the feed's entries of `y` go into the one that is then removed."""
+    with tempfile.TemporaryDirectory() as tmp:
+        h = Harness(Path(tmp), random.Random(0))
+        try:
+            async with h.running():
+                await h.vfs.mkdir(ROOT_INO, b"y", 0o755)
+                await h.vfs.mkdir(ROOT_INO, b"x", 0o755)
+                x = (await h.vfs.lookup(ROOT_INO, b"x")).ino
+                await h.vfs.mkdir(x, b"z", 0o755)
+                await h.idle()
+            y_ino, z_ino = await h._ino("y"), await h._ino("x/z")
+            assert y_ino is not None
+            assert z_ino is not None
+            y_node, z_node = h.state.node(y_ino), h.state.node(z_ino)
+            assert y_node is not None
+            assert z_node is not None
+            y_id, z_id = y_node.server_id, z_node.server_id
+            await h.remote.delete("/x/z", True)
+            await h.remote.move("/y", "/x/z", "noreplace")
+            await h.uploader.conflicts.make_parents("/x/z/z/c")
+            assert h.state.ino_for_server_id(y_id or 0) == y_ino
+            z_after = h.state.node(z_ino)
+            assert z_after is not None
+            assert z_after.server_id == z_id
+            assert h.remote.tree()["/x/z/z"] is None  # the folder the move needs is there
+        finally:
+            h.close()
