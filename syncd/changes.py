@@ -73,6 +73,8 @@ class ChangeApplier:
         """Files deleted elsewhere that stayed only for a handle that may write to them."""
         self._entries: list[tuple[int, str, int]] = []
         self._inodes: list[int] = []
+        self._replaced: set[int] = set()
+        """Files a queued rename replaced here (and nothing else queued for them)."""
         self._own: dict[int, int] = {}
         """Server id -> journal seq of this mount's latest own change of it in the batch."""
         self._seq = 0
@@ -85,8 +87,13 @@ class ChangeApplier:
         operation (commits included)."""
         queued = self.state.unsynced_ops()
         busy = {op.ino for op in queued if not isinstance(op, Commit)}
-        busy |= {op.dst_ino for op in queued if isinstance(op, Move) and op.dst_ino is not None}
-        return busy, {op.ino for op in queued}
+        replaced = {op.dst_ino for op in queued if isinstance(op, Move) and op.dst_ino is not None}
+        self._replaced = {
+            op.dst_ino
+            for op in queued
+            if isinstance(op, Move) and op.mode == "replace" and op.dst_ino is not None
+        } - busy
+        return busy | replaced, {op.ino for op in queued}
 
     def apply_all(self, changes: list[Change]) -> int:
         """Apply `changes` in journal order.
@@ -350,7 +357,9 @@ class ChangeApplier:
     def _update(self, w: Writer, node: Node, parent: Node, rec: FileRecord, busy: set[int]) -> None:
         changed = False
         where = (node.parent, node.name)
-        if node.ino not in busy and (where != (parent.ino, rec.name) or not node.linked):
+        movable = node.ino not in busy or node.ino in self._replaced  # a replaced file
+        # moved elsewhere is shown there; the check below keeps it off the renamed file
+        if movable and (where != (parent.ino, rec.name) or not node.linked):
             target = self.state.lookup(parent.ino, rec.name)
             other = self.state.node(target) if target is not None and target != node.ino else None
             if other is not None and (other.server_id is None or other.dirty is not None

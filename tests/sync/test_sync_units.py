@@ -331,6 +331,11 @@ def test_a_file_renamed_over_here_is_not_put_back_by_a_remote_edit(state: StateD
     gone = state.node(80)
     assert gone is not None
     assert not gone.linked
+    # seed 1107: the replaced file then moves elsewhere (before our move reaches the
+    # server): it is shown there, not lost from this device's tree
+    applier.apply_all([Change.from_json(_change(4, "move", _rec(80, 1, "/z.txt", rev=2)))])
+    assert state.lookup(ROOT_INO, "z.txt") == 80
+    assert state.lookup(ROOT_INO, "x.txt") == 59
 
 
 def test_a_change_older_than_this_mounts_own_later_change_is_not_applied(
