@@ -99,6 +99,9 @@ class Vfs:
         self._next_fh = 1
         self._kernel_version: dict[int, int] = {}
         self._local_gen: dict[int, int] = {}
+        self._unlinked_here: set[int] = set()
+        """Files a program here unlinked or renamed over: writes through a handle still
+        open on one vanish with it at close, as POSIX says."""
         self.ensure_root()
 
     # -- helpers ------------------------------------------------------------------------
@@ -178,9 +181,18 @@ class Vfs:
         node.mtime_ns = node.ctime_ns = time.time_ns()
 
     def _queue_commit(self, node: Node) -> None:
-        """Put `node`'s content in the durable upload queue (coalesced)."""
+        """Put `node`'s content in the durable upload queue (coalesced). A written file that
+        something other than a program here took out of the tree (deleted elsewhere,
+        meanwhile its name taken) comes back first: an acknowledged write never vanishes."""
         if not node.linked:
-            return
+            reconciler = self.tree.reconciler
+            if node.ino in self._unlinked_here or reconciler is None:
+                return
+            device = self.uploader.device if self.uploader is not None else "this device"
+            if not reconciler.revive(node.ino, device=device):
+                log.error("a write to %s could not be kept in the tree", node.name)
+                return
+            node = self._node(node.ino)
         path = self._path(node.ino)
         busy = self.uploader.busy_seqs if self.uploader is not None else set()
         with self.state.write() as w:
@@ -237,6 +249,7 @@ class Vfs:
             return  # its record stays while an op naming it is queued (or parked): the server
             # id and the revision it names (a change from elsewhere must not bring it back
             # meanwhile); the uploader calls this again once the op is done
+        self._unlinked_here.discard(ino)
         with self.state.write() as w:
             w.delete_node(ino)
 
@@ -355,6 +368,7 @@ class Vfs:
         path = self._child_path(parent, name)
         node.linked = False
         node.ctime_ns = time.time_ns()
+        self._unlinked_here.add(node.ino)
         self._touch_dir(pnode)
         with self.state.write() as w:
             w.unlink(parent, name)
@@ -420,6 +434,7 @@ class Vfs:
                 w.unlink(p_new, new)
                 dst.linked = False
                 w.put_node(dst)
+                self._unlinked_here.add(dst.ino)
             src.parent, src.name, src.ctime_ns = p_new, new, now
             w.link(p_new, new, src.ino)
             w.put_node(src)

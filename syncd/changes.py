@@ -25,6 +25,7 @@ import logging
 from collections.abc import Callable
 
 from blockstore.wire import Change, FileRecord
+from syncd.conflicts import conflicted_name
 from syncd.queue_ops import Commit, Move
 from syncd.state import ROOT_INO, Node, StateDB, Writer
 from syncd.tree import node_from_record
@@ -32,6 +33,9 @@ from syncd.tree import node_from_record
 __all__ = ["ChangeApplier"]
 
 log = logging.getLogger(__name__)
+
+MAX_REVIVE_NAMES = 20
+"""Conflicted-copy names tried for a file that comes back while its name is taken."""
 
 OnEntry = Callable[[int, str, int], None]
 OnInode = Callable[[int], None]
@@ -276,27 +280,43 @@ class ChangeApplier:
         self._entries.append((node.parent, node.name, node.ino))
         self._inodes.append(node.parent)
 
-    def revive(self, ino: int) -> bool:
+    def revive(self, ino: int, *, device: str | None = None) -> bool:
         """A program opens for writing a file this reconciler removed (deleted elsewhere)
         through a name the kernel still had cached: edits beat deletes, so it comes back
         where it was (if that name is free), and its commit brings it back on the server.
+
+        With `device` (a write to the unlinked file is being committed, and nothing else
+        would keep it), it comes back whatever removed it: under a conflicted-copy name if
+        its name is taken, at the top of the drive if its folder is gone.
         Returns whether it is shown again."""
         node = self.state.node(ino)
-        if node is None or node.linked or ino not in self._removed:
+        if node is None or node.linked or (device is None and ino not in self._removed):
             return False
         parent = self.state.node(node.parent)
-        if parent is None or not (parent.linked or parent.ino == ROOT_INO):
-            return False
-        if self.state.lookup(node.parent, node.name) is not None:
-            return False
-        log.info("%s was deleted elsewhere and is written here again; keeping it", node.name)
+        folder = node.parent
+        if parent is None or parent.kind != "dir" or not (parent.linked or folder == ROOT_INO):
+            if device is None:
+                return False
+            folder = ROOT_INO
+        name = node.name
+        for n in range(1, MAX_REVIVE_NAMES + 1):
+            if self.state.lookup(folder, name) is None:
+                break
+            if device is None or n == MAX_REVIVE_NAMES:
+                return False
+            name = conflicted_name(node.name, device, n=n)
+        if (folder, name) == (node.parent, node.name):
+            log.info("%s was deleted elsewhere and is written here again; keeping it", name)
+        else:
+            log.warning("%s was taken out of this device's tree while written here; keeping "
+                        "it as %s", node.name, name)  # fmt: skip
         self._removed.discard(ino)
         with self.state.write() as w:
-            node.linked = True
-            w.link(node.parent, node.name, node.ino)
+            node.parent, node.name, node.linked = folder, name, True
+            w.link(folder, name, node.ino)
             w.put_node(node)
-        self._entries.append((node.parent, node.name, node.ino))
-        self._inodes.append(node.parent)
+        self._entries.append((folder, name, node.ino))
+        self._inodes.append(folder)
         self.announce()
         return True
 
@@ -317,6 +337,13 @@ class ChangeApplier:
             self._entries.append((folder.ino, name, ino))
         self._inodes.append(folder.ino)
 
+    def _holds_name(self, node: Node) -> bool:
+        """Whether local work keeps `node` under its name against an entry from the server:
+        not uploaded yet, unsynced content, queued operations, or (a folder) any of these
+        below it (pushed out of the tree, that work would have no path to go to)."""
+        return (node.server_id is None or node.dirty is not None or node.ino in self._pending
+                or self._holds_pending(node))  # fmt: skip
+
     def _holds_pending(self, node: Node) -> bool:
         """Whether anything below folder `node` has unsynced content or queued operations
         (walks the local subtree: only done when a folder is deleted elsewhere)."""
@@ -334,8 +361,7 @@ class ChangeApplier:
         existing = self.state.lookup(parent.ino, rec.name)
         if existing is not None:
             other = self.state.node(existing)
-            if other is not None and (other.server_id is None or other.dirty is not None
-                                      or other.ino in self._pending):  # fmt: skip
+            if other is not None and self._holds_name(other):
                 self.blocked.add(parent.ino)
                 return  # a local entry of that name waits for upload: its upload resolves it
             if other is not None and self._ours_later(other):
@@ -362,8 +388,7 @@ class ChangeApplier:
         if movable and (where != (parent.ino, rec.name) or not node.linked):
             target = self.state.lookup(parent.ino, rec.name)
             other = self.state.node(target) if target is not None and target != node.ino else None
-            if other is not None and (other.server_id is None or other.dirty is not None
-                                      or other.ino in self._pending):  # fmt: skip
+            if other is not None and self._holds_name(other):
                 self.blocked.add(parent.ino)
                 return  # a local entry holds that name; its upload sorts it out
             if other is not None and self._ours_later(other):

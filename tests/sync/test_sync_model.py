@@ -514,3 +514,47 @@ async def test_re_created_folders_do_not_take_the_id_of_a_folder_shown_elsewhere
             assert h.remote.tree()["/x/z/z"] is None  # the folder the move needs is there
         finally:
             h.close()
+
+
+async def test_a_write_to_a_file_deleted_elsewhere_whose_name_was_taken_is_kept() -> None:
+    """Another device deletes `a`, then creates a new `a`; a program here still has the
+    old `a` by a name the kernel had cached and writes to it. Edits beat deletes, but the
+    old file cannot come back under its name (the new `a` has it): the write must still
+    reach the server, as a conflicted copy, never vanish with the unlinked inode."""
+    from blockstore.wire import Change
+    from syncd.changes import ChangeApplier
+
+    def change(seq: int, op: str, rec: object) -> Change:
+        assert hasattr(rec, "to_json")
+        return Change.from_json({"seq": seq, "op": op, "file": rec.to_json(),
+                                 "old_path": None, "device": "other", "user": "u",
+                                 "time": 1.0, "client": None})  # fmt: skip
+
+    with tempfile.TemporaryDirectory() as tmp:
+        h = Harness(Path(tmp), random.Random(0))
+        applier = ChangeApplier(h.state, "me")
+        h.tree.reconciler = applier
+        try:
+            async with h.running():
+                await h.write("a", 0, 100, 1)
+                await h.idle()
+            old = await h._ino("a")
+            assert old is not None
+            gone = await h.remote.meta(path="/a")
+            await h.remote.delete("/a", False)
+            bid = await _put_block(h.remote, bytes([9]) * 40)
+            new = await h.remote.commit("/a", None, [(bid, 40)], 40, 1, 0o644, "o1")
+            applier.apply_all([change(1, "delete", gone), change(2, "create", new)])
+            assert await h._ino("a") == new.id
+            fh, _ = await h.vfs.open(old, os.O_WRONLY)  # by the name the kernel had cached
+            await h.vfs.write(fh, 0, bytes([2]) * 10)
+            await h.vfs.release(fh)
+            async with h.running():
+                await h.idle()
+            on_server = h.remote.tree()
+            assert on_server["/a"] == bytes([9]) * 40
+            copies = [p for p in on_server if p.startswith("/a (conflicted copy from devT")]
+            assert len(copies) == 1, sorted(on_server)
+            assert on_server[copies[0]] == bytes([2]) * 10 + bytes([1]) * 90
+        finally:
+            h.close()
