@@ -558,3 +558,36 @@ async def test_a_write_to_a_file_deleted_elsewhere_whose_name_was_taken_is_kept(
             assert on_server[copies[0]] == bytes([2]) * 10 + bytes([1]) * 90
         finally:
             h.close()
+
+
+async def test_a_delete_of_a_file_renamed_elsewhere_shows_it_where_it_went() -> None:
+    """Seed 1108 of the convergence runs (at debug level): this device deletes `c` while
+    another device moves it into `y`. The delete finds nothing at `/c` and the file stays
+    on the server (the rename was meant); this device must show it in `y`, or the server
+    has a file no device shows."""
+    from blockstore.wire import Change
+    from syncd.changes import ChangeApplier
+
+    with tempfile.TemporaryDirectory() as tmp:
+        h = Harness(Path(tmp), random.Random(0))
+        h.tree.reconciler = ChangeApplier(h.state, "me")
+        try:
+            async with h.running():
+                await h.vfs.mkdir(ROOT_INO, b"y", 0o755)
+                await h.write("c", 0, 30, 4)
+                await h.idle()
+            c_ino = await h._ino("c")
+            assert c_ino is not None
+            await h.unlink("c")  # queued: the uploader is not running
+            moved = await h.remote.move("/c", "/y/c", "noreplace")
+            h.tree.reconciler.apply_all([
+                Change.from_json({"seq": 1, "op": "move", "file": moved.to_json(),
+                                  "old_path": "/c", "device": "other", "user": "u",
+                                  "time": 1.0, "client": None}),
+            ])  # fmt: skip
+            async with h.running():
+                await h.idle()
+            assert h.remote.tree()["/y/c"] == bytes([4]) * 30
+            assert await h._ino("y/c") == c_ino
+        finally:
+            h.close()

@@ -24,7 +24,7 @@ from syncd.follower import MAX_BACKOFF_S, Follower, backoff_delay
 from syncd.queue_ops import Commit
 from syncd.rechunk import WINDOW_BYTES, NewChunk, plan, rechunk
 from syncd.remote import RemoteClient
-from syncd.state import LOCAL_INO_BASE, ROOT_INO, Node, StateDB
+from syncd.state import LOCAL_INO_BASE, ROOT_INO, Dirty, Node, StateDB
 from syncd.tree import TreeSync
 
 MIB = 1 << 20
@@ -404,6 +404,31 @@ def test_an_older_change_from_elsewhere_does_not_take_a_name_this_mount_took_lat
         node = state.node(mine)
         assert node is not None
         assert node.linked, same_page
+
+
+def test_a_folder_with_unsynced_work_below_keeps_its_name_against_the_feed(
+    state: StateDB,
+) -> None:
+    """Seed 1108 of the convergence runs (at debug level): folder `y` was deleted elsewhere
+    but stays here, a file below it not uploaded yet; then another device makes a new `y`.
+    The new folder must not push ours out of the tree: the file below would have no path
+    to be uploaded to."""
+    applier = ChangeApplier(state, "me")
+    applier.apply_all([Change.from_json(_change(1, "mkdir", _rec(70, 1, "/y", kind="dir")))])
+    with state.write() as w:
+        w.put_node(Node(ino=LOCAL_INO_BASE + 9, parent=70, name="new", kind="file",
+                        mode=0o644, size=1, dirty=Dirty([], 0, [(0, 1)])))  # fmt: skip
+        w.link(70, "new", LOCAL_INO_BASE + 9)
+    applier.apply_all([
+        Change.from_json(_change(2, "delete", _rec(70, 1, "/y", kind="dir"))),
+        Change.from_json(_change(3, "mkdir", _rec(77, 1, "/y", kind="dir"))),
+    ])  # fmt: skip
+    assert state.lookup(ROOT_INO, "y") == 70
+    kept = state.node(70)
+    assert kept is not None
+    assert kept.linked
+    assert state.lookup(70, "new") == LOCAL_INO_BASE + 9
+    assert ROOT_INO in applier.take_blocked()
 
 
 def test_queue_sequence_numbers_are_never_reused(tmp_path: Path) -> None:
