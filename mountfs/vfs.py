@@ -99,6 +99,9 @@ class Vfs:
         self._next_fh = 1
         self._kernel_version: dict[int, int] = {}
         self._local_gen: dict[int, int] = {}
+        self._unlinked_here: set[int] = set()
+        """Files a program here unlinked or renamed over: writes through a handle still
+        open on one vanish with it at close, as POSIX says."""
         self.ensure_root()
 
     # -- helpers ------------------------------------------------------------------------
@@ -180,10 +183,19 @@ class Vfs:
         return replace(self.state.current(node), mtime_ns=now, ctime_ns=now)
 
     def _queue_commit(self, node: Node) -> None:
-        """Put `node`'s content in the durable upload queue (coalesced)."""
+        """Put `node`'s content in the durable upload queue (coalesced). A written file that
+        something other than a program here took out of the tree (deleted elsewhere,
+        meanwhile its name taken) comes back first: an acknowledged write never vanishes."""
         node = self.state.current(node)
         if not node.linked:
-            return
+            reconciler = self.tree.reconciler
+            if node.ino in self._unlinked_here or reconciler is None:
+                return
+            device = self.uploader.device if self.uploader is not None else "this device"
+            if not reconciler.revive(node.ino, device=device):
+                log.error("a write to %s could not be kept in the tree", node.name)
+                return
+            node = self._node(node.ino)
         path = self._path(node.ino)
         busy = self.uploader.busy_seqs if self.uploader is not None else set()
         with self.state.write() as w:
@@ -240,6 +252,7 @@ class Vfs:
             return  # its record stays while an op naming it is queued (or parked): the server
             # id and the revision it names (a change from elsewhere must not bring it back
             # meanwhile); the uploader calls this again once the op is done
+        self._unlinked_here.discard(ino)
         with self.state.write() as w:
             w.delete_node(ino)
 
@@ -357,6 +370,7 @@ class Vfs:
                 raise VfsError(errno.ENOTEMPTY)
         path = self._child_path(parent, name)
         node = replace(self.state.current(node), linked=False, ctime_ns=time.time_ns())
+        self._unlinked_here.add(node.ino)
         pnode = self._touched_dir(pnode)
         with self.state.write() as w:
             w.unlink(parent, name)
@@ -426,6 +440,7 @@ class Vfs:
                 w.unlink(p_new, new)
                 dst = replace(self.state.current(dst), linked=False)
                 w.put_node(dst)
+                self._unlinked_here.add(dst.ino)
             src = replace(self.state.current(src), parent=p_new, name=new, ctime_ns=now)
             w.link(p_new, new, src.ino)
             w.put_node(src)

@@ -4,10 +4,11 @@ merged into the local tree here, by one set of rules.
 Changes are applied one at a time, in journal order, each in its own write transaction; a
 listing of one folder in one transaction (`merge_listing`). Rules:
 - Changes this mount's uploader made (the change names its client id) are skipped: the
-  uploader already put their result here; so are changes of the same entry that come
-  before such a change in the batch (its result already includes them). Every other
-  change applies, this device's own made elsewhere included (`drive restore`, the API,
-  the web app, with the same token).
+  uploader already put their result here (unless a change from elsewhere, older but applied
+  later, undid it); so are changes of the same entry that come before such a change in the
+  batch (its result already includes them), and an older change must not take a name that
+  such a later change of ours gave an entry. Every other change applies, this device's own
+  made elsewhere included (`drive restore`, the API, the web app, with the same token).
 - Local work wins where it must: a file with unsynced edits keeps them (its commit then
   resolves the conflict, `syncd.conflicts`), and a node with queued operations is not moved
   or removed under them (the queue has not told the server yet). A remotely deleted file
@@ -25,6 +26,7 @@ from collections.abc import Callable
 from dataclasses import replace
 
 from blockstore.wire import Change, FileRecord
+from syncd.conflicts import conflicted_name
 from syncd.queue_ops import Commit, Move
 from syncd.state import ROOT_INO, Node, StateDB, Writer
 from syncd.tree import node_from_record
@@ -32,6 +34,9 @@ from syncd.tree import node_from_record
 __all__ = ["ChangeApplier"]
 
 log = logging.getLogger(__name__)
+
+MAX_REVIVE_NAMES = 20
+"""Conflicted-copy names tried for a file that comes back while its name is taken."""
 
 OnEntry = Callable[[int, str, int], None]
 OnInode = Callable[[int], None]
@@ -73,6 +78,12 @@ class ChangeApplier:
         """Files deleted elsewhere that stayed only for a handle that may write to them."""
         self._entries: list[tuple[int, str, int]] = []
         self._inodes: list[int] = []
+        self._replaced: set[int] = set()
+        """Files a queued rename replaced here (and nothing else queued for them)."""
+        self._own: dict[int, int] = {}
+        """Server id -> journal seq of this mount's latest own change of it in the batch."""
+        self._seq = 0
+        """The journal seq of the change being applied (0 for a listing: it is current)."""
 
     def queue_sets(self) -> tuple[set[int], set[int]]:
         """`(busy, pending)`: inodes with queued or parked namespace operations (the file a
@@ -81,8 +92,13 @@ class ChangeApplier:
         operation (commits included)."""
         queued = self.state.unsynced_ops()
         busy = {op.ino for op in queued if not isinstance(op, Commit)}
-        busy |= {op.dst_ino for op in queued if isinstance(op, Move) and op.dst_ino is not None}
-        return busy, {op.ino for op in queued}
+        replaced = {op.dst_ino for op in queued if isinstance(op, Move) and op.dst_ino is not None}
+        self._replaced = {
+            op.dst_ino
+            for op in queued
+            if isinstance(op, Move) and op.mode == "replace" and op.dst_ino is not None
+        } - busy
+        return busy | replaced, {op.ino for op in queued}
 
     def apply_all(self, changes: list[Change]) -> int:
         """Apply `changes` in journal order.
@@ -101,20 +117,49 @@ class ChangeApplier:
         busy, pending = self.queue_sets()
         self._pending = busy | pending
         own = {ch.file.id: ch.seq for ch in changes if ch.client == self.client_id}
+        self._own = own
         n = 0
-        for ch in changes:
-            if ch.client == self.client_id:
-                continue  # made by this mount's uploader, which applied its result itself
-            if own.get(ch.file.id, -1) > ch.seq:
-                continue  # older than this mount's own later change of that entry, whose
-                # result is here already (it would move the entry back where it was)
-            n += 1
-            try:
-                with self.state.write() as w:
-                    self._apply(w, ch, busy)
-            except (KeyError, ValueError) as exc:  # a damaged entry must not stop the feed
-                log.warning("change %d (%s %s) not applied: %s", ch.seq, ch.op, ch.file.path, exc)
+        try:
+            for ch in changes:
+                if own.get(ch.file.id, -1) > ch.seq:
+                    continue  # older than this mount's own later change of that entry, whose
+                    # result is here already (it would move the entry back where it was)
+                if ch.client == self.client_id and self._reflected(ch, busy):
+                    continue  # made by this mount's uploader, which applied its result
+                n += ch.client != self.client_id
+                self._seq = ch.seq
+                try:
+                    with self.state.write() as w:
+                        self._apply(w, ch, busy)
+                except (KeyError, ValueError) as exc:  # a damaged entry must not stop the feed
+                    log.warning("change %d (%s %s) not applied: %s", ch.seq, ch.op,
+                                ch.file.path, exc)  # fmt: skip
+        finally:
+            self._own, self._seq = {}, 0
         return n
+
+    def _reflected(self, ch: Change, busy: set[int]) -> bool:
+        """Whether this mount's own change `ch` shows here, as the uploader left it. Not
+        when an older change from elsewhere, applied after the uploader's answer (it was
+        fetched before), took its entry's name, or the entry came back after our delete:
+        then it is applied like any other."""
+        if ch.op == "pending":
+            return True
+        ino = self.state.ino_for_server_id(ch.file.id)
+        node = self.state.node(ino) if ino is not None else None
+        if node is None or node.server_id != ch.file.id or node.ino in busy:
+            return True
+        if node.dirty is not None:
+            return True
+        gone = ch.op == "delete" or ch.file.deleted
+        return node.linked != gone
+
+    def _ours_later(self, other: Node) -> bool:
+        """`other` holds a name through this mount's own change later in this batch: an
+        older change from elsewhere must not take that name from it (the entry that had
+        the name then has left it since, and a later change says where it went)."""
+        sid = other.server_id
+        return sid is not None and self._own.get(sid, -1) > self._seq > 0
 
     def merge_listing(
         self, folder: Node, records: list[FileRecord], known: dict[int, int | None]
@@ -235,26 +280,42 @@ class ChangeApplier:
         self._entries.append((node.parent, node.name, node.ino))
         self._inodes.append(node.parent)
 
-    def revive(self, ino: int) -> bool:
+    def revive(self, ino: int, *, device: str | None = None) -> bool:
         """A program opens for writing a file this reconciler removed (deleted elsewhere)
         through a name the kernel still had cached: edits beat deletes, so it comes back
         where it was (if that name is free), and its commit brings it back on the server.
+
+        With `device` (a write to the unlinked file is being committed, and nothing else
+        would keep it), it comes back whatever removed it: under a conflicted-copy name if
+        its name is taken, at the top of the drive if its folder is gone.
         Returns whether it is shown again."""
         node = self.state.node(ino)
-        if node is None or node.linked or ino not in self._removed:
+        if node is None or node.linked or (device is None and ino not in self._removed):
             return False
         parent = self.state.node(node.parent)
-        if parent is None or not (parent.linked or parent.ino == ROOT_INO):
-            return False
-        if self.state.lookup(node.parent, node.name) is not None:
-            return False
-        log.info("%s was deleted elsewhere and is written here again; keeping it", node.name)
+        folder = node.parent
+        if parent is None or parent.kind != "dir" or not (parent.linked or folder == ROOT_INO):
+            if device is None:
+                return False
+            folder = ROOT_INO
+        name = node.name
+        for n in range(1, MAX_REVIVE_NAMES + 1):
+            if self.state.lookup(folder, name) is None:
+                break
+            if device is None or n == MAX_REVIVE_NAMES:
+                return False
+            name = conflicted_name(node.name, device, n=n)
+        if (folder, name) == (node.parent, node.name):
+            log.info("%s was deleted elsewhere and is written here again; keeping it", name)
+        else:
+            log.warning("%s was taken out of this device's tree while written here; keeping "
+                        "it as %s", node.name, name)  # fmt: skip
         self._removed.discard(ino)
         with self.state.write() as w:
-            w.link(node.parent, node.name, node.ino)
-            w.put_node(replace(node, linked=True))
-        self._entries.append((node.parent, node.name, node.ino))
-        self._inodes.append(node.parent)
+            w.link(folder, name, node.ino)
+            w.put_node(replace(node, parent=folder, name=name, linked=True))
+        self._entries.append((folder, name, node.ino))
+        self._inodes.append(folder)
         self.announce()
         return True
 
@@ -274,6 +335,13 @@ class ChangeApplier:
             self._entries.append((folder.ino, name, ino))
         self._inodes.append(folder.ino)
 
+    def _holds_name(self, node: Node) -> bool:
+        """Whether local work keeps `node` under its name against an entry from the server:
+        not uploaded yet, unsynced content, queued operations, or (a folder) any of these
+        below it (pushed out of the tree, that work would have no path to go to)."""
+        return (node.server_id is None or node.dirty is not None or node.ino in self._pending
+                or self._holds_pending(node))  # fmt: skip
+
     def _holds_pending(self, node: Node) -> bool:
         """Whether anything below folder `node` has unsynced content or queued operations
         (walks the local subtree: only done when a folder is deleted elsewhere)."""
@@ -291,10 +359,11 @@ class ChangeApplier:
         existing = self.state.lookup(parent.ino, rec.name)
         if existing is not None:
             other = self.state.node(existing)
-            if other is not None and (other.server_id is None or other.dirty is not None
-                                      or other.ino in self._pending):  # fmt: skip
+            if other is not None and self._holds_name(other):
                 self.blocked.add(parent.ino)
                 return  # a local entry of that name waits for upload: its upload resolves it
+            if other is not None and self._ours_later(other):
+                return
             if other is not None:
                 w.put_node(replace(other, linked=False))
                 self._inodes.append(other.ino)
@@ -311,13 +380,16 @@ class ChangeApplier:
     def _update(self, w: Writer, node: Node, parent: Node, rec: FileRecord, busy: set[int]) -> None:
         changed = False
         where = (node.parent, node.name)
-        if node.ino not in busy and (where != (parent.ino, rec.name) or not node.linked):
+        movable = node.ino not in busy or node.ino in self._replaced  # a replaced file
+        # moved elsewhere is shown there; the check below keeps it off the renamed file
+        if movable and (where != (parent.ino, rec.name) or not node.linked):
             target = self.state.lookup(parent.ino, rec.name)
             other = self.state.node(target) if target is not None and target != node.ino else None
-            if other is not None and (other.server_id is None or other.dirty is not None
-                                      or other.ino in self._pending):  # fmt: skip
+            if other is not None and self._holds_name(other):
                 self.blocked.add(parent.ino)
                 return  # a local entry holds that name; its upload sorts it out
+            if other is not None and self._ours_later(other):
+                return
             if other is not None:
                 w.put_node(replace(other, linked=False))
                 self._inodes.append(other.ino)

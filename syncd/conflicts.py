@@ -156,9 +156,12 @@ class ConflictResolver:
         return await self._commit(path, None, node, blocks, size, commit_id + "-revive")
 
     async def make_parents(self, path: str) -> None:
-        """Create the missing directories above `path` and adopt their ids locally."""
+        """Create the missing directories above `path`; a local folder on that path takes
+        the id of the server's folder there, unless this device shows that folder elsewhere
+        (moved there by another device, the feed not here yet): one server folder is never
+        two folders here, or entries of one land in the other and vanish with it."""
         parts = path_parts(_parent(path))
-        ino = ROOT_INO
+        ino: int | None = ROOT_INO
         sofar = ""
         for part in parts:
             sofar += "/" + part
@@ -168,10 +171,17 @@ class ConflictResolver:
                 rec = await self.remote.meta(path=sofar)
             child = self.state.lookup(ino, part) if ino is not None else None
             node = self.state.node(child) if child is not None else None
-            if node is not None and node.server_id != rec.id:
-                with self.state.write() as w:
-                    w.put_node(replace(node, server_id=rec.id))
-            ino = child if child is not None else ino
+            ino = child  # below a folder not shown here, none is shown either
+            if node is None or node.server_id == rec.id or self._shown_elsewhere(rec.id, node):
+                continue
+            with self.state.write() as w:
+                w.put_node(replace(node, server_id=rec.id))
+
+    def _shown_elsewhere(self, server_id: int, node: Node) -> bool:
+        """Whether a linked inode other than `node` shows the server's entry `server_id`."""
+        ino = self.state.ino_for_server_id(server_id)
+        other = self.state.node(ino) if ino is not None and ino != node.ino else None
+        return other is not None and other.linked and other.server_id == server_id
 
     async def _save_copy(self, node: Node, path: str, cur: FileRecord,
                          blocks: list[tuple[BlockId, int]], size: int,

@@ -374,7 +374,7 @@ class Uploader:
                 await self.remote.delete(op.path, op.recursive, base_rev=seen,
                                          file_id=node.server_id if node else None)  # fmt: skip
             except errors.NotFound:
-                log.debug("delete of vanished %s ignored", op.path)
+                await self._deleted_or_moved_on(op, node)
             except errors.NotEmpty:  # another device put something in it: that stays
                 log.warning("%s got new entries elsewhere before this delete; keeping it", op.path)
                 with contextlib.suppress(errors.NotFound):
@@ -383,6 +383,23 @@ class Uploader:
                 log.warning("%s was edited elsewhere before this delete; keeping it", op.path)
                 if exc.current is not None:
                     self._show_theirs(FileRecord.from_json(exc.current))
+
+    async def _deleted_or_moved_on(self, op: Delete, node: Node | None) -> None:
+        """A delete found nothing at its path: deleted elsewhere too (done), or renamed
+        elsewhere before it reached the server. The delete named what this device saw
+        there, which another device has since put somewhere else on purpose: it stays, and
+        this device shows it where it is now (else it would be on the server only)."""
+        if node is None or node.server_id is None:
+            log.debug("delete of vanished %s ignored", op.path)
+            return
+        try:
+            rec = await self.remote.meta(file_id=node.server_id)
+        except errors.NotFound:
+            log.debug("delete of vanished %s ignored", op.path)
+            return
+        log.warning("%s was moved elsewhere to %s before this delete; keeping it", op.path,
+                    rec.path)  # fmt: skip
+        self._show_theirs(rec)
 
     def _show_theirs(self, rec: FileRecord) -> None:
         """Show the server's entry `rec`, which kept a name ours was refused. A folder is

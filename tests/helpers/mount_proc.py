@@ -87,7 +87,8 @@ class MountProcess:
 
     def start(self, timeout: float = MOUNT_SECONDS) -> MountProcess:
         self.mnt.mkdir(parents=True, exist_ok=True)
-        args = ["--home", str(self.home), "--log-level", "info", "mount", str(self.mnt),
+        level = os.environ.get("DRIVE_TEST_LOG_LEVEL", "info")  # debug: to replay a seed
+        args = ["--home", str(self.home), "--log-level", level, "mount", str(self.mnt),
                 "--foreground"]  # fmt: skip
         if self.cache_size:
             args += ["--cache-size", self.cache_size]

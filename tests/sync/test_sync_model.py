@@ -517,3 +517,114 @@ async def test_a_folder_shown_again_after_a_refused_rename_over_it_is_listed_aga
             assert h.remote.tree()["/F/g"] == bytes([7]) * 20
         finally:
             h.close()
+
+
+async def test_re_created_folders_do_not_take_the_id_of_a_folder_shown_elsewhere() -> None:
+    """Seed 1108 of the convergence runs: this device shows `y` and `x/z`; elsewhere `x/z` is
+    deleted and `y` is renamed to `x/z`. A move here into `x/z/z` then re-creates the
+    folders of its path: the local `x/z` must not take the id of the server's `x/z` (that is
+    `y`, shown here as `y` until the feed moves it), or two folders here stand for one on
+    the server and the feed's entries of `y` go into the one that is then removed."""
+    with tempfile.TemporaryDirectory() as tmp:
+        h = Harness(Path(tmp), random.Random(0))
+        try:
+            async with h.running():
+                await h.vfs.mkdir(ROOT_INO, b"y", 0o755)
+                await h.vfs.mkdir(ROOT_INO, b"x", 0o755)
+                x = (await h.vfs.lookup(ROOT_INO, b"x")).ino
+                await h.vfs.mkdir(x, b"z", 0o755)
+                await h.idle()
+            y_ino, z_ino = await h._ino("y"), await h._ino("x/z")
+            assert y_ino is not None
+            assert z_ino is not None
+            y_node, z_node = h.state.node(y_ino), h.state.node(z_ino)
+            assert y_node is not None
+            assert z_node is not None
+            y_id, z_id = y_node.server_id, z_node.server_id
+            await h.remote.delete("/x/z", True)
+            await h.remote.move("/y", "/x/z", "noreplace")
+            await h.uploader.conflicts.make_parents("/x/z/z/c")
+            assert h.state.ino_for_server_id(y_id or 0) == y_ino
+            z_after = h.state.node(z_ino)
+            assert z_after is not None
+            assert z_after.server_id == z_id
+            assert h.remote.tree()["/x/z/z"] is None  # the folder the move needs is there
+        finally:
+            h.close()
+
+
+async def test_a_write_to_a_file_deleted_elsewhere_whose_name_was_taken_is_kept() -> None:
+    """Another device deletes `a`, then creates a new `a`; a program here still has the
+    old `a` by a name the kernel had cached and writes to it. Edits beat deletes, but the
+    old file cannot come back under its name (the new `a` has it): the write must still
+    reach the server, as a conflicted copy, never vanish with the unlinked inode."""
+    from blockstore.wire import Change
+    from syncd.changes import ChangeApplier
+
+    def change(seq: int, op: str, rec: object) -> Change:
+        assert hasattr(rec, "to_json")
+        return Change.from_json({"seq": seq, "op": op, "file": rec.to_json(),
+                                 "old_path": None, "device": "other", "user": "u",
+                                 "time": 1.0, "client": None})  # fmt: skip
+
+    with tempfile.TemporaryDirectory() as tmp:
+        h = Harness(Path(tmp), random.Random(0))
+        applier = ChangeApplier(h.state, "me")
+        h.tree.reconciler = applier
+        try:
+            async with h.running():
+                await h.write("a", 0, 100, 1)
+                await h.idle()
+            old = await h._ino("a")
+            assert old is not None
+            gone = await h.remote.meta(path="/a")
+            await h.remote.delete("/a", False)
+            bid = await _put_block(h.remote, bytes([9]) * 40)
+            new = await h.remote.commit("/a", None, [(bid, 40)], 40, 1, 0o644, "o1")
+            applier.apply_all([change(1, "delete", gone), change(2, "create", new)])
+            assert await h._ino("a") == new.id
+            fh, _ = await h.vfs.open(old, os.O_WRONLY)  # by the name the kernel had cached
+            await h.vfs.write(fh, 0, bytes([2]) * 10)
+            await h.vfs.release(fh)
+            async with h.running():
+                await h.idle()
+            on_server = h.remote.tree()
+            assert on_server["/a"] == bytes([9]) * 40
+            copies = [p for p in on_server if p.startswith("/a (conflicted copy from devT")]
+            assert len(copies) == 1, sorted(on_server)
+            assert on_server[copies[0]] == bytes([2]) * 10 + bytes([1]) * 90
+        finally:
+            h.close()
+
+
+async def test_a_delete_of_a_file_renamed_elsewhere_shows_it_where_it_went() -> None:
+    """Seed 1108 of the convergence runs (at debug level): this device deletes `c` while
+    another device moves it into `y`. The delete finds nothing at `/c` and the file stays
+    on the server (the rename was meant); this device must show it in `y`, or the server
+    has a file no device shows."""
+    from blockstore.wire import Change
+    from syncd.changes import ChangeApplier
+
+    with tempfile.TemporaryDirectory() as tmp:
+        h = Harness(Path(tmp), random.Random(0))
+        h.tree.reconciler = ChangeApplier(h.state, "me")
+        try:
+            async with h.running():
+                await h.vfs.mkdir(ROOT_INO, b"y", 0o755)
+                await h.write("c", 0, 30, 4)
+                await h.idle()
+            c_ino = await h._ino("c")
+            assert c_ino is not None
+            await h.unlink("c")  # queued: the uploader is not running
+            moved = await h.remote.move("/c", "/y/c", "noreplace")
+            h.tree.reconciler.apply_all([
+                Change.from_json({"seq": 1, "op": "move", "file": moved.to_json(),
+                                  "old_path": "/c", "device": "other", "user": "u",
+                                  "time": 1.0, "client": None}),
+            ])  # fmt: skip
+            async with h.running():
+                await h.idle()
+            assert h.remote.tree()["/y/c"] == bytes([4]) * 30
+            assert await h._ino("y/c") == c_ino
+        finally:
+            h.close()

@@ -25,7 +25,7 @@ from syncd.follower import MAX_BACKOFF_S, Follower, backoff_delay
 from syncd.queue_ops import Commit
 from syncd.rechunk import WINDOW_BYTES, NewChunk, plan, rechunk
 from syncd.remote import RemoteClient
-from syncd.state import ROOT_INO, Node, StateDB
+from syncd.state import LOCAL_INO_BASE, ROOT_INO, Dirty, Node, StateDB
 from syncd.tree import TreeSync
 
 MIB = 1 << 20
@@ -329,6 +329,11 @@ def test_a_file_renamed_over_here_is_not_put_back_by_a_remote_edit(state: StateD
     gone = state.node(80)
     assert gone is not None
     assert not gone.linked
+    # seed 1107: the replaced file then moves elsewhere (before our move reaches the
+    # server): it is shown there, not lost from this device's tree
+    applier.apply_all([Change.from_json(_change(4, "move", _rec(80, 1, "/z.txt", rev=2)))])
+    assert state.lookup(ROOT_INO, "z.txt") == 80
+    assert state.lookup(ROOT_INO, "x.txt") == 59
 
 
 def test_a_change_older_than_this_mounts_own_later_change_is_not_applied(
@@ -353,6 +358,74 @@ def test_a_change_older_than_this_mounts_own_later_change_is_not_applied(
     assert state.lookup(ROOT_INO, "a (mine)") == 51
     assert state.lookup(ROOT_INO, "a (theirs)") is None
     assert state.lookup(ROOT_INO, "b") == 52
+
+
+def test_an_older_change_from_elsewhere_does_not_take_a_name_this_mount_took_later(
+    state: StateDB,
+) -> None:
+    """Seed 1101 of the convergence runs (at debug level): B created `a` (id 69) and C
+    deleted it; then this mount's uploader created its own `a` (id 73) and showed it here.
+    The feed brings all three; B's create, older than ours, must not take the name from
+    our file (which then vanished here for good, the feed skipping our own create). When
+    the older change came in an earlier page (fetched before our commit landed), our own
+    change is applied again: it no longer shows here as the uploader left it."""
+    mine = LOCAL_INO_BASE + 5
+    for same_page in (True, False):
+        with state.write() as w:
+            if state.lookup(ROOT_INO, "a") is not None:
+                w.unlink(ROOT_INO, "a")
+            w.put_node(
+                Node(
+                    ino=mine,
+                    parent=ROOT_INO,
+                    name="a",
+                    kind="file",
+                    mode=0o644,
+                    size=3,
+                    server_id=73,
+                    rev=1,
+                    blocks=[(block_id(b"abc"), 3)],
+                )
+            )
+            w.link(ROOT_INO, "a", mine)  # fmt: skip
+        applier = ChangeApplier(state, "me")
+        theirs = [Change.from_json(_change(1, "create", _rec(69, 1, "/a"))),
+                  Change.from_json(_change(2, "delete", _rec(69, 1, "/a")))]  # fmt: skip
+        ours = Change.from_json(_change(3, "create", _rec(73, 1, "/a"), "me", "me"))
+        if same_page:
+            applier.apply_all([*theirs, ours])
+        else:
+            applier.apply_all(theirs[:1])
+            applier.apply_all([theirs[1], ours])
+        assert state.lookup(ROOT_INO, "a") == mine, same_page
+        node = state.node(mine)
+        assert node is not None
+        assert node.linked, same_page
+
+
+def test_a_folder_with_unsynced_work_below_keeps_its_name_against_the_feed(
+    state: StateDB,
+) -> None:
+    """Seed 1108 of the convergence runs (at debug level): folder `y` was deleted elsewhere
+    but stays here, a file below it not uploaded yet; then another device makes a new `y`.
+    The new folder must not push ours out of the tree: the file below would have no path
+    to be uploaded to."""
+    applier = ChangeApplier(state, "me")
+    applier.apply_all([Change.from_json(_change(1, "mkdir", _rec(70, 1, "/y", kind="dir")))])
+    with state.write() as w:
+        w.put_node(Node(ino=LOCAL_INO_BASE + 9, parent=70, name="new", kind="file",
+                        mode=0o644, size=1, dirty=Dirty([], 0, [(0, 1)])))  # fmt: skip
+        w.link(70, "new", LOCAL_INO_BASE + 9)
+    applier.apply_all([
+        Change.from_json(_change(2, "delete", _rec(70, 1, "/y", kind="dir"))),
+        Change.from_json(_change(3, "mkdir", _rec(77, 1, "/y", kind="dir"))),
+    ])  # fmt: skip
+    assert state.lookup(ROOT_INO, "y") == 70
+    kept = state.node(70)
+    assert kept is not None
+    assert kept.linked
+    assert state.lookup(70, "new") == LOCAL_INO_BASE + 9
+    assert ROOT_INO in applier.take_blocked()
 
 
 def test_queue_sequence_numbers_are_never_reused(tmp_path: Path) -> None:
