@@ -167,6 +167,8 @@ class TreeSync:
                 self.reconciler.gone(node.ino)
             raise FileNotFoundError(errno.ENOENT, f"{node.name} was deleted elsewhere") from None
         node = self.state.current(node)  # as it is now, after the request
+        if node.dirty is not None or node.blocks is not None:
+            return  # written here meanwhile, or updated by the feed: newer than this answer
         changed = rec.rev != node.rev or rec.size != node.size
         version = node.version + 1 if changed else node.version
         node = replace(node, blocks=tuple(rec.blocks or ()), rev=rec.rev, size=rec.size,

@@ -506,3 +506,33 @@ def test_a_remote_update_waits_for_a_writer_here(state: StateDB) -> None:
     applier.open_for_writing = lambda ino: False
     applier.writers_done(6)
     assert folders == [ROOT_INO]
+
+
+async def test_a_block_list_that_arrives_after_a_write_here_is_not_applied(
+    state: StateDB,
+) -> None:
+    """A file listed without its block list is opened: while its block list is on the way,
+    another handle writes it here. The answer is older than that write and must not set the
+    file's size or blocks under its dirty content."""
+    with state.write() as w:
+        w.put_node(Node(ino=90, parent=ROOT_INO, name="f", kind="file", mode=0o644, size=10,
+                        server_id=90, rev=1))  # fmt: skip
+        w.link(ROOT_INO, "f", 90)
+
+    class WrittenMeanwhile:
+        async def meta(self, path: str | None = None, file_id: int | None = None) -> FileRecord:
+            cur = state.node(90)
+            assert cur is not None
+            with state.write() as w:  # the write lands while the answer is on the way
+                w.put_node(replace(cur, size=3, dirty=Dirty((), 0, ((0, 3),))))
+            return FileRecord.from_json(_rec(90, 1, "/f", size=2))
+
+    tree = TreeSync(state, WrittenMeanwhile())  # type: ignore[arg-type]
+    node = state.node(90)
+    assert node is not None
+    await tree.load_blocks(node)
+    after = state.node(90)
+    assert after is not None
+    assert after.size == 3
+    assert after.dirty is not None
+    assert after.blocks is None
