@@ -191,11 +191,24 @@ class Writer:
 
     def put_node(self, node: Node) -> None:
         """Make `node` the record of its inode (the only way, with `StateDB.stage`, to
-        change one)."""
+        change one). A directory entry that still names the inode where the record no
+        longer is (unlinked, or moved) goes with it: a name must never lead to an inode
+        whose record says it is not there (a write through it would reach no upload)."""
+        old = self._db._cache.get(node.ino) or self._db.node(node.ino)
+        if old is not None and (old.parent, old.name) != (node.parent, node.name):
+            self._drop_entry(old.parent, old.name, node.ino)
+        if not node.linked:
+            self._drop_entry(node.parent, node.name, node.ino)
         self._txn.put(_k(node.ino), json.dumps(node.to_json()).encode(), db=self._db._nodes)
         self._db._cache[node.ino] = node
         if node.server_id is not None:
             self._txn.put(_k(node.server_id), _k(node.ino), db=self._db._srv)
+
+    def _drop_entry(self, parent: int, name: str, ino: int) -> None:
+        """Remove the entry `name` of `parent` if it names `ino` (read in this transaction:
+        a read of its own would not see what this transaction changed)."""
+        if self._txn.get(_k(parent) + name.encode(), db=self._db._dirents) == _k(ino):
+            self.unlink(parent, name)
 
     def delete_node(self, ino: int) -> None:
         node = self._db._cache.pop(ino, None)

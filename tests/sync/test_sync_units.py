@@ -536,3 +536,27 @@ async def test_a_block_list_that_arrives_after_a_write_here_is_not_applied(
     assert after.size == 3
     assert after.dirty is not None
     assert after.blocks is None
+
+
+def test_a_name_never_leads_to_an_inode_whose_record_is_elsewhere(state: StateDB) -> None:
+    """Seed 1101 of the convergence runs: a name still led to a file whose record said it
+    was no longer there, and a program wrote through it to an inode no upload would take
+    (acknowledged, then lost). One way to leave such a name: a removal inside the
+    transaction that had just given the file its name, checking the entry with a read of
+    its own (which does not see that transaction). Writing a record drops the entries that
+    still name the inode where it no longer is."""
+    with state.write() as w:
+        w.put_node(Node(ino=95, parent=ROOT_INO, name="a", kind="file", mode=0o644))
+        w.link(ROOT_INO, "a", 95)
+        node = state.node(95)
+        assert node is not None
+        w.put_node(replace(node, linked=False))
+    assert state.lookup(ROOT_INO, "a") is None
+    with state.write() as w:  # moved by a record alone: the old name goes too
+        back = replace(node, name="b", linked=True)
+        w.put_node(back)
+        w.link(ROOT_INO, "b", 95)
+        w.put_node(replace(back, name="c"))
+        w.link(ROOT_INO, "c", 95)
+    assert state.lookup(ROOT_INO, "b") is None
+    assert state.lookup(ROOT_INO, "c") == 95
