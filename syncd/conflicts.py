@@ -23,7 +23,7 @@ from blockstore.ids import BlockId
 from blockstore.wire import FileRecord, path_parts
 from syncd import errors
 from syncd.content import ContentStore
-from syncd.queue_ops import Commit, Move
+from syncd.queue_ops import Commit, Move, follow_folder
 from syncd.remote import RemoteClient
 from syncd.state import ROOT_INO, Node, StateDB
 from syncd.tree import ino_at, node_from_record, path_of
@@ -34,6 +34,10 @@ log = logging.getLogger(__name__)
 
 MAX_CONFLICTS_KEPT = 100
 
+
+MAX_DEPTH = 2048
+"""Parents walked at most to tell whether an inode is inside a folder (paths are at most
+4,096 bytes, so no real tree is deeper)."""
 
 MAX_COPY_NAME_TRIES = 20
 """Names tried for one conflicted copy (` (2)`, ` (3)`, ... when the first is taken)."""
@@ -172,12 +176,12 @@ class ConflictResolver:
             child = self.state.lookup(ino, part) if ino is not None else None
             node = self.state.node(child) if child is not None else None
             ino = child  # below a folder not shown here, none is shown either
-            if node is None or node.server_id == rec.id or self._shown_elsewhere(rec.id, node):
+            if node is None or node.server_id == rec.id or self.shown_elsewhere(rec.id, node):
                 continue
             with self.state.write() as w:
                 w.put_node(replace(node, server_id=rec.id))
 
-    def _shown_elsewhere(self, server_id: int, node: Node) -> bool:
+    def shown_elsewhere(self, server_id: int, node: Node) -> bool:
         """Whether a linked inode other than `node` shows the server's entry `server_id`."""
         ino = self.state.ino_for_server_id(server_id)
         other = self.state.node(ino) if ino is not None and ino != node.ino else None
@@ -287,6 +291,28 @@ class ConflictResolver:
                     w.replace_op(seq, op)
                 found = True
         return found
+
+    def retarget_below(self, folder: int, old_path: str, new_path: str) -> None:
+        """Folder `folder` took the name `new_path` on the server: queued operations of it
+        and of everything below it still name `old_path`, which is another entry there now
+        (another device's folder): point them at the new name."""
+        for seq, op in self.state.ops():
+            if (op.ino == folder or self._below(op.ino, folder)) and follow_folder(
+                op, old_path, new_path
+            ):
+                with self.state.write() as w:
+                    w.replace_op(seq, op)
+
+    def _below(self, ino: int, folder: int) -> bool:
+        """Whether inode `ino` is inside `folder` here (its record's parents, linked or not)."""
+        seen = 0
+        node = self.state.node(ino)
+        while node is not None and node.ino != ROOT_INO and seen < MAX_DEPTH:
+            if node.parent == folder:
+                return True
+            node = self.state.node(node.parent)
+            seen += 1
+        return False
 
     def show(self, rec: FileRecord) -> None:
         """Show the server's entry `rec` here, where its name is free and it is not shown yet

@@ -116,6 +116,28 @@ class Delete:
 QueuedOp = Commit | Mkdir | Symlink | SetAttr | Move | Delete
 
 
+def rebase_path(path: str, old: str, new: str) -> str | None:
+    """`path` once folder `old` is called `new`; None if `path` is neither `old` nor below."""
+    if path == old:
+        return new
+    if path.startswith(old.rstrip("/") + "/"):
+        return new.rstrip("/") + path[len(old.rstrip("/")) :]
+    return None
+
+
+def follow_folder(op: QueuedOp, old: str, new: str) -> bool:
+    """Point the paths of `op` at or below folder `old` at `new` (the folder took another
+    name); returns whether one changed."""
+    changed = False
+    fields = ("src", "dst") if isinstance(op, Move) else ("path",)
+    for name in fields:
+        moved = rebase_path(getattr(op, name), old, new)
+        if moved is not None:
+            setattr(op, name, moved)
+            changed = True
+    return changed
+
+
 def op_to_json(op: QueuedOp) -> dict[str, Any]:
     if isinstance(op, Move):
         return {"op": op.kind, "ino": op.ino, "from": op.src, "to": op.dst, "mode": op.mode,

@@ -433,6 +433,11 @@ class Uploader:
                 return await self.remote.symlink(op.path, op.target)
             except errors.Exists:
                 rec = await self.remote.meta(path=op.path)
+                if node is not None and self.conflicts.shown_elsewhere(rec.id, node):
+                    # that folder is shown here elsewhere (renamed there by another device,
+                    # the feed not here yet): adopted, it would be two folders here
+                    op.path = self._rename_local(node, op.path)
+                    continue
                 if rec.kind == want:
                     if node is not None and want == "dir":  # adopted by the caller
                         with self.state.write() as w:
@@ -557,6 +562,8 @@ class Uploader:
                 node = replace(node, name=new_name, version=node.version + 1)
                 w.put_node(node)
         self.conflicts.retarget_ops(node.ino, path, new_path)
+        if node.kind == "dir":
+            self.conflicts.retarget_below(node.ino, path, new_path)
         if self.on_changed is not None:
             self.on_changed(node.parent)
         return new_path

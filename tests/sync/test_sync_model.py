@@ -628,3 +628,33 @@ async def test_a_delete_of_a_file_renamed_elsewhere_shows_it_where_it_went() -> 
             assert await h._ino("y/c") == c_ino
         finally:
             h.close()
+
+
+async def test_a_new_folder_does_not_adopt_a_folder_shown_here_under_another_name() -> None:
+    """Seed 1109 of the convergence runs: this device makes folder `z` while another device
+    renames `y` to `z`. The mkdir finds `z` taken by a folder: it is `y`, which this device
+    still shows as `y` (the feed has not moved it yet). Adopted, one server folder would be
+    two folders here, and files put in the one later removed vanish from this device: ours
+    takes a conflicted-copy name instead, and `y` keeps its id."""
+    with tempfile.TemporaryDirectory() as tmp:
+        h = Harness(Path(tmp), random.Random(0))
+        try:
+            async with h.running():
+                await h.vfs.mkdir(ROOT_INO, b"y", 0o755)
+                await h.idle()
+            y_ino = await h._ino("y")
+            assert y_ino is not None
+            y_node = h.state.node(y_ino)
+            assert y_node is not None
+            await h.vfs.mkdir(ROOT_INO, b"z", 0o755)  # queued: the uploader is not running
+            await h.write("z/f", 0, 10, 3)
+            await h.remote.move("/y", "/z", "noreplace")
+            async with h.running():
+                await h.idle()
+            assert h.state.ino_for_server_id(y_node.server_id or 0) == y_ino
+            names = sorted(name for name, _ in h.state.children(ROOT_INO))
+            assert names[0] == "y", names
+            assert names[1].startswith("z (conflicted copy from devT"), names
+            assert h.remote.tree()[f"/{names[1]}/f"] == bytes([3]) * 10
+        finally:
+            h.close()
