@@ -201,8 +201,23 @@ class Writer:
             self._drop_entry(node.parent, node.name, node.ino)
         self._txn.put(_k(node.ino), json.dumps(node.to_json()).encode(), db=self._db._nodes)
         self._db._cache[node.ino] = node
-        if node.server_id is not None:
+        if node.server_id is not None and self._takes_id(node):
             self._txn.put(_k(node.server_id), _k(node.ino), db=self._db._srv)
+
+    def _takes_id(self, node: Node) -> bool:
+        """Whether `node` becomes the inode its server id leads to. Not an unlinked record
+        while a linked inode shows that server entry: written after it (a file a rename
+        replaced, a copy of a record kept for a queued op), it would take the id from the
+        inode the tree shows, and the feed's next change of that entry (a delete, an edit)
+        would no longer find it; once the unlinked one is released, nothing would."""
+        if node.linked:
+            return True
+        raw = self._txn.get(_k(node.server_id or 0), db=self._db._srv)
+        if raw is None or raw == _k(node.ino):
+            return True
+        holder = _U64.unpack(raw)[0]
+        other = self._db._cache.get(holder) or self._db.node(holder)
+        return other is None or not other.linked or other.server_id != node.server_id
 
     def _drop_entry(self, parent: int, name: str, ino: int) -> None:
         """Remove the entry `name` of `parent` if it names `ino` (read in this transaction:
@@ -211,7 +226,8 @@ class Writer:
             self.unlink(parent, name)
 
     def delete_node(self, ino: int) -> None:
-        node = self._db._cache.pop(ino, None)
+        node = self._db._cache.get(ino) or self._db.node(ino)
+        self._db._cache.pop(ino, None)
         self._txn.delete(_k(ino), db=self._db._nodes)
         if node is not None and node.server_id is not None:
             cur = self._txn.get(_k(node.server_id), db=self._db._srv)

@@ -560,3 +560,25 @@ def test_a_name_never_leads_to_an_inode_whose_record_is_elsewhere(state: StateDB
         w.link(ROOT_INO, "c", 95)
     assert state.lookup(ROOT_INO, "b") is None
     assert state.lookup(ROOT_INO, "c") == 95
+
+
+def test_an_unlinked_record_does_not_take_the_server_id_of_the_inode_shown(
+    state: StateDB,
+) -> None:
+    """Seed 1202 of the convergence runs: a file shown here had lost its server id's
+    mapping, so the feed's delete of it found nothing here, and the device showed a file
+    the server no longer had, for good. One way to lose it, tested here: an unlinked record
+    of the same server entry written after it takes the mapping, and its release drops it."""
+    with state.write() as w:
+        w.put_node(Node(ino=10, parent=ROOT_INO, name="c", kind="file", mode=0o644,
+                        server_id=77, rev=5))  # fmt: skip
+        w.link(ROOT_INO, "c", 10)
+        w.put_node(Node(ino=LOCAL_INO_BASE + 3, parent=ROOT_INO, name="old", kind="file",
+                        mode=0o644, server_id=77, rev=4, linked=False))  # fmt: skip
+    assert state.ino_for_server_id(77) == 10
+    with state.write() as w:
+        w.delete_node(LOCAL_INO_BASE + 3)
+    assert state.ino_for_server_id(77) == 10
+    applier = ChangeApplier(state, "me")
+    applier.apply_all([Change.from_json(_change(1, "delete", _rec(77, 1, "/c", rev=5)))])
+    assert state.lookup(ROOT_INO, "c") is None
