@@ -97,6 +97,7 @@ async def _serve(home: Home, mountpoint: Path, cache_bytes: int, allow_other: bo
         vfs = Vfs(state, content, tree, uploader, quota=lambda: (quota[0], quota[1]))
         uploader.open_for_writing = vfs.open_for_writing
         uploader.release_unlinked = vfs.release_unlinked
+        uploader.keep_written = vfs.keep_written
         uploader.relist_folder = mirror.note_folder
 
         def relist_blocked() -> None:

@@ -26,7 +26,7 @@ from blockstore.wire import MAX_NAME_BYTES, MAX_PATH_BYTES
 from mountfs.attrs import Attr, FsStats, VfsError, attr_of
 from mountfs.handles import FileHandle
 from syncd.content import READAHEAD_BLOCKS, ContentStore, read_blocks
-from syncd.queue_ops import Commit, Delete, Mkdir, Move, SetAttr, Symlink
+from syncd.queue_ops import Commit, Delete, Mkdir, Move, QueuedOp, SetAttr, Symlink
 from syncd.state import ROOT_INO, Node, StateDB
 from syncd.tree import TreeSync, path_of
 from syncd.uploader import Uploader
@@ -182,18 +182,34 @@ class Vfs:
         now = time.time_ns()
         return replace(self.state.current(node), mtime_ns=now, ctime_ns=now)
 
+    def keep_written(self, ino: int) -> bool:
+        """File `ino` holds written bytes but is out of the tree: bring it back unless a
+        program here unlinked it or renamed over it (then its writes vanish at close, as
+        POSIX says). Also asked by the uploader before it drops a commit of an unlinked
+        file. Returns whether the file is in the tree now."""
+        node = self.state.node(ino)
+        if node is None or node.dirty is None or ino in self._unlinked_here:
+            return False
+        if node.linked:
+            return True
+        if any(_removes(op, ino) for op in self.state.unsynced_ops()):
+            return False  # removed by a program here before a restart (its op is queued)
+        reconciler = self.tree.reconciler
+        if reconciler is None:
+            return False
+        device = self.uploader.device if self.uploader is not None else "this device"
+        if not reconciler.revive(ino, device=device):
+            log.error("a write to %s could not be kept in the tree", node.name)
+            return False
+        return True
+
     def _queue_commit(self, node: Node) -> None:
         """Put `node`'s content in the durable upload queue (coalesced). A written file that
         something other than a program here took out of the tree (deleted elsewhere,
         meanwhile its name taken) comes back first: an acknowledged write never vanishes."""
         node = self.state.current(node)
         if not node.linked:
-            reconciler = self.tree.reconciler
-            if node.ino in self._unlinked_here or reconciler is None:
-                return
-            device = self.uploader.device if self.uploader is not None else "this device"
-            if not reconciler.revive(node.ino, device=device):
-                log.error("a write to %s could not be kept in the tree", node.name)
+            if not self.keep_written(node.ino):
                 return
             node = self._node(node.ino)
         path = self._path(node.ino)
@@ -635,3 +651,10 @@ class Vfs:
 
     def open_handles(self) -> int:
         return len(self._handles)
+
+
+def _removes(op: QueuedOp, ino: int) -> bool:
+    """Whether queued `op` is a program's removal of file `ino` (a delete, a rename over)."""
+    return (isinstance(op, Delete) and op.ino == ino) or (
+        isinstance(op, Move) and op.dst_ino == ino and op.mode == "replace"
+    )

@@ -117,6 +117,9 @@ class Uploader:
         here whose name the server already had as a folder (adopted: it may hold entries
         this device never heard of, since it showed its own empty folder)."""
         self.release_unlinked: Callable[[int], None] = lambda ino: None
+        self.keep_written: Callable[[int], bool] = lambda ino: False
+        """Set by the mount (`Vfs.keep_written`): a written file out of the tree that no
+        program here removed comes back, and its commit goes on."""
         """Set by the mount: drop the record of a removed file that nothing uses any more
         (called once the last queued op naming it is done)."""
         self._held_seq: int | None = None
@@ -401,6 +404,15 @@ class Uploader:
                     rec.path)  # fmt: skip
         self._show_theirs(rec)
 
+    def _kept(self, op: Commit) -> Node | None:
+        """The record of a written file out of the tree, back in it if `keep_written` kept
+        it (its commit then goes where it is shown now)."""
+        if not self.keep_written(op.ino):
+            return self.state.node(op.ino)
+        with contextlib.suppress(KeyError):
+            op.path = path_of(self.state, op.ino)
+        return self.state.node(op.ino)
+
     def _show_theirs(self, rec: FileRecord) -> None:
         """Show the server's entry `rec`, which kept a name ours was refused. A folder is
         listed again: it may be the inode it had here before our operation took it away,
@@ -619,6 +631,8 @@ class Uploader:
             for seq, op in batch:
                 assert isinstance(op, Commit)  # `_round` makes rounds of commits only
                 node = self.state.node(op.ino)
+                if node is not None and node.dirty is not None and not node.linked:
+                    node = self._kept(op)  # written, then out of the tree: not by a program?
                 if node is None or node.kind != "file" or node.dirty is None or not node.linked:
                     done.append(seq)  # committed by an earlier op, deleted, or not a file
                     continue

@@ -64,6 +64,7 @@ class Harness:
         self.vfs = Vfs(self.state, self.content, self.tree, self.uploader, uid=0, gid=0)
         self.uploader.open_for_writing = self.vfs.open_for_writing
         self.uploader.release_unlinked = self.vfs.release_unlinked
+        self.uploader.keep_written = self.vfs.keep_written
         self.model: dict[str, bytes] = {}
         self.rng = rng
         self.want_inside = False
@@ -656,5 +657,61 @@ async def test_a_new_folder_does_not_adopt_a_folder_shown_here_under_another_nam
             assert names[0] == "y", names
             assert names[1].startswith("z (conflicted copy from devT"), names
             assert h.remote.tree()[f"/{names[1]}/f"] == bytes([3]) * 10
+        finally:
+            h.close()
+
+
+async def test_a_queued_commit_of_a_file_taken_out_of_the_tree_is_not_dropped() -> None:
+    """Seed 1203 of the convergence runs: a file written here (acknowledged, its commit
+    queued) was out of the tree when the uploader came to it, though no program here had
+    removed it, and the uploader dropped the commit as if the file had been deleted. It
+    asks the mount first: the file comes back (under its name, if free) and is committed."""
+    from dataclasses import replace
+
+    from syncd.changes import ChangeApplier
+
+    with tempfile.TemporaryDirectory() as tmp:
+        h = Harness(Path(tmp), random.Random(0))
+        h.tree.reconciler = ChangeApplier(h.state, "me")
+        try:
+            async with h.running():
+                await h.write("a", 0, 100, 1)
+                await h.idle()
+            await h.write("a", 0, 10, 2)  # queued: the uploader is not running
+            ino = await h._ino("a")
+            assert ino is not None
+            node = h.state.node(ino)
+            assert node is not None
+            with h.state.write() as w:  # whatever took it out of the tree, not a program
+                w.put_node(replace(node, linked=False))
+            async with h.running():
+                await h.idle()
+            assert h.remote.tree()["/a"] == bytes([2]) * 10 + bytes([1]) * 90
+            assert await h._ino("a") == ino
+        finally:
+            h.close()
+
+
+async def test_a_file_removed_here_before_a_restart_is_not_brought_back() -> None:
+    """The other side of the rule above: a file written and then deleted by a program here,
+    both still queued when the mount restarts, stays deleted (the new mount has not seen
+    the delete happen, but its queued delete says so)."""
+    with tempfile.TemporaryDirectory() as tmp:
+        h = Harness(Path(tmp), random.Random(0))
+        try:
+            async with h.running():
+                await h.write("a", 0, 100, 1)
+                await h.idle()
+            await h.write("a", 0, 10, 2)
+            ino = await h._ino("a")
+            assert ino is not None
+            await h.unlink("a")  # commit and delete queued: the uploader is not running
+            restarted = Vfs(h.state, h.content, h.tree, h.uploader, uid=0, gid=0)
+            assert not restarted.keep_written(ino)
+            h.uploader.keep_written = restarted.keep_written
+            async with h.running():
+                await h.idle()
+            assert "/a" not in h.remote.tree()
+            assert await h._ino("a") is None
         finally:
             h.close()
