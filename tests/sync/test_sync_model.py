@@ -696,8 +696,11 @@ async def test_a_file_removed_here_before_a_restart_is_not_brought_back() -> Non
     """The other side of the rule above: a file written and then deleted by a program here,
     both still queued when the mount restarts, stays deleted (the new mount has not seen
     the delete happen, but its queued delete says so)."""
+    from syncd.changes import ChangeApplier
+
     with tempfile.TemporaryDirectory() as tmp:
         h = Harness(Path(tmp), random.Random(0))
+        h.tree.reconciler = ChangeApplier(h.state, "me")
         try:
             async with h.running():
                 await h.write("a", 0, 100, 1)
@@ -705,6 +708,7 @@ async def test_a_file_removed_here_before_a_restart_is_not_brought_back() -> Non
             await h.write("a", 0, 10, 2)
             ino = await h._ino("a")
             assert ino is not None
+            h.vfs.remember(ino)  # the kernel still knows the inode: its record stays dirty
             await h.unlink("a")  # commit and delete queued: the uploader is not running
             restarted = Vfs(h.state, h.content, h.tree, h.uploader, uid=0, gid=0)
             assert not restarted.keep_written(ino)
