@@ -141,18 +141,17 @@ class ChangeApplier:
     def _reflected(self, ch: Change, busy: set[int]) -> bool:
         """Whether this mount's own change `ch` shows here, as the uploader left it. Not
         when an older change from elsewhere, applied after the uploader's answer (it was
-        fetched before), took its entry's name (the entry may even be released since), or
-        the entry came back after our delete: then it is applied like any other."""
+        fetched before), took its entry's name, or the entry came back after our delete:
+        then it is applied like any other."""
         if ch.op == "pending":
             return True
-        gone = ch.op == "delete" or ch.file.deleted
         ino = self.state.ino_for_server_id(ch.file.id)
         node = self.state.node(ino) if ino is not None else None
-        if node is None:
-            return gone  # not here at all: pushed out and released since (a later change
-            # of ours in this batch, say a delete, is skipped above)
-        if node.server_id != ch.file.id or node.ino in busy or node.dirty is not None:
+        if node is None or node.server_id != ch.file.id or node.ino in busy:
             return True
+        if node.dirty is not None:
+            return True
+        gone = ch.op == "delete" or ch.file.deleted
         return node.linked != gone
 
     def _ours_later(self, other: Node) -> bool:
