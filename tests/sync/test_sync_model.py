@@ -20,6 +20,7 @@ from hypothesis import strategies as st
 
 from blockstore.cache import LmdbBlockCache
 from blockstore.ids import BlockId
+from blockstore.wire import Change, FileRecord
 from mountfs.attrs import VfsError
 from mountfs.vfs import Vfs
 from syncd.blocks import BlockFetcher
@@ -182,6 +183,13 @@ class Harness:
             want = self.model[path]
             assert len(got) == len(want), f"{path}: {len(got)} bytes, model {len(want)}"
             assert got == want, f"{path}: first difference at {_first_diff(got, want)}"
+
+
+def _from_elsewhere(seq: int, op: str, rec: FileRecord, old_path: str | None = None) -> Change:
+    """A change-feed entry made by another device (what the follower hands the reconciler)."""
+    body = {"seq": seq, "op": op, "file": rec.to_json(), "old_path": old_path,
+            "device": "other", "user": "u", "time": 1.0, "client": None}  # fmt: skip
+    return Change.from_json(body)
 
 
 def _first_diff(a: bytes, b: bytes) -> int:
@@ -358,7 +366,6 @@ async def test_a_file_moved_onto_a_name_held_here_is_shown_once_after_the_confli
     `.sed1` but cannot move it onto `c` (a local entry holds the name); our commit is then a
     conflict, our `c` becomes the copy and the name shows their file: the `.sed1` entry
     (the same server file) must go, or the file is shown twice here for ever."""
-    from blockstore.wire import Change
     from syncd.changes import ChangeApplier
 
     with tempfile.TemporaryDirectory() as tmp:
@@ -370,12 +377,8 @@ async def test_a_file_moved_onto_a_name_held_here_is_shown_once_after_the_confli
             tmp_rec = await h.remote.commit("/.sed1", None, [(bid, 40)], 40, 1, 0o644, "o1")
             moved = await h.remote.move("/.sed1", "/c", "noreplace")
             applier.apply_all([
-                Change.from_json({"seq": 1, "op": "create", "file": tmp_rec.to_json(),
-                                  "old_path": None, "device": "other", "user": "u",
-                                  "time": 1.0, "client": None}),
-                Change.from_json({"seq": 2, "op": "move", "file": moved.to_json(),
-                                  "old_path": "/.sed1", "device": "other", "user": "u",
-                                  "time": 1.0, "client": None}),
+                _from_elsewhere(1, "create", tmp_rec),
+                _from_elsewhere(2, "move", moved, "/.sed1"),
             ])  # fmt: skip
             async with h.running():
                 await h.idle()
@@ -444,7 +447,6 @@ async def test_a_write_through_a_cached_name_of_a_file_deleted_elsewhere_is_kept
     while the kernel still has the name cached; a program opens it through that name,
     appends and closes (0: acknowledged). Edits beat deletes: `a` comes back, here and on
     the server, with the appended bytes (they were dropped with the unlinked inode)."""
-    from blockstore.wire import Change
     from syncd.changes import ChangeApplier
 
     with tempfile.TemporaryDirectory() as tmp:
@@ -482,7 +484,6 @@ async def test_a_folder_shown_again_after_a_refused_rename_over_it_is_listed_aga
     "create F/g" arrives while `F` is not shown here (our rename took its name); the move is
     refused (`not_empty`), ours becomes a conflicted copy and `F` is shown again under the
     inode it had, listed before: it must be listed again, or `F/g` never shows here."""
-    from blockstore.wire import Change
     from syncd.changes import ChangeApplier
 
     with tempfile.TemporaryDirectory() as tmp:
@@ -502,9 +503,7 @@ async def test_a_folder_shown_again_after_a_refused_rename_over_it_is_listed_aga
             g = await h.remote.commit("/F/g", None, [(bid, 20)], 20, 1, 0o644, "o1")
             await h.vfs.rename(ROOT_INO, b"E", ROOT_INO, b"F", 0)
             applier.apply_all([
-                Change.from_json({"seq": 1, "op": "create", "file": g.to_json(),
-                                  "old_path": None, "device": "other", "user": "u",
-                                  "time": 1.0, "client": None}),
+                _from_elsewhere(1, "create", g),
             ])  # fmt: skip
             relisted.clear()
             async with h.running():
@@ -559,14 +558,7 @@ async def test_a_write_to_a_file_deleted_elsewhere_whose_name_was_taken_is_kept(
     old `a` by a name the kernel had cached and writes to it. Edits beat deletes, but the
     old file cannot come back under its name (the new `a` has it): the write must still
     reach the server, as a conflicted copy, never vanish with the unlinked inode."""
-    from blockstore.wire import Change
     from syncd.changes import ChangeApplier
-
-    def change(seq: int, op: str, rec: object) -> Change:
-        assert hasattr(rec, "to_json")
-        return Change.from_json({"seq": seq, "op": op, "file": rec.to_json(),
-                                 "old_path": None, "device": "other", "user": "u",
-                                 "time": 1.0, "client": None})  # fmt: skip
 
     with tempfile.TemporaryDirectory() as tmp:
         h = Harness(Path(tmp), random.Random(0))
@@ -582,7 +574,9 @@ async def test_a_write_to_a_file_deleted_elsewhere_whose_name_was_taken_is_kept(
             await h.remote.delete("/a", False)
             bid = await _put_block(h.remote, bytes([9]) * 40)
             new = await h.remote.commit("/a", None, [(bid, 40)], 40, 1, 0o644, "o1")
-            applier.apply_all([change(1, "delete", gone), change(2, "create", new)])
+            applier.apply_all(
+                [_from_elsewhere(1, "delete", gone), _from_elsewhere(2, "create", new)]
+            )
             assert await h._ino("a") == new.id
             fh, _ = await h.vfs.open(old, os.O_WRONLY)  # by the name the kernel had cached
             await h.vfs.write(fh, 0, bytes([2]) * 10)
@@ -603,7 +597,6 @@ async def test_a_delete_of_a_file_renamed_elsewhere_shows_it_where_it_went() -> 
     another device moves it into `y`. The delete finds nothing at `/c` and the file stays
     on the server (the rename was meant); this device must show it in `y`, or the server
     has a file no device shows."""
-    from blockstore.wire import Change
     from syncd.changes import ChangeApplier
 
     with tempfile.TemporaryDirectory() as tmp:
@@ -619,9 +612,7 @@ async def test_a_delete_of_a_file_renamed_elsewhere_shows_it_where_it_went() -> 
             await h.unlink("c")  # queued: the uploader is not running
             moved = await h.remote.move("/c", "/y/c", "noreplace")
             h.tree.reconciler.apply_all([
-                Change.from_json({"seq": 1, "op": "move", "file": moved.to_json(),
-                                  "old_path": "/c", "device": "other", "user": "u",
-                                  "time": 1.0, "client": None}),
+                _from_elsewhere(1, "move", moved, "/c"),
             ])  # fmt: skip
             async with h.running():
                 await h.idle()
