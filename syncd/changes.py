@@ -70,12 +70,12 @@ class ChangeApplier:
         (its upload resolves that); listed again once the queue is empty (`take_blocked`),
         in case the local entry has left the name since."""
         self._held: set[int] = set()
+        """Files deleted elsewhere that stayed only for a handle that may write to them."""
         self._stale: set[int] = set()
         """Files open for writing here whose newer server version was held back."""
         self._removed: set[int] = set()
         """Files this reconciler removed this session (a stale kernel name may still open
         them: see `revive`)."""
-        """Files deleted elsewhere that stayed only for a handle that may write to them."""
         self._entries: list[tuple[int, str, int]] = []
         self._inodes: list[int] = []
         self._replaced: set[int] = set()
@@ -92,13 +92,10 @@ class ChangeApplier:
         operation (commits included)."""
         queued = self.state.unsynced_ops()
         busy = {op.ino for op in queued if not isinstance(op, Commit)}
-        replaced = {op.dst_ino for op in queued if isinstance(op, Move) and op.dst_ino is not None}
-        self._replaced = {
-            op.dst_ino
-            for op in queued
-            if isinstance(op, Move) and op.mode == "replace" and op.dst_ino is not None
-        } - busy
-        return busy | replaced, {op.ino for op in queued}
+        replaced = {op.dst_ino: op.mode for op in queued
+                    if isinstance(op, Move) and op.dst_ino is not None}  # fmt: skip
+        self._replaced = {ino for ino, mode in replaced.items() if mode == "replace"} - busy
+        return busy | set(replaced), {op.ino for op in queued}
 
     def apply_all(self, changes: list[Change]) -> int:
         """Apply `changes` in journal order.
