@@ -366,7 +366,7 @@ class ChangeApplier:
                 self._inodes.append(other.ino)
         if rec.kind == "file" and rec.state == "pending" and rec.rev == 0:
             return  # a provisional record of an upload in progress: the commit will follow
-        node = node_from_record(rec.id, parent.ino, rec)
+        node = node_from_record(w.ino_for_new(rec.id), parent.ino, rec)
         w.put_node(node)
         w.link(parent.ino, rec.name, node.ino)
         if node.kind == "dir" and self.on_folder is not None:

@@ -216,11 +216,11 @@ class ConflictResolver:
         if node.dirty is not None and node.dirty.gen != gen and node.linked:
             self._become_copy(node, rec, cur, blocks, size, gen, parent_ino)
             return
-        copy = replace(node_from_record(rec.id, parent_ino, rec), blocks=tuple(blocks))
         with self.state.write() as w:
-            if self.state.node(rec.id) is None:
-                w.put_node(copy)
-                w.link(parent_ino, rec.name, rec.id)
+            if self.state.ino_for_server_id(rec.id) is None:
+                copy = node_from_record(w.ino_for_new(rec.id), parent_ino, rec)
+                w.put_node(replace(copy, blocks=tuple(blocks)))
+                w.link(parent_ino, rec.name, copy.ino)
         node = self.content.finish_clean(node)
         if cur.kind == "file":
             self._unshow_other(cur.id, node.ino)

@@ -201,6 +201,8 @@ class Writer:
             self._drop_entry(node.parent, node.name, node.ino)
         self._txn.put(_k(node.ino), json.dumps(node.to_json()).encode(), db=self._db._nodes)
         self._db._cache[node.ino] = node
+        if old is not None and old.server_id not in (None, node.server_id):
+            self._release_id(old.server_id or 0, node.ino)  # re-created under a new id
         if node.server_id is not None and self._takes_id(node):
             self._txn.put(_k(node.server_id), _k(node.ino), db=self._db._srv)
 
@@ -225,14 +227,26 @@ class Writer:
         if self._txn.get(_k(parent) + name.encode(), db=self._db._dirents) == _k(ino):
             self.unlink(parent, name)
 
+    def _release_id(self, server_id: int, ino: int) -> None:
+        """Server id `server_id` no longer leads to `ino` (if it did)."""
+        if self._txn.get(_k(server_id), db=self._db._srv) == _k(ino):
+            self._txn.delete(_k(server_id), db=self._db._srv)
+
     def delete_node(self, ino: int) -> None:
         node = self._db._cache.get(ino) or self._db.node(ino)
         self._db._cache.pop(ino, None)
         self._txn.delete(_k(ino), db=self._db._nodes)
         if node is not None and node.server_id is not None:
-            cur = self._txn.get(_k(node.server_id), db=self._db._srv)
-            if cur == _k(ino):
-                self._txn.delete(_k(node.server_id), db=self._db._srv)
+            self._release_id(node.server_id, ino)
+
+    def ino_for_new(self, server_id: int) -> int:
+        """The inode for a server entry this device does not have: its server id (both
+        sides then agree without a lookup), unless a record holds that inode already (the
+        entry's old record here, re-created on the server under a new id, which it keeps:
+        its bytes are this device's): then a new local one."""
+        if server_id in self._db._cache or self._txn.get(_k(server_id), db=self._db._nodes):
+            return self.next_ino()
+        return server_id
 
     def link(self, parent: int, name: str, ino: int) -> None:
         key = _k(parent) + name.encode()

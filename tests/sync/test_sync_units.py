@@ -582,3 +582,36 @@ def test_an_unlinked_record_does_not_take_the_server_id_of_the_inode_shown(
     applier = ChangeApplier(state, "me")
     applier.apply_all([Change.from_json(_change(1, "delete", _rec(77, 1, "/c", rev=5)))])
     assert state.lookup(ROOT_INO, "c") is None
+
+
+def test_a_file_recreated_under_a_new_id_keeps_its_inode_against_its_old_entry(
+    state: StateDB,
+) -> None:
+    """Seed 1204 of the convergence runs lost an acknowledged write: a file moved here
+    while deleted elsewhere is re-created on the server under a new id and keeps its inode
+    (the old server id); a later-applied change of the old entry (an edit made elsewhere
+    before the delete) then wrote the server's record over that inode, and the bytes
+    written here went with it. The old entry now gets an inode of its own."""
+    with state.write() as w:
+        w.put_node(Node(ino=21, parent=ROOT_INO, name="moved", kind="file", mode=0o644,
+                        size=5, server_id=21, rev=3))  # fmt: skip
+        w.link(ROOT_INO, "moved", 21)
+    node = state.node(21)
+    assert node is not None
+    with state.write() as w:  # re-created on the server as id 90
+        w.put_node(replace(node, server_id=90, rev=1))
+    assert state.ino_for_server_id(21) is None
+    assert state.ino_for_server_id(90) == 21
+    applier = ChangeApplier(state, "me")
+    applier.apply_all([Change.from_json(_change(1, "update", _rec(21, 1, "/old", rev=4)))])
+    kept = state.node(21)
+    assert kept is not None
+    assert (kept.server_id, kept.name, kept.size) == (90, "moved", 5)
+    old = state.lookup(ROOT_INO, "old")
+    assert old is not None
+    assert old != 21
+    assert state.ino_for_server_id(21) == old
+    gone = {**_rec(21, 1, "/old", rev=4), "deleted": True}
+    applier.apply_all([Change.from_json(_change(2, "delete", gone))])
+    assert state.lookup(ROOT_INO, "old") is None
+    assert state.lookup(ROOT_INO, "moved") == 21
