@@ -263,14 +263,24 @@ class Vfs:
         node = self.state.node(ino)
         if node is None or node.linked:
             return
+        ops = self.state.unsynced_ops()
+        named = [op for op in ops if ino in (op.ino, getattr(op, "dst_ino", None))]
+        removed_here = ino in self._unlinked_here or any(_removes(op, ino) for op in ops)
+        if named and node.dirty is not None and not removed_here:
+            return  # written, and out of the tree by no program here: `keep_written` may
+            # still bring it back with its bytes (its queued commit asks)
         self.content.discard(node)
-        if any(ino in (op.ino, getattr(op, "dst_ino", None)) for op in self.state.unsynced_ops()):
-            return  # its record stays while an op naming it is queued (or parked): the server
-            # id and the revision it names (a change from elsewhere must not bring it back
-            # meanwhile); the uploader calls this again once the op is done
-        self._unlinked_here.discard(ino)
         with self.state.write() as w:
-            w.delete_node(ino)
+            if named:
+                # its record stays while an op naming it is queued (or parked): the server id
+                # and the revision it names (a change from elsewhere must not bring it back
+                # meanwhile); written clean, so that no restart brings it back without its
+                # bytes. The uploader calls this again once the op is done.
+                w.put_node(self.state.current(node))
+            else:
+                w.delete_node(ino)
+        if not named:
+            self._unlinked_here.discard(ino)
 
     async def getattr(self, ino: int) -> Attr:
         return self._attr(self._node(ino))

@@ -345,8 +345,11 @@ class ConflictResolver:
         other = self.state.node(ino) if ino is not None and ino != keep else None
         if other is None or not other.linked or other.server_id != server_id:
             return
-        if other.dirty is not None or any(op.ino == other.ino for _, op in self.state.ops()):
-            return  # it has local work: its upload resolves it
+        if other.dirty is not None or any(
+            op.ino == other.ino and not isinstance(op, Commit) for _, op in self.state.ops()
+        ):
+            return  # it has local work: its upload resolves it (a commit of a clean file is
+            # done: maybe in the round being answered, whose ops are cleared at its end)
         with self.state.write() as w:
             if self.state.lookup(other.parent, other.name) == other.ino:
                 w.unlink(other.parent, other.name)

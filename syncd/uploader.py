@@ -145,6 +145,9 @@ class Uploader:
         self.progress: dict[str, Any] | None = None
         """`{"path", "done", "total"}` of the file being uploaded (for `drive status`)."""
         self._failures: dict[int, int] = {}
+        self._preparing: tuple[int, QueuedOp] | None = None
+        """The op of a commit round whose content is being read: a crash there is its own,
+        not the round's (the others go on in the next round)."""
         self._refused: dict[int, str] = {}
         """Ops of the current round the server refused for now: seq -> reason."""
         self._requeue_log: Callable[..., None] = log.info
@@ -222,7 +225,7 @@ class Uploader:
             batch = self._round(ops)
             seq, op = batch[0]
             self.busy_seqs = {s for s, _ in batch}
-            self._refused = {}
+            self._refused, self._preparing = {}, None
             try:
                 if isinstance(op, Commit):
                     done = await self._commit_round(batch)
@@ -262,6 +265,7 @@ class Uploader:
                 done = []
                 self._refused[seq] = f"refused by the server: {exc}"
             except Exception as exc:  # a bug must not take the mount down, nor lose the change
+                seq, op = self._preparing or (seq, op)
                 failures = self._failures[seq] = self._failures.get(seq, 0) + 1
                 log.error("upload of %s %s crashed (attempt %d)", op.kind, op.where,
                           failures, exc_info=exc)  # fmt: skip
@@ -639,10 +643,10 @@ class Uploader:
                 if _small_and_new(node):
                     small.append((seq, op, node))
                     continue
-                try:
+                self._preparing = (seq, op)  # until it is read: see `run`
+                with contextlib.suppress(_Torn):
                     items.append(await self._prepare(seq, op, node, pusher))
-                except _Torn:
-                    continue
+                self._preparing = None
             if small:
                 items.extend(await self._prepare_small(small, pusher))
         self.bytes_uploaded += pusher.bytes_sent

@@ -52,12 +52,13 @@ _ops = st.one_of(
 
 
 class Harness:
-    def __init__(self, root: Path, rng: random.Random) -> None:
+    def __init__(self, root: Path, rng: random.Random, remote: FakeRemote | None = None) -> None:
+        """A mount of the home `root` (again, after a restart: with the same `remote`)."""
         self.state = StateDB(root / "state")
         self.cache = LmdbBlockCache(root / "cache", 256 << 20, sync=False)
-        self.remote = FakeRemote()
+        self.remote = remote or FakeRemote()
         self.fetcher = BlockFetcher(self.cache, self.remote, fetch_timeout_s=5)  # type: ignore[arg-type]
-        (root / "dirty").mkdir()
+        (root / "dirty").mkdir(exist_ok=True)
         self.content = ContentStore(self.state, root / "dirty", self.fetcher, 1 << 30)
         self.tree = TreeSync(self.state, None)
         self.tree.fresh.add(ROOT_INO)
@@ -708,5 +709,85 @@ async def test_a_file_removed_here_before_a_restart_is_not_brought_back() -> Non
                 await h.idle()
             assert "/a" not in h.remote.tree()
             assert await h._ino("a") is None
+        finally:
+            h.close()
+
+
+async def test_a_file_renamed_over_here_while_its_commit_is_parked_stays_gone() -> None:
+    """Seed 1303 of the convergence runs: a file written here, its commit parked (refused
+    for a while), then renamed over by a program here. Once the kernel forgot it, its
+    bytes were dropped but its record still said it had some; after a restart the mount
+    brought it back as a conflicted copy without them, and the commit crashed on every
+    attempt, holding back the other files' commits of its round. Its record now turns clean
+    with its bytes, so it stays gone and nothing is left not synced."""
+    from syncd import errors
+    from syncd.changes import ChangeApplier
+
+    with tempfile.TemporaryDirectory() as tmp:
+        h = Harness(Path(tmp), random.Random(0))
+        h.tree.reconciler = ChangeApplier(h.state, "me")
+        try:
+            async with h.running():
+                await h.write("a", 0, 100, 1)
+                await h.write("b", 0, 50, 3)
+                await h.idle()
+
+            async def refuse_commits(name: str) -> None:
+                if name.startswith("commit"):
+                    raise errors.BadRequest("refused for this test")
+
+            h.remote.hook = refuse_commits
+            async with h.running():
+                await h.write("a", 0, 10, 2)
+                await h.idle()  # its commit is parked (retried in a minute)
+                ino = await h._ino("a")
+                assert ino is not None
+                assert [op.ino for _, op, _, _ in h.state.parked()] == [ino]
+                h.vfs.remember(ino)
+                await h.rename("b", "a")
+                await h.idle()
+            h.vfs.forget([(ino, 1 << 20)])  # the kernel forgot it
+            h.close()
+            h = Harness(Path(tmp), random.Random(0), h.remote)  # the mount restarts
+            h.tree.reconciler = ChangeApplier(h.state, "me")
+            async with h.running():
+                await h.write("c", 0, 20, 4)  # a commit of another file goes through
+                await h.idle()
+            assert h.remote.tree() == {"/a": bytes([3]) * 50, "/c": bytes([4]) * 20}
+            assert h.state.parked() == []
+            assert h.state.node(ino) is None
+        finally:
+            h.close()
+
+
+async def test_a_file_renamed_elsewhere_onto_a_new_file_here_is_shown_once() -> None:
+    """Seed 1304 of the convergence runs: `b` edited here while another device renamed it
+    to `a`, a name a new file here holds (not uploaded yet); both commits go in one round.
+    Ours of `b` lands at `a` on the server (edits travel with renames) but cannot be shown
+    there; the new `a` then conflicts, becomes the copy, and the name shows the server's
+    file. The inode still showing that file as `b` must go: the op of its own commit, done
+    but not yet cleared in that round, kept it, and the device showed the file twice, for
+    ever (the next change of it moved only one of them)."""
+    from syncd.changes import ChangeApplier
+
+    with tempfile.TemporaryDirectory() as tmp:
+        h = Harness(Path(tmp), random.Random(0))
+        h.tree.reconciler = ChangeApplier(h.state, "me")
+        try:
+            async with h.running():
+                await h.write("b", 0, 100, 1)
+                await h.idle()
+            await h.write("b", 0, 10, 2)  # both queued: the uploader is not running
+            await h.write("a", 0, 30, 3)
+            await h.remote.move("/b", "/a", "noreplace")  # elsewhere
+            async with h.running():
+                await h.idle()
+            names = sorted(name for name, _ in h.state.children(ROOT_INO))
+            assert len(names) == 2, names  # not also `b`
+            assert names[0] == "a", names
+            assert names[1].startswith("a (conflicted copy from devT"), names
+            tree = h.remote.tree()
+            assert tree["/a"] == bytes([2]) * 10 + bytes([1]) * 90
+            assert tree[f"/{names[1]}"] == bytes([3]) * 30
         finally:
             h.close()
