@@ -60,7 +60,7 @@ from server.routes_batch import (
 )
 from server.services import Services
 from server.tls_stream import TlsSocketStream
-from server.web import CLIENT_HEADER, DRAIN_LIMIT_BYTES, client_id
+from server.web import CLIENT_HEADER, DRAIN_LIMIT_BYTES, client_id, parse_count
 
 __all__ = ["BulkConnections"]
 
@@ -345,9 +345,10 @@ def _content_length(request: _Request) -> int:
     if "transfer-encoding" in request.headers:
         raise _LengthRequired("bulk requests need a Content-Length body")
     text = request.headers.get("content-length", "0")
-    if not text.isdigit():
+    length = parse_count(text)
+    if length is None:
         raise BadRequest(f"bad Content-Length {text[:40]!r}")
-    return int(text)
+    return length
 
 
 def _drain(sock: ssl.SSLSocket, start: bytearray, length: int) -> bytearray:
