@@ -38,6 +38,9 @@ from server.metrics import Metrics
 
 UPLOADS_DIR = "uploads"
 WRITE_BUFFER_BYTES = 1024 * 1024
+SPOOL_PREFIX = "tmp-"
+"""The body of a simple upload is spooled to `uploads/tmp-*` until it is committed."""
+PART_SUFFIX = ".part"
 _RANGE_RE = re.compile(r"bytes\s+(?:(\d+)-(\d+)|\*)/(\d+|\*)")
 
 
@@ -115,6 +118,9 @@ class Uploads:
         self.metrics = metrics
         self.config = config
         self._locks: dict[str, trio.Lock] = {}
+        self._spooling: set[str] = set()
+        """Names of the spool files of simple uploads running in this process."""
+        self._sweep_sync(None)  # at start nothing runs: every spool file is a crash's
 
     # -- shared pieces --------------------------------------------------------------------
 
@@ -184,6 +190,7 @@ class Uploads:
         commit_id: str | None, reserved_id: int | None,
     ) -> tuple[FileRecord, bool]:  # fmt: skip
         refs, size, sha = await trio.to_thread.run_sync(self._ingest_sync, who, spooled)
+        await self.metadata.make_parents(who, path)
         req = CommitRequest(
             path=path, base_rev=base_rev, blocks=tuple(refs), size=size,
             mtime_ns=time.time_ns(), mode=None,
@@ -204,18 +211,20 @@ class Uploads:
         """POST /files/upload?uploadType=media."""
         split_path(path)
         await self._check_room(who, content_length)
-        spooled = self.dir / f"tmp-{secrets.token_hex(12)}"
+        spooled = self.dir / f"{SPOOL_PREFIX}{secrets.token_hex(12)}"
+        self._spooling.add(spooled.name)  # before the file exists: a sweep never takes it
         try:
             await self._append(spooled, body, 0, self.config.max_file_bytes, durable=False)
             return await self._commit_file(who, path, base_rev, spooled, None, None)
         finally:
             with contextlib.suppress(FileNotFoundError):
                 await run_io(os.unlink, spooled)
+            self._spooling.discard(spooled.name)
 
     # -- resumable upload --------------------------------------------------------------------
 
     def _part(self, session_id: str) -> Path:
-        return self.dir / f"{session_id}.part"
+        return self.dir / f"{session_id}{PART_SUFFIX}"
 
     async def start(
         self, who: Principal, path: str, base_rev: int | None, total: int | None
@@ -223,6 +232,7 @@ class Uploads:
         """Open a session (journals `pending` for the path); returns (id, expiry)."""
         split_path(path)
         await self._check_room(who, total)
+        await self.metadata.make_parents(who, path)
         reserved = await self.metadata.mark_pending(who, path, reserve=True, size=total or 0)
         session_id = secrets.token_urlsafe(24)
         await run_io(self._part(session_id).touch)
@@ -303,21 +313,30 @@ class Uploads:
         return PartResult(rec.size, rec, created)
 
     async def expire(self) -> int:
-        """Delete expired sessions and orphaned part files; returns how many went."""
+        """Delete expired sessions, orphaned part files and the spool files of simple
+        uploads that no longer run; returns how many sessions went."""
         gone = await self.db.run(sessions.expire)
         live = await self.db.run(sessions.live_ids)
-
-        def sweep() -> int:
-            n = 0
-            for entry in os.scandir(self.dir):
-                name = entry.name
-                if name.endswith(".part") and name[: -len(".part")] not in live:
-                    os.unlink(entry.path)
-                    n += 1
-            return n
-
-        await run_io(sweep)
+        await run_io(self._sweep_sync, live)
         return len(gone)
+
+    def _sweep_sync(self, live_sessions: set[str] | None) -> int:
+        """Remove spool files no upload of this process writes (left by a crash or a kill
+        -9) and, given the live session ids, part files of sessions that are gone."""
+        removed = 0
+        for entry in os.scandir(self.dir):
+            name = entry.name
+            spool = name.startswith(SPOOL_PREFIX) and name not in self._spooling
+            part = (
+                live_sessions is not None
+                and name.endswith(PART_SUFFIX)
+                and name[: -len(PART_SUFFIX)] not in live_sessions
+            )
+            if spool or part:
+                with contextlib.suppress(FileNotFoundError):
+                    os.unlink(entry.path)
+                removed += 1
+        return removed
 
 
 async def _take(body: AsyncIterator[bytes], n: int) -> AsyncIterator[bytes]:
