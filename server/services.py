@@ -26,6 +26,7 @@ from server.metadata import Metadata
 from server.metrics import Metrics
 from server.quota import StagedLimit
 from server.ratelimit import RateLimiter
+from server.tokens import TokenPolicy
 from server.uploads import Uploads
 
 log = logging.getLogger(__name__)
@@ -67,7 +68,7 @@ class Services:
             fingerprint=fingerprint,
             db=db,
             metrics=metrics,
-            auth=Authenticator(db, config.auth_cache_seconds),
+            auth=Authenticator(db, TokenPolicy.from_config(config)),
             blocks=blocks,
             feed=feed,
             metadata=metadata,
