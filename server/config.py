@@ -50,6 +50,10 @@ class ServerConfig:
     longpoll_max_open: int = 50_000
     longpoll_backoff_seconds: int = 60
     upload_session_days: float = 7.0
+    # Per user: unfinished resumable upload sessions; one without a part for
+    # `upload_session_idle_seconds` is abandoned and swept with its part file.
+    max_upload_sessions: int = 64
+    upload_session_idle_seconds: float = 86400.0
     block_gc_grace_seconds: float = 24 * 3600.0
     # Per user: bytes of blocks no kept version references (uploads awaiting their commit,
     # or left by a refused one until collected). The cap is never below the user's quota
