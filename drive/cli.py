@@ -366,7 +366,10 @@ def _setup_logging(args: argparse.Namespace) -> None:
     if log_file:
         path = client_home() / os.path.expanduser(log_file)
         try:
-            path.parent.mkdir(parents=True, exist_ok=True)
+            from blockstore.fsutil import open_private_append
+
+            path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+            open_private_append(path).close()  # the log names the user's files: 0600
             handlers.append(logging.FileHandler(path, encoding="utf-8"))
         except OSError as exc:
             raise UserError(f"cannot open the log file {path}: {exc.strerror}") from None

@@ -21,12 +21,12 @@ import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import BinaryIO
 
 import trio
 
 from blockstore.aio import run_io
 from blockstore.chunker import chunk_stream
+from blockstore.fsutil import open_private_append, write_private
 from blockstore.ids import BlockId, block_id
 from blockstore.wire import FileRecord, split_path
 from server.blocks import BlockService
@@ -37,6 +37,7 @@ from server.db.versions import CommitRequest
 from server.errors import BadRequest, NotFound, QuotaExceeded, TooLarge
 from server.metadata import Metadata
 from server.metrics import Metrics
+from server.private import private_dir
 
 UPLOADS_DIR = "uploads"
 SPOOL_PREFIX = "tmp-"
@@ -143,7 +144,7 @@ class Uploads:
         config: ServerConfig,
     ) -> None:
         self.dir = data_dir / UPLOADS_DIR
-        self.dir.mkdir(parents=True, exist_ok=True)
+        private_dir(self.dir)
         self.db = db
         self.blocks = blocks
         self.metadata = metadata
@@ -185,7 +186,7 @@ class Uploads:
         `durable` fsyncs at the end (resumable parts: what 308 reports must survive a crash);
         a simple upload's spool file is read back at once and needs no fsync.
         """
-        f = await run_io(_open_private, path)
+        f = await run_io(open_private_append, path)
         written = 0
         buf = bytearray()
         try:
@@ -275,7 +276,7 @@ class Uploads:
         await self._budget(who, total)
         reserved = await self.metadata.mark_pending(who, path, reserve=True, size=total or 0)
         session_id = secrets.token_urlsafe(24)
-        await run_io(_touch_private, self._part(session_id))
+        await run_io(write_private, self._part(session_id), b"")
         expires = await self.db.run(
             sessions.create, session_id, who.user_id, who.ns_id, path, base_rev, total,
             reserved, who.device, c.upload_session_days * 86400, c.max_upload_sessions,
@@ -400,16 +401,6 @@ def _sizes(paths: list[Path]) -> int:
         with contextlib.suppress(FileNotFoundError):
             total += os.stat(path).st_size
     return total
-
-
-def _open_private(path: Path) -> BinaryIO:
-    """Open a spool file for appending, created 0600 (it holds a user's plaintext)."""
-    return os.fdopen(os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600), "ab")
-
-
-def _touch_private(path: Path) -> None:
-    """Create an empty spool file, 0600."""
-    os.close(os.open(path, os.O_WRONLY | os.O_CREAT, 0o600))
 
 
 async def _take(body: AsyncIterator[bytes], n: int) -> AsyncIterator[bytes]:
