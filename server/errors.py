@@ -79,6 +79,13 @@ class RateLimited(ApiError):
     code = "rate_limited"
 
 
+class TooManyUploads(ApiError):
+    """A user has as many unfinished resumable upload sessions as the server allows."""
+
+    status = 429
+    code = "too_many_uploads"
+
+
 class QuotaExceeded(ApiError):
     status = 507
     code = "quota_exceeded"
