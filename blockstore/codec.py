@@ -35,7 +35,7 @@ import zstandard
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
-from .errors import CorruptBlockError
+from .errors import BlockTooLarge, CorruptBlockError
 from .ids import BlockId, block_id, is_block_id
 from .keys import DataKey
 from .wire import MAX_BLOCK_BYTES
@@ -143,7 +143,7 @@ def unpack(
     if declared < 0:
         raise CorruptBlockError("zstd frame without a content size")
     if declared > max_plaintext:
-        raise CorruptBlockError(f"block of {declared} bytes exceeds {max_plaintext}")
+        raise BlockTooLarge(f"block of {declared} bytes exceeds {max_plaintext}")
     dobj = _zstd.dctx.decompressobj()
     try:
         out = dobj.decompress(body)
@@ -156,7 +156,7 @@ def unpack(
 
 def _check_raw_size(size: int, max_plaintext: int) -> None:
     if size > max_plaintext:
-        raise CorruptBlockError(f"block of {size} bytes exceeds {max_plaintext}")
+        raise BlockTooLarge(f"block of {size} bytes exceeds {max_plaintext}")
 
 
 def encode_wire(plaintext: bytes | bytearray | memoryview) -> bytes:

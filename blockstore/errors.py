@@ -8,6 +8,7 @@ from __future__ import annotations
 
 __all__ = [
     "BlockNotFound",
+    "BlockTooLarge",
     "BlockstoreError",
     "CacheFullError",
     "CorruptBlockError",
@@ -28,6 +29,11 @@ class CorruptBlockError(BlockstoreError):
     swapped frames, wrong keys, unknown format versions, plaintext whose SHA-256 is not the
     block id it was stored under.
     """
+
+
+class BlockTooLarge(CorruptBlockError):
+    """A frame whose plaintext is (or declares itself) over the size limit: refused before
+    it is decompressed, and told apart from damage (a server answers 413, not 400)."""
 
 
 class KeyUnwrapError(CorruptBlockError):

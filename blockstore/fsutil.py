@@ -10,8 +10,12 @@ from __future__ import annotations
 import os
 import secrets
 from pathlib import Path
+from typing import BinaryIO
 
-__all__ = ["atomic_write", "fsync_dir"]
+PRIVATE_FILE_MODE = 0o600
+"""Files that hold a user's data, keys or tokens: readable by their owner only."""
+
+__all__ = ["atomic_write", "fsync_dir", "open_private_append", "write_private"]
 
 
 def fsync_dir(path: Path) -> None:
@@ -39,3 +43,23 @@ def atomic_write(path: Path, data: bytes, mode: int = 0o600) -> None:
         tmp.unlink(missing_ok=True)
         raise
     fsync_dir(path.parent)
+
+
+def open_private_append(path: Path) -> BinaryIO:
+    """Open `path` for appending, created 0600 (and made 0600 if an older version left it
+    readable by others)."""
+    fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, PRIVATE_FILE_MODE)
+    try:
+        os.fchmod(fd, PRIVATE_FILE_MODE)
+        return os.fdopen(fd, "ab")
+    except BaseException:
+        os.close(fd)
+        raise
+
+
+def write_private(path: Path, data: bytes) -> None:
+    """Write `path` (created or truncated) with mode 0600; not durable (see atomic_write)."""
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, PRIVATE_FILE_MODE)
+    with os.fdopen(fd, "wb") as f:
+        os.fchmod(f.fileno(), PRIVATE_FILE_MODE)
+        f.write(data)

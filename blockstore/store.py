@@ -56,6 +56,7 @@ _TMP_PREFIX = ".tmp-"
 _SAFE = "-_"  # with quote's always-safe letters and digits; "." and "~" get encoded below
 _MAX_SEGMENT_BYTES = 200  # encoded; leaves room for the suffix under NAME_MAX (255)
 _FILE_MODE = 0o600
+_DIR_MODE = 0o700
 
 
 @runtime_checkable
@@ -112,7 +113,7 @@ class LocalDirStore:
 
     def __init__(self, root: Path) -> None:
         self.root = Path(root)
-        self.root.mkdir(parents=True, exist_ok=True)
+        self.root.mkdir(mode=_DIR_MODE, parents=True, exist_ok=True)
 
     def __repr__(self) -> str:
         return f"LocalDirStore({str(self.root)!r})"
@@ -137,7 +138,7 @@ class LocalDirStore:
             current = current.parent
         for new_dir in reversed(missing):
             try:
-                new_dir.mkdir()
+                new_dir.mkdir(mode=_DIR_MODE)
             except FileExistsError:
                 continue  # a concurrent writer made it; it fsyncs the parent itself
             fsync_dir(new_dir.parent)

@@ -40,6 +40,11 @@ def _server_data(p: argparse.ArgumentParser) -> None:
     p.add_argument("--data", required=True, metavar="DIR", help="the server's data directory")
 
 
+def _server_user(p: argparse.ArgumentParser) -> None:
+    _server_data(p)
+    p.add_argument("name", metavar="USER", help="user name")
+
+
 def _serve_args(p: argparse.ArgumentParser) -> None:
     _server_data(p)
     p.add_argument(
@@ -55,21 +60,42 @@ def _serve_args(p: argparse.ArgumentParser) -> None:
 
 
 def _adduser_args(p: argparse.ArgumentParser) -> None:
-    _server_data(p)
-    p.add_argument("name", help="user name")
+    _server_user(p)
     p.add_argument("--password-stdin", action="store_true", help="read the password from stdin")
     p.add_argument("--quota", metavar="SIZE", help="storage quota, e.g. 10G (default: none)")
 
 
 def _passwd_args(p: argparse.ArgumentParser) -> None:
-    _server_data(p)
-    p.add_argument("name", help="user name")
+    _server_user(p)
     p.add_argument("--password-stdin", action="store_true", help="read the password from stdin")
+    p.add_argument(
+        "--keep-devices",
+        action="store_true",
+        help="keep the user's devices logged in (default: revoke every device token)",
+    )
+
+
+def _list_devices_args(p: argparse.ArgumentParser) -> None:
+    _server_user(p)
+    p.add_argument("--json", action="store_true", help="print JSON")
+    p.epilog = (
+        "Shows the devices whose tokens are not revoked: id, name, when it logged in, when "
+        "its token was last used (recorded every few minutes) and when it expires unused "
+        "(`token_idle_seconds` in the server config, default 90 days)."
+    )
+
+
+def _revoke_args(p: argparse.ArgumentParser) -> None:
+    _server_user(p)
+    p.add_argument(
+        "device",
+        metavar="DEVICE",
+        help="device name (every login of that name) or id, as list-devices shows them",
+    )
 
 
 def _deluser_args(p: argparse.ArgumentParser) -> None:
-    _server_data(p)
-    p.add_argument("name", help="user name")
+    _server_user(p)
     p.add_argument("--yes", action="store_true", help="do not ask for confirmation")
 
 
@@ -81,9 +107,26 @@ def _list_users_args(p: argparse.ArgumentParser) -> None:
 SERVER_COMMANDS: tuple[Command, ...] = (
     Command("serve", "run the server in the foreground", "drive.server_cmds:serve", _serve_args),
     Command("adduser", "create a user", "drive.server_cmds:adduser", _adduser_args),
-    Command("passwd", "change a user's password", "drive.server_cmds:passwd", _passwd_args),
+    Command(
+        "passwd",
+        "change a user's password and log their devices out",
+        "drive.server_cmds:passwd",
+        _passwd_args,
+    ),
     Command("deluser", "delete a user and their data", "drive.server_cmds:deluser", _deluser_args),
     Command("list-users", "list users", "drive.server_cmds:list_users", _list_users_args),
+    Command(
+        "list-devices",
+        "list a user's logged-in devices",
+        "drive.server_cmds:list_devices",
+        _list_devices_args,
+    ),
+    Command(
+        "revoke",
+        "log one of a user's devices out (its token is refused at once)",
+        "drive.server_cmds:revoke",
+        _revoke_args,
+    ),
 )
 
 
@@ -323,7 +366,10 @@ def _setup_logging(args: argparse.Namespace) -> None:
     if log_file:
         path = client_home() / os.path.expanduser(log_file)
         try:
-            path.parent.mkdir(parents=True, exist_ok=True)
+            from blockstore.fsutil import open_private_append
+
+            path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+            open_private_append(path).close()  # the log names the user's files: 0600
             handlers.append(logging.FileHandler(path, encoding="utf-8"))
         except OSError as exc:
             raise UserError(f"cannot open the log file {path}: {exc.strerror}") from None

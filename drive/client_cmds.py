@@ -103,12 +103,29 @@ def _diagnose_offline(cfg: ClientConfig, exc: errors.Offline) -> str:
     except errors.SyncError as reach:
         return _reach_error(cfg.server_url, reach)
     if now != cfg.fingerprint:
-        return (
-            f"the certificate of {cfg.server_url} changed since this device logged in "
-            f"(pinned {_colons(cfg.fingerprint)}, now {_colons(now)}); nothing was sent. "
-            f"If you expect this, log in again with --trust-fingerprint {now}"
-        )
+        return _certificate_changed(cfg, now)
     return f"server unreachable: {exc}"
+
+
+def _certificate_changed(cfg: ClientConfig, now: str) -> str:
+    """What to say when the server presents certificate `now` instead of the pinned one,
+    with the command that trusts the new one."""
+    return (
+        f"the certificate of {cfg.server_url} changed since this device logged in "
+        f"(pinned {_colons(cfg.fingerprint)}, now {_colons(now)}); nothing was sent. "
+        f"If you expect this, trust the new one with: drive login {cfg.server_url} "
+        f"--user {cfg.user} --trust-fingerprint {now}"
+    )
+
+
+def _offline_reason(cfg: ClientConfig, last_error: str | None) -> str | None:
+    """Why a mount is offline: a changed certificate (checked now, it needs a command from
+    the user), else what the mount last reported."""
+    try:
+        _, now = fetch_certificate(cfg.server_url, timeout=5.0)
+    except errors.SyncError:
+        return last_error
+    return _certificate_changed(cfg, now) if now != cfg.fingerprint else last_error
 
 
 def _mount_points() -> list[Path]:
@@ -291,14 +308,17 @@ def status(args: argparse.Namespace) -> int:
     except (OSError, ValueError):
         mstat = {}
     mounted = bool(mstat.get("mounted", False)) and pid_alive(mstat.get("pid"))
+    last_error = mstat.get("last_error")
     if mounted:
         online = bool(mstat.get("online", True))
+        if not online:
+            last_error = _offline_reason(cfg, last_error)
     else:
         try:
             _run(cfg, lambda rc: rc.whoami())
             online = True
-        except UserError:
-            online = False
+        except UserError as exc:  # says why: server down, or its certificate changed
+            online, last_error = False, str(exc)
     body = {
         "online": online,
         "pending": pending,
@@ -308,7 +328,7 @@ def status(args: argparse.Namespace) -> int:
         "conflicts": conflicts,
         "recent": mstat.get("recent", []),
         "editing": mstat.get("editing", []) if mounted else [],
-        "last_error": mstat.get("last_error"),
+        "last_error": last_error,
         "cache_bytes": int(mstat.get("cache_bytes", 0)),
         "mirror": mstat.get("mirror") if mounted else None,
         "mounted": mounted,

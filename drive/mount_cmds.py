@@ -23,6 +23,7 @@ import time
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from blockstore.fsutil import open_private_append
 from drive import sdnotify, sizes
 from drive.errors import UserError
 from drive.logtail import last_log_line
@@ -173,7 +174,7 @@ def _background(home: object, mp: Path, args: argparse.Namespace, lock: HomeLock
         argv += ["--cache-size", args.cache_size]
     if args.allow_other:
         argv.append("--allow-other")
-    log = open(home.log_path, "ab")  # noqa: SIM115  # handed to the child
+    log = open_private_append(home.log_path)  # handed to the child
     start = log.tell()
     try:
         proc = subprocess.Popen(

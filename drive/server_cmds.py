@@ -10,11 +10,16 @@ import argparse
 import getpass
 import json
 import sys
+import time
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from drive import sdnotify
 from drive.errors import UserError
 from drive.sizes import parse_size
+
+if TYPE_CHECKING:
+    from server.config import ServerConfig
 
 
 def _data_dir(args: argparse.Namespace) -> Path:
@@ -59,15 +64,19 @@ def serve(args: argparse.Namespace) -> int:
         sdnotify.stopping("stopped")
 
 
-def _default_quota(data: Path) -> int | None:
-    """The server config's `default_quota_bytes` (0 or absent: no quota)."""
+def _server_config(data: Path) -> ServerConfig:
+    """The data directory's server config (`DATA/server.toml`, else the defaults)."""
     from server.config import ConfigError, load_config
 
     try:
-        quota = load_config(None, data).default_quota_bytes
+        return load_config(None, data)
     except ConfigError as exc:
         raise UserError(str(exc)) from None
-    return quota or None
+
+
+def _default_quota(data: Path) -> int | None:
+    """The server config's `default_quota_bytes` (0 or absent: no quota)."""
+    return _server_config(data).default_quota_bytes or None
 
 
 def adduser(args: argparse.Namespace) -> int:
@@ -89,16 +98,20 @@ def adduser(args: argparse.Namespace) -> int:
 
 
 def passwd(args: argparse.Namespace) -> int:
-    """Change a user's password."""
+    """Change a user's password; revoke their device tokens unless --keep-devices."""
     from server import admin
     from server.errors import AccountError
 
     try:
         password = _read_password(args)
-        admin.set_password(_data_dir(args), args.name, password)
+        revoked = admin.set_password(
+            _data_dir(args), args.name, password, keep_devices=args.keep_devices
+        )
     except AccountError as exc:
         raise UserError(str(exc)) from exc
     print(f"drive server: password of {args.name} changed")
+    if not args.keep_devices:
+        print(f"drive server: {revoked} device(s) of {args.name} logged out")
     return 0
 
 
@@ -145,4 +158,59 @@ def list_users(args: argparse.Namespace) -> int:
     for u in users:
         quota = "unlimited" if u.quota_bytes is None else f"{u.quota_bytes} B"
         print(f"{u.name}\tused {u.used_bytes} B\tquota {quota}\tdevices {u.devices}")
+    return 0
+
+
+def _when(t: float) -> str:
+    return time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(t))
+
+
+def list_devices(args: argparse.Namespace) -> int:
+    """List a user's logged-in devices with their token's last use and expiry."""
+    from server import admin
+    from server.errors import AccountError
+    from server.tokens import TokenPolicy
+
+    data = _data_dir(args)
+    policy = TokenPolicy.from_config(_server_config(data))
+    try:
+        devices = admin.list_devices(data, args.name)
+    except AccountError as exc:
+        raise UserError(str(exc)) from exc
+    now = time.time()
+    if args.json:
+        print(
+            json.dumps(
+                [
+                    {
+                        "id": d.id,
+                        "device": d.name,
+                        "created_at": d.created_at,
+                        "last_used_at": d.last_seen,
+                        "expires_at": policy.expires_at(d.last_seen),
+                        "expired": policy.expires_at(d.last_seen) <= now,
+                    }
+                    for d in devices
+                ]
+            )
+        )
+        return 0
+    print("ID\tDEVICE\tCREATED\tLAST USED\tEXPIRES")
+    for d in devices:
+        expires = policy.expires_at(d.last_seen)
+        shown = "expired" if expires <= now else _when(expires)
+        print(f"{d.id}\t{d.name}\t{_when(d.created_at)}\t{_when(d.last_seen)}\t{shown}")
+    return 0
+
+
+def revoke(args: argparse.Namespace) -> int:
+    """Revoke the token(s) of one of a user's devices."""
+    from server import admin
+    from server.errors import AccountError
+
+    try:
+        n = admin.revoke_device(_data_dir(args), args.name, args.device)
+    except AccountError as exc:
+        raise UserError(str(exc)) from exc
+    print(f"drive server: {n} token(s) of {args.name}'s device {args.device} revoked")
     return 0

@@ -24,6 +24,7 @@ import trio
 
 from blockstore.aio import run_io
 from blockstore.cache import LmdbBlockCache
+from blockstore.fsutil import write_private
 from mountfs.invalidate import Invalidator
 from mountfs.ops import DriveOperations
 from mountfs.readahead import tune_read_ahead
@@ -207,7 +208,7 @@ async def _write_status(home: Home, sync: _Sync, cache: LmdbBlockCache, state: S
     data = json.dumps(body).encode()
 
     def write() -> None:
-        tmp.write_bytes(data)
+        write_private(tmp, data)
         os.replace(tmp, home.status_path)
 
     await run_io(write)

@@ -9,7 +9,10 @@ from __future__ import annotations
 
 import logging
 import secrets
+import sqlite3
+from collections.abc import Callable
 from pathlib import Path
+from typing import Concatenate, ParamSpec, TypeVar
 
 from blockstore.store import LocalDirStore
 from server.db import accounts, open_sync
@@ -19,6 +22,23 @@ log = logging.getLogger(__name__)
 
 BLOCKS_DIR = "blocks"
 
+P = ParamSpec("P")
+T = TypeVar("T")
+
+
+def _call(
+    data_dir: Path,
+    fn: Callable[Concatenate[sqlite3.Connection, P], T],
+    *args: P.args,
+    **kw: P.kwargs,
+) -> T:
+    """Run `fn(conn, ...)` on a connection of its own (opened, migrated, closed)."""
+    conn = open_sync(data_dir)
+    try:
+        return fn(conn, *args, **kw)
+    finally:
+        conn.close()
+
 
 def add_user(data_dir: Path, name: str, password: str, quota_bytes: int | None = None) -> None:
     """Create a user with an empty drive and a fresh data key."""
@@ -26,37 +46,39 @@ def add_user(data_dir: Path, name: str, password: str, quota_bytes: int | None =
     accounts.check_password(password)
     master = load_master(data_dir)
     account = f"a{secrets.token_hex(8)}"
-    conn = open_sync(data_dir)
-    try:
-        accounts.create_user(
-            conn,
-            name,
-            accounts.hash_password(password),
-            account,
-            new_wrapped_key(master, account),
-            quota_bytes,
-        )
-    finally:
-        conn.close()
+    _call(
+        data_dir,
+        accounts.create_user,
+        name,
+        accounts.hash_password(password),
+        account,
+        new_wrapped_key(master, account),
+        quota_bytes,
+    )
 
 
-def set_password(data_dir: Path, name: str, password: str) -> None:
-    """Change a user's password."""
+def set_password(data_dir: Path, name: str, password: str, *, keep_devices: bool) -> int:
+    """Change a user's password; unless `keep_devices`, log every device out (this command
+    has no token of its own to keep). Returns how many device tokens were revoked."""
     accounts.check_password(password)
-    conn = open_sync(data_dir)
-    try:
-        accounts.set_password(conn, name, accounts.hash_password(password))
-    finally:
-        conn.close()
+    pw_hash = accounts.hash_password(password)
+    return _call(data_dir, accounts.set_password, name, pw_hash, revoke_devices=not keep_devices)
+
+
+def list_devices(data_dir: Path, name: str) -> list[accounts.DeviceInfo]:
+    """The user's logged-in devices (tokens not revoked; expired ones included)."""
+    return _call(data_dir, accounts.list_devices, name)
+
+
+def revoke_device(data_dir: Path, name: str, device: str) -> int:
+    """Revoke the token(s) of one of the user's devices, by name or id; a running server
+    refuses them from its next request on. Returns how many were revoked."""
+    return _call(data_dir, accounts.revoke_named_device, name, device)
 
 
 def delete_user(data_dir: Path, name: str) -> None:
     """Delete a user, their devices, metadata and blocks."""
-    conn = open_sync(data_dir)
-    try:
-        account = accounts.delete_user(conn, name)
-    finally:
-        conn.close()
+    account = _call(data_dir, accounts.delete_user, name)
     store = LocalDirStore(data_dir / BLOCKS_DIR)
     removed = 0
     for key in list(store.keys(f"{account}/")):
@@ -67,8 +89,4 @@ def delete_user(data_dir: Path, name: str) -> None:
 
 def list_users(data_dir: Path) -> list[accounts.UserInfo]:
     """Every user of this data directory."""
-    conn = open_sync(data_dir)
-    try:
-        return accounts.list_users(conn)
-    finally:
-        conn.close()
+    return _call(data_dir, accounts.list_users)

@@ -16,7 +16,7 @@ from starlette.routing import BaseRoute
 from starlette.types import ASGIApp
 
 from server import routes_api, routes_batch, routes_files
-from server.errors import ApiError, BadRequest, Internal, NotFound
+from server.errors import ApiError, BadRequest, Internal, NotFound, api_error_of
 from server.metrics import Metrics
 from server.services import Services
 from server.web import DriveMiddleware, drain_body, error_response, request_id
@@ -27,7 +27,8 @@ log = logging.getLogger(__name__)
 async def _api_error(request: Request, exc: Exception) -> Response:
     assert isinstance(exc, ApiError)
     if exc.status >= 500:
-        log.error("request %s: %s", request_id(request), exc.message)
+        cause = f" ({exc.__cause__})" if exc.__cause__ is not None else ""
+        log.error("request %s: %s%s", request_id(request), exc.message, cause)
     await drain_body(request)
     return error_response(exc, request_id(request))
 
@@ -42,6 +43,11 @@ async def _http_error(request: Request, exc: Exception) -> Response:
 
 
 async def _unexpected(request: Request, exc: Exception) -> Response:
+    known = api_error_of(exc)
+    if known is not None:  # a full disk, or an ApiError inside an exception group
+        if known is not exc:
+            known.__cause__ = exc
+        return await _api_error(request, known)
     rid = request_id(request)
     log.error("request %s failed", rid, exc_info=exc)
     return error_response(Internal("internal error", request_id=rid))

@@ -1,9 +1,11 @@
 """Request authentication: bearer tokens to principals, logins, logouts.
 
-Token lookups are cached for a few seconds (`auth_cache_seconds`) so that thousands of long
-polls do not each cost a database round trip; a logout through this server drops the
-cached entry at once, and revocation by another process is seen within the cache time.
-Password checks (scrypt, ~50 ms of CPU) run in worker threads.
+Every request looks its token up in the database: no cache, so a token revoked by any
+process (`drive server revoke`/`passwd` run beside the server, another API server) is
+refused by the very next request on either transport. The lookup is one indexed SELECT in a
+worker thread (its cost is in docs/performance.md). Expiry and the throttled write-back of
+the last use are `server.tokens.TokenPolicy`. Password checks (scrypt, ~50 ms of CPU) run in
+worker threads.
 """
 
 from __future__ import annotations
@@ -17,8 +19,10 @@ import trio
 from server.db import Database, accounts
 from server.db.accounts import Principal
 from server.errors import BadRequest, Unauthorized
+from server.tokens import TokenPolicy
 
 MAX_DEVICE_NAME = 255
+_MAX_TOUCHED = 100_000
 
 
 @dataclass(frozen=True, slots=True)
@@ -34,33 +38,36 @@ class Login:
 class Authenticator:
     """Maps `Authorization: Bearer TOKEN` to a principal."""
 
-    def __init__(self, db: Database, cache_seconds: float) -> None:
+    def __init__(self, db: Database, policy: TokenPolicy) -> None:
         self.db = db
-        self.cache_seconds = cache_seconds
-        self._cache: dict[str, tuple[float, Principal]] = {}
+        self.policy = policy
+        self._touched: dict[int, float] = {}
+        """When this process last wrote a device's last use (so concurrent requests of one
+        token do not all write it)."""
         self._dummy_hash: str | None = None
 
     async def authenticate(self, header: str | None) -> Principal:
-        """The principal behind an Authorization header; 401 when missing/wrong/revoked."""
+        """The principal behind an Authorization header; 401 when missing, wrong, revoked
+        or expired."""
         if not header:
             raise Unauthorized("missing bearer token (Authorization: Bearer TOKEN)")
         scheme, _, token = header.partition(" ")
         token = token.strip()
         if scheme.lower() != "bearer" or not token:
             raise Unauthorized("expected Authorization: Bearer TOKEN")
-        th = accounts.token_hash(token)
-        now = time.monotonic()
-        hit = self._cache.get(th)
-        if hit is not None and hit[0] > now:
-            await trio.lowlevel.checkpoint()
-            return hit[1]
-        who = await self.db.run(accounts.principal_for, th)
-        if who is None:
-            self._cache.pop(th, None)
-            raise Unauthorized("invalid or revoked token")
-        if len(self._cache) > 100_000:
-            self._cache.clear()
-        self._cache[th] = (now + self.cache_seconds, who)
+        now = time.time()
+        found = await self.db.run(
+            accounts.principal_for, accounts.token_hash(token), self.policy.not_before(now)
+        )
+        if found is None:
+            raise Unauthorized("invalid, revoked or expired token: log in again")
+        who, last_seen = found
+        last_seen = max(last_seen, self._touched.get(who.device_id, 0.0))
+        if self.policy.needs_touch(last_seen, now):
+            if len(self._touched) > _MAX_TOUCHED:
+                self._touched.clear()
+            self._touched[who.device_id] = now
+            await self.db.run(accounts.touch_device, who.device_id, now)
         return who
 
     async def login(self, user: str, password: str, device: str) -> Login:
@@ -86,4 +93,3 @@ class Authenticator:
     async def logout(self, who: Principal) -> None:
         """Revoke the calling token."""
         await self.db.run(accounts.revoke_device, who.device_id)
-        self._cache.pop(who.token_hash, None)

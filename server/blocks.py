@@ -19,7 +19,7 @@ import trio
 
 from blockstore.aio import run_io
 from blockstore.codec import FLAG_RAW, decode_wire_view, seal, sealed_to_wire, unseal
-from blockstore.errors import BlockNotFound, CorruptBlockError
+from blockstore.errors import BlockNotFound, BlockTooLarge, CorruptBlockError
 from blockstore.ids import BlockId
 from blockstore.keys import DataKey
 from blockstore.store import LocalDirStore
@@ -110,9 +110,9 @@ class BlockService:
         self.metrics.add("block_bytes_received", len(frame))
         try:
             plaintext = _decode(frame, self.max_block_bytes, bid)
+        except BlockTooLarge:
+            raise TooLarge(f"block is over {self.max_block_bytes} bytes") from None
         except CorruptBlockError as exc:
-            if "exceeds" in str(exc):
-                raise TooLarge(f"block is over {self.max_block_bytes} bytes") from None
             raise BadRequest(f"rejected block {bid}: {exc}") from None
         sent_raw = (frame[0] & 0x0F) == FLAG_RAW  # decode_wire accepted the frame: not empty
         return self.store_plain_sync(who, bid, plaintext, compress=not sent_raw)

@@ -43,7 +43,15 @@ import trio
 from blockstore.ids import BlockId, parse_block_id
 from blockstore.wire import Buffer, block_record_parts
 from server.db.accounts import Principal
-from server.errors import ApiError, BadRequest, Internal, NotFound, RateLimited, TooLarge
+from server.errors import (
+    ApiError,
+    BadRequest,
+    Internal,
+    NotFound,
+    RateLimited,
+    TooLarge,
+    api_error_of,
+)
 from server.routes_batch import (
     FETCH_BUDGET_BYTES,
     MAX_BATCH_BLOCK_BYTES,
@@ -52,7 +60,7 @@ from server.routes_batch import (
 )
 from server.services import Services
 from server.tls_stream import TlsSocketStream
-from server.web import CLIENT_HEADER, DRAIN_LIMIT_BYTES, client_id
+from server.web import CLIENT_HEADER, DRAIN_LIMIT_BYTES, client_id, parse_count
 
 __all__ = ["BulkConnections"]
 
@@ -195,19 +203,25 @@ class BulkConnections:
             unread = False
             answer = call(who, body)
             answer.headers.update(rate_headers)
-        except ApiError as exc:
-            answer = _error(exc, close=isinstance(exc, _LengthRequired))
+        except _Gone:
+            raise
+        except Exception as exc:
+            refused = api_error_of(exc)  # an ApiError, or a full disk (507)
+            bug = refused is None
+            if refused is None:
+                if isinstance(exc, OSError):
+                    raise  # the connection failed: nothing left to answer
+                log.exception("bulk request %s failed", rid)
+                refused = Internal("internal error", request_id=rid)
+            elif not isinstance(exc, ApiError):
+                log.error("bulk request %s: %s (%s)", rid, refused.message, exc)
+            answer = _error(refused, close=bug or isinstance(refused, _LengthRequired), rid=rid)
             if unread and length and not answer.close:
                 # Read (and drop) a body we refused, so the client gets our answer instead
                 # of a reset; beyond the drain limit close the connection instead.
                 answer.close = length > DRAIN_LIMIT_BYTES
                 if not answer.close:
                     leftover = _drain(sock, request.leftover, length)
-        except (_Gone, OSError):
-            raise
-        except Exception:
-            log.exception("bulk request %s failed", rid)
-            answer = _error(Internal("internal error", request_id=rid), close=True)
         self._services.metrics.count_request(route, answer.status)
         self._send(sock, answer, rid)
         return answer, leftover
@@ -292,8 +306,11 @@ def _json(status: int, body: Any, headers: dict[str, str] | None = None) -> _Ans
     return _Answer(status, [text], headers=dict(headers or {}))
 
 
-def _error(exc: ApiError, *, close: bool) -> _Answer:
-    answer = _json(exc.status, exc.body(), exc.headers)
+def _error(exc: ApiError, *, close: bool, rid: str | None = None) -> _Answer:
+    body = exc.body()
+    if exc.status >= 500 and rid is not None:
+        body.setdefault("request_id", rid)  # as `server.web.error_response`
+    answer = _json(exc.status, body, exc.headers)
     answer.close = close
     return answer
 
@@ -328,9 +345,10 @@ def _content_length(request: _Request) -> int:
     if "transfer-encoding" in request.headers:
         raise _LengthRequired("bulk requests need a Content-Length body")
     text = request.headers.get("content-length", "0")
-    if not text.isdigit():
+    length = parse_count(text)
+    if length is None:
         raise BadRequest(f"bad Content-Length {text[:40]!r}")
-    return int(text)
+    return length
 
 
 def _drain(sock: ssl.SSLSocket, start: bytearray, length: int) -> bytearray:

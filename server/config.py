@@ -3,7 +3,8 @@
 `listen` (HOST:PORT, used when `drive server serve` gets no `--listen`) and
 `default_quota_bytes` (the quota `drive server adduser` gives without `--quota`; 0 = none) sit
 next to the limits (`max_staged_bytes`: see server/quota.py), rate limits and retention
-(`revisions_kept`, `journal_keep_*`).
+(`revisions_kept`, `journal_keep_*`) and the idle lifetime of device tokens
+(`token_idle_seconds`).
 Every knob has a default that suits one machine; tests override a few (a low rate limit, a
 short long-poll clamp) by writing a small TOML file. Unknown keys are an error, so a typo in
 the config never silently falls back to a default.
@@ -49,13 +50,20 @@ class ServerConfig:
     longpoll_max_open: int = 50_000
     longpoll_backoff_seconds: int = 60
     upload_session_days: float = 7.0
+    # Per user: unfinished resumable upload sessions; one without a part for
+    # `upload_session_idle_seconds` is abandoned and swept with its part file.
+    max_upload_sessions: int = 64
+    upload_session_idle_seconds: float = 86400.0
     block_gc_grace_seconds: float = 24 * 3600.0
     # Per user: bytes of blocks no kept version references (uploads awaiting their commit,
     # or left by a refused one until collected). The cap is never below the user's quota
     # (without one, max_file_bytes), so any file that could be committed can be uploaded.
     max_staged_bytes: int = 1024 * MIB
     maintenance_interval_seconds: float = 600.0
-    auth_cache_seconds: float = 3.0
+    # Device tokens expire after this long unused (server.tokens); a use is written back to
+    # the database at most every `token_touch_seconds` per token.
+    token_idle_seconds: float = 90 * 86400.0
+    token_touch_seconds: float = 300.0
     db_threads: int = 8
     keep_alive_seconds: float = 75.0
     backlog: int = 4096

@@ -7,7 +7,12 @@ a bug: it is logged with a request id and answered 500 `internal` without a trac
 
 from __future__ import annotations
 
+import errno
+import sqlite3
+from collections.abc import Iterator
 from typing import Any
+
+from blockstore.errors import InvalidPath
 
 
 class ApiError(Exception):
@@ -74,14 +79,77 @@ class RateLimited(ApiError):
     code = "rate_limited"
 
 
+class TooManyUploads(ApiError):
+    """A user has as many unfinished resumable upload sessions as the server allows."""
+
+    status = 429
+    code = "too_many_uploads"
+
+
 class QuotaExceeded(ApiError):
     status = 507
     code = "quota_exceeded"
 
 
+class InsufficientStorage(ApiError):
+    """The server's own disk is full: not the caller's quota, and not their fault."""
+
+    status = 507
+    code = "insufficient_storage"
+
+
 class Internal(ApiError):
     status = 500
     code = "internal"
+
+
+OUT_OF_SPACE = "the server is out of storage space; try again once its administrator freed some"
+_FULL_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT})
+
+
+def is_out_of_space(exc: BaseException) -> bool:
+    """True for a write refused because the disk (or the server's disk quota) is full: an
+    `OSError` with ENOSPC/EDQUOT, or SQLite's SQLITE_FULL (told apart by code, not text)."""
+    if isinstance(exc, OSError):
+        return exc.errno in _FULL_ERRNOS
+    if isinstance(exc, sqlite3.Error):
+        code = getattr(exc, "sqlite_errorcode", None)
+        return isinstance(code, int) and code & 0xFF == sqlite3.SQLITE_FULL
+    return False
+
+
+def _leaves(exc: BaseException) -> Iterator[BaseException]:
+    """The exceptions inside nested exception groups, in order (`exc` itself if none)."""
+    if isinstance(exc, BaseExceptionGroup):
+        for inner in exc.exceptions:
+            yield from _leaves(inner)
+    else:
+        yield exc
+
+
+def _causes(exc: BaseException) -> Iterator[BaseException]:
+    """`exc` and what it was raised from or during (a failed ROLLBACK hides the write)."""
+    seen: set[int] = set()
+    current: BaseException | None = exc
+    while current is not None and id(current) not in seen:
+        seen.add(id(current))
+        yield current
+        current = current.__cause__ or current.__context__
+
+
+def api_error_of(exc: BaseException) -> ApiError | None:
+    """The answer a failure means for the client, chosen by exception type: the first
+    `ApiError` (also inside exception groups), 507 `insufficient_storage` for a full disk,
+    400 for an invalid path; None for anything else (a bug: 500)."""
+    for leaf in _leaves(exc):
+        if isinstance(leaf, ApiError):
+            return leaf
+        for cause in _causes(leaf):
+            if is_out_of_space(cause):
+                return InsufficientStorage(OUT_OF_SPACE)
+        if isinstance(leaf, InvalidPath):
+            return BadRequest(f"invalid path: {leaf}")
+    return None
 
 
 class AccountError(Exception):

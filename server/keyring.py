@@ -11,13 +11,14 @@ import threading
 from pathlib import Path
 
 from blockstore.keys import DataKey, MasterKey, new_data_key, unwrap_key, wrap_key
+from server.private import private_dir
 
 MASTER_KEY_FILE = "master.key"
 
 
 def load_master(data_dir: Path) -> MasterKey:
     """Load the server's master key, creating it at first start."""
-    data_dir.mkdir(parents=True, exist_ok=True)
+    private_dir(data_dir)
     return MasterKey.load_or_create(data_dir / MASTER_KEY_FILE)
 
 

@@ -90,6 +90,12 @@ class Metadata:
         await self.feed.notify(who.ns_id)
         return rec
 
+    async def make_parents(self, who: Principal, path: str) -> None:
+        """Create the missing folders above `path`, journaled like `mkdir` (uploads to a new
+        folder create it, as Dropbox, S3 and rclone do)."""
+        if await self.db.run(files.make_parents, actor_of(who), path):
+            await self.feed.notify(who.ns_id)
+
     async def symlink(self, who: Principal, path: str, target: str) -> FileRecord:
         """Create a symlink."""
         rec = await self.db.run(files.symlink, actor_of(who), path, target)

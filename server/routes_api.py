@@ -23,11 +23,14 @@ from server.errors import BadRequest, RateLimited
 from server.services import Services
 from server.web import (
     RATE_HEADERS_KEY,
+    SQL_INT_MAX,
     check_path,
     get_bool,
     get_int,
+    get_mode,
     get_str,
     json_response,
+    parse_count,
     query_int,
     query_path,
     read_body,
@@ -171,12 +174,12 @@ def commit_request(item: object) -> CommitRequest:
     if commit_id is not None and not isinstance(commit_id, str):
         raise BadRequest("field 'commit_id' must be a string")
     return CommitRequest(
-        path=check_path(item.get("path")),
+        path=check_path(item.get("path"), entry=True),
         base_rev=get_int(item, "base_rev", optional=True),
         blocks=blocks,
         size=get_int(item, "size") or 0,
         mtime_ns=get_int(item, "mtime_ns", optional=True, minimum=None) or time.time_ns(),
-        mode=get_int(item, "mode", optional=True),
+        mode=get_mode(item),
         commit_id=commit_id,
     )
 
@@ -193,8 +196,9 @@ async def mkdir(request: Request) -> Response:
     who = await principal(request)
     s = services(request)
     body = await read_json(request, s.config.max_json_bytes)
-    mode = get_int(body, "mode", optional=True)
-    rec = await s.metadata.mkdir(who, check_path(body.get("path")), 0o755 if mode is None else mode)
+    mode = get_mode(body)
+    path = check_path(body.get("path"), entry=True)
+    rec = await s.metadata.mkdir(who, path, 0o755 if mode is None else mode)
     return json_response(rec.to_json())
 
 
@@ -205,7 +209,7 @@ async def symlink(request: Request) -> Response:
     target = get_str(body, "target")
     if not target or "\x00" in target or len(target.encode("utf-8")) > 4096:
         raise BadRequest("symlink target must be 1-4096 bytes without NUL")
-    rec = await s.metadata.symlink(who, check_path(body.get("path")), target)
+    rec = await s.metadata.symlink(who, check_path(body.get("path"), entry=True), target)
     return json_response(rec.to_json())
 
 
@@ -214,7 +218,7 @@ async def setattr_(request: Request) -> Response:
     s = services(request)
     body = await read_json(request, s.config.max_json_bytes)
     rec = await s.metadata.setattr(
-        who, check_path(body.get("path")), get_int(body, "mode", optional=True),
+        who, check_path(body.get("path")), get_mode(body),
         get_int(body, "mtime_ns", optional=True, minimum=None),
     )  # fmt: skip
     return json_response(rec.to_json())
@@ -252,7 +256,7 @@ async def editing(request: Request) -> Response:
     who = await principal(request)
     s = services(request)
     body = await read_json(request, s.config.max_json_bytes)
-    await s.metadata.mark_pending(who, check_path(body.get("path")), reserve=False)
+    await s.metadata.mark_pending(who, check_path(body.get("path"), entry=True), reserve=False)
     return json_response({"ok": True})
 
 
@@ -297,10 +301,10 @@ async def cursor(request: Request) -> Response:
 
 
 def _cursor(request: Request) -> int:
-    raw = request.query_params.get("cursor", "")
-    if not raw.isdigit():
+    value = parse_count(request.query_params.get("cursor"))
+    if value is None or value > SQL_INT_MAX:
         raise BadRequest("query parameter 'cursor' must be a cursor from /cursor or /delta")
-    return int(raw)
+    return value
 
 
 async def delta(request: Request) -> Response:

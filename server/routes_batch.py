@@ -20,7 +20,7 @@ from blockstore.errors import WireFormatError
 from blockstore.ids import BlockId, parse_block_id
 from blockstore.wire import encode_block_records, parse_block_records
 from server.db.versions import CommitRequest
-from server.errors import ApiError, BadRequest
+from server.errors import ApiError, BadRequest, api_error_of
 from server.routes_api import commit_request, principal, services
 from server.web import json_response, read_body, read_json
 
@@ -76,7 +76,7 @@ async def blocks_batch(request: Request) -> Response:
             for i in range(len(records)):
                 nursery.start_soon(put, i)
     except BaseExceptionGroup as group:
-        first = next((e for e in _leaves(group) if isinstance(e, ApiError)), None)
+        first = api_error_of(group)
         if first is None:
             raise
         raise first from None
@@ -89,13 +89,6 @@ async def blocks_fetch(request: Request) -> Response:
     ids = parse_fetch_ids(await read_json(request, s.config.max_json_bytes))
     frames = await s.blocks.get_wire_many(who, ids, FETCH_BUDGET_BYTES)
     return Response(encode_block_records(frames), media_type="application/octet-stream")
-
-
-def _leaves(group: BaseExceptionGroup[BaseException]) -> list[BaseException]:
-    out: list[BaseException] = []
-    for exc in group.exceptions:
-        out.extend(_leaves(exc) if isinstance(exc, BaseExceptionGroup) else [exc])
-    return out
 
 
 async def commit_batch(request: Request) -> Response:

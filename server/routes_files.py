@@ -19,32 +19,34 @@ from blockstore.ids import BlockId
 from server.errors import ApiError, BadRequest
 from server.routes_api import principal, revisions, services
 from server.uploads import parse_content_range
-from server.web import body_stream, json_response, query_int, query_path
+from server.web import (
+    body_stream,
+    content_length,
+    json_response,
+    parse_count,
+    query_int,
+    query_path,
+)
 
 _RANGE_RE = re.compile(r"bytes=(\d*)-(\d*)")
-
-
-def _content_length(request: Request) -> int | None:
-    raw = request.headers.get("content-length")
-    return int(raw) if raw is not None and raw.isdigit() else None
 
 
 async def upload(request: Request) -> Response:
     who = await principal(request)
     s = services(request)
-    path = query_path(request)
+    path = query_path(request, entry=True)
     base_rev = query_int(request, "base_rev", None, minimum=0)
     kind = request.query_params.get("uploadType", "media")
     if kind == "media":
         rec, created = await s.uploads.simple(
-            who, path, base_rev, body_stream(request), _content_length(request)
+            who, path, base_rev, body_stream(request), content_length(request)
         )
         return json_response(rec.to_json(), 201 if created else 200)
     if kind == "resumable":
         raw_total = request.headers.get("x-upload-content-length")
-        if raw_total is not None and not raw_total.isdigit():
+        total = parse_count(raw_total)
+        if raw_total is not None and total is None:
             raise BadRequest("X-Upload-Content-Length must be a byte count")
-        total = int(raw_total) if raw_total is not None else None
         session_id, expires = await s.uploads.start(who, path, base_rev, total)
         return json_response(
             {"session_id": session_id, "expires": expires},

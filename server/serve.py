@@ -26,6 +26,7 @@ import trio
 from hypercorn.config import Config as HyperConfig
 
 from blockstore.wire import BULK_ALPN
+from server import private
 from server.app import build_app
 from server.bulk_conn import BulkConnections
 from server.config import ConfigError, load_config
@@ -128,6 +129,7 @@ def run_server(
     connections (the `drive` command tells systemd there).
     """
     faulthandler.enable()
+    os.umask(private.UMASK)  # a backstop: what this process creates is private by default
     faulthandler.register(signal.SIGUSR1)
     try:
         config = load_config(config_path, data_dir)
@@ -138,7 +140,7 @@ def run_server(
     if not sep or not port.isdigit() or not host:
         raise ServeError(f"--listen must be HOST:PORT, not {listen!r}")
     try:
-        data_dir.mkdir(parents=True, exist_ok=True)
+        private.private_dir(data_dir)
         tls = ensure_tls(data_dir, cert, key)
     except (OSError, ValueError) as exc:
         raise ServeError(f"cannot set up TLS: {exc}") from exc

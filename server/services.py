@@ -15,6 +15,7 @@ from pathlib import Path
 import trio
 
 from blockstore.store import LocalDirStore
+from server import private
 from server.admin import BLOCKS_DIR
 from server.auth import Authenticator
 from server.blocks import BlockService
@@ -26,6 +27,7 @@ from server.metadata import Metadata
 from server.metrics import Metrics
 from server.quota import StagedLimit
 from server.ratelimit import RateLimiter
+from server.tokens import TokenPolicy
 from server.uploads import Uploads
 
 log = logging.getLogger(__name__)
@@ -51,7 +53,10 @@ class Services:
     @classmethod
     def open(cls, data_dir: Path, config: ServerConfig, fingerprint: str) -> Services:
         """Open (initialising on first use) the data directory. Blocking: call at startup."""
-        data_dir.mkdir(parents=True, exist_ok=True)
+        private.private_dir(data_dir)
+        fixed = private.fix_modes(data_dir)
+        if fixed:
+            log.info("made %d files and directories of %s private", fixed, data_dir)
         metrics = Metrics()
         db = Database(data_dir, config.db_threads)
         keyring = Keyring(load_master(data_dir))
@@ -67,7 +72,7 @@ class Services:
             fingerprint=fingerprint,
             db=db,
             metrics=metrics,
-            auth=Authenticator(db, config.auth_cache_seconds),
+            auth=Authenticator(db, TokenPolicy.from_config(config)),
             blocks=blocks,
             feed=feed,
             metadata=metadata,

@@ -19,6 +19,9 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
+from blockstore.fsutil import write_private
+from server.private import private_dir
+
 CERT_VALID_DAYS = 3650
 
 
@@ -66,12 +69,10 @@ def _generate(cert_path: Path, key_path: Path) -> None:
         serialization.PrivateFormat.PKCS8,
         serialization.NoEncryption(),
     )
-    cert_path.parent.mkdir(parents=True, exist_ok=True)
-    fd = os.open(key_path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "wb") as f:
-        f.write(key_pem)
+    private_dir(cert_path.parent)
+    write_private(key_path, key_pem)
     tmp = cert_path.with_suffix(".tmp")
-    tmp.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    write_private(tmp, cert.public_bytes(serialization.Encoding.PEM))
     os.replace(tmp, cert_path)
 
 

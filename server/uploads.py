@@ -11,6 +11,7 @@ finish that was interrupted after the commit safe to repeat.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import hashlib
 import json
 import os
@@ -25,6 +26,7 @@ import trio
 
 from blockstore.aio import run_io
 from blockstore.chunker import chunk_stream
+from blockstore.fsutil import open_private_append, write_private
 from blockstore.ids import BlockId, block_id
 from blockstore.wire import FileRecord, split_path
 from server.blocks import BlockService
@@ -35,10 +37,44 @@ from server.db.versions import CommitRequest
 from server.errors import BadRequest, NotFound, QuotaExceeded, TooLarge
 from server.metadata import Metadata
 from server.metrics import Metrics
+from server.private import private_dir
 
 UPLOADS_DIR = "uploads"
+SPOOL_PREFIX = "tmp-"
+"""Simple uploads' spool files: `uploads/tmp-*`, removed when the request ends."""
 WRITE_BUFFER_BYTES = 1024 * 1024
 _RANGE_RE = re.compile(r"bytes\s+(?:(\d+)-(\d+)|\*)/(\d+|\*)")
+
+
+@dataclass(frozen=True, slots=True)
+class QuotaRoom:
+    """A user's quota against what is committed and what their unfinished uploads hold."""
+
+    quota: int
+    used: int
+    spooled: int
+
+
+@dataclass(frozen=True, slots=True)
+class SpoolBudget:
+    """How many bytes one upload's spool file may hold: the file size limit (413) and, for a
+    user with a quota, the room left in it (507, the same refusal as a block over quota).
+    Received bytes count as they arrive, so an upload that never declared its size cannot
+    spool past the quota either."""
+
+    max_bytes: int
+    room: QuotaRoom | None
+
+    def check(self, size: int) -> None:
+        """Refuse a spool file that would hold `size` bytes."""
+        if size > self.max_bytes:
+            raise TooLarge(f"upload is over the limit of {self.max_bytes} bytes")
+        r = self.room
+        if r is not None and r.used + r.spooled + size > r.quota:
+            raise QuotaExceeded(
+                f"storage quota of {r.quota} bytes would be exceeded ({r.used} used, "
+                f"{r.spooled} in other unfinished uploads, this upload {size})"
+            )
 
 
 @dataclass(frozen=True, slots=True)
@@ -108,38 +144,49 @@ class Uploads:
         config: ServerConfig,
     ) -> None:
         self.dir = data_dir / UPLOADS_DIR
-        self.dir.mkdir(parents=True, exist_ok=True)
+        private_dir(self.dir)
         self.db = db
         self.blocks = blocks
         self.metadata = metadata
         self.metrics = metrics
         self.config = config
         self._locks: dict[str, trio.Lock] = {}
+        self._spooling: set[str] = set()
+        """Names of the spool files this process is writing (the sweep leaves them)."""
 
     # -- shared pieces --------------------------------------------------------------------
 
-    async def _check_room(self, who: Principal, size: int | None) -> None:
-        if size is None:
-            return
-        if size > self.config.max_file_bytes:
-            raise TooLarge(
-                f"file of {size} bytes is over the limit of {self.config.max_file_bytes}"
-            )
+    async def _budget(
+        self, who: Principal, size: int | None, exclude: str | None = None
+    ) -> SpoolBudget:
+        """What a body may still spool: refused at once (413/507) when the declared `size`
+        cannot fit. The quota room counts the user's committed bytes and the bytes already
+        in their other unfinished sessions (`exclude` is the session being written)."""
+        max_bytes = self.config.max_file_bytes
+        if size is not None and size > max_bytes:
+            raise TooLarge(f"file of {size} bytes is over the limit of {max_bytes}")
         u = await self.db.run(accounts.usage, who.user_id)
-        if u.quota is not None and u.used + size > u.quota:
-            raise QuotaExceeded(
-                f"storage quota of {u.quota} bytes would be exceeded ({u.used} used)"
-            )
+        if u.quota is None:
+            return SpoolBudget(max_bytes, None)
+        ids = [i for i in await self.db.run(sessions.open_ids, who.user_id) if i != exclude]
+        spooled = await run_io(_sizes, [self._part(i) for i in ids])
+        budget = SpoolBudget(max_bytes, QuotaRoom(u.quota, u.used, spooled))
+        if size is not None:
+            budget.check(size)
+        return budget
 
     async def _append(
-        self, path: Path, body: AsyncIterator[bytes], skip: int, limit: int, durable: bool
-    ) -> int:
-        """Append the body (minus its first `skip` bytes) to `path`; returns bytes written.
+        self, path: Path, body: AsyncIterator[bytes], skip: int, budget: SpoolBudget,
+        start: int, durable: bool,
+    ) -> int:  # fmt: skip
+        """Append the body (minus its first `skip` bytes) to `path`, which holds `start`
+        bytes; returns bytes written. A piece that would take the file past `budget` is
+        refused before it is written, so the file never holds more than it allows.
 
         `durable` fsyncs at the end (resumable parts: what 308 reports must survive a crash);
         a simple upload's spool file is read back at once and needs no fsync.
         """
-        f = await run_io(open, path, "ab")
+        f = await run_io(open_private_append, path)
         written = 0
         buf = bytearray()
         try:
@@ -147,10 +194,9 @@ class Uploads:
                 if skip:
                     cut = min(skip, len(piece))
                     piece, skip = piece[cut:], skip - cut
+                budget.check(start + written + len(piece))
                 buf += piece
                 written += len(piece)
-                if written > limit:
-                    raise TooLarge(f"upload is over the limit of {limit} bytes")
                 if len(buf) >= WRITE_BUFFER_BYTES:
                     await run_io(f.write, bytes(buf))
                     buf.clear()
@@ -184,6 +230,7 @@ class Uploads:
         commit_id: str | None, reserved_id: int | None,
     ) -> tuple[FileRecord, bool]:  # fmt: skip
         refs, size, sha = await trio.to_thread.run_sync(self._ingest_sync, who, spooled)
+        await self.metadata.make_parents(who, path)
         req = CommitRequest(
             path=path, base_rev=base_rev, blocks=tuple(refs), size=size,
             mtime_ns=time.time_ns(), mode=None,
@@ -203,14 +250,17 @@ class Uploads:
     ) -> tuple[FileRecord, bool]:
         """POST /files/upload?uploadType=media."""
         split_path(path)
-        await self._check_room(who, content_length)
-        spooled = self.dir / f"tmp-{secrets.token_hex(12)}"
+        budget = await self._budget(who, content_length)
+        name = f"{SPOOL_PREFIX}{secrets.token_hex(12)}"
+        self._spooling.add(name)  # before the file exists: the sweep never takes it
+        spooled = self.dir / name
         try:
-            await self._append(spooled, body, 0, self.config.max_file_bytes, durable=False)
+            await self._append(spooled, body, 0, budget, 0, durable=False)
             return await self._commit_file(who, path, base_rev, spooled, None, None)
         finally:
             with contextlib.suppress(FileNotFoundError):
                 await run_io(os.unlink, spooled)
+            self._spooling.discard(name)
 
     # -- resumable upload --------------------------------------------------------------------
 
@@ -222,13 +272,16 @@ class Uploads:
     ) -> tuple[str, float]:
         """Open a session (journals `pending` for the path); returns (id, expiry)."""
         split_path(path)
-        await self._check_room(who, total)
+        c = self.config
+        await self.db.run(sessions.check_open, who.user_id, c.max_upload_sessions)
+        await self._budget(who, total)
+        await self.metadata.make_parents(who, path)
         reserved = await self.metadata.mark_pending(who, path, reserve=True, size=total or 0)
         session_id = secrets.token_urlsafe(24)
-        await run_io(self._part(session_id).touch)
+        await run_io(write_private, self._part(session_id), b"")
         expires = await self.db.run(
             sessions.create, session_id, who.user_id, who.ns_id, path, base_rev, total,
-            reserved, who.device, self.config.upload_session_days * 86400,
+            reserved, who.device, c.upload_session_days * 86400, c.max_upload_sessions,
         )  # fmt: skip
         return session_id, expires
 
@@ -267,7 +320,7 @@ class Uploads:
             if total is not None and cr.total != total:
                 raise BadRequest(f"total size changed from {total} to {cr.total}")
             if total is None:
-                await self._check_room(who, cr.total)
+                await self._budget(who, cr.total, session_id)
                 await self.db.run(sessions.set_total, session_id, cr.total)
                 total = cr.total
         if cr.start is not None and cr.end is not None:
@@ -276,12 +329,14 @@ class Uploads:
                     f"part starts at byte {cr.start} but only {received} bytes arrived; "
                     "ask with 'Content-Range: bytes */TOTAL' and resume from there"
                 )
-            limit = (total if total is not None else self.config.max_file_bytes) - received
+            budget = await self._budget(who, None, session_id)
+            if total is not None:
+                budget = dataclasses.replace(budget, max_bytes=min(total, budget.max_bytes))
             skip = received - cr.start
             wanted = cr.end + 1 - received
             if wanted > 0:
                 received += await self._append(
-                    part, _take(body, skip + wanted), skip, limit, durable=True
+                    part, _take(body, skip + wanted), skip, budget, received, durable=True
                 )
         if total is not None and received >= total:
             if received > total:
@@ -303,21 +358,51 @@ class Uploads:
         return PartResult(rec.size, rec, created)
 
     async def expire(self) -> int:
-        """Delete expired sessions and orphaned part files; returns how many went."""
+        """Sweep sessions and spool files (at start and every maintenance round): expired
+        sessions, unfinished ones whose part file is gone or got no byte for
+        `upload_session_idle_seconds` (abandoned), part files no session owns, and simple
+        uploads' spool files this process is not writing (left by a killed server).
+        Returns how many sessions went."""
         gone = await self.db.run(sessions.expire)
+        unfinished = await self.db.run(sessions.unfinished_ids)
+        idle_before = time.time() - self.config.upload_session_idle_seconds
+        abandoned = await run_io(self._abandoned, unfinished, idle_before)
+        if abandoned:
+            await self.db.run(sessions.delete, abandoned)
         live = await self.db.run(sessions.live_ids)
+        spooling = set(self._spooling)
 
-        def sweep() -> int:
-            n = 0
+        def sweep() -> None:
             for entry in os.scandir(self.dir):
                 name = entry.name
-                if name.endswith(".part") and name[: -len(".part")] not in live:
-                    os.unlink(entry.path)
-                    n += 1
-            return n
+                orphan_part = name.endswith(".part") and name[: -len(".part")] not in live
+                orphan_spool = name.startswith(SPOOL_PREFIX) and name not in spooling
+                if orphan_part or orphan_spool:
+                    with contextlib.suppress(FileNotFoundError):
+                        os.unlink(entry.path)
 
         await run_io(sweep)
-        return len(gone)
+        return len(gone) + len(abandoned)
+
+    def _abandoned(self, session_ids: set[str], idle_before: float) -> list[str]:
+        """The unfinished sessions whose part file is gone or unchanged since `idle_before`."""
+        out = []
+        for session_id in session_ids:
+            try:
+                if os.stat(self._part(session_id)).st_mtime < idle_before:
+                    out.append(session_id)
+            except FileNotFoundError:
+                out.append(session_id)
+        return out
+
+
+def _sizes(paths: list[Path]) -> int:
+    """The bytes in these files together (missing ones count nothing)."""
+    total = 0
+    for path in paths:
+        with contextlib.suppress(FileNotFoundError):
+            total += os.stat(path).st_size
+    return total
 
 
 async def _take(body: AsyncIterator[bytes], n: int) -> AsyncIterator[bytes]:

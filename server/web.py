@@ -15,6 +15,7 @@ import re
 import secrets
 from collections.abc import AsyncIterator, Mapping
 from typing import Any
+from urllib.parse import parse_qsl
 
 import trio
 from starlette.requests import ClientDisconnect, Request
@@ -22,7 +23,7 @@ from starlette.responses import Response
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from blockstore.errors import InvalidPath
-from blockstore.wire import validate_path
+from blockstore.wire import ROOT_PATH, validate_path
 from server.errors import ApiError, BadRequest, Internal, TooLarge
 from server.metrics import Metrics
 
@@ -36,6 +37,13 @@ CLIENT_HEADER = "x-drive-client"
 _CLIENT_RE = re.compile(r"[A-Za-z0-9_-]{1,64}")
 DRAIN_LIMIT_BYTES = 64 * 1024 * 1024
 DRAIN_SECONDS = 10.0
+SQL_INT_MAX = 2**63 - 1
+SQL_INT_MIN = -(2**63)
+"""The range of a database integer (SQLite and PostgreSQL BIGINT)."""
+MAX_MODE = 0o7777
+_DIGITS_RE = re.compile(r"[0-9]{1,30}")
+_MAYBE_SURROGATE_RE = re.compile(rb"\\u[dD][89a-fA-F]|\xed[\xa0-\xbf]")
+"""Where a JSON body can carry a lone surrogate: an escape or raw (CESU-style) bytes."""
 
 
 def json_response(
@@ -128,6 +136,7 @@ class DriveMiddleware:
 
         try:
             scope[CLIENT_KEY] = _scope_client_id(scope)
+            check_query_string(scope.get("query_string", b""))
             await self.app(scope, receive_wrapper, send_wrapper)
         except ApiError as exc:
             if not started:
@@ -166,10 +175,26 @@ def request_id(request: Request) -> str:
     return str(request.scope.get(REQUEST_ID_KEY, "-"))
 
 
+def parse_count(text: str | None) -> int | None:
+    """A byte count or other non-negative integer written in ASCII digits, else None.
+
+    Not `str.isdigit()`: it accepts digits such as '\xb2' that `int()` refuses, and `int()`
+    alone accepts signs, spaces, underscores and non-ASCII digits."""
+    if text is None or not _DIGITS_RE.fullmatch(text):
+        return None
+    return int(text)
+
+
+def content_length(request: Request) -> int | None:
+    """The declared body length (None when absent or not a count; the server that parsed
+    the request has framed the body already)."""
+    return parse_count(request.headers.get("content-length"))
+
+
 async def read_body(request: Request, limit: int) -> bytes:
     """The whole body, refusing (413) more than `limit` bytes before reading them."""
-    declared = request.headers.get("content-length")
-    if declared is not None and declared.isdigit() and int(declared) > limit:
+    declared = content_length(request)
+    if declared is not None and declared > limit:
         raise TooLarge(f"request body over {limit} bytes")
     chunks: list[bytes] = []
     size = 0
@@ -190,7 +215,36 @@ async def read_json(request: Request, limit: int) -> dict[str, Any]:
         raise BadRequest(f"body is not valid JSON: {exc}") from None
     if not isinstance(value, dict):
         raise BadRequest("body must be a JSON object")
+    if _MAYBE_SURROGATE_RE.search(raw) and not _encodable(value):
+        raise BadRequest("body has a string that is not valid UTF-8 (a lone surrogate)")
     return value
+
+
+def _encodable(value: object) -> bool:
+    """True if every string in a parsed JSON value is valid UTF-8: `json.loads` lets lone
+    surrogates through (as `\\ud800` escapes or as raw bytes), and the database, the
+    journal and every client would choke on them later."""
+    if isinstance(value, str):
+        try:
+            value.encode("utf-8")
+        except UnicodeEncodeError:
+            return False
+        return True
+    if isinstance(value, dict):
+        return all(_encodable(k) and _encodable(v) for k, v in value.items())
+    if isinstance(value, list):
+        return all(_encodable(v) for v in value)
+    return True
+
+
+def check_query_string(raw: bytes) -> None:
+    """400 if a percent-decoded query value is not UTF-8, where Starlette would silently
+    put U+FFFD in it (and a path would then name another file). Raw non-ASCII bytes never
+    get here: h11 refuses them in the request line."""
+    try:
+        parse_qsl(raw.decode("latin-1"), keep_blank_values=True, errors="strict")
+    except UnicodeDecodeError:
+        raise BadRequest("the query string is not valid UTF-8") from None
 
 
 async def body_stream(request: Request) -> AsyncIterator[bytes]:
@@ -203,14 +257,18 @@ async def body_stream(request: Request) -> AsyncIterator[bytes]:
         return
 
 
-def check_path(value: object, what: str = "path") -> str:
-    """A valid drive path, else 400."""
+def check_path(value: object, what: str = "path", *, entry: bool = False) -> str:
+    """A valid drive path, else 400. `entry`: the path names an entry to create or
+    change, so the root directory (which has no parent and no name) is refused too."""
     if not isinstance(value, str):
         raise BadRequest(f"{what} must be a string")
     try:
-        return validate_path(value)
+        path = validate_path(value)
     except InvalidPath as exc:
         raise BadRequest(f"invalid {what}: {exc}") from None
+    if entry and path == ROOT_PATH:
+        raise BadRequest(f"{what} must name a file or folder, not the root directory '/'")
+    return path
 
 
 def get_str(obj: Mapping[str, Any], key: str, default: str | None = None) -> str:
@@ -222,9 +280,16 @@ def get_str(obj: Mapping[str, Any], key: str, default: str | None = None) -> str
 
 
 def get_int(
-    obj: Mapping[str, Any], key: str, *, optional: bool = False, minimum: int | None = 0
+    obj: Mapping[str, Any],
+    key: str,
+    *,
+    optional: bool = False,
+    minimum: int | None = 0,
+    maximum: int = SQL_INT_MAX,
 ) -> int | None:
-    """An integer field (None if optional and absent or null)."""
+    """An integer field (None if optional and absent or null) within `minimum` (None: the
+    database's smallest integer) and `maximum`: every integer of a body ends up in a 64-bit
+    database column, so a larger one is a 400 here, not an overflow in SQLite."""
     value = obj.get(key)
     if value is None:
         if optional:
@@ -232,9 +297,16 @@ def get_int(
         raise BadRequest(f"field {key!r} is required")
     if isinstance(value, bool) or not isinstance(value, int):
         raise BadRequest(f"field {key!r} must be an integer")
-    if minimum is not None and value < minimum:
-        raise BadRequest(f"field {key!r} must be at least {minimum}")
+    low = SQL_INT_MIN if minimum is None else minimum
+    if not low <= value <= maximum:
+        raise BadRequest(f"field {key!r} must be from {low} to {maximum}")
     return value
+
+
+def get_mode(obj: Mapping[str, Any]) -> int | None:
+    """The optional permission bits of a body (0 to 0o7777; a larger mode is refused, not
+    masked, so the caller never gets other bits than it asked for)."""
+    return get_int(obj, "mode", optional=True, maximum=MAX_MODE)
 
 
 def get_bool(obj: Mapping[str, Any], key: str, default: bool = False) -> bool:
@@ -247,24 +319,23 @@ def get_bool(obj: Mapping[str, Any], key: str, default: bool = False) -> bool:
 
 def query_int(
     request: Request, key: str, default: int | None = None, *, minimum: int = 0,
-    maximum: int | None = None,
+    maximum: int = SQL_INT_MAX,
 ) -> int | None:  # fmt: skip
-    """An integer query parameter, else 400."""
+    """A non-negative integer query parameter (ASCII digits), else 400."""
     raw = request.query_params.get(key)
     if raw is None or raw == "":
         return default
-    try:
-        value = int(raw)
-    except ValueError:
-        raise BadRequest(f"query parameter {key!r} must be an integer") from None
-    if value < minimum or (maximum is not None and value > maximum):
-        raise BadRequest(f"query parameter {key!r} out of range")
+    value = parse_count(raw)
+    if value is None:
+        raise BadRequest(f"query parameter {key!r} must be a non-negative integer")
+    if value < minimum or value > maximum:
+        raise BadRequest(f"query parameter {key!r} must be from {minimum} to {maximum}")
     return value
 
 
-def query_path(request: Request, key: str = "path") -> str:
-    """A required path query parameter."""
+def query_path(request: Request, key: str = "path", *, entry: bool = False) -> str:
+    """A required path query parameter (`entry`: as in `check_path`)."""
     raw = request.query_params.get(key)
     if raw is None:
         raise BadRequest(f"query parameter {key!r} is required")
-    return check_path(raw, key)
+    return check_path(raw, key, entry=entry)

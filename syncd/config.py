@@ -78,6 +78,7 @@ def load_config(home: Home) -> ClientConfig:
 def save_config(home: Home, cfg: ClientConfig) -> None:
     """Write the config atomically with mode 0600."""
     home.root.mkdir(mode=0o700, parents=True, exist_ok=True)
+    os.chmod(home.root, 0o700)
     atomic_write(home.config_path, json.dumps(asdict(cfg), indent=2).encode("utf-8"), 0o600)
 
 

@@ -72,9 +72,12 @@ class Home:
         return self.root / "mount.lock"
 
     def ensure(self) -> Home:
-        """Create the home and its subdirectories (mode 0700) and return self."""
+        """Create the home and its subdirectories (mode 0700, also when an older version
+        made them readable by others: the home holds the token and file contents) and
+        return self."""
         for path in (self.root, self.state_path, self.cache_path, self.dirty_path):
             path.mkdir(mode=0o700, parents=True, exist_ok=True)
+            os.chmod(path, 0o700)
         return self
 
 

@@ -28,6 +28,7 @@ in memory.
 from __future__ import annotations
 
 import json
+import os
 import struct
 import time
 from collections.abc import Iterator
@@ -328,8 +329,11 @@ class StateDB:
     def __init__(self, path: Path) -> None:
         path.mkdir(mode=0o700, parents=True, exist_ok=True)
         self._env = lmdb.open(
-            str(path), map_size=MAP_SIZE_BYTES, max_dbs=8, sync=False, metasync=False
-        )
+            str(path), mode=0o600, map_size=MAP_SIZE_BYTES, max_dbs=8, sync=False,
+            metasync=False,
+        )  # fmt: skip
+        for name in ("data.mdb", "lock.mdb"):  # made 0644 by older versions
+            os.chmod(path / name, 0o600)
         self._nodes = self._env.open_db(b"nodes")
         self._dirents = self._env.open_db(b"dirents")
         self._srv = self._env.open_db(b"srv")

@@ -22,6 +22,7 @@ from typing import Concatenate, ParamSpec, TypeVar
 import trio
 
 from server.db import schema
+from server.private import create_private_file, private_dir
 
 P = ParamSpec("P")
 T = TypeVar("T")
@@ -67,7 +68,8 @@ def read_txn(conn: sqlite3.Connection) -> Iterator[sqlite3.Connection]:
 
 def open_sync(data_dir: Path) -> sqlite3.Connection:
     """Open (creating and migrating if needed) the database for a synchronous caller."""
-    data_dir.mkdir(parents=True, exist_ok=True)
+    private_dir(data_dir)
+    create_private_file(data_dir / DB_FILE)  # its -wal and -shm files get its mode
     conn = connect(data_dir / DB_FILE)
     schema.migrate(conn)
     return conn

@@ -67,6 +67,17 @@ class UserInfo:
     created_at: float
 
 
+@dataclass(frozen=True, slots=True)
+class DeviceInfo:
+    """One logged-in device as `drive server list-devices` shows it."""
+
+    id: int
+    name: str
+    created_at: float
+    last_seen: float
+    """The recorded last use (lags the real one by at most the touch interval)."""
+
+
 def hash_password(password: str) -> str:
     """Return `scrypt$N$r$p$salt$hash` (salt and hash in base64)."""
     salt = secrets.token_bytes(16)
@@ -151,12 +162,25 @@ def create_user(
     return user_id
 
 
-def set_password(conn: sqlite3.Connection, name: str, pw_hash: str) -> None:
-    """Change a user's password (existing device tokens stay valid)."""
+def set_password(conn: sqlite3.Connection, name: str, pw_hash: str, *, revoke_devices: bool) -> int:
+    """Change a user's password, and with `revoke_devices` revoke every device token of
+    theirs in the same transaction (a leaked password must not leave an intruder logged in).
+
+    Returns:
+        How many device tokens were revoked.
+    """
     with write_txn(conn):
-        cur = conn.execute("UPDATE users SET pw_hash = ? WHERE name = ?", (pw_hash, name))
-        if cur.rowcount == 0:
+        row = conn.execute("SELECT id FROM users WHERE name = ?", (name,)).fetchone()
+        if row is None:
             raise AccountError(f"no such user {name!r}")
+        conn.execute("UPDATE users SET pw_hash = ? WHERE id = ?", (pw_hash, row[0]))
+        if not revoke_devices:
+            return 0
+        cur = conn.execute(
+            "UPDATE devices SET revoked_at = ? WHERE user_id = ? AND revoked_at IS NULL",
+            (time.time(), row[0]),
+        )
+        return cur.rowcount
 
 
 def delete_user(conn: sqlite3.Connection, name: str) -> str:
@@ -209,25 +233,80 @@ def add_device(conn: sqlite3.Connection, user_id: int, device: str, tok_hash: st
         return int(cur.lastrowid or 0)
 
 
-def principal_for(conn: sqlite3.Connection, tok_hash: str) -> Principal | None:
-    """The live (not revoked) device and user behind a token hash, or None."""
+def principal_for(
+    conn: sqlite3.Connection, tok_hash: str, not_before: float
+) -> tuple[Principal, float] | None:
+    """The live device and user behind a token hash with the device's recorded last use, or
+    None when the token is unknown, revoked, or last used before `not_before` (expired)."""
     row = conn.execute(
-        "SELECT u.id, u.name, u.account, u.root_ns, d.id, d.name FROM devices d"
+        "SELECT u.id, u.name, u.account, u.root_ns, d.id, d.name, d.last_seen FROM devices d"
         " JOIN users u ON u.id = d.user_id"
-        " WHERE d.token_hash = ? AND d.revoked_at IS NULL",
-        (tok_hash,),
+        " WHERE d.token_hash = ? AND d.revoked_at IS NULL AND d.last_seen >= ?",
+        (tok_hash, not_before),
     ).fetchone()
     if row is None:
         return None
-    return Principal(
+    who = Principal(
         int(row[0]), str(row[1]), str(row[2]), int(row[3]), int(row[4]), str(row[5]), tok_hash
     )
+    return who, float(row[6])
+
+
+def touch_device(conn: sqlite3.Connection, device_id: int, now: float) -> None:
+    """Record a use of a device's token (never moves the time backwards)."""
+    with write_txn(conn):
+        conn.execute(
+            "UPDATE devices SET last_seen = ? WHERE id = ? AND last_seen < ?",
+            (now, device_id, now),
+        )
 
 
 def revoke_device(conn: sqlite3.Connection, device_id: int) -> None:
     """Revoke one device's token."""
     with write_txn(conn):
         conn.execute("UPDATE devices SET revoked_at = ? WHERE id = ?", (time.time(), device_id))
+
+
+def list_devices(conn: sqlite3.Connection, name: str) -> list[DeviceInfo]:
+    """The user's devices whose tokens are not revoked (expired ones included), oldest
+    first."""
+    row = conn.execute("SELECT id FROM users WHERE name = ?", (name,)).fetchone()
+    if row is None:
+        raise AccountError(f"no such user {name!r}")
+    rows = conn.execute(
+        "SELECT id, name, created_at, last_seen FROM devices"
+        " WHERE user_id = ? AND revoked_at IS NULL ORDER BY created_at, id",
+        (row[0],),
+    ).fetchall()
+    return [DeviceInfo(int(r[0]), str(r[1]), float(r[2]), float(r[3])) for r in rows]
+
+
+def revoke_named_device(conn: sqlite3.Connection, name: str, device: str) -> int:
+    """Revoke the user's live tokens of the device called `device` (two logins may share a
+    name: all of them go), else of the device whose id is `device`.
+
+    Returns:
+        How many tokens were revoked (at least one; none is an `AccountError`).
+    """
+    with write_txn(conn):
+        row = conn.execute("SELECT id FROM users WHERE name = ?", (name,)).fetchone()
+        if row is None:
+            raise AccountError(f"no such user {name!r}")
+        now = time.time()
+        cur = conn.execute(
+            "UPDATE devices SET revoked_at = ? WHERE user_id = ? AND name = ?"
+            " AND revoked_at IS NULL",
+            (now, row[0], device),
+        )
+        if cur.rowcount == 0 and device.isascii() and device.isdigit():
+            cur = conn.execute(
+                "UPDATE devices SET revoked_at = ? WHERE user_id = ? AND id = ?"
+                " AND revoked_at IS NULL",
+                (now, row[0], int(device)),
+            )
+        if cur.rowcount == 0:
+            raise AccountError(f"user {name!r} has no logged-in device {device!r}")
+        return cur.rowcount
 
 
 def usage(conn: sqlite3.Connection, user_id: int) -> Usage:

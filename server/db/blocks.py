@@ -25,16 +25,22 @@ _BATCH = 500
 
 def present(conn: sqlite3.Connection, user_id: int, ids: Sequence[str]) -> set[str]:
     """The subset of `ids` this user holds."""
-    found: set[str] = set()
+    return set(sizes(conn, user_id, ids))
+
+
+def sizes(conn: sqlite3.Connection, user_id: int, ids: Sequence[str]) -> dict[str, int]:
+    """`block id -> plaintext size as stored` of the blocks among `ids` this user holds
+    (a commit is checked against these, never trusted for them)."""
+    found: dict[str, int] = {}
     unique = list(dict.fromkeys(ids))
     for i in range(0, len(unique), _BATCH):
         batch = unique[i : i + _BATCH]
         marks = ",".join("?" * len(batch))
         rows = conn.execute(
-            f"SELECT block_id FROM blocks WHERE user_id = ? AND block_id IN ({marks})",
+            f"SELECT block_id, size FROM blocks WHERE user_id = ? AND block_id IN ({marks})",
             (user_id, *batch),
         )
-        found.update(str(r[0]) for r in rows)
+        found.update((str(r[0]), int(r[1])) for r in rows)
     return found
 
 

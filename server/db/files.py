@@ -209,23 +209,51 @@ def _make(
     conn: sqlite3.Connection, actor: Actor, path: str, kind: str, mode: int, target: str | None
 ) -> FileRecord:
     with write_txn(conn):
-        parent, name = need_parent_dir(conn, actor.ns_id, path)
-        existing = child(conn, actor.ns_id, int(parent["id"]), name)
-        if existing is not None:
-            raise Exists(f"already exists: {path}")
-        file_id = new_file_id(conn, actor.ns_id)
-        row = insert_entry(
-            conn, actor.ns_id, file_id, int(parent["id"]), name, kind, mode, time.time_ns(),
-            target,
-        )  # fmt: skip
-        rec = record(conn, actor.ns_id, row, path)
-        journal.append(conn, actor, "mkdir" if kind == "dir" else "symlink", rec)
-        return rec
+        return _make_in_txn(conn, actor, path, kind, mode, target)
+
+
+def _make_in_txn(
+    conn: sqlite3.Connection, actor: Actor, path: str, kind: str, mode: int, target: str | None
+) -> FileRecord:
+    """Create and journal one entry inside the caller's write transaction."""
+    parent, name = need_parent_dir(conn, actor.ns_id, path)
+    existing = child(conn, actor.ns_id, int(parent["id"]), name)
+    if existing is not None:
+        raise Exists(f"already exists: {path}")
+    file_id = new_file_id(conn, actor.ns_id)
+    row = insert_entry(
+        conn, actor.ns_id, file_id, int(parent["id"]), name, kind, mode, time.time_ns(),
+        target,
+    )  # fmt: skip
+    rec = record(conn, actor.ns_id, row, path)
+    journal.append(conn, actor, "mkdir" if kind == "dir" else "symlink", rec)
+    return rec
 
 
 def mkdir(conn: sqlite3.Connection, actor: Actor, path: str, mode: int) -> FileRecord:
     """POST /mkdir."""
     return _make(conn, actor, path, "dir", mode, None)
+
+
+def make_parents(conn: sqlite3.Connection, actor: Actor, path: str) -> int:
+    """Create the missing folders above `path` (as `mkdir` does, each journaled), in one
+    transaction; returns how many were made. 400 if an ancestor is not a folder."""
+    parts = path_parts(split_path(path)[0])
+    made = 0
+    with write_txn(conn):
+        parent = get_row(conn, actor.ns_id, ROOT_ID)
+        for depth, name in enumerate(parts, 1):
+            assert parent is not None
+            here = "/" + "/".join(parts[:depth])
+            row = child(conn, actor.ns_id, int(parent["id"]), name)
+            if row is None:
+                rec = _make_in_txn(conn, actor, here, "dir", DEFAULT_DIR_MODE, None)
+                row = get_row(conn, actor.ns_id, rec.id)
+                made += 1
+            elif row["kind"] != "dir":
+                raise BadRequest(f"parent is not a directory: {here}")
+            parent = row
+    return made
 
 
 def symlink(conn: sqlite3.Connection, actor: Actor, path: str, target: str) -> FileRecord:

@@ -3,7 +3,8 @@
 Each migration is a list of portable SQL statements (types and syntax that SQLite and
 PostgreSQL both accept: INTEGER/BIGINT/TEXT/DOUBLE PRECISION/BLOB->BYTEA aside, partial
 unique indexes, ON CONFLICT upserts). `schema_version` holds the number of migrations
-applied; a database newer than this code is refused rather than guessed at.
+applied; a database newer than this code is refused rather than guessed at. A statement may
+use the named parameter `:now`, the time (unix seconds) its migration runs.
 
 Identity: user-facing file ids are per namespace (`files` is keyed by `(ns_id, id)`), so every
 namespace's root is id 1 and one user can never name another user's file by its number.
@@ -12,6 +13,7 @@ namespace's root is id 1 and one user can never name another user's file by its 
 from __future__ import annotations
 
 import sqlite3
+import time
 
 MIGRATIONS: list[list[str]] = [
     [
@@ -154,6 +156,10 @@ MIGRATIONS: list[list[str]] = [
             staged_bytes = (SELECT COALESCE(SUM(b.size), 0) FROM blocks b
                             WHERE b.user_id = users.id AND b.refcount <= 0)""",
     ],
+    # 5: device tokens expire after an idle time counted from `last_seen` (server.tokens),
+    # which was never written back before: give every live token a full idle period from
+    # the upgrade rather than expiring every device logged in long ago at once.
+    ["UPDATE devices SET last_seen = :now WHERE revoked_at IS NULL"],
 ]
 
 SCHEMA_VERSION = len(MIGRATIONS)
@@ -192,7 +198,7 @@ def migrate(conn: sqlite3.Connection) -> int:
             (now,) = conn.execute("SELECT version FROM schema_version").fetchone()
             if now == version:
                 for stmt in MIGRATIONS[version]:
-                    conn.execute(stmt)
+                    conn.execute(stmt, {"now": time.time()} if ":now" in stmt else ())
                 conn.execute("UPDATE schema_version SET version = ?", (version + 1,))
             conn.execute("COMMIT")
         except BaseException:

@@ -12,6 +12,7 @@ import time
 from dataclasses import dataclass
 
 from server.db import write_txn
+from server.errors import TooManyUploads
 
 
 @dataclass(frozen=True, slots=True)
@@ -40,11 +41,15 @@ def create(
     reserved_id: int | None,
     device: str,
     lifetime_seconds: float,
+    max_open: int,
 ) -> float:
-    """Record a new session; returns its expiry time (unix seconds)."""
+    """Record a new session unless the user has `max_open` unfinished ones already (429,
+    counted in the same transaction, so concurrent starts cannot pass it together);
+    returns its expiry time (unix seconds)."""
     now = time.time()
     expires = now + lifetime_seconds
     with write_txn(conn):
+        check_open(conn, user_id, max_open)
         conn.execute(
             "INSERT INTO upload_sessions (id, user_id, ns_id, path, base_rev, total_size,"
             " reserved_id, device, created_at, expires_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
@@ -52,6 +57,25 @@ def create(
              expires),
         )  # fmt: skip
     return expires
+
+
+def open_ids(conn: sqlite3.Connection, user_id: int) -> list[str]:
+    """The user's unfinished, unexpired sessions (their part files hold bytes that count
+    against the quota)."""
+    rows = conn.execute(
+        "SELECT id FROM upload_sessions WHERE user_id = ? AND result IS NULL AND expires_at > ?",
+        (user_id, time.time()),
+    )
+    return [str(r[0]) for r in rows]
+
+
+def check_open(conn: sqlite3.Connection, user_id: int, max_open: int) -> None:
+    """Refuse (429) when the user already has `max_open` unfinished sessions."""
+    if len(open_ids(conn, user_id)) >= max_open:
+        raise TooManyUploads(
+            f"{max_open} resumable upload sessions are open, the most a user may have: "
+            "finish or abandon some (abandoned ones are removed after a day unused)"
+        )
 
 
 def get(conn: sqlite3.Connection, session_id: str, user_id: int) -> Session | None:
@@ -97,3 +121,14 @@ def expire(conn: sqlite3.Connection) -> list[str]:
 def live_ids(conn: sqlite3.Connection) -> set[str]:
     """Ids of every session still recorded."""
     return {str(r[0]) for r in conn.execute("SELECT id FROM upload_sessions")}
+
+
+def unfinished_ids(conn: sqlite3.Connection) -> set[str]:
+    """Ids of every session still waiting for bytes (the sweep checks their part files)."""
+    return {str(r[0]) for r in conn.execute("SELECT id FROM upload_sessions WHERE result IS NULL")}
+
+
+def delete(conn: sqlite3.Connection, session_ids: list[str]) -> None:
+    """Forget abandoned sessions (their part files go next)."""
+    with write_txn(conn):
+        conn.executemany("DELETE FROM upload_sessions WHERE id = ?", [(i,) for i in session_ids])

@@ -174,6 +174,21 @@ def add_version(
     return new
 
 
+def _check_blocks(
+    conn: sqlite3.Connection, user_id: int, blocks: tuple[tuple[BlockId, int], ...]
+) -> None:
+    """400 unless the account holds every block and each has the size the commit declares:
+    a wrong size would make every mount show a size that reading never delivers."""
+    ids = [b for b, _ in blocks]
+    stored = block_rows.sizes(conn, user_id, ids)
+    missing = [b for b in dict.fromkeys(ids) if b not in stored]
+    if missing:
+        raise BadRequest(f"{len(missing)} blocks are missing", missing=missing)
+    wrong = list(dict.fromkeys(b for b, size in blocks if stored[b] != size))
+    if wrong:
+        raise BadRequest(f"{len(wrong)} blocks have another size than declared", wrong_size=wrong)
+
+
 def commit(
     conn: sqlite3.Connection, actor: Actor, req: CommitRequest, limits: Limits
 ) -> tuple[FileRecord, bool]:
@@ -208,11 +223,7 @@ def commit(
         elif row is None or int(row["rev"]) != req.base_rev:
             gone_or = None if row is None else record(conn, ns, row, req.path).to_json()
             raise Conflict(f"{req.path} is no longer at revision {req.base_rev}", current=gone_or)
-        ids = [b for b, _ in req.blocks]
-        missing = set(ids) - block_rows.present(conn, actor.user_id, ids)
-        if missing:
-            ordered = [b for b in dict.fromkeys(ids) if b in missing]
-            raise BadRequest(f"{len(ordered)} blocks are missing", missing=ordered)
+        _check_blocks(conn, actor.user_id, req.blocks)
         before = accounts.usage(conn, actor.user_id)
         created = row is None
         if row is None:

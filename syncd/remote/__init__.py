@@ -82,6 +82,25 @@ _BY_STATUS: Mapping[int, type[errors.RemoteError]] = {
 }
 
 
+def _certificate_refused(exc: BaseException) -> bool:
+    """True if the TLS handshake refused the server's certificate: an
+    `ssl.SSLCertVerificationError` somewhere in the chain httpx, httpcore and trio wrap it in
+    (told apart by type, not by the message text)."""
+    seen: set[int] = set()
+    current: BaseException | None = exc
+    while current is not None and id(current) not in seen:
+        if isinstance(current, ssl.SSLCertVerificationError):
+            return True
+        seen.add(id(current))
+        current = current.__cause__ or current.__context__
+    return False
+
+
+def _reason(exc: BaseException) -> str:
+    """The text of a transport error, or its type when it has none."""
+    return str(exc) or type(exc).__name__
+
+
 def fetch_certificate(url: str, timeout: float = CONNECT_TIMEOUT_S) -> tuple[str, str]:
     """Connect to `url` without verifying and return `(certificate PEM, SHA-256 hex)`.
 
@@ -250,13 +269,13 @@ class RemoteClient:
                 **extra,
             )
         except httpx.ConnectError as exc:
-            if "CERTIFICATE_VERIFY_FAILED" in str(exc) or "certificate verify failed" in str(exc):
+            if _certificate_refused(exc):
                 raise errors.CertificateMismatch(
-                    f"the server's certificate is not the pinned one ({exc})"
+                    "the server's certificate is not the pinned one (it changed since login)"
                 ) from exc
-            raise errors.Offline(f"cannot reach the server: {exc or type(exc).__name__}") from exc
+            raise errors.Offline(f"cannot reach the server: {_reason(exc)}") from exc
         except httpx.TransportError as exc:
-            raise errors.Offline(f"server unreachable: {exc or type(exc).__name__}") from exc
+            raise errors.Offline(f"server unreachable: {_reason(exc)}") from exc
         _raise_for(resp)
         return resp
 

@@ -46,7 +46,10 @@ def test_help_lists_every_subcommand():
 @pytest.mark.parametrize(
     "argv",
     [[c] for c in SUBCOMMANDS]
-    + [["server", c] for c in ("serve", "adduser", "passwd", "deluser", "list-users")]
+    + [
+        ["server", c]
+        for c in ("serve", "adduser", "passwd", "deluser", "list-users", "list-devices", "revoke")
+    ]
     + [["service", c] for c in ("server", "mount", "helper")]
     + [["auth", "token"]],
 )

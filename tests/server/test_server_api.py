@@ -91,11 +91,13 @@ def test_admin_commands_work_while_serving(shared_server: ServerProcess) -> None
     with srv.client() as http:
         bad = http.post("/api/v1/login", json={"user": "carol", "password": "first", "device": "d"})
         assert bad.status_code == 401
-    srv.login("carol", "second")
+    with srv.client(token) as http:  # passwd logged the old device out
+        assert http.get("/api/v1/whoami").status_code == 401
+    token = srv.login("carol", "second")
     listed = json.loads(srv.admin("list-users", "--json").stdout)
     carol = next(u for u in listed if u["name"] == "carol")
     assert carol["quota_bytes"] == 1024**3
-    assert carol["devices"] == 2
+    assert carol["devices"] == 1
     dup = srv.admin("adduser", "carol", "--password-stdin", stdin="x\n")
     assert dup.returncode != 0
     assert "already exists" in dup.stderr
@@ -107,7 +109,8 @@ def test_admin_commands_work_while_serving(shared_server: ServerProcess) -> None
             "/api/v1/login", json={"user": "carol", "password": "second", "device": "d"}
         )
         assert gone.status_code == 401
-    assert token  # its cached principal expires within auth_cache_seconds
+    with srv.client(token) as http:
+        assert http.get("/api/v1/whoami").status_code == 401
     no_stdin = srv.admin("adduser", "dave")
     assert no_stdin.returncode != 0
     assert "--password-stdin" in no_stdin.stderr

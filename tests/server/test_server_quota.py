@@ -201,3 +201,91 @@ def test_used_bytes_is_exactly_the_referenced_blocks(tmp_path: Path) -> None:
         assert len(seen_used) > 10
     finally:
         db.close()
+
+
+def _start_upload(http: httpx.Client, path: str, total: int | None = None) -> httpx.Response:
+    headers = {} if total is None else {"X-Upload-Content-Length": str(total)}
+    return http.post(f"/files/upload?path={path}&uploadType=resumable", headers=headers)
+
+
+def _part(http: httpx.Client, loc: str, data: bytes, start: int) -> httpx.Response:
+    end = start + len(data) - 1
+    return http.put(loc, content=data, headers={"Content-Range": f"bytes {start}-{end}/*"})
+
+
+def test_resumable_uploads_without_a_size_count_their_bytes_against_the_quota(
+    tmp_path: Path,
+) -> None:
+    with ServerProcess(tmp_path / "d", config={"max_upload_sessions": 3}) as srv:
+        srv.add_user("rq", "pw", quota="300K")
+        uploads = srv.data_dir / "uploads"
+        with srv.client(srv.login("rq", "pw")) as http:
+            first = _start_upload(http, "/a.bin")
+            assert first.status_code == 200
+            loc = first.headers["location"]
+            part = uploads / f"{first.json()['session_id']}.part"
+            assert _part(http, loc, os.urandom(200_000), 0).status_code == 308
+            over = _part(http, loc, os.urandom(200_000), 200_000)
+            assert (over.status_code, over.json()["error"]) == (507, "quota_exceeded")
+            assert "storage quota of 307200 bytes" in over.json()["message"]
+            assert part.stat().st_size == 200_000  # nothing of the refused part was kept
+            # Another session: the first one's bytes count too.
+            second = _start_upload(http, "/b.bin")
+            loc2 = second.headers["location"]
+            assert _part(http, loc2, os.urandom(150_000), 0).status_code == 507
+            assert _part(http, loc2, os.urandom(50_000), 0).status_code == 308
+            # A declared size that cannot fit is refused at the start, as before.
+            assert _start_upload(http, "/c.bin", total=100_000).status_code == 507
+            # A simple upload without Content-Length (chunked) is bounded the same way.
+            chunked = http.post("/files/upload?path=/d.bin&uploadType=media",
+                                content=iter([os.urandom(100_000)] * 3))  # fmt: skip
+            assert (chunked.status_code, chunked.json()["error"]) == (507, "quota_exceeded")
+            assert not [p for p in uploads.iterdir() if p.name.startswith("tmp-")]
+            # The first session can still finish within the quota.
+            finish = http.put(loc, headers={"Content-Range": "bytes */200000"})
+            assert finish.status_code == 201, finish.text
+            assert not part.exists()
+
+
+def test_open_upload_sessions_per_user_are_limited(tmp_path: Path) -> None:
+    with ServerProcess(tmp_path / "d", config={"max_upload_sessions": 2}) as srv:
+        srv.add_user("many", "pw")
+        srv.add_user("other", "pw")
+        with srv.client(srv.login("many", "pw")) as http:
+            locs = [_start_upload(http, f"/s{i}").headers["location"] for i in range(2)]
+            refused = _start_upload(http, "/s2")
+            assert (refused.status_code, refused.json()["error"]) == (429, "too_many_uploads")
+            assert "2 resumable upload sessions are open" in refused.json()["message"]
+            assert http.get("/api/v1/meta", params={"path": "/s2"}).status_code == 404
+            # A finished session no longer counts.
+            assert _part(http, locs[0], b"x", 0).status_code == 308
+            assert http.put(locs[0], headers={"Content-Range": "bytes */1"}).status_code == 201
+            assert _start_upload(http, "/s3").status_code == 200
+        with srv.client(srv.login("other", "pw")) as http:  # the limit is per user
+            assert _start_upload(http, "/o").status_code == 200
+
+
+def test_abandoned_sessions_and_spool_files_are_swept(tmp_path: Path) -> None:
+    config = {"upload_session_idle_seconds": 1.0, "maintenance_interval_seconds": 0.3,
+              "max_upload_sessions": 1}  # fmt: skip
+    with ServerProcess(tmp_path / "d", config=config) as srv:
+        srv.add_user("ab", "pw")
+        uploads = srv.data_dir / "uploads"
+        token = srv.login("ab", "pw")
+        with srv.client(token) as http:
+            loc = _start_upload(http, "/ab.bin").headers["location"]
+            assert _part(http, loc, b"abc", 0).status_code == 308
+            time.sleep(2.0)  # no part for longer than the idle time: abandoned
+            assert http.put(loc, headers={"Content-Range": "bytes */10"}).status_code == 404
+            assert list(uploads.iterdir()) == []
+            assert _start_upload(http, "/next.bin").status_code == 200  # room again
+        # What a killed server leaves (a simple upload's spool file, a part file without a
+        # session) is removed when the server starts again.
+        srv.kill()
+        for name in ("tmp-0123456789abcdef01234567", "gone.part"):
+            (uploads / name).write_bytes(b"left behind")
+        srv.start()
+        deadline = time.monotonic() + 10
+        while {"tmp-0123456789abcdef01234567", "gone.part"} & {p.name for p in uploads.iterdir()}:
+            assert time.monotonic() < deadline, list(uploads.iterdir())
+            time.sleep(0.1)

@@ -67,8 +67,7 @@ def test_unreferenced_blocks_are_collected_after_the_grace_period(tmp_path: Path
     try:
         store = LocalDirStore(tmp_path / "blocks")
         blocks = BlockService(db, store, Keyring(load_master(tmp_path)), Metrics(), 8 << 20)
-        who = db.call(accounts.principal_for, "none")
-        assert who is None
+        assert db.call(accounts.principal_for, "none", 0.0) is None
         user_id, _ = db.call(accounts.password_hash_of, "gc")
         account, _ = db.call(accounts.account_key, user_id)
         ns_id = db.call(lambda c: c.execute("SELECT root_ns FROM users").fetchone()[0])
