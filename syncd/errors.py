@@ -14,6 +14,7 @@
     + RateLimited          429 (carries `retry_after` seconds)
     + QuotaExceeded        507
     + ServerError          5xx
+      + ServerFull         507 "insufficient_storage": the server's own disk is full
   x Offline                no answer: connection refused, timeout, TLS failure
     + CertificateMismatch  the server's certificate is not the pinned one
   x NotLoggedIn            no client config in this home
@@ -39,6 +40,7 @@ __all__ = [
     "RateLimited",
     "RemoteError",
     "ServerError",
+    "ServerFull",
     "SyncError",
     "TooLarge",
     "Unauthorized",
@@ -115,6 +117,13 @@ class QuotaExceeded(RemoteError):
 
 class ServerError(RemoteError):
     status = 500
+
+
+class ServerFull(ServerError):
+    """The server is out of disk space (not this user's quota): retried with backoff, the
+    change stays pending."""
+
+    status = 507
 
 
 class Offline(SyncError):

@@ -69,6 +69,7 @@ _ERRORS: Mapping[str, type[errors.RemoteError]] = {
     "too_large": errors.TooLarge,
     "rate_limited": errors.RateLimited,
     "quota_exceeded": errors.QuotaExceeded,
+    "insufficient_storage": errors.ServerFull,
     "internal": errors.ServerError,
 }
 _BY_STATUS: Mapping[int, type[errors.RemoteError]] = {

@@ -615,3 +615,19 @@ def test_a_file_recreated_under_a_new_id_keeps_its_inode_against_its_old_entry(
     applier.apply_all([Change.from_json(_change(2, "delete", gone))])
     assert state.lookup(ROOT_INO, "old") is None
     assert state.lookup(ROOT_INO, "moved") == 21
+
+
+def test_a_full_server_disk_is_not_taken_for_the_users_quota() -> None:
+    """Both answer 507: over quota parks the change ("not synced: over quota"), a full disk
+    on the server is retried with backoff (the change stays pending) and says so."""
+    from syncd import errors
+    from syncd.remote import _raise_for
+
+    request = httpx.Request("POST", "https://drive.test/api/v1/commit")
+    for code, kind in (("quota_exceeded", errors.QuotaExceeded),
+                       ("insufficient_storage", errors.ServerFull)):  # fmt: skip
+        body = {"error": code, "message": "out of space"}
+        with pytest.raises(errors.RemoteError) as caught:
+            _raise_for(httpx.Response(507, json=body, request=request))
+        assert type(caught.value) is kind
+    assert issubclass(errors.ServerFull, errors.ServerError)
