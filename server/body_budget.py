@@ -21,7 +21,7 @@ from __future__ import annotations
 import contextlib
 import threading
 from collections import deque
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 
 import trio
@@ -77,19 +77,39 @@ class BodyBudget:
         if user is not None:
             st.by_user[user] = st.by_user.get(user, 0) + size
 
-    def _try(self, size: int, user: int | None) -> bool:
-        if size == 0:
+    def _scan(self) -> list[_Waiter]:
+        """Grant room to the waiters that fit, in order; call under the lock."""
+        st = self._state
+        woken = []
+        for waiter in list(st.waiters):
+            mine, ours = self._fits(waiter.size, waiter.user)
+            if not ours:
+                break  # first come, first served for the shared budget
+            if mine:
+                self._grant(waiter.size, waiter.user)
+                waiter.granted = True
+                st.waiters.remove(waiter)
+                woken.append(waiter)
+        return woken
+
+    def _enqueue(self, waiter: _Waiter) -> bool:
+        """Queue `waiter`; True if it got its room at once (waiters held back only by their
+        own user's share never keep others waiting)."""
+        if waiter.size == 0:
             return True
         with self._lock:
-            if not self._state.waiters and all(self._fits(size, user)):
-                self._grant(size, user)
-                return True
-            return False
+            self._state.waiters.append(waiter)
+            woken = self._scan()
+        for other in woken:
+            if other is not waiter:
+                other.wake()
+        return waiter.granted
 
     def release(self, size: int, user: int | None) -> None:
         """Give back room taken for `size` bytes (any thread); wakes waiters that now fit."""
         size = self._clamp(size)
-        woken: list[_Waiter] = []
+        if size == 0:
+            return
         with self._lock:
             st = self._state
             st.used -= size
@@ -99,15 +119,7 @@ class BodyBudget:
                     st.by_user[user] = left
                 else:
                     st.by_user.pop(user, None)
-            for waiter in list(st.waiters):
-                mine, ours = self._fits(waiter.size, waiter.user)
-                if not ours:
-                    break  # first come, first served for the shared budget
-                if mine:
-                    self._grant(waiter.size, waiter.user)
-                    waiter.granted = True
-                    st.waiters.remove(waiter)
-                    woken.append(waiter)
+            woken = self._scan()
         for waiter in woken:
             waiter.wake()
 
@@ -125,15 +137,12 @@ class BodyBudget:
         """Hold room for `size` bytes for the block (a worker thread: may wait up to
         `timeout` seconds, then 408)."""
         size = self._clamp(size)
-        if not self._try(size, user):
-            event = threading.Event()
-            waiter = _Waiter(size, user, event.set)
-            with self._lock:
-                self._state.waiters.append(waiter)
-            if not event.wait(max(0.0, timeout)):
-                self._give_up(waiter)
-                if not waiter.granted:
-                    raise RequestTimeout("timed out waiting for room for the request body")
+        event = threading.Event()
+        waiter = _Waiter(size, user, event.set)
+        if not self._enqueue(waiter) and not event.wait(max(0.0, timeout)):
+            self._give_up(waiter)
+            if not waiter.granted:
+                raise RequestTimeout("timed out waiting for room for the request body")
         try:
             yield
         finally:
@@ -143,29 +152,18 @@ class BodyBudget:
         """Take room for `size` bytes (the trio thread; waits, cancellable); returns what to
         pass to `release`."""
         size = self._clamp(size)
-        if self._try(size, user):
-            await trio.lowlevel.checkpoint()
-            return size
         event = trio.Event()
         token = trio.lowlevel.current_trio_token()
         waiter = _Waiter(size, user, lambda: token.run_sync_soon(event.set))
-        with self._lock:
-            self._state.waiters.append(waiter)
+        if self._enqueue(waiter):
+            await trio.lowlevel.checkpoint()
+            return size
         try:
             await event.wait()
         except BaseException:
             self._give_up(waiter)
             raise
         return size
-
-    @contextlib.asynccontextmanager
-    async def hold(self, size: int, user: int | None) -> AsyncIterator[None]:
-        """`take` for the block, released at its end."""
-        taken = await self.take(size, user)
-        try:
-            yield
-        finally:
-            self.release(taken, user)
 
 
 @dataclass(frozen=True)

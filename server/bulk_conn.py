@@ -236,7 +236,7 @@ class BulkConnections:
             f"x-request-id: {rid}",
             *(f"{k.lower()}: {v}" for k, v in answer.headers.items()),
         ]
-        if answer.close:
+        if answer.close and "connection" not in {k.lower() for k in answer.headers}:
             lines.append("connection: close")
         head = ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1")
         pieces = list(answer.body)

@@ -76,6 +76,10 @@ class RequestTimeout(ApiError):
     status = 408
     code = "request_timeout"
 
+    def __init__(self, message: str) -> None:
+        super().__init__(message)
+        self.headers["Connection"] = "close"
+
 
 class BodyIncomplete(ApiError):
     """The connection ended before the body reached its Content-Length: nothing of it is

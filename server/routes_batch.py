@@ -1,10 +1,10 @@
-"""Batch routes for the sync client (docs/protocol.md "Batches"): many blocks or many commits
-in one request, so saving 1,000 small files costs a handful of round trips, not 3,000 (and
-stays far below the per-token rate limit).
+"""Commit batches for the sync client (docs/protocol.md "Batches"): many commits in one
+request, so saving 1,000 small files costs a handful of round trips, not 3,000 (and stays
+far below the per-token rate limit). Block batches are a block operation
+(`server.block_ops`).
 
-Routes only parse and serialise; each item goes through the same service call as its
-single-item route, so the rules (id check, optimistic concurrency, idempotent commit ids)
-are the single-item rules.
+Each item goes through the same service call as its single-item route, so the rules
+(optimistic concurrency, idempotent commit ids) are the single-item rules.
 """
 
 from __future__ import annotations
