@@ -15,7 +15,7 @@ from starlette.responses import Response
 from starlette.routing import BaseRoute
 from starlette.types import ASGIApp
 
-from server import routes_api, routes_batch, routes_files
+from server import routes_api, routes_batch, routes_blocks, routes_files
 from server.errors import ApiError, BadRequest, Internal, NotFound, api_error_of
 from server.metrics import Metrics
 from server.services import Services
@@ -29,7 +29,7 @@ async def _api_error(request: Request, exc: Exception) -> Response:
     if exc.status >= 500:
         cause = f" ({exc.__cause__})" if exc.__cause__ is not None else ""
         log.error("request %s: %s%s", request_id(request), exc.message, cause)
-    await drain_body(request)
+    await drain_body(request, exc)
     return error_response(exc, request_id(request))
 
 
@@ -64,10 +64,15 @@ def assemble(routes: list[BaseRoute], metrics: Metrics, services: Services | Non
         },
     )
     app.state.services = services
-    return DriveMiddleware(app, metrics)
+    return DriveMiddleware(app, metrics, services.bodies if services is not None else None)
 
 
 def build_app(services: Services) -> ASGIApp:
     """The whole HTTP API over `services`."""
-    routes: list[BaseRoute] = [*routes_batch.ROUTES, *routes_api.ROUTES, *routes_files.ROUTES]
+    routes: list[BaseRoute] = [
+        *routes_blocks.ROUTES,
+        *routes_batch.ROUTES,
+        *routes_api.ROUTES,
+        *routes_files.ROUTES,
+    ]
     return assemble(routes, services.metrics, services)

@@ -15,14 +15,12 @@ import zlib
 from collections.abc import Callable
 from typing import TypeVar
 
-import trio
-
-from blockstore.aio import run_io
 from blockstore.codec import FLAG_RAW, decode_wire_view, seal, sealed_to_wire, unseal
 from blockstore.errors import BlockNotFound, BlockTooLarge, CorruptBlockError
 from blockstore.ids import BlockId
 from blockstore.keys import DataKey
 from blockstore.store import LocalDirStore
+from blockstore.wire import Buffer
 from server.config import ServerConfig
 from server.db import Database, accounts
 from server.db import blocks as block_rows
@@ -97,16 +95,9 @@ class BlockService:
             self.metrics.add("block_bytes_stored", len(sealed))
             return True
 
-    async def put_wire(self, who: Principal, bid: BlockId, frame: bytes | memoryview) -> bool:
-        """PUT /blocks/{id}: decode, verify the id, seal and store; True if new.
-
-        One worker-thread hop for all of it (the SHA-256 check, AES-GCM and the disk write
-        each release the GIL); the callers bound how many run at once.
-        """
-        return await trio.to_thread.run_sync(self.put_wire_sync, who, bid, frame)
-
-    def put_wire_sync(self, who: Principal, bid: BlockId, frame: bytes | memoryview) -> bool:
-        """`put_wire` for a worker thread."""
+    def put_wire_sync(self, who: Principal, bid: BlockId, frame: Buffer) -> bool:
+        """PUT /blocks/{id} (worker thread): decode, verify the id, seal and store; True if
+        new. The SHA-256 check, AES-GCM and the disk write each release the GIL."""
         self.metrics.add("block_bytes_received", len(frame))
         try:
             plaintext = _decode(frame, self.max_block_bytes, bid)
@@ -175,22 +166,6 @@ class BlockService:
             log.error("block %s of account %s is corrupt: %s", bid, who.account, exc)
             raise Internal("corrupt block") from None
 
-    async def get_plain(self, who: Principal, bid: BlockId) -> bytes:
-        """The plaintext of a block (async)."""
-        data = await run_io(self.get_plain_sync, who, bid)
-        return data
-
-    async def get_wire(self, who: Principal, bid: BlockId) -> bytes | bytearray:
-        """GET /blocks/{id}: the block as a wire frame (one worker-thread hop)."""
-        [(_, frame)] = await run_io(self.serve_wire_many_sync, who, [bid], 0)
-        return frame
-
-    async def get_wire_many(
-        self, who: Principal, bids: list[BlockId], budget: int
-    ) -> list[tuple[BlockId, bytes | bytearray]]:
-        """POST /blocks/fetch: several wire frames in one worker-thread hop."""
-        return await run_io(self.serve_wire_many_sync, who, bids, budget)
-
     def serve_wire_many_sync(
         self, who: Principal, bids: list[BlockId], budget: int
     ) -> list[tuple[BlockId, bytes | bytearray]]:
@@ -198,11 +173,6 @@ class BlockService:
         frames = self.get_wire_many_sync(who, bids, budget)
         self.metrics.add("block_bytes_served", sum(len(f) for _, f in frames))
         return frames
-
-    async def missing(self, who: Principal, ids: list[BlockId]) -> list[BlockId]:
-        """The ids (in request order, once each) that `who` does not hold."""
-        have = await self.db.run(block_rows.present, who.user_id, ids)
-        return [b for b in dict.fromkeys(ids) if b not in have]
 
     # -- garbage collection -----------------------------------------------------------------
 
@@ -225,5 +195,5 @@ class BlockService:
         return removed
 
 
-def _decode(frame: bytes | memoryview, max_plaintext: int, bid: BlockId) -> bytes | memoryview:
+def _decode(frame: Buffer, max_plaintext: int, bid: BlockId) -> bytes | memoryview:
     return decode_wire_view(frame, max_plaintext, expected_id=bid)  # raw: no copy

@@ -11,18 +11,18 @@ TLS, SHA-256, AES-GCM and disk writes all release the GIL, so several bulk conne
 both cores. Every other client (browsers, curl, httpx) never offers the protocol and keeps
 going through hypercorn.
 
-Only the three block routes exist here, with the same rules, limits, errors, metrics and
-rate limit as their hypercorn twins (`server.routes_batch`, `server.routes_api`):
-
-    GET  /api/v1/blocks/{id}      one wire frame
-    POST /api/v1/blocks/batch     block records in, {"stored": [...]} out
-    POST /api/v1/blocks/fetch     {"ids": [...]} in, block records out
-
+The block operations of `server.block_ops` are served here, the same handlers the hypercorn
+routes call, after the same admission (`Services.admit`: authentication and rate limit),
+under the same body budget and deadlines (`server.body_budget`); the client uses
+`GET /api/v1/blocks/{id}`, `POST /api/v1/blocks/batch` and `POST /api/v1/blocks/fetch`.
 None of them journals a change, so an `X-Drive-Client` header is only checked (400 if
 malformed, as everywhere) and otherwise ignored.
 
 Framing is deliberately strict: `Content-Length` bodies only (no chunked uploads), heads up
-to 64 KiB; anything else is answered once and the connection closed.
+to 64 KiB; anything else is answered once and the connection closed. A body is kept as its
+bytes arrive (never allocated whole from its declared length) once the budget has room for
+it; a head must arrive whole within `request_head_seconds` of its first byte and a body by
+its deadline, else the connection is closed (a late body is answered 408 first).
 """
 
 from __future__ import annotations
@@ -34,33 +34,28 @@ import secrets
 import socket
 import ssl
 import threading
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 import trio
 
-from blockstore.ids import BlockId, parse_block_id
-from blockstore.wire import Buffer, block_record_parts
-from server.db.accounts import Principal
+from blockstore.ids import BlockId
+from blockstore.wire import Buffer
+from server.block_ops import OPERATIONS, PREFIX, Operation, parse_block_id_text
 from server.errors import (
     ApiError,
     BadRequest,
     Internal,
     NotFound,
-    RateLimited,
+    RequestTimeout,
     TooLarge,
     api_error_of,
 )
-from server.routes_batch import (
-    FETCH_BUDGET_BYTES,
-    MAX_BATCH_BLOCK_BYTES,
-    parse_block_batch,
-    parse_fetch_ids,
-)
 from server.services import Services
 from server.tls_stream import TlsSocketStream
-from server.web import CLIENT_HEADER, DRAIN_LIMIT_BYTES, client_id, parse_count
+from server.web import CLIENT_HEADER, DRAIN_LIMIT_BYTES, DRAIN_SECONDS, client_id, parse_count
 
 __all__ = ["BulkConnections"]
 
@@ -70,13 +65,13 @@ MAX_BULK_CONNECTIONS = 64
 """Bulk connections served at once (a thread each); more wait for a free thread."""
 BULK_IDLE_S = 15.0
 """Longest wait for the next request on a bulk connection (a waiting one holds a thread)."""
-TRANSFER_TIMEOUT_S = 60.0
-"""Longest silence inside a request or while sending an answer."""
+SEND_TIMEOUT_S = 60.0
+"""Longest time to send an answer."""
 _MAX_HEAD_BYTES = 64 << 10
 _RECV_BYTES = 64 << 10
-_PREFIX = "/api/v1/blocks/"
 _REASONS = {200: "OK", 201: "Created", 400: "Bad Request", 401: "Unauthorized",
-            404: "Not Found", 405: "Method Not Allowed", 411: "Length Required",
+            404: "Not Found", 405: "Method Not Allowed", 408: "Request Timeout",
+            411: "Length Required",
             413: "Content Too Large", 429: "Too Many Requests", 500: "Internal Server Error",
             507: "Insufficient Storage"}  # fmt: skip
 
@@ -158,16 +153,16 @@ class BulkConnections:
     # -- the worker thread ----------------------------------------------------------------
 
     def _serve_sync(self, sock: ssl.SSLSocket) -> None:
+        rules = self._services.bodies
         try:
             leftover = bytearray()
             while True:
-                sock.settimeout(self._keep_alive_s)
                 with self._lock:
                     if self._stopping:
                         return
                     self._waiting.add(sock)
                 try:
-                    request = _read_head(sock, leftover)
+                    request = _read_head(sock, leftover, self._keep_alive_s, rules.head_seconds)
                 except _Gone:
                     return
                 except BadRequest as exc:
@@ -176,7 +171,6 @@ class BulkConnections:
                 finally:
                     with self._lock:
                         self._waiting.discard(sock)
-                sock.settimeout(TRANSFER_TIMEOUT_S)
                 answer, leftover = self._handle(sock, request)
                 if answer.close or request.headers.get("connection", "").lower() == "close":
                     return
@@ -186,6 +180,7 @@ class BulkConnections:
             sock.close()
 
     def _handle(self, sock: ssl.SSLSocket, request: _Request) -> tuple[_Answer, bytearray]:
+        s = self._services
         rid = secrets.token_hex(8)
         route = "unmatched"
         length = 0
@@ -194,15 +189,19 @@ class BulkConnections:
         try:
             length = _content_length(request)
             client_id(request.headers.get(CLIENT_HEADER))  # checked as everywhere; no journal
-            route, call = self._route(request)
-            limit = MAX_BATCH_BLOCK_BYTES if route.endswith("batch") else self._json_limit()
+            op, bid = _route(request)
+            route = op.path
+            limit = op.limit(s.config)
             if length > limit:
                 raise TooLarge(f"request body over {limit} bytes")
-            who, rate_headers = trio.from_thread.run(self._admit, request.headers)
-            body, leftover = _read_body(sock, request.leftover, length)
-            unread = False
-            answer = call(who, body)
-            answer.headers.update(rate_headers)
+            who, rate_headers = trio.from_thread.run(s.admit, request.headers.get("authorization"))
+            deadline = s.bodies.body_deadline(time.monotonic(), length)
+            with s.bodies.budget.hold_sync(length, who.user_id, deadline - time.monotonic()):
+                body, leftover = _read_body(sock, request.leftover, length, deadline)
+                unread = False
+                done = op.handler(s, who, bid, body)
+                del body
+            answer = _Answer(done.status, done.body, done.content_type, rate_headers)
         except _Gone:
             raise
         except Exception as exc:
@@ -215,73 +214,20 @@ class BulkConnections:
                 refused = Internal("internal error", request_id=rid)
             elif not isinstance(exc, ApiError):
                 log.error("bulk request %s: %s (%s)", rid, refused.message, exc)
-            answer = _error(refused, close=bug or isinstance(refused, _LengthRequired), rid=rid)
+            close = bug or isinstance(refused, _LengthRequired | RequestTimeout)
+            answer = _error(refused, close=close, rid=rid)
             if unread and length and not answer.close:
                 # Read (and drop) a body we refused, so the client gets our answer instead
                 # of a reset; beyond the drain limit close the connection instead.
                 answer.close = length > DRAIN_LIMIT_BYTES
                 if not answer.close:
                     leftover = _drain(sock, request.leftover, length)
-        self._services.metrics.count_request(route, answer.status)
+        s.metrics.count_request(route, answer.status)
         self._send(sock, answer, rid)
         return answer, leftover
 
-    def _route(self, request: _Request) -> tuple[str, Any]:
-        path = request.path.partition("?")[0]
-        if not path.startswith(_PREFIX):
-            raise NotFound(f"no bulk route {path}")
-        name = path[len(_PREFIX) :]
-        if name in ("batch", "fetch"):
-            if request.method != "POST":
-                raise _MethodNotAllowed(f"{name} takes POST")
-            return _PREFIX + name, self._batch if name == "batch" else self._fetch
-        if request.method != "GET":
-            raise _MethodNotAllowed("a block takes GET on a bulk connection")
-        try:
-            bid = parse_block_id(name)
-        except ValueError as exc:
-            raise BadRequest(str(exc)) from None
-        return _PREFIX + "{block_id}", lambda who, body: self._get(who, bid)
-
-    def _json_limit(self) -> int:
-        return self._services.config.max_json_bytes
-
-    async def _admit(self, headers: dict[str, str]) -> tuple[Principal, dict[str, str]]:
-        """Authenticate and take a rate-limit token, as `routes_api.principal` does."""
-        s = self._services
-        who = await s.auth.authenticate(headers.get("authorization"))
-        verdict = s.limiter.take(who.token_hash)
-        if not verdict.allowed:
-            refused = RateLimited(f"too many requests; retry in {verdict.retry_after} s")
-            refused.headers.update(verdict.headers())
-            raise refused
-        return who, verdict.headers()
-
-    def _batch(self, who: Principal, body: bytearray) -> _Answer:
-        # One block after the other: the client keeps several batches in flight on their
-        # own connections. Storing a batch's blocks in a pool of 16 as the hypercorn route
-        # does made no difference (1000 x 4 KiB: 1.75-2.75 s against 1.77-2.33 s).
-        blocks = self._services.blocks
-        stored = [blocks.put_wire_sync(who, bid, frame) for bid, frame in parse_block_batch(body)]
-        return _json(200, {"stored": stored})
-
-    def _fetch(self, who: Principal, body: bytearray) -> _Answer:
-        try:
-            request = json.loads(body)
-        except (ValueError, UnicodeDecodeError):
-            raise BadRequest("request body is not valid JSON") from None
-        if not isinstance(request, dict):
-            raise BadRequest("request body must be a JSON object")
-        ids = parse_fetch_ids(request)
-        frames = self._services.blocks.serve_wire_many_sync(who, ids, FETCH_BUDGET_BYTES)
-        parts = block_record_parts([(bid, (frame,)) for bid, frame in frames])
-        return _Answer(200, parts, "application/octet-stream")
-
-    def _get(self, who: Principal, bid: BlockId) -> _Answer:
-        [(_, frame)] = self._services.blocks.serve_wire_many_sync(who, [bid], 0)
-        return _Answer(200, [frame], "application/octet-stream")
-
     def _send(self, sock: ssl.SSLSocket, answer: _Answer, rid: str) -> None:
+        sock.settimeout(SEND_TIMEOUT_S)
         length = sum(len(piece) for piece in answer.body)
         lines = [
             f"HTTP/1.1 {answer.status} {_REASONS.get(answer.status, 'Error')}",
@@ -290,7 +236,7 @@ class BulkConnections:
             f"x-request-id: {rid}",
             *(f"{k.lower()}: {v}" for k, v in answer.headers.items()),
         ]
-        if answer.close:
+        if answer.close and "connection" not in {k.lower() for k in answer.headers}:
             lines.append("connection: close")
         head = ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1")
         pieces = list(answer.body)
@@ -315,19 +261,57 @@ def _error(exc: ApiError, *, close: bool, rid: str | None = None) -> _Answer:
     return answer
 
 
-def _read_head(sock: ssl.SSLSocket, buffered: bytearray) -> _Request:
-    """Read up to the end of a request head; `buffered` is what the last request left."""
+def _route(request: _Request) -> tuple[Operation, BlockId | None]:
+    """The operation a request names (404 off the block routes, 405 for another method)."""
+    path = request.path.partition("?")[0]
+    if not path.startswith(PREFIX):
+        raise NotFound(f"no bulk route {path}")
+    name = path[len(PREFIX) :]
+    fixed = [op for op in OPERATIONS if op.path == path]
+    if fixed:
+        for op in fixed:
+            if op.method == request.method:
+                return op, None
+        raise _MethodNotAllowed(f"{name} takes {fixed[0].method}")
+    for op in OPERATIONS:
+        if op.path.endswith("{block_id}") and op.method == request.method:
+            return op, parse_block_id_text(name)
+    raise _MethodNotAllowed(f"a block takes {', '.join(_BLOCK_METHODS)}")
+
+
+_BLOCK_METHODS = [op.method for op in OPERATIONS if op.path.endswith("{block_id}")]
+
+
+def _recv_by(sock: ssl.SSLSocket, view: memoryview, deadline: float) -> int:
+    """`recv_into` that waits at most until `deadline` (monotonic); TimeoutError after."""
+    left = deadline - time.monotonic()
+    if left <= 0:
+        raise TimeoutError
+    sock.settimeout(left)
+    return sock.recv_into(view)
+
+
+def _read_head(sock: ssl.SSLSocket, buffered: bytearray, idle_s: float, head_s: float) -> _Request:
+    """Read up to the end of a request head; `buffered` is what the last request left.
+
+    The first byte may take `idle_s` (a kept-alive connection between requests), the whole
+    head `head_s` from then: a client that trickles a head cannot hold a thread for long."""
     data = buffered
-    while (end := data.find(b"\r\n\r\n")) < 0:
-        if len(data) > _MAX_HEAD_BYTES:
-            raise BadRequest("request head too large")
-        try:
-            chunk = sock.recv(_RECV_BYTES)
-        except (TimeoutError, ssl.SSLError, OSError):
-            raise _Gone from None
-        if not chunk:
-            raise _Gone
-        data += chunk
+    deadline = time.monotonic() + (head_s if data else idle_s)
+    scratch = bytearray(_RECV_BYTES)
+    with memoryview(scratch) as view:
+        while (end := data.find(b"\r\n\r\n")) < 0:
+            if len(data) > _MAX_HEAD_BYTES:
+                raise BadRequest("request head too large")
+            try:
+                n = _recv_by(sock, view, deadline)
+            except (TimeoutError, ssl.SSLError, OSError):
+                raise _Gone from None
+            if not n:
+                raise _Gone
+            if not data:
+                deadline = time.monotonic() + head_s
+            data += view[:n]
     lines = bytes(data[:end]).decode("latin-1").split("\r\n")
     parts = lines[0].split(" ")
     if len(parts) != 3 or not parts[2].startswith("HTTP/1."):
@@ -352,31 +336,41 @@ def _content_length(request: _Request) -> int:
 
 
 def _drain(sock: ssl.SSLSocket, start: bytearray, length: int) -> bytearray:
-    """Skip a body of `length` bytes (starting with `start`); returns what came after it."""
+    """Skip a body of `length` bytes (starting with `start`) within `DRAIN_SECONDS`;
+    returns what came after it."""
     if len(start) >= length:
         return start[length:]
     left = length - len(start)
-    scratch = bytearray(min(left, 1 << 20))
+    deadline = time.monotonic() + DRAIN_SECONDS
+    scratch = bytearray(min(left, _RECV_BYTES))
     with memoryview(scratch) as view:
         while left:
-            n = sock.recv_into(view, min(left, len(scratch)))
+            try:
+                n = _recv_by(sock, view[: min(left, len(scratch))], deadline)
+            except TimeoutError:
+                raise _Gone from None
             if not n:
                 raise _Gone
             left -= n
     return bytearray()
 
 
-def _read_body(sock: ssl.SSLSocket, start: bytearray, length: int) -> tuple[bytearray, bytearray]:
-    """The body of `length` bytes (starting with `start`) and what came after it."""
+def _read_body(
+    sock: ssl.SSLSocket, start: bytearray, length: int, deadline: float
+) -> tuple[bytearray, bytearray]:
+    """The body of `length` bytes (starting with `start`) and what came after it, kept as
+    it arrives; 408 at `deadline` (monotonic)."""
     if len(start) >= length:
         return start[:length], start[length:]
-    body = bytearray(length)
-    got = len(start)
-    body[:got] = start
-    with memoryview(body) as view:
-        while got < length:
-            n = sock.recv_into(view[got:], length - got)
+    body = start
+    scratch = bytearray(min(length - len(body), _RECV_BYTES))
+    with memoryview(scratch) as view:
+        while len(body) < length:
+            try:
+                n = _recv_by(sock, view[: min(length - len(body), len(scratch))], deadline)
+            except TimeoutError:
+                raise RequestTimeout("the request body did not arrive in time") from None
             if not n:
                 raise _Gone
-            got += n
+            body += view[:n]
     return body, bytearray()

@@ -64,6 +64,16 @@ class ServerConfig:
     # the database at most every `token_touch_seconds` per token.
     token_idle_seconds: float = 90 * 86400.0
     token_touch_seconds: float = 300.0
+    # Request bodies held in memory at once, server-wide and per user (both transports); a
+    # body waits for room instead of allocating (server.body_budget).
+    body_memory_bytes: int = 256 * MIB
+    body_memory_per_user_bytes: int = 128 * MIB
+    # A bulk request head must arrive whole within this after its first byte; a body within
+    # `request_body_seconds` plus its length at `request_body_min_bytes_per_second`
+    # (waiting for memory room counts). Later: 408 and the connection is closed.
+    request_head_seconds: float = 30.0
+    request_body_seconds: float = 60.0
+    request_body_min_bytes_per_second: int = 256 * 1024
     db_threads: int = 8
     keep_alive_seconds: float = 75.0
     backlog: int = 4096

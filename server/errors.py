@@ -69,6 +69,26 @@ class NotEmpty(ApiError):
     code = "not_empty"
 
 
+class RequestTimeout(ApiError):
+    """A request's head or body did not arrive within its deadline: the answer is sent (if
+    anyone still listens) and the connection closed, freeing what it held."""
+
+    status = 408
+    code = "request_timeout"
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message)
+        self.headers["Connection"] = "close"
+
+
+class BodyIncomplete(ApiError):
+    """The connection ended before the body reached its Content-Length: nothing of it is
+    committed (a truncated upload must never become a file)."""
+
+    status = 400
+    code = "bad_request"
+
+
 class TooLarge(ApiError):
     status = 413
     code = "too_large"

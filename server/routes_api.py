@@ -15,8 +15,7 @@ from starlette.responses import Response
 from starlette.routing import Route
 
 from blockstore.errors import WireFormatError
-from blockstore.ids import BlockId, parse_block_id
-from blockstore.wire import LIST_LIMIT_MAX, MAX_MISSING_IDS, MOVE_MODES, blocks_from_json
+from blockstore.wire import LIST_LIMIT_MAX, MOVE_MODES, blocks_from_json
 from server.db.accounts import Principal
 from server.db.versions import CommitRequest
 from server.errors import BadRequest, RateLimited
@@ -24,6 +23,7 @@ from server.services import Services
 from server.web import (
     RATE_HEADERS_KEY,
     SQL_INT_MAX,
+    USER_KEY,
     check_path,
     get_bool,
     get_int,
@@ -33,7 +33,6 @@ from server.web import (
     parse_count,
     query_int,
     query_path,
-    read_body,
     read_json,
     request_client,
 )
@@ -47,19 +46,12 @@ def services(request: Request) -> Services:
     return s
 
 
-def _rate(request: Request, key: str, login: bool = False) -> None:
-    s = services(request)
-    verdict = (s.login_limiter if login else s.limiter).take(key)
-    request.scope[RATE_HEADERS_KEY] = verdict.headers()
-    if not verdict.allowed:
-        raise RateLimited(f"too many requests; retry in {verdict.retry_after} s")
-
-
 async def principal(request: Request) -> Principal:
-    """Authenticate the caller (401) and take one rate-limit token (429); the principal
-    carries this request's `X-Drive-Client` id, which the journal records."""
-    who = await services(request).auth.authenticate(request.headers.get("authorization"))
-    _rate(request, who.token_hash)
+    """Admit the caller (`Services.admit`: 401, 429); the principal carries this request's
+    `X-Drive-Client` id, which the journal records."""
+    who, rate_headers = await services(request).admit(request.headers.get("authorization"))
+    request.scope[RATE_HEADERS_KEY] = rate_headers
+    request.scope[USER_KEY] = who.user_id
     client = request_client(request)
     return who if client is None else dataclasses.replace(who, client=client)
 
@@ -80,7 +72,10 @@ async def info(request: Request) -> Response:
 
 async def login(request: Request) -> Response:
     s = services(request)
-    _rate(request, f"login:{request.client.host if request.client else '-'}", login=True)
+    verdict = s.login_limiter.take(f"login:{request.client.host if request.client else '-'}")
+    request.scope[RATE_HEADERS_KEY] = verdict.headers()
+    if not verdict.allowed:
+        raise RateLimited(f"too many requests; retry in {verdict.retry_after} s")
     body = await read_json(request, s.config.max_json_bytes)
     result = await s.auth.login(
         get_str(body, "user"), get_str(body, "password"), get_str(body, "device", "device")
@@ -106,42 +101,6 @@ async def whoami(request: Request) -> Response:
         {"user": who.user, "device": who.device, "device_id": who.device_id,
          "quota_bytes": u.quota, "used_bytes": u.used, "staged_bytes": u.staged}
     )  # fmt: skip
-
-
-def _block_id(request: Request) -> BlockId:
-    try:
-        return parse_block_id(request.path_params["block_id"])
-    except ValueError as exc:
-        raise BadRequest(str(exc)) from None
-
-
-async def blocks_missing(request: Request) -> Response:
-    who = await principal(request)
-    s = services(request)
-    body = await read_json(request, s.config.max_json_bytes)
-    ids = body.get("ids")
-    if not isinstance(ids, list) or len(ids) > MAX_MISSING_IDS:
-        raise BadRequest(f"'ids' must be a list of at most {MAX_MISSING_IDS} block ids")
-    try:
-        parsed = [parse_block_id(i) if isinstance(i, str) else parse_block_id("") for i in ids]
-    except ValueError as exc:
-        raise BadRequest(str(exc)) from None
-    return json_response({"missing": await s.blocks.missing(who, parsed)})
-
-
-async def block_put(request: Request) -> Response:
-    who = await principal(request)
-    s = services(request)
-    bid = _block_id(request)
-    frame = await read_body(request, s.config.max_block_frame_bytes)
-    new = await s.blocks.put_wire(who, bid, frame)
-    return json_response({"id": bid, "stored": new}, 201 if new else 200)
-
-
-async def block_get(request: Request) -> Response:
-    who = await principal(request)
-    frame = await services(request).blocks.get_wire(who, _block_id(request))
-    return Response(memoryview(frame), media_type=OCTET)
 
 
 async def meta(request: Request) -> Response:
@@ -342,9 +301,6 @@ ROUTES = [
     Route("/api/v1/login", login, methods=["POST"]),
     Route("/api/v1/logout", logout, methods=["POST"]),
     Route("/api/v1/whoami", whoami, methods=["GET"]),
-    Route("/api/v1/blocks/missing", blocks_missing, methods=["POST"]),
-    Route("/api/v1/blocks/{block_id}", block_put, methods=["PUT"]),
-    Route("/api/v1/blocks/{block_id}", block_get, methods=["GET"]),
     Route("/api/v1/meta", meta, methods=["GET"]),
     Route("/api/v1/list", list_dir, methods=["GET"]),
     Route("/api/v1/commit", commit, methods=["POST"]),

@@ -15,6 +15,7 @@ from starlette.requests import Request
 from starlette.responses import Response, StreamingResponse
 from starlette.routing import Route
 
+from blockstore.aio import run_io
 from blockstore.ids import BlockId
 from server.errors import ApiError, BadRequest
 from server.routes_api import principal, revisions, services
@@ -60,7 +61,7 @@ async def upload_part(request: Request) -> Response:
     s = services(request)
     cr = parse_content_range(request.headers.get("content-range"))
     result = await s.uploads.put_part(
-        who, request.path_params["session_id"], cr, body_stream(request)
+        who, request.path_params["session_id"], cr, body_stream(request, partial_ok=True)
     )
     if result.record is not None:
         return json_response(result.record.to_json(), 201 if result.created else 200)
@@ -119,11 +120,11 @@ async def download(request: Request) -> Response:
         if lo <= hi:
             wanted.append((bid, lo - offset, hi - offset + 1))
         offset += size
-    first = await s.blocks.get_plain(who, wanted[0][0]) if wanted else b""
+    first = await run_io(s.blocks.get_plain_sync, who, wanted[0][0]) if wanted else b""
 
     async def stream() -> AsyncIterator[bytes]:
         for i, (bid, lo, hi) in enumerate(wanted):
-            data = first if i == 0 else await s.blocks.get_plain(who, bid)
+            data = first if i == 0 else await run_io(s.blocks.get_plain_sync, who, bid)
             piece = data[lo:hi]
             s.metrics.add("block_bytes_served", len(piece))
             yield piece

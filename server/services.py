@@ -19,8 +19,11 @@ from server import private
 from server.admin import BLOCKS_DIR
 from server.auth import Authenticator
 from server.blocks import BlockService
+from server.body_budget import BodyRules
 from server.config import ServerConfig
 from server.db import Database, journal
+from server.db.accounts import Principal
+from server.errors import RateLimited
 from server.feed import ChangeFeed
 from server.keyring import Keyring, load_master
 from server.metadata import Metadata
@@ -49,6 +52,7 @@ class Services:
     uploads: Uploads
     limiter: RateLimiter
     login_limiter: RateLimiter
+    bodies: BodyRules
 
     @classmethod
     def open(cls, data_dir: Path, config: ServerConfig, fingerprint: str) -> Services:
@@ -79,7 +83,20 @@ class Services:
             uploads=Uploads(data_dir, db, blocks, metadata, metrics, config),
             limiter=RateLimiter(config.rate_per_second, config.rate_burst),
             login_limiter=RateLimiter(config.login_rate_per_second, config.login_rate_burst),
+            bodies=BodyRules.from_config(config),
         )
+
+    async def admit(self, authorization: str | None) -> tuple[Principal, dict[str, str]]:
+        """Authenticate a request (401) and take one rate-limit token of its device (429,
+        carrying the rate headers); returns the caller and the headers every answer
+        carries. Both transports admit through here."""
+        who = await self.auth.authenticate(authorization)
+        verdict = self.limiter.take(who.token_hash)
+        if not verdict.allowed:
+            refused = RateLimited(f"too many requests; retry in {verdict.retry_after} s")
+            refused.headers.update(verdict.headers())
+            raise refused
+        return who, verdict.headers()
 
     async def maintain_once(self) -> None:
         """One round of housekeeping: expire sessions, trim journals, collect blocks."""

@@ -335,6 +335,7 @@ class Uploads:
             skip = received - cr.start
             wanted = cr.end + 1 - received
             if wanted > 0:
+                budget.check(cr.end + 1)  # announced by Content-Range: refused at once
                 received += await self._append(
                     part, _take(body, skip + wanted), skip, budget, received, durable=True
                 )

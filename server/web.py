@@ -11,9 +11,11 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import re
 import secrets
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncGenerator, AsyncIterator, Mapping
+from contextlib import aclosing
 from typing import Any
 from urllib.parse import parse_qsl
 
@@ -24,7 +26,15 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from blockstore.errors import InvalidPath
 from blockstore.wire import ROOT_PATH, validate_path
-from server.errors import ApiError, BadRequest, Internal, TooLarge
+from server.body_budget import BodyRules
+from server.errors import (
+    ApiError,
+    BadRequest,
+    BodyIncomplete,
+    Internal,
+    RequestTimeout,
+    TooLarge,
+)
 from server.metrics import Metrics
 
 log = logging.getLogger(__name__)
@@ -37,6 +47,13 @@ CLIENT_HEADER = "x-drive-client"
 _CLIENT_RE = re.compile(r"[A-Za-z0-9_-]{1,64}")
 DRAIN_LIMIT_BYTES = 64 * 1024 * 1024
 DRAIN_SECONDS = 10.0
+BODY_RULES_KEY = "drive.body_rules"
+USER_KEY = "drive.user"
+"""The authenticated user's id (for their share of the body budget)."""
+HOLDS_KEY = "drive.body_holds"
+"""Budget room this request took (given back when it ends)."""
+STREAM_HOLD_BYTES = 2 * 1024 * 1024
+"""Budget room of a body that goes to disk: the piece in hand plus the writer's buffer."""
 SQL_INT_MAX = 2**63 - 1
 SQL_INT_MIN = -(2**63)
 """The range of a database integer (SQLite and PostgreSQL BIGINT)."""
@@ -88,9 +105,10 @@ def error_response(exc: ApiError, rid: str | None = None) -> Response:
 class DriveMiddleware:
     """Outermost ASGI layer: request ids, metrics, rate-limit headers, last-resort errors."""
 
-    def __init__(self, app: ASGIApp, metrics: Metrics) -> None:
+    def __init__(self, app: ASGIApp, metrics: Metrics, bodies: BodyRules | None = None) -> None:
         self.app = app
         self.metrics = metrics
+        self.bodies = bodies
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -98,6 +116,7 @@ class DriveMiddleware:
             return
         request_id = secrets.token_hex(8)
         scope[REQUEST_ID_KEY] = request_id
+        scope[BODY_RULES_KEY] = self.bodies
         status = 500
         started = False
         body_done = False
@@ -140,7 +159,8 @@ class DriveMiddleware:
             await self.app(scope, receive_wrapper, send_wrapper)
         except ApiError as exc:
             if not started:
-                await drain()
+                if drains(exc):
+                    await drain()
                 await error_response(exc, request_id)(scope, receive, send_wrapper)
             else:
                 log.warning("request %s failed after its answer started: %s", request_id, exc)
@@ -152,15 +172,24 @@ class DriveMiddleware:
             else:
                 log.debug("request %s: exception after the answer started", request_id)
         finally:
+            if self.bodies is not None:
+                for taken in scope.pop(HOLDS_KEY, []):
+                    self.bodies.budget.release(taken, scope.get(USER_KEY))
             route = scope.get("route")
             name = getattr(route, "path", None) or "unmatched"
             self.metrics.count_request(name, status)
 
 
-async def drain_body(request: Request) -> None:
+def drains(exc: ApiError) -> bool:
+    """Whether to read what the client still sends before answering `exc`: not after a
+    deadline passed (the connection closes) nor once the body has ended."""
+    return not isinstance(exc, RequestTimeout | BodyIncomplete)
+
+
+async def drain_body(request: Request, exc: ApiError) -> None:
     """Before an early error answer, read what the client is still sending (bounded)."""
     drain = request.scope.get(DRAIN_KEY)
-    if drain is not None:
+    if drain is not None and drains(exc):
         await drain()
 
 
@@ -191,26 +220,82 @@ def content_length(request: Request) -> int | None:
     return parse_count(request.headers.get("content-length"))
 
 
-async def read_body(request: Request, limit: int) -> bytes:
-    """The whole body, refusing (413) more than `limit` bytes before reading them."""
+async def read_body(request: Request, limit: int) -> bytearray:
+    """The whole body, refusing (413) more than `limit` bytes before reading them.
+
+    Room for it is taken from the server's body budget first (waiting while there is none;
+    given back when the request ends), the bytes are kept as they arrive, and the whole
+    body must arrive by its deadline (else 408, and the connection closes). A body that
+    ends short of its Content-Length is 400 (`BodyIncomplete`)."""
     declared = content_length(request)
     if declared is not None and declared > limit:
         raise TooLarge(f"request body over {limit} bytes")
-    chunks: list[bytes] = []
-    size = 0
-    async for piece in request.stream():
-        size += len(piece)
-        if size > limit:
-            raise TooLarge(f"request body over {limit} bytes")
-        chunks.append(piece)
-    return b"".join(chunks)
+    size = limit if declared is None else declared
+    body = bytearray()
+    async with aclosing(_pieces(request, size, declared)) as pieces:
+        async for piece in pieces:
+            if len(body) + len(piece) > limit:
+                raise TooLarge(f"request body over {limit} bytes")
+            body += piece
+    return body
 
 
-async def read_json(request: Request, limit: int) -> dict[str, Any]:
-    """A JSON object body (at most `limit` bytes)."""
-    raw = await read_body(request, limit)
+async def body_stream(request: Request, *, partial_ok: bool = False) -> AsyncIterator[bytes]:
+    """The body as it arrives, for bodies that go to disk (uploads): the same budget (for
+    the piece in hand and the writer's buffer) and deadline as `read_body`. A body that
+    ends short of its Content-Length raises `BodyIncomplete`, so nothing commits, unless
+    `partial_ok` (a resumable part: what arrived is kept and the client resumes)."""
+    declared = content_length(request)
+    hold = min(declared, STREAM_HOLD_BYTES) if declared is not None else STREAM_HOLD_BYTES
     try:
-        value = json.loads(raw)
+        async with aclosing(_pieces(request, hold, declared)) as pieces:
+            async for piece in pieces:
+                yield piece
+    except BodyIncomplete:
+        if not partial_ok:
+            raise
+
+
+async def _pieces(request: Request, hold: int, length: int | None) -> AsyncGenerator[bytes, None]:
+    """The body's pieces under the body rules: `hold` bytes of the budget are taken for
+    the request (till it ends); the deadline is for `length` bytes (unknown: it moves
+    on with what arrived, so a long upload only has to keep the minimum rate)."""
+    scope = request.scope
+    rules = scope.get(BODY_RULES_KEY)
+    started = trio.current_time()
+    deadline = math.inf
+    if isinstance(rules, BodyRules):
+        deadline = rules.body_deadline(started, length or 0)
+        with trio.move_on_at(deadline) as waited:
+            taken = await rules.budget.take(hold, scope.get(USER_KEY))
+            scope.setdefault(HOLDS_KEY, []).append(taken)
+        if waited.cancelled_caught:
+            raise RequestTimeout("timed out waiting for room for the request body")
+    received = 0
+    stream = request.stream()
+    while True:
+        try:
+            with trio.move_on_at(deadline) as waited:
+                piece = await anext(stream, None)
+        except ClientDisconnect:
+            raise BodyIncomplete("the connection ended in the middle of the body") from None
+        if waited.cancelled_caught:
+            raise RequestTimeout("the request body did not arrive in time")
+        if piece is None:
+            break
+        if piece:
+            received += len(piece)
+            if length is None and isinstance(rules, BodyRules):
+                deadline = rules.body_deadline(started, received)
+            yield piece
+    if length is not None and received < length:
+        raise BodyIncomplete(f"the body ended after {received} of {length} bytes")
+
+
+def parse_json_object(raw: bytes | bytearray | memoryview) -> dict[str, Any]:
+    """A JSON object body (400 unless it is one, in valid UTF-8 throughout)."""
+    try:
+        value = json.loads(raw if not isinstance(raw, memoryview) else bytes(raw))
     except (UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise BadRequest(f"body is not valid JSON: {exc}") from None
     if not isinstance(value, dict):
@@ -218,6 +303,11 @@ async def read_json(request: Request, limit: int) -> dict[str, Any]:
     if _MAYBE_SURROGATE_RE.search(raw) and not _encodable(value):
         raise BadRequest("body has a string that is not valid UTF-8 (a lone surrogate)")
     return value
+
+
+async def read_json(request: Request, limit: int) -> dict[str, Any]:
+    """A JSON object body (at most `limit` bytes)."""
+    return parse_json_object(await read_body(request, limit))
 
 
 def _encodable(value: object) -> bool:
@@ -245,16 +335,6 @@ def check_query_string(raw: bytes) -> None:
         parse_qsl(raw.decode("latin-1"), keep_blank_values=True, errors="strict")
     except UnicodeDecodeError:
         raise BadRequest("the query string is not valid UTF-8") from None
-
-
-async def body_stream(request: Request) -> AsyncIterator[bytes]:
-    """The body as it arrives; ends quietly if the client goes away (resume covers it)."""
-    try:
-        async for piece in request.stream():
-            if piece:
-                yield piece
-    except ClientDisconnect:
-        return
 
 
 def check_path(value: object, what: str = "path", *, entry: bool = False) -> str:
