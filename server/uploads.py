@@ -153,6 +153,7 @@ class Uploads:
         self._locks: dict[str, trio.Lock] = {}
         self._spooling: set[str] = set()
         """Names of the spool files this process is writing (the sweep leaves them)."""
+        _sweep(self.dir, None, set())  # at start nothing runs: every spool file is a crash's
 
     # -- shared pieces --------------------------------------------------------------------
 
@@ -371,18 +372,7 @@ class Uploads:
         if abandoned:
             await self.db.run(sessions.delete, abandoned)
         live = await self.db.run(sessions.live_ids)
-        spooling = set(self._spooling)
-
-        def sweep() -> None:
-            for entry in os.scandir(self.dir):
-                name = entry.name
-                orphan_part = name.endswith(".part") and name[: -len(".part")] not in live
-                orphan_spool = name.startswith(SPOOL_PREFIX) and name not in spooling
-                if orphan_part or orphan_spool:
-                    with contextlib.suppress(FileNotFoundError):
-                        os.unlink(entry.path)
-
-        await run_io(sweep)
+        await run_io(_sweep, self.dir, live, set(self._spooling))
         return len(gone) + len(abandoned)
 
     def _abandoned(self, session_ids: set[str], idle_before: float) -> list[str]:
@@ -395,6 +385,20 @@ class Uploads:
             except FileNotFoundError:
                 out.append(session_id)
         return out
+
+
+def _sweep(folder: Path, live: set[str] | None, spooling: set[str]) -> None:
+    """Remove the spool files of simple uploads not in `spooling` and, given the `live`
+    session ids, the part files of sessions that are gone."""
+    for entry in os.scandir(folder):
+        name = entry.name
+        orphan_part = (
+            live is not None and name.endswith(".part") and name[: -len(".part")] not in live
+        )
+        orphan_spool = name.startswith(SPOOL_PREFIX) and name not in spooling
+        if orphan_part or orphan_spool:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(entry.path)
 
 
 def _sizes(paths: list[Path]) -> int:
