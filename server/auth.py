@@ -17,7 +17,7 @@ from dataclasses import dataclass
 import trio
 
 from server.db import Database, accounts
-from server.db.accounts import Principal
+from server.db.accounts import Principal, Usage
 from server.errors import BadRequest, Unauthorized
 from server.tokens import TokenPolicy
 
@@ -89,6 +89,10 @@ class Authenticator:
             accounts.add_device, user_id, device, accounts.token_hash(token)
         )
         return Login(token, user, device_id, device)
+
+    async def usage(self, who: Principal) -> Usage:
+        """The caller's quota and the bytes their account uses."""
+        return await self.db.run(accounts.usage, who.user_id)
 
     async def logout(self, who: Principal) -> None:
         """Revoke the calling token."""

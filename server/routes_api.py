@@ -16,10 +16,8 @@ from starlette.routing import Route
 
 from blockstore.errors import WireFormatError
 from blockstore.wire import LIST_LIMIT_MAX, MOVE_MODES, blocks_from_json
-from server.db.accounts import Principal
-from server.db.versions import CommitRequest
 from server.errors import BadRequest, RateLimited
-from server.services import Services
+from server.services import CommitRequest, Principal, Services
 from server.web import (
     RATE_HEADERS_KEY,
     SQL_INT_MAX,
@@ -94,9 +92,7 @@ async def logout(request: Request) -> Response:
 
 async def whoami(request: Request) -> Response:
     who = await principal(request)
-    from server.db import accounts
-
-    u = await services(request).db.run(accounts.usage, who.user_id)
+    u = await services(request).auth.usage(who)
     return json_response(
         {"user": who.user, "device": who.device, "device_id": who.device_id,
          "quota_bytes": u.quota, "used_bytes": u.used, "staged_bytes": u.staged}

@@ -15,9 +15,9 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
-from server.db.versions import CommitRequest
 from server.errors import ApiError, BadRequest
 from server.routes_api import commit_request, principal, services
+from server.services import CommitRequest
 from server.web import json_response, read_json
 
 MAX_BATCH_COMMITS = 1000

@@ -22,7 +22,8 @@ from server.blocks import BlockService
 from server.body_budget import BodyRules
 from server.config import ServerConfig
 from server.db import Database, journal
-from server.db.accounts import Principal
+from server.db.accounts import Principal as Principal  # the types routes hand services
+from server.db.versions import CommitRequest as CommitRequest
 from server.errors import RateLimited
 from server.feed import ChangeFeed
 from server.keyring import Keyring, load_master
