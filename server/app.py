@@ -15,7 +15,7 @@ from starlette.responses import Response
 from starlette.routing import BaseRoute
 from starlette.types import ASGIApp
 
-from server import routes_api, routes_batch, routes_blocks, routes_files
+from server import openapi, routes_api, routes_batch, routes_blocks, routes_files
 from server.errors import ApiError, BadRequest, Internal, NotFound, api_error_of
 from server.metrics import Metrics
 from server.services import Services
@@ -67,12 +67,12 @@ def assemble(routes: list[BaseRoute], metrics: Metrics, services: Services | Non
     return DriveMiddleware(app, metrics, services.bodies if services is not None else None)
 
 
+def api_routes() -> list[BaseRoute]:
+    """Every route of the HTTP API (server.openapi describes each one)."""
+    return [*routes_blocks.ROUTES, *routes_batch.ROUTES, *routes_api.ROUTES, *routes_files.ROUTES,
+            *openapi.ROUTES]  # fmt: skip
+
+
 def build_app(services: Services) -> ASGIApp:
     """The whole HTTP API over `services`."""
-    routes: list[BaseRoute] = [
-        *routes_blocks.ROUTES,
-        *routes_batch.ROUTES,
-        *routes_api.ROUTES,
-        *routes_files.ROUTES,
-    ]
-    return assemble(routes, services.metrics, services)
+    return assemble(api_routes(), services.metrics, services)

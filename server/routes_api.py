@@ -54,7 +54,8 @@ async def principal(request: Request) -> Principal:
     return who if client is None else dataclasses.replace(who, client=client)
 
 
-def _version() -> str:
+def server_version() -> str:
+    """The installed package's version ("0" when run from an uninstalled tree)."""
     try:
         return importlib_metadata.version("drive")
     except importlib_metadata.PackageNotFoundError:
@@ -64,7 +65,7 @@ def _version() -> str:
 async def info(request: Request) -> Response:
     s = services(request)
     return json_response(
-        {"server": "drive", "version": _version(), "api": 1, "fingerprint": s.fingerprint}
+        {"server": "drive", "version": server_version(), "api": 1, "fingerprint": s.fingerprint}
     )
 
 
