@@ -40,7 +40,7 @@ from blockstore.wire import FileRecord, blocks_to_json, join_path
 from syncd import errors
 from syncd.blockpush import BlockPusher
 from syncd.blocks import BlockCacheLike
-from syncd.conflicts import ConflictResolver, conflicted_name
+from syncd.conflicts import MAX_COPY_NAME_TRIES, ConflictResolver, conflicted_name
 from syncd.content import ContentStore
 from syncd.queue_ops import Commit, Delete, Mkdir, Move, QueuedOp, SetAttr, Symlink
 from syncd.rechunk import NewChunk, plan, rechunk
@@ -565,10 +565,13 @@ class Uploader:
         """Another device took the name `path`: ours moves to a conflicted-copy name (on the
         server by the caller's retry); the other device's entry arrives by the change feed."""
         folder, _, name = path.rpartition("/")
-        new_name = conflicted_name(name, self.device)
+        node = self.state.current(node)
+        for n in range(1, MAX_COPY_NAME_TRIES + 1):  # a name free here too: our own copy
+            new_name = conflicted_name(name, self.device, n=n)  # made this second may
+            if self.state.lookup(node.parent, new_name) in (None, node.ino):  # have it
+                break
         new_path = join_path(folder or "/", new_name)
         log.warning("%s was taken by another device meanwhile; ours is now %s", path, new_path)
-        node = self.state.current(node)
         with self.state.write() as w:
             if node.linked and self.state.lookup(node.parent, node.name) == node.ino:
                 w.unlink(node.parent, node.name)

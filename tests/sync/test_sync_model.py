@@ -791,3 +791,43 @@ async def test_a_file_renamed_elsewhere_onto_a_new_file_here_is_shown_once() -> 
             assert tree[f"/{names[1]}"] == bytes([3]) * 30
         finally:
             h.close()
+
+
+async def test_a_rename_refused_twice_in_one_second_keeps_both_copies_shown() -> None:
+    """Seed 1503 of the convergence runs: an edit of `a` conflicted (ours saved as the
+    conflicted copy, made this second); then a save over `a` the sed way was refused
+    (`a` moved on elsewhere again), and the temporary file took the conflicted-copy name
+    here too: the entry of our first copy was written over, and that copy, on the server,
+    was never shown here again. The second copy takes the next free name."""
+    from syncd.changes import ChangeApplier
+
+    with tempfile.TemporaryDirectory() as tmp:
+        h = Harness(Path(tmp), random.Random(0))
+        h.tree.reconciler = ChangeApplier(h.state, "me")
+        try:
+            async with h.running():
+                await h.write("a", 0, 100, 1)
+                await h.idle()
+            bid = await _put_block(h.remote, bytes([7]) * 20)
+            await h.write("a", 0, 10, 2)  # queued; meanwhile edited elsewhere
+            await h.remote.commit("/a", 1, [(bid, 20)], 20, 1, 0o644, "o1")
+            edits = iter(range(2, 100))
+
+            async def edit_before_a_rename(name: str) -> None:
+                if name == "move":  # `a` moves on again before our rename reaches it
+                    rev = next(edits)
+                    await h.remote.commit("/a", rev, [(bid, 20)], 20, 1, 0o644, f"o{rev}")
+
+            async with h.running():
+                await h.idle()  # ours is the conflicted copy now
+                await h.write(".sed1", 0, 30, 3)
+                h.remote.hook = edit_before_a_rename
+                await h.rename(".sed1", "a")
+                await h.idle()
+            h.remote.hook = None
+            local = sorted(name for name, _ in h.state.children(ROOT_INO))
+            remote = sorted(p[1:] for p in h.remote.tree())
+            assert local == remote
+            assert len([n for n in local if "conflicted copy" in n]) == 2, local
+        finally:
+            h.close()
