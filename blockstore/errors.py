@@ -14,6 +14,10 @@ __all__ = [
     "CorruptBlockError",
     "InvalidPath",
     "KeyUnwrapError",
+    "S3BucketMissing",
+    "S3CredentialsRejected",
+    "S3StoreError",
+    "S3Unreachable",
     "WireFormatError",
 ]
 
@@ -42,6 +46,22 @@ class KeyUnwrapError(CorruptBlockError):
 
 class BlockNotFound(BlockstoreError, LookupError):
     """The store holds no object under the requested key."""
+
+
+class S3StoreError(BlockstoreError):
+    """The S3 block store failed in a way not told apart below (after its retries)."""
+
+
+class S3BucketMissing(S3StoreError):
+    """The bucket of an S3 block store does not exist."""
+
+
+class S3CredentialsRejected(S3StoreError):
+    """The S3 endpoint refused the credentials (unknown key, wrong secret, no permission)."""
+
+
+class S3Unreachable(S3StoreError):
+    """The S3 endpoint cannot be reached (no connection, even after retries)."""
 
 
 class CacheFullError(BlockstoreError):

@@ -1,13 +1,12 @@
 """Where sealed blocks live at rest: the `BlockStore` seam and the local-directory backend.
 
 Owns durable, atomic storage of opaque byte strings under string keys; knows nothing of
-sealing, accounts or refcounts (the server does that). S3 comes later behind the same
-Protocol.
+sealing, accounts or refcounts (the server does that). `blockstore.s3store` is the other
+backend behind the same Protocol; `blockstore.open_store` picks one from a location.
 
-`LocalDirStore` layout. A key is `/`-separated segments, the last one the object name
-(the server uses `"{account}/{block_id}"`). Every segment is percent-encoded to the
-characters `[A-Za-z0-9_-]` (so it never contains `.`), and objects are fanned out by the
-first two and next two characters of their name::
+`LocalDirStore` layout. Keys are validated and their segments encoded by
+`blockstore.store_keys` (the encoding never contains `.`), and objects are fanned out by
+the first two and next two characters of their name::
 
     root/<seg>/.../<name[0:2]>/<name[2:4]>/<name>.blk     a complete object
     root/<seg>/.../<name[0:2]>/<name[2:4]>/.tmp-<...>     a write in progress (or stale)
@@ -38,11 +37,11 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Protocol, runtime_checkable
-from urllib.parse import quote, unquote
 
 from .direct_write import write_new_file
 from .errors import BlockNotFound
 from .fsutil import fsync_dir
+from .store_keys import decode_segment, encode_key, encode_prefix, encode_segment
 
 __all__ = ["STALE_TEMP_SECONDS", "BlockStore", "LocalDirStore"]
 
@@ -53,8 +52,6 @@ STALE_TEMP_SECONDS = 3600
 
 _SUFFIX = ".blk"
 _TMP_PREFIX = ".tmp-"
-_SAFE = "-_"  # with quote's always-safe letters and digits; "." and "~" get encoded below
-_MAX_SEGMENT_BYTES = 200  # encoded; leaves room for the suffix under NAME_MAX (255)
 _FILE_MODE = 0o600
 _DIR_MODE = 0o700
 
@@ -93,18 +90,6 @@ class BlockStore(Protocol):
         ...
 
 
-def _encode_segment(segment: str, key: str) -> str:
-    if segment in ("", ".", "..") or "\x00" in segment:
-        raise ValueError(f"invalid store key {key!r}: bad segment {segment!r}")
-    try:
-        encoded = quote(segment, safe=_SAFE).replace(".", "%2E").replace("~", "%7E")
-    except UnicodeEncodeError:
-        raise ValueError(f"invalid store key {key!r}: not UTF-8") from None
-    if len(encoded) > _MAX_SEGMENT_BYTES:
-        raise ValueError(f"invalid store key {key!r}: segment too long")
-    return encoded
-
-
 class LocalDirStore:
     """A `BlockStore` in a local directory (see the module docstring for the layout).
 
@@ -119,14 +104,9 @@ class LocalDirStore:
         return f"LocalDirStore({str(self.root)!r})"
 
     def _path(self, key: str) -> Path:
-        if not isinstance(key, str):
-            raise TypeError(f"store keys are str, not {type(key).__name__}")
-        segments = key.split("/")
-        name = segments[-1]
-        if len(name) < 4:
-            raise ValueError(f"invalid store key {key!r}: object name under 4 characters")
-        parts = [_encode_segment(s, key) for s in segments]
-        fan_out = [_encode_segment(name[0:2], key), _encode_segment(name[2:4], key)]
+        parts = encode_key(key)
+        name = key.rpartition("/")[2]
+        fan_out = [encode_segment(name[0:2], key), encode_segment(name[2:4], key)]
         return self.root.joinpath(*parts[:-1], *fan_out, parts[-1] + _SUFFIX)
 
     def _make_dirs(self, directory: Path) -> None:
@@ -215,21 +195,20 @@ class LocalDirStore:
 
         Whole leading segments of `prefix` narrow the directory walk; the rest filters.
         """
-        *whole, _ = prefix.split("/")
-        try:
-            start = self.root.joinpath(*(_encode_segment(s, prefix) for s in whole))
-        except ValueError:
+        whole = encode_prefix(prefix)
+        if whole is None:
             return  # no valid key has such a prefix
-        base = [*whole]
+        start = self.root.joinpath(*whole)
+        base = [decode_segment(p) for p in whole]
         for dirpath, _dirnames, filenames in os.walk(start):
             rel = Path(dirpath).relative_to(start).parts
             if len(rel) < 2:
                 continue
-            segments = base + [unquote(p) for p in rel[:-2]]
+            segments = base + [decode_segment(p) for p in rel[:-2]]
             for filename in filenames:
                 if not filename.endswith(_SUFFIX) or filename.startswith("."):
                     continue
-                key = "/".join([*segments, unquote(filename[: -len(_SUFFIX)])])
+                key = "/".join([*segments, decode_segment(filename[: -len(_SUFFIX)])])
                 if key.startswith(prefix):
                     yield key
 

@@ -5,10 +5,14 @@ from __future__ import annotations
 import itertools
 from collections.abc import Iterator
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pytest
 
 from tests.helpers.server_proc import ServerProcess
+
+if TYPE_CHECKING:
+    from tests.helpers.moto_s3 import MotoS3
 
 _user_numbers = itertools.count(1)
 
@@ -33,3 +37,14 @@ def new_user(shared_server: ServerProcess) -> tuple[str, str]:
     name = f"user{next(_user_numbers)}"
     shared_server.add_user(name, "pw-" + name)
     return name, shared_server.login(name, "pw-" + name)
+
+
+@pytest.fixture(scope="session")
+def moto_s3() -> Iterator[MotoS3]:
+    """moto's S3 server on a free loopback port for the whole session (tests use their own
+    buckets: `moto_s3.new_bucket()`). moto is imported here: half a second that only the
+    tests using it pay."""
+    from tests.helpers.moto_s3 import MotoS3
+
+    with MotoS3() as s3:
+        yield s3

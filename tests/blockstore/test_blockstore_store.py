@@ -1,23 +1,37 @@
-"""LocalDirStore: the BlockStore contract, atomicity under kill -9, concurrent writers."""
+"""The BlockStore contract on every backend (a directory, S3 on moto); LocalDirStore's
+layout, atomicity under kill -9 and concurrent writer processes."""
 
 from __future__ import annotations
 
 import hashlib
 import os
 import random
+import threading
 import time
 
 import pytest
 
 from blockstore.errors import BlockNotFound
+from blockstore.s3store import S3BlockStore, S3Settings
 from blockstore.store import BlockStore, LocalDirStore
+from tests.helpers.moto_s3 import CREDENTIALS
 
 ID_A = hashlib.sha256(b"a").hexdigest()
 ID_B = hashlib.sha256(b"b").hexdigest()
 
 
+@pytest.fixture(params=["local", "s3"])
+def store(request, tmp_path) -> BlockStore:
+    """Each backend in turn (moto starts only for the S3 one)."""
+    if request.param == "local":
+        return LocalDirStore(tmp_path / "blocks")
+    s3 = request.getfixturevalue("moto_s3")
+    where = S3Settings(endpoint=s3.endpoint, **CREDENTIALS)
+    return S3BlockStore(s3.new_bucket(), "drive/blocks", where)
+
+
 @pytest.fixture
-def store(tmp_path) -> LocalDirStore:
+def local_store(tmp_path) -> LocalDirStore:
     return LocalDirStore(tmp_path / "blocks")
 
 
@@ -45,7 +59,8 @@ def test_contract(store):
     assert store.put(f"alice/{ID_A}", b"a") is True  # a deleted key can be stored again
 
 
-def test_fan_out_layout(store):
+def test_fan_out_layout(local_store):
+    store = local_store
     store.put(f"alice/{ID_A}", b"a")
     assert (store.root / "alice" / ID_A[:2] / ID_A[2:4] / f"{ID_A}.blk").read_bytes() == b"a"
     assert (
@@ -71,7 +86,8 @@ def test_odd_segments_round_trip(store):
         assert store.get(key) == key.encode()
 
 
-def test_temp_files_ignored_and_cleaned(store):
+def test_temp_files_ignored_and_cleaned(local_store):
+    store = local_store
     store.put(f"alice/{ID_A}", b"a")
     directory = store.root / "alice" / ID_A[:2] / ID_A[2:4]
     stale = directory / ".tmp-1-dead"
@@ -86,6 +102,27 @@ def test_temp_files_ignored_and_cleaned(store):
     assert fresh.exists()
     assert store.remove_stale_temp_files(older_than_seconds=-1) == 1
     assert list(store.keys()) == [f"alice/{ID_A}"]
+
+
+THREADS = 8
+
+
+def test_concurrent_puts_of_one_key_store_it_once(store):
+    key = f"alice/{ID_A}"
+    results: list[bool] = []
+    barrier = threading.Barrier(THREADS)
+
+    def writer() -> None:
+        barrier.wait()
+        results.append(store.put(key, b"a"))
+
+    threads = [threading.Thread(target=writer) for _ in range(THREADS)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(30)
+    assert sorted(results) == [False] * (THREADS - 1) + [True]
+    assert store.get(key) == b"a"
 
 
 def _check_all_complete(store: LocalDirStore) -> int:
