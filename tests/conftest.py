@@ -8,9 +8,17 @@ from pathlib import Path
 
 import pytest
 
+from tests.helpers import pg_cluster
 from tests.helpers.server_proc import ServerProcess
 
 _user_numbers = itertools.count(1)
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _stop_test_postgres() -> Iterator[None]:
+    """Stop the test PostgreSQL cluster (if a test started one) when the session ends."""
+    yield
+    pg_cluster.stop_cluster()
 
 
 @pytest.fixture
