@@ -5,6 +5,7 @@ by an older version is fixed when the server starts."""
 from __future__ import annotations
 
 import os
+import shutil
 import stat
 import time
 from pathlib import Path
@@ -70,7 +71,7 @@ def test_server_data_directory_is_private_after_use_and_fixed_at_start(tmp_path:
 
 def test_admin_commands_create_a_private_data_directory(tmp_path: Path) -> None:
     srv = ServerProcess(tmp_path / "fresh")
-    os.rmdir(srv.data_dir)  # the command creates it
+    shutil.rmtree(srv.data_dir)  # the command creates it (on SQLite: no server.toml left)
     srv.add_user("first", "pw")
     assert loose_modes(srv.data_dir) == []
 
