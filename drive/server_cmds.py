@@ -82,7 +82,6 @@ def _default_quota(data: Path) -> int | None:
 def adduser(args: argparse.Namespace) -> int:
     """Create a user."""
     from server import admin
-    from server.errors import AccountError
 
     try:
         quota = parse_size(args.quota) if args.quota else _default_quota(_data_dir(args))
@@ -91,7 +90,7 @@ def adduser(args: argparse.Namespace) -> int:
     try:
         password = _read_password(args)
         admin.add_user(_data_dir(args), args.name, password, quota)
-    except AccountError as exc:
+    except admin.FAILURES as exc:
         raise UserError(str(exc)) from exc
     print(f"drive server: user {args.name} created")
     return 0
@@ -100,14 +99,13 @@ def adduser(args: argparse.Namespace) -> int:
 def passwd(args: argparse.Namespace) -> int:
     """Change a user's password; revoke their device tokens unless --keep-devices."""
     from server import admin
-    from server.errors import AccountError
 
     try:
         password = _read_password(args)
         revoked = admin.set_password(
             _data_dir(args), args.name, password, keep_devices=args.keep_devices
         )
-    except AccountError as exc:
+    except admin.FAILURES as exc:
         raise UserError(str(exc)) from exc
     print(f"drive server: password of {args.name} changed")
     if not args.keep_devices:
@@ -118,7 +116,6 @@ def passwd(args: argparse.Namespace) -> int:
 def deluser(args: argparse.Namespace) -> int:
     """Delete a user and all their data."""
     from server import admin
-    from server.errors import AccountError
 
     if not args.yes:
         if not sys.stdin.isatty():
@@ -128,7 +125,7 @@ def deluser(args: argparse.Namespace) -> int:
             raise UserError("not deleted")
     try:
         admin.delete_user(_data_dir(args), args.name)
-    except AccountError as exc:
+    except admin.FAILURES as exc:
         raise UserError(str(exc)) from exc
     print(f"drive server: user {args.name} deleted")
     return 0
@@ -138,7 +135,10 @@ def list_users(args: argparse.Namespace) -> int:
     """List users."""
     from server import admin
 
-    users = admin.list_users(_data_dir(args))
+    try:
+        users = admin.list_users(_data_dir(args))
+    except admin.FAILURES as exc:
+        raise UserError(str(exc)) from exc
     if args.json:
         print(
             json.dumps(
@@ -168,14 +168,13 @@ def _when(t: float) -> str:
 def list_devices(args: argparse.Namespace) -> int:
     """List a user's logged-in devices with their token's last use and expiry."""
     from server import admin
-    from server.errors import AccountError
     from server.tokens import TokenPolicy
 
     data = _data_dir(args)
     policy = TokenPolicy.from_config(_server_config(data))
     try:
         devices = admin.list_devices(data, args.name)
-    except AccountError as exc:
+    except admin.FAILURES as exc:
         raise UserError(str(exc)) from exc
     now = time.time()
     if args.json:
@@ -206,11 +205,10 @@ def list_devices(args: argparse.Namespace) -> int:
 def revoke(args: argparse.Namespace) -> int:
     """Revoke the token(s) of one of a user's devices."""
     from server import admin
-    from server.errors import AccountError
 
     try:
         n = admin.revoke_device(_data_dir(args), args.name, args.device)
-    except AccountError as exc:
+    except admin.FAILURES as exc:
         raise UserError(str(exc)) from exc
     print(f"drive server: {n} token(s) of {args.name}'s device {args.device} revoked")
     return 0

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Idempotent set-up for a fresh Debian 12 machine (or a warm one): system packages that
-# pyfuse3 needs, a virtual environment in .venv, and the project installed into it.
+# pyfuse3 needs and PostgreSQL (the tests start throwaway clusters with its binaries), a
+# virtual environment in .venv, and the project installed into it.
 # Quick the second time: it only acts on what is missing or changed.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -8,7 +9,7 @@ ROOT=$(pwd)
 
 need_pkgs=()
 have_pkg() { dpkg-query -W -f='${Status}' "$1" 2>/dev/null | grep -q "install ok installed"; }
-for p in fuse3 libfuse3-dev pkg-config gcc git rsync tar openssl; do
+for p in fuse3 libfuse3-dev pkg-config gcc git rsync tar openssl postgresql; do
   have_pkg "$p" || need_pkgs+=("$p")
 done
 

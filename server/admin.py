@@ -1,26 +1,38 @@
 """Administration of users on a data directory: what `drive server adduser/passwd/...` do.
 
-Synchronous and safe while the server runs: every change is one SQLite transaction (WAL,
-busy timeout), and a deleted user's blocks are removed from the block directory after their
-rows are gone, so the running server can no longer reach them.
+They work on whatever the data directory's `server.toml` names (the database, the block
+store, the master key), SQLite or PostgreSQL alike. Synchronous and safe while the server
+runs: every change is one database transaction, and a deleted user's blocks are removed
+from the block store after their rows are gone, so the running server can no longer reach
+them.
 """
 
 from __future__ import annotations
 
 import logging
 import secrets
-import sqlite3
 from collections.abc import Callable
 from pathlib import Path
 from typing import Concatenate, ParamSpec, TypeVar
 
-from blockstore.store import LocalDirStore
+from server.config import ConfigError, load_config
 from server.db import accounts, open_sync
+from server.db.conn import Conn
+from server.db.schema import SchemaTooNew
+from server.db.url import DatabaseUnavailable
+from server.errors import AccountError
 from server.keyring import load_master, new_wrapped_key
+from server.locations import LocationError, Locations, open_block_store
 
 log = logging.getLogger(__name__)
 
-BLOCKS_DIR = "blocks"
+
+class SetupError(Exception):
+    """The data directory's config, or the database it names, cannot be used (one line)."""
+
+
+FAILURES = (AccountError, SetupError)
+"""What an admin command reports to the operator as one line."""
 
 P = ParamSpec("P")
 T = TypeVar("T")
@@ -28,23 +40,34 @@ T = TypeVar("T")
 
 def _call(
     data_dir: Path,
-    fn: Callable[Concatenate[sqlite3.Connection, P], T],
+    fn: Callable[Concatenate[Conn, P], T],
     *args: P.args,
     **kw: P.kwargs,
 ) -> T:
     """Run `fn(conn, ...)` on a connection of its own (opened, migrated, closed)."""
-    conn = open_sync(data_dir)
+    try:
+        conn = open_sync(locations(data_dir).database)
+    except (DatabaseUnavailable, SchemaTooNew) as exc:
+        raise SetupError(str(exc)) from None
     try:
         return fn(conn, *args, **kw)
     finally:
         conn.close()
 
 
+def locations(data_dir: Path) -> Locations:
+    """Where the data directory's config says the state is (`SetupError` if it is bad)."""
+    try:
+        return Locations.from_config(load_config(None, data_dir), data_dir)
+    except (ConfigError, LocationError) as exc:
+        raise SetupError(str(exc)) from None
+
+
 def add_user(data_dir: Path, name: str, password: str, quota_bytes: int | None = None) -> None:
     """Create a user with an empty drive and a fresh data key."""
     accounts.check_user_name(name)
     accounts.check_password(password)
-    master = load_master(data_dir)
+    master = load_master(locations(data_dir).master_key_file)
     account = f"a{secrets.token_hex(8)}"
     _call(
         data_dir,
@@ -79,7 +102,7 @@ def revoke_device(data_dir: Path, name: str, device: str) -> int:
 def delete_user(data_dir: Path, name: str) -> None:
     """Delete a user, their devices, metadata and blocks."""
     account = _call(data_dir, accounts.delete_user, name)
-    store = LocalDirStore(data_dir / BLOCKS_DIR)
+    store = open_block_store(locations(data_dir).blocks)
     removed = 0
     for key in list(store.keys(f"{account}/")):
         store.delete(key)

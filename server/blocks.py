@@ -19,7 +19,7 @@ from blockstore.codec import FLAG_RAW, decode_wire_view, seal, sealed_to_wire, u
 from blockstore.errors import BlockNotFound, BlockTooLarge, CorruptBlockError
 from blockstore.ids import BlockId
 from blockstore.keys import DataKey
-from blockstore.store import LocalDirStore
+from blockstore.store import BlockStore
 from blockstore.wire import Buffer
 from server.config import ServerConfig
 from server.db import Database, accounts
@@ -44,7 +44,7 @@ class BlockService:
     def __init__(
         self,
         db: Database,
-        store: LocalDirStore,
+        store: BlockStore,
         keyring: Keyring,
         metrics: Metrics,
         max_block_bytes: int,

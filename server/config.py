@@ -1,6 +1,7 @@
 """Server configuration: limits and tunables, read from TOML (`DATA/server.toml` or `--config`).
 
-`listen` (HOST:PORT, used when `drive server serve` gets no `--listen`) and
+`listen` (HOST:PORT, used when `drive server serve` gets no `--listen`), where the
+database, blocks, archive and master key live (server.locations), and
 `default_quota_bytes` (the quota `drive server adduser` gives without `--quota`; 0 = none) sit
 next to the limits (`max_staged_bytes`: see server/quota.py), rate limits and retention
 (`revisions_kept`, `journal_keep_*`) and the idle lifetime of device tokens
@@ -30,6 +31,13 @@ class ServerConfig:
     """Limits and tunables of one server process (see docs/protocol.md for their effects)."""
 
     listen: str = "127.0.0.1:8443"
+    # Where state lives (server.locations; empty: in the data directory).
+    database: str = ""
+    blocks: str = ""
+    archive: str = ""
+    s3_endpoint: str = ""
+    s3_region: str = ""
+    master_key_file: str = ""
     default_quota_bytes: int = 0
     max_file_bytes: int = 10 * 10**9
     max_json_bytes: int = 1 * MIB
@@ -109,7 +117,10 @@ class ServerConfig:
 
 
 def load_config(path: Path | None, data_dir: Path) -> ServerConfig:
-    """Load `path`, else `DATA/server.toml` if it exists, else the defaults."""
+    """Load `path`, else `DATA/server.toml` if it exists, else the defaults; the storage
+    settings are checked too (`server.locations`)."""
+    from server.locations import LocationError, Locations
+
     if path is None:
         candidate = data_dir / "server.toml"
         if not candidate.exists():
@@ -122,4 +133,9 @@ def load_config(path: Path | None, data_dir: Path) -> ServerConfig:
         raise ConfigError(f"cannot read server config {path}: {exc.strerror}") from exc
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(f"server config {path} is not valid TOML: {exc}") from exc
-    return ServerConfig.from_mapping(table)
+    config = ServerConfig.from_mapping(table)
+    try:
+        Locations.from_config(config, data_dir)
+    except LocationError as exc:
+        raise ConfigError(f"server config {path}: {exc}") from None
+    return config

@@ -8,7 +8,6 @@ a bug: it is logged with a request id and answered 500 `internal` without a trac
 from __future__ import annotations
 
 import errno
-import sqlite3
 from collections.abc import Iterator
 from typing import Any
 
@@ -129,13 +128,13 @@ _FULL_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT})
 
 def is_out_of_space(exc: BaseException) -> bool:
     """True for a write refused because the disk (or the server's disk quota) is full: an
-    `OSError` with ENOSPC/EDQUOT, or SQLite's SQLITE_FULL (told apart by code, not text)."""
+    `OSError` with ENOSPC/EDQUOT, or the database's disk-full error (told apart by code or
+    type, not text)."""
     if isinstance(exc, OSError):
         return exc.errno in _FULL_ERRNOS
-    if isinstance(exc, sqlite3.Error):
-        code = getattr(exc, "sqlite_errorcode", None)
-        return isinstance(code, int) and code & 0xFF == sqlite3.SQLITE_FULL
-    return False
+    from server.db import is_disk_full
+
+    return is_disk_full(exc)
 
 
 def _leaves(exc: BaseException) -> Iterator[BaseException]:

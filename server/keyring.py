@@ -1,6 +1,7 @@
 """The master key and the per-account data keys it unwraps, cached for the process's life.
 
-The master key lives in DATA/master.key (mode 0600, made at first start by
+The master key lives in DATA/master.key or the configured `master_key_file` (mode 0600, made
+at first start by
 `blockstore.keys.MasterKey.load_or_create`). A data key is unwrapped once per account and
 kept in memory; key bytes are never logged.
 """
@@ -13,13 +14,12 @@ from pathlib import Path
 from blockstore.keys import DataKey, MasterKey, new_data_key, unwrap_key, wrap_key
 from server.private import private_dir
 
-MASTER_KEY_FILE = "master.key"
 
-
-def load_master(data_dir: Path) -> MasterKey:
-    """Load the server's master key, creating it at first start."""
-    private_dir(data_dir)
-    return MasterKey.load_or_create(data_dir / MASTER_KEY_FILE)
+def load_master(path: Path) -> MasterKey:
+    """Load the server's master key (`Locations.master_key_file`), creating it at first
+    start (a configured file is checked to exist when the config is loaded)."""
+    private_dir(path.parent)
+    return MasterKey.load_or_create(path)
 
 
 def new_wrapped_key(master: MasterKey, account: str) -> bytes:

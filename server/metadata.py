@@ -7,13 +7,13 @@ never touch SQL.
 
 from __future__ import annotations
 
-import sqlite3
 import time
 
 from blockstore.wire import FileRecord, RevisionInfo
 from server.config import ServerConfig
 from server.db import Database, files, journal, moves, versions
 from server.db.accounts import Principal
+from server.db.conn import Conn
 from server.db.journal import Actor, Delta
 from server.db.moves import TrashItem
 from server.db.versions import CommitRequest, Limits
@@ -66,7 +66,7 @@ class Metadata:
         failing item never undoes another); waiters are woken once at the end."""
         actor = actor_of(who)
 
-        def run_all(conn: sqlite3.Connection) -> list[FileRecord | ApiError]:
+        def run_all(conn: Conn) -> list[FileRecord | ApiError]:
             out: list[FileRecord | ApiError] = []
             for req in reqs:
                 if isinstance(req, ApiError):

@@ -30,7 +30,10 @@ from server import private
 from server.app import build_app
 from server.bulk_conn import BulkConnections
 from server.config import ConfigError, load_config
+from server.db.schema import SchemaTooNew
+from server.db.url import DatabaseUnavailable
 from server.http_worker import bind_sockets, serve_https
+from server.locations import LocationError
 from server.services import Services
 from server.tls import ensure_tls
 
@@ -149,7 +152,10 @@ def run_server(
         sockets = bind_sockets(hyper)  # before anything opens: a busy port changes nothing
     except OSError as exc:
         raise ServeError(f"cannot listen on {listen}: {exc.strerror or exc}") from exc
-    services = Services.open(data_dir, config, tls.fingerprint)
+    try:
+        services = Services.open(data_dir, config, tls.fingerprint)
+    except (DatabaseUnavailable, SchemaTooNew, LocationError) as exc:
+        raise ServeError(str(exc)) from None
     try:
         trio.run(_serve, services, hyper, sockets, data_dir, on_ready)
     finally:

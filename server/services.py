@@ -3,7 +3,8 @@
 Layout of the data directory: `drive.db` (metadata, SQLite WAL), `master.key` (0600),
 `blocks/` (sealed blocks, `{account}/{block id}`), `uploads/` (resumable sessions and
 spooled bodies), `tls/` (self-signed certificate), `server.toml` (optional config),
-`server.json` (written while serving).
+`server.json` (written while serving). The config may put the metadata, the blocks and the
+master key elsewhere (server.locations).
 """
 
 from __future__ import annotations
@@ -14,9 +15,7 @@ from pathlib import Path
 
 import trio
 
-from blockstore.store import LocalDirStore
 from server import private
-from server.admin import BLOCKS_DIR
 from server.auth import Authenticator
 from server.blocks import BlockService
 from server.body_budget import BodyRules
@@ -27,6 +26,7 @@ from server.db.versions import CommitRequest as CommitRequest
 from server.errors import RateLimited
 from server.feed import ChangeFeed
 from server.keyring import Keyring, load_master
+from server.locations import Locations, open_block_store
 from server.metadata import Metadata
 from server.metrics import Metrics
 from server.quota import StagedLimit
@@ -62,10 +62,11 @@ class Services:
         fixed = private.fix_modes(data_dir)
         if fixed:
             log.info("made %d files and directories of %s private", fixed, data_dir)
+        where = Locations.from_config(config, data_dir)
         metrics = Metrics()
-        db = Database(data_dir, config.db_threads)
-        keyring = Keyring(load_master(data_dir))
-        store = LocalDirStore(data_dir / BLOCKS_DIR)
+        db = Database(where.database, config.db_threads)
+        keyring = Keyring(load_master(where.master_key_file))
+        store = open_block_store(where.blocks)
         blocks = BlockService(
             db, store, keyring, metrics, config.max_block_bytes, StagedLimit.from_config(config)
         )

@@ -9,12 +9,20 @@ from typing import TYPE_CHECKING
 
 import pytest
 
+from tests.helpers import pg_cluster
 from tests.helpers.server_proc import ServerProcess
 
 if TYPE_CHECKING:
     from tests.helpers.moto_s3 import MotoS3
 
 _user_numbers = itertools.count(1)
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _stop_test_postgres() -> Iterator[None]:
+    """Stop the test PostgreSQL cluster (if a test started one) when the session ends."""
+    yield
+    pg_cluster.stop_cluster()
 
 
 @pytest.fixture

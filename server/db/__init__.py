@@ -1,53 +1,38 @@
-"""The metadata database handle: SQLite in WAL mode, used from worker threads only.
+"""The metadata database handle: SQLite (embedded) or PostgreSQL (scale-out), used from
+worker threads only.
 
-`Database.run(fn, *args)` runs `fn(conn, *args)` in a worker thread with a pooled
-connection, so the trio thread never blocks on SQL. Writers wrap their statements in
-`write_txn(conn)` (BEGIN IMMEDIATE ... COMMIT): one change is one transaction, and SQLite's
-single writer lock plus a busy timeout serialises writers across threads and processes (the
-admin commands run while the server does). Readers see a consistent snapshot via WAL.
+`Database.run(fn, *args)` runs `fn(conn, *args)` in a worker thread with a pooled `Conn`, so
+the trio thread never blocks on SQL. Writers wrap their statements in `write_txn(conn)`: one
+change is one transaction. On SQLite its BEGIN IMMEDIATE takes the single writer lock (plus
+a busy timeout), which serialises writers across threads and processes; on PostgreSQL a
+change whose checks read rows another server may be changing locks them first
+(`lock_namespace`, `Dialect.for_update`). Readers see one snapshot in `read_txn`.
 
-Portability: all SQL lives in this package's query modules and uses `?` placeholders and
-syntax PostgreSQL also accepts; `write_txn` is the one SQLite-specific spelling of BEGIN.
+Portability: all SQL lives in this package's query modules, once, with `?` placeholders
+(server.db.conn); engine-specific spellings are named fields of `Dialect`.
 """
 
 from __future__ import annotations
 
-import queue
-import sqlite3
+import sys
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
-from pathlib import Path
-from typing import Concatenate, ParamSpec, TypeVar
+from contextlib import AbstractContextManager, contextmanager
+from typing import Concatenate, ParamSpec, Protocol, TypeVar
 
 import trio
 
 from server.db import schema
-from server.private import create_private_file, private_dir
+from server.db.conn import Conn
+from server.db.url import DatabaseUrl, SqliteUrl
 
 P = ParamSpec("P")
 T = TypeVar("T")
 
-BUSY_TIMEOUT_MS = 15_000
-DB_FILE = "drive.db"
-
-
-def connect(path: Path) -> sqlite3.Connection:
-    """Open one connection with the settings every user of the database relies on."""
-    conn = sqlite3.connect(
-        path, timeout=BUSY_TIMEOUT_MS / 1000, isolation_level=None, check_same_thread=False
-    )
-    conn.row_factory = sqlite3.Row
-    conn.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
-    conn.execute("PRAGMA journal_mode = WAL")
-    conn.execute("PRAGMA synchronous = NORMAL")
-    conn.execute("PRAGMA foreign_keys = ON")
-    return conn
-
 
 @contextmanager
-def write_txn(conn: sqlite3.Connection) -> Iterator[sqlite3.Connection]:
-    """One write transaction: taken at BEGIN (IMMEDIATE), committed on success."""
-    conn.execute("BEGIN IMMEDIATE")
+def write_txn(conn: Conn) -> Iterator[Conn]:
+    """One write transaction, committed on success."""
+    conn.execute(conn.dialect.begin_write)
     try:
         yield conn
     except BaseException:
@@ -57,51 +42,100 @@ def write_txn(conn: sqlite3.Connection) -> Iterator[sqlite3.Connection]:
 
 
 @contextmanager
-def read_txn(conn: sqlite3.Connection) -> Iterator[sqlite3.Connection]:
+def read_txn(conn: Conn) -> Iterator[Conn]:
     """A read snapshot spanning several statements."""
-    conn.execute("BEGIN")
+    conn.execute(conn.dialect.begin_read)
     try:
         yield conn
     finally:
         conn.execute("ROLLBACK")
 
 
-def open_sync(data_dir: Path) -> sqlite3.Connection:
+def lock_row(conn: Conn, table: str, row_id: int) -> None:
+    """Inside a write transaction: hold the row `id = row_id` of `table` until it ends, so
+    what the transaction checked under it stays true until its change lands. SQLite's
+    writer lock already does that."""
+    if conn.dialect.row_locks:
+        conn.execute(f"SELECT id FROM {table} WHERE id = ?" + conn.dialect.for_update, (row_id,))
+
+
+def lock_namespace(conn: Conn, ns_id: int) -> None:
+    """Hold a namespace (its tree: a base revision, a free name) and its owner's row (the
+    usage counters) until the change lands. Every writer takes the user row before any
+    block row, so writers of one user never wait for each other in a circle."""
+    if conn.dialect.row_locks:
+        conn.execute(
+            "SELECT n.id FROM namespaces n JOIN users u ON u.id = n.owner_id WHERE n.id = ?"
+            + conn.dialect.for_update,
+            (ns_id,),
+        )
+
+
+def connect(url: DatabaseUrl) -> Conn:
+    """One connection to the configured database (`DatabaseUnavailable` if refused)."""
+    if isinstance(url, SqliteUrl):
+        from server.db import sqlite
+
+        return sqlite.connect(url.path)
+    from server.db import postgres
+
+    return postgres.connect(url)
+
+
+def open_sync(url: DatabaseUrl) -> Conn:
     """Open (creating and migrating if needed) the database for a synchronous caller."""
-    private_dir(data_dir)
-    create_private_file(data_dir / DB_FILE)  # its -wal and -shm files get its mode
-    conn = connect(data_dir / DB_FILE)
-    schema.migrate(conn)
+    conn = connect(url)
+    try:
+        schema.migrate(conn)
+    except BaseException:
+        conn.close()
+        raise
     return conn
+
+
+def is_disk_full(exc: BaseException) -> bool:
+    """True for a write the database refused because its disk is full."""
+    from server.db import sqlite
+
+    if sqlite.is_disk_full(exc):
+        return True
+    if "psycopg" not in sys.modules:  # then no error can be PostgreSQL's
+        return False
+    from server.db import postgres
+
+    return postgres.is_disk_full(exc)
+
+
+class _Pool(Protocol):
+    def connection(self) -> AbstractContextManager[Conn]: ...
+    def close(self) -> None: ...
 
 
 class Database:
     """A pool of connections used from worker threads under one capacity limiter."""
 
-    def __init__(self, data_dir: Path, threads: int = 8) -> None:
-        self.path = data_dir / DB_FILE
-        first = open_sync(data_dir)
-        self._pool: queue.SimpleQueue[sqlite3.Connection] = queue.SimpleQueue()
-        self._pool.put(first)
-        for _ in range(threads - 1):
-            self._pool.put(connect(self.path))
-        self._all = threads
+    def __init__(self, url: DatabaseUrl, threads: int = 8) -> None:
+        self.url = url
+        first = open_sync(url)
+        self._pool: _Pool
+        if isinstance(url, SqliteUrl):
+            from server.db.sqlite import SqlitePool
+
+            self._pool = SqlitePool(first, url.path, threads)
+        else:
+            from server.db.postgres import PostgresPool
+
+            first.close()
+            self._pool = PostgresPool(url, threads)
         self.limiter = trio.CapacityLimiter(threads)
 
-    def call(
-        self, fn: Callable[Concatenate[sqlite3.Connection, P], T], *args: P.args, **kw: P.kwargs
-    ) -> T:
+    def call(self, fn: Callable[Concatenate[Conn, P], T], *args: P.args, **kw: P.kwargs) -> T:
         """Run `fn(conn, ...)` synchronously with a pooled connection (worker threads only)."""
-        conn = self._pool.get()
-        try:
+        with self._pool.connection() as conn:
             return fn(conn, *args, **kw)
-        finally:
-            self._pool.put(conn)
 
-    async def run(
-        self, fn: Callable[Concatenate[sqlite3.Connection, P], T], *args: P.args, **kw: P.kwargs
-    ) -> T:
-        """Run `fn(conn, ...)` in a worker thread; the trio thread never touches SQLite."""
+    async def run(self, fn: Callable[Concatenate[Conn, P], T], *args: P.args, **kw: P.kwargs) -> T:
+        """Run `fn(conn, ...)` in a worker thread; the trio thread never touches SQL."""
 
         def call() -> T:
             return self.call(fn, *args, **kw)
@@ -110,5 +144,4 @@ class Database:
 
     def close(self) -> None:
         """Close every pooled connection (call when no `run` is in flight)."""
-        for _ in range(self._all):
-            self._pool.get_nowait().close()
+        self._pool.close()

@@ -13,11 +13,11 @@ import hashlib
 import hmac
 import re
 import secrets
-import sqlite3
 import time
 from dataclasses import dataclass
 
 from server.db import write_txn
+from server.db.conn import Conn
 from server.errors import AccountError
 
 SCRYPT_N = 2**14
@@ -133,7 +133,7 @@ def check_password(password: str) -> str:
 
 
 def create_user(
-    conn: sqlite3.Connection,
+    conn: Conn,
     name: str,
     pw_hash: str,
     account: str,
@@ -145,24 +145,24 @@ def create_user(
     with write_txn(conn):
         if conn.execute("SELECT 1 FROM users WHERE name = ?", (name,)).fetchone():
             raise AccountError(f"user {name!r} already exists")
-        cur = conn.execute(
+        (user_id,) = conn.execute(
             "INSERT INTO users (name, account, pw_hash, quota_bytes, wrapped_key, created_at)"
-            " VALUES (?, ?, ?, ?, ?, ?)",
+            " VALUES (?, ?, ?, ?, ?, ?) RETURNING id",
             (name, account, pw_hash, quota_bytes, wrapped_key, now),
-        )
-        user_id = int(cur.lastrowid or 0)
-        cur = conn.execute("INSERT INTO namespaces (owner_id, kind) VALUES (?, 'root')", (user_id,))
-        ns_id = int(cur.lastrowid or 0)
+        ).fetchone()
+        (ns_id,) = conn.execute(
+            "INSERT INTO namespaces (owner_id, kind) VALUES (?, 'root') RETURNING id", (user_id,)
+        ).fetchone()
         conn.execute("UPDATE users SET root_ns = ? WHERE id = ?", (ns_id, user_id))
         conn.execute(
             "INSERT INTO files (ns_id, id, parent_id, name, kind, mode, mtime_ns, rev)"
             " VALUES (?, 1, NULL, '', 'dir', ?, ?, 0)",
             (ns_id, 0o755, time.time_ns()),
         )
-    return user_id
+    return int(user_id)
 
 
-def set_password(conn: sqlite3.Connection, name: str, pw_hash: str, *, revoke_devices: bool) -> int:
+def set_password(conn: Conn, name: str, pw_hash: str, *, revoke_devices: bool) -> int:
     """Change a user's password, and with `revoke_devices` revoke every device token of
     theirs in the same transaction (a leaked password must not leave an intruder logged in).
 
@@ -183,7 +183,7 @@ def set_password(conn: sqlite3.Connection, name: str, pw_hash: str, *, revoke_de
         return cur.rowcount
 
 
-def delete_user(conn: sqlite3.Connection, name: str) -> str:
+def delete_user(conn: Conn, name: str) -> str:
     """Delete a user and every row they own; returns the account id (for block cleanup)."""
     with write_txn(conn):
         row = conn.execute("SELECT id, account FROM users WHERE name = ?", (name,)).fetchone()
@@ -206,7 +206,7 @@ def delete_user(conn: sqlite3.Connection, name: str) -> str:
     return account
 
 
-def list_users(conn: sqlite3.Connection) -> list[UserInfo]:
+def list_users(conn: Conn) -> list[UserInfo]:
     """Every user, by name."""
     rows = conn.execute(
         "SELECT u.name, u.account, u.quota_bytes, u.used_bytes, u.created_at,"
@@ -216,26 +216,24 @@ def list_users(conn: sqlite3.Connection) -> list[UserInfo]:
     return [UserInfo(r[0], r[1], r[2], r[3], r[5], r[4]) for r in rows]
 
 
-def password_hash_of(conn: sqlite3.Connection, name: str) -> tuple[int, str] | None:
+def password_hash_of(conn: Conn, name: str) -> tuple[int, str] | None:
     """The user's id and stored password hash, or None for an unknown user."""
     row = conn.execute("SELECT id, pw_hash FROM users WHERE name = ?", (name,)).fetchone()
     return None if row is None else (int(row[0]), str(row[1]))
 
 
-def add_device(conn: sqlite3.Connection, user_id: int, device: str, tok_hash: str) -> int:
+def add_device(conn: Conn, user_id: int, device: str, tok_hash: str) -> int:
     """Record a device login; returns the device id."""
     with write_txn(conn):
-        cur = conn.execute(
+        (device_id,) = conn.execute(
             "INSERT INTO devices (user_id, name, token_hash, created_at, last_seen)"
-            " VALUES (?, ?, ?, ?, ?)",
+            " VALUES (?, ?, ?, ?, ?) RETURNING id",
             (user_id, device, tok_hash, time.time(), time.time()),
-        )
-        return int(cur.lastrowid or 0)
+        ).fetchone()
+        return int(device_id)
 
 
-def principal_for(
-    conn: sqlite3.Connection, tok_hash: str, not_before: float
-) -> tuple[Principal, float] | None:
+def principal_for(conn: Conn, tok_hash: str, not_before: float) -> tuple[Principal, float] | None:
     """The live device and user behind a token hash with the device's recorded last use, or
     None when the token is unknown, revoked, or last used before `not_before` (expired)."""
     row = conn.execute(
@@ -252,7 +250,7 @@ def principal_for(
     return who, float(row[6])
 
 
-def touch_device(conn: sqlite3.Connection, device_id: int, now: float) -> None:
+def touch_device(conn: Conn, device_id: int, now: float) -> None:
     """Record a use of a device's token (never moves the time backwards)."""
     with write_txn(conn):
         conn.execute(
@@ -261,13 +259,13 @@ def touch_device(conn: sqlite3.Connection, device_id: int, now: float) -> None:
         )
 
 
-def revoke_device(conn: sqlite3.Connection, device_id: int) -> None:
+def revoke_device(conn: Conn, device_id: int) -> None:
     """Revoke one device's token."""
     with write_txn(conn):
         conn.execute("UPDATE devices SET revoked_at = ? WHERE id = ?", (time.time(), device_id))
 
 
-def list_devices(conn: sqlite3.Connection, name: str) -> list[DeviceInfo]:
+def list_devices(conn: Conn, name: str) -> list[DeviceInfo]:
     """The user's devices whose tokens are not revoked (expired ones included), oldest
     first."""
     row = conn.execute("SELECT id FROM users WHERE name = ?", (name,)).fetchone()
@@ -281,7 +279,7 @@ def list_devices(conn: sqlite3.Connection, name: str) -> list[DeviceInfo]:
     return [DeviceInfo(int(r[0]), str(r[1]), float(r[2]), float(r[3])) for r in rows]
 
 
-def revoke_named_device(conn: sqlite3.Connection, name: str, device: str) -> int:
+def revoke_named_device(conn: Conn, name: str, device: str) -> int:
     """Revoke the user's live tokens of the device called `device` (two logins may share a
     name: all of them go), else of the device whose id is `device`.
 
@@ -309,7 +307,7 @@ def revoke_named_device(conn: sqlite3.Connection, name: str, device: str) -> int
         return cur.rowcount
 
 
-def usage(conn: sqlite3.Connection, user_id: int) -> Usage:
+def usage(conn: Conn, user_id: int) -> Usage:
     """The user's quota (None for unlimited), referenced and staged block bytes."""
     row = conn.execute(
         "SELECT quota_bytes, used_bytes, staged_bytes FROM users WHERE id = ?", (user_id,)
@@ -317,7 +315,7 @@ def usage(conn: sqlite3.Connection, user_id: int) -> Usage:
     return Usage(None if row[0] is None else int(row[0]), int(row[1]), int(row[2]))
 
 
-def account_key(conn: sqlite3.Connection, user_id: int) -> tuple[str, bytes]:
+def account_key(conn: Conn, user_id: int) -> tuple[str, bytes]:
     """The user's account id and wrapped data key."""
     row = conn.execute("SELECT account, wrapped_key FROM users WHERE id = ?", (user_id,)).fetchone()
     return str(row[0]), bytes(row[1])

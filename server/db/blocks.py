@@ -13,38 +13,42 @@ transaction, so `used_bytes` is always the sum over referenced blocks.
 
 from __future__ import annotations
 
-import sqlite3
 import time
 from collections import Counter
 from collections.abc import Iterable, Sequence
 
-from server.db import write_txn
+from server.db import lock_row, write_txn
+from server.db.conn import Conn
 
 _BATCH = 500
 
 
-def present(conn: sqlite3.Connection, user_id: int, ids: Sequence[str]) -> set[str]:
+def present(conn: Conn, user_id: int, ids: Sequence[str]) -> set[str]:
     """The subset of `ids` this user holds."""
     return set(sizes(conn, user_id, ids))
 
 
-def sizes(conn: sqlite3.Connection, user_id: int, ids: Sequence[str]) -> dict[str, int]:
+def sizes(conn: Conn, user_id: int, ids: Sequence[str], *, lock: bool = False) -> dict[str, int]:
     """`block id -> plaintext size as stored` of the blocks among `ids` this user holds
-    (a commit is checked against these, never trusted for them)."""
+    (a commit is checked against these, never trusted for them). With `lock` (inside a
+    write transaction) the rows stay locked until it ends, so garbage collection cannot
+    remove a block between this check and the references the caller then takes."""
+    suffix = conn.dialect.for_update if lock else ""
     found: dict[str, int] = {}
     unique = list(dict.fromkeys(ids))
     for i in range(0, len(unique), _BATCH):
         batch = unique[i : i + _BATCH]
         marks = ",".join("?" * len(batch))
         rows = conn.execute(
-            f"SELECT block_id, size FROM blocks WHERE user_id = ? AND block_id IN ({marks})",
+            f"SELECT block_id, size FROM blocks WHERE user_id = ? AND block_id IN ({marks})"
+            + suffix,
             (user_id, *batch),
         )
         found.update((str(r[0]), int(r[1])) for r in rows)
     return found
 
 
-def touch_if_present(conn: sqlite3.Connection, user_id: int, block_id: str) -> bool:
+def touch_if_present(conn: Conn, user_id: int, block_id: str) -> bool:
     """If the block is held, restart its grace period (a new upload wants it); True if held."""
     with write_txn(conn):
         cur = conn.execute(
@@ -56,9 +60,7 @@ def touch_if_present(conn: sqlite3.Connection, user_id: int, block_id: str) -> b
         return cur.rowcount > 0
 
 
-def insert(
-    conn: sqlite3.Connection, user_id: int, block_id: str, size: int, stored_size: int
-) -> bool:
+def insert(conn: Conn, user_id: int, block_id: str, size: int, stored_size: int) -> bool:
     """Record a newly stored block (refcount 0, so staged; grace period starting now).
 
     Returns:
@@ -80,7 +82,7 @@ def insert(
         return False
 
 
-def add_refs(conn: sqlite3.Connection, user_id: int, ids: Iterable[str], delta: int) -> None:
+def add_refs(conn: Conn, user_id: int, ids: Iterable[str], delta: int) -> None:
     """Add `delta` (+1/-1) references per occurrence (inside the caller's transaction), and
     move the size of every block whose count crosses zero between staged and used."""
     counts = Counter(ids)
@@ -106,9 +108,7 @@ def add_refs(conn: sqlite3.Connection, user_id: int, ids: Iterable[str], delta: 
         )
 
 
-def _refcounts(
-    conn: sqlite3.Connection, user_id: int, ids: Sequence[str]
-) -> dict[str, tuple[int, int]]:
+def _refcounts(conn: Conn, user_id: int, ids: Sequence[str]) -> dict[str, tuple[int, int]]:
     """`block id -> (refcount, size)` of the held blocks among `ids` (each id once)."""
     found: dict[str, tuple[int, int]] = {}
     for i in range(0, len(ids), _BATCH):
@@ -123,9 +123,7 @@ def _refcounts(
     return found
 
 
-def gc_candidates(
-    conn: sqlite3.Connection, grace_seconds: float, limit: int
-) -> list[tuple[int, str]]:
+def gc_candidates(conn: Conn, grace_seconds: float, limit: int) -> list[tuple[int, str]]:
     """Unreferenced blocks whose grace period is over: `(user_id, block_id)`."""
     cutoff = time.time() - grace_seconds
     rows = conn.execute(
@@ -136,15 +134,14 @@ def gc_candidates(
     return [(int(r[0]), str(r[1])) for r in rows]
 
 
-def forget_if_unused(
-    conn: sqlite3.Connection, user_id: int, block_id: str, grace_seconds: float
-) -> bool:
+def forget_if_unused(conn: Conn, user_id: int, block_id: str, grace_seconds: float) -> bool:
     """Delete the row if it is still unreferenced past its grace period; True if deleted."""
     cutoff = time.time() - grace_seconds
     with write_txn(conn):
+        lock_row(conn, "users", user_id)  # before the block row, as every writer does
         row = conn.execute(
             "SELECT size FROM blocks WHERE user_id = ? AND block_id = ? AND refcount <= 0"
-            " AND zero_since IS NOT NULL AND zero_since < ?",
+            " AND zero_since IS NOT NULL AND zero_since < ?" + conn.dialect.for_update,
             (user_id, block_id, cutoff),
         ).fetchone()
         if row is None:
@@ -156,7 +153,7 @@ def forget_if_unused(
         return True
 
 
-def has_block(conn: sqlite3.Connection, user_id: int, block_id: str) -> bool:
+def has_block(conn: Conn, user_id: int, block_id: str) -> bool:
     """True if the user holds the block."""
     row = conn.execute(
         "SELECT 1 FROM blocks WHERE user_id = ? AND block_id = ?", (user_id, block_id)

@@ -8,23 +8,22 @@ NULL`) are visible by path; a partial unique index keeps live names unique per d
 
 from __future__ import annotations
 
-import sqlite3
 import time
 from typing import Any
 
 from blockstore.ids import BlockId
 from blockstore.wire import ROOT_ID, FileRecord, join_path, path_parts, split_path
-from server.db import journal, read_txn, write_txn
+from server.db import journal, lock_namespace, read_txn, write_txn
+from server.db.conn import Conn, Row
 from server.db.journal import Actor
 from server.errors import BadRequest, Exists, NotFound, ParentMissing
 
-Row = sqlite3.Row
 COLUMNS = "id, parent_id, name, kind, mode, mtime_ns, rev, size, content_hash, target, deleted_at"
 DEFAULT_DIR_MODE = 0o755
 DEFAULT_FILE_MODE = 0o644
 
 
-def get_row(conn: sqlite3.Connection, ns_id: int, file_id: int) -> Row | None:
+def get_row(conn: Conn, ns_id: int, file_id: int) -> Row | None:
     """The row of `file_id` (live or deleted), or None."""
     row: Row | None = conn.execute(
         f"SELECT {COLUMNS} FROM files WHERE ns_id = ? AND id = ?", (ns_id, file_id)
@@ -32,7 +31,7 @@ def get_row(conn: sqlite3.Connection, ns_id: int, file_id: int) -> Row | None:
     return row
 
 
-def child(conn: sqlite3.Connection, ns_id: int, parent_id: int, name: str) -> Row | None:
+def child(conn: Conn, ns_id: int, parent_id: int, name: str) -> Row | None:
     """The live entry `name` in directory `parent_id`, or None."""
     row: Row | None = conn.execute(
         f"SELECT {COLUMNS} FROM files WHERE ns_id = ? AND parent_id = ? AND name = ?"
@@ -42,7 +41,7 @@ def child(conn: sqlite3.Connection, ns_id: int, parent_id: int, name: str) -> Ro
     return row
 
 
-def resolve(conn: sqlite3.Connection, ns_id: int, path: str) -> Row | None:
+def resolve(conn: Conn, ns_id: int, path: str) -> Row | None:
     """The live entry at `path`, or None (also None when a parent is not a directory)."""
     row = get_row(conn, ns_id, ROOT_ID)
     for name in path_parts(path):
@@ -52,7 +51,7 @@ def resolve(conn: sqlite3.Connection, ns_id: int, path: str) -> Row | None:
     return row
 
 
-def need(conn: sqlite3.Connection, ns_id: int, path: str) -> Row:
+def need(conn: Conn, ns_id: int, path: str) -> Row:
     """The live entry at `path`; 404 if there is none."""
     row = resolve(conn, ns_id, path)
     if row is None:
@@ -60,7 +59,7 @@ def need(conn: sqlite3.Connection, ns_id: int, path: str) -> Row:
     return row
 
 
-def need_parent_dir(conn: sqlite3.Connection, ns_id: int, path: str) -> tuple[Row, str]:
+def need_parent_dir(conn: Conn, ns_id: int, path: str) -> tuple[Row, str]:
     """The live parent directory of `path` and the last name; 404 `no_parent` / 400."""
     parent_path, name = split_path(path)
     parent = resolve(conn, ns_id, parent_path)
@@ -71,7 +70,7 @@ def need_parent_dir(conn: sqlite3.Connection, ns_id: int, path: str) -> tuple[Ro
     return parent, name
 
 
-def path_of(conn: sqlite3.Connection, ns_id: int, file_id: int) -> str:
+def path_of(conn: Conn, ns_id: int, file_id: int) -> str:
     """The path of an entry, walking up its parents."""
     names: list[str] = []
     current: int | None = file_id
@@ -86,9 +85,7 @@ def path_of(conn: sqlite3.Connection, ns_id: int, file_id: int) -> str:
     return "/" + "/".join(reversed(names))
 
 
-def block_list(
-    conn: sqlite3.Connection, ns_id: int, file_id: int, rev: int
-) -> tuple[tuple[BlockId, int], ...]:
+def block_list(conn: Conn, ns_id: int, file_id: int, rev: int) -> tuple[tuple[BlockId, int], ...]:
     """The ordered block list of one version."""
     rows = conn.execute(
         "SELECT block_id, size FROM version_blocks WHERE ns_id = ? AND file_id = ? AND rev = ?"
@@ -99,7 +96,7 @@ def block_list(
 
 
 def record(
-    conn: sqlite3.Connection,
+    conn: Conn,
     ns_id: int,
     row: Row,
     path: str,
@@ -131,13 +128,13 @@ def record(
     return FileRecord(**values)
 
 
-def meta_by_path(conn: sqlite3.Connection, ns_id: int, path: str) -> FileRecord:
+def meta_by_path(conn: Conn, ns_id: int, path: str) -> FileRecord:
     """GET /meta?path=."""
     with read_txn(conn):
         return record(conn, ns_id, need(conn, ns_id, path), path)
 
 
-def meta_by_id(conn: sqlite3.Connection, ns_id: int, file_id: int) -> FileRecord:
+def meta_by_id(conn: Conn, ns_id: int, file_id: int) -> FileRecord:
     """GET /meta?id=; deleted entries are 404 like absent ones."""
     with read_txn(conn):
         row = get_row(conn, ns_id, file_id)
@@ -147,15 +144,14 @@ def meta_by_id(conn: sqlite3.Connection, ns_id: int, file_id: int) -> FileRecord
 
 
 def list_dir(
-    conn: sqlite3.Connection, ns_id: int, path: str, limit: int, after: str | None
+    conn: Conn, ns_id: int, path: str, limit: int, after: str | None
 ) -> tuple[list[FileRecord], str | None]:
     """Children of a directory sorted by name (bytewise), one page after `after`."""
     with read_txn(conn):
         row = need(conn, ns_id, path)
         if row["kind"] != "dir":
             raise BadRequest(f"not a directory: {path}")
-        # SQLite's default BINARY collation compares UTF-8 bytes; on PostgreSQL the column
-        # must be declared COLLATE "C" for the same bytewise order.
+        # Bytewise order on both engines: SQLite's BINARY collation, COLLATE "C" (schema).
         sql = (
             f"SELECT {COLUMNS} FROM files WHERE ns_id = ? AND parent_id = ? AND deleted_at IS NULL"
         )
@@ -174,7 +170,7 @@ def list_dir(
     return entries, (entries[-1].name if more and entries else None)
 
 
-def new_file_id(conn: sqlite3.Connection, ns_id: int) -> int:
+def new_file_id(conn: Conn, ns_id: int) -> int:
     """Allocate the next file id of a namespace (inside a write transaction)."""
     conn.execute("UPDATE namespaces SET next_file_id = next_file_id + 1 WHERE id = ?", (ns_id,))
     (next_id,) = conn.execute(
@@ -184,7 +180,7 @@ def new_file_id(conn: sqlite3.Connection, ns_id: int) -> int:
 
 
 def insert_entry(
-    conn: sqlite3.Connection,
+    conn: Conn,
     ns_id: int,
     file_id: int,
     parent_id: int,
@@ -206,14 +202,15 @@ def insert_entry(
 
 
 def _make(
-    conn: sqlite3.Connection, actor: Actor, path: str, kind: str, mode: int, target: str | None
+    conn: Conn, actor: Actor, path: str, kind: str, mode: int, target: str | None
 ) -> FileRecord:
     with write_txn(conn):
+        lock_namespace(conn, actor.ns_id)
         return _make_in_txn(conn, actor, path, kind, mode, target)
 
 
 def _make_in_txn(
-    conn: sqlite3.Connection, actor: Actor, path: str, kind: str, mode: int, target: str | None
+    conn: Conn, actor: Actor, path: str, kind: str, mode: int, target: str | None
 ) -> FileRecord:
     """Create and journal one entry inside the caller's write transaction."""
     parent, name = need_parent_dir(conn, actor.ns_id, path)
@@ -230,17 +227,18 @@ def _make_in_txn(
     return rec
 
 
-def mkdir(conn: sqlite3.Connection, actor: Actor, path: str, mode: int) -> FileRecord:
+def mkdir(conn: Conn, actor: Actor, path: str, mode: int) -> FileRecord:
     """POST /mkdir."""
     return _make(conn, actor, path, "dir", mode, None)
 
 
-def make_parents(conn: sqlite3.Connection, actor: Actor, path: str) -> int:
+def make_parents(conn: Conn, actor: Actor, path: str) -> int:
     """Create the missing folders above `path` (as `mkdir` does, each journaled), in one
     transaction; returns how many were made. 400 if an ancestor is not a folder."""
     parts = path_parts(split_path(path)[0])
     made = 0
     with write_txn(conn):
+        lock_namespace(conn, actor.ns_id)
         parent = get_row(conn, actor.ns_id, ROOT_ID)
         for depth, name in enumerate(parts, 1):
             assert parent is not None
@@ -256,16 +254,17 @@ def make_parents(conn: sqlite3.Connection, actor: Actor, path: str) -> int:
     return made
 
 
-def symlink(conn: sqlite3.Connection, actor: Actor, path: str, target: str) -> FileRecord:
+def symlink(conn: Conn, actor: Actor, path: str, target: str) -> FileRecord:
     """POST /symlink."""
     return _make(conn, actor, path, "symlink", 0o777, target)
 
 
 def setattr_(
-    conn: sqlite3.Connection, actor: Actor, path: str, mode: int | None, mtime_ns: int | None
+    conn: Conn, actor: Actor, path: str, mode: int | None, mtime_ns: int | None
 ) -> FileRecord:
     """POST /setattr: chmod and/or utimens; journaled, no new revision."""
     with write_txn(conn):
+        lock_namespace(conn, actor.ns_id)
         row = need(conn, actor.ns_id, path)
         if mode is not None:
             conn.execute(

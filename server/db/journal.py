@@ -13,13 +13,13 @@ own token made elsewhere (a `drive restore` from the same home's CLI).
 from __future__ import annotations
 
 import json
-import sqlite3
 import time
 from dataclasses import dataclass
 from typing import Any
 
 from blockstore.wire import FileRecord
-from server.db import write_txn
+from server.db import read_txn, write_txn
+from server.db.conn import Conn
 
 
 @dataclass(frozen=True, slots=True)
@@ -46,7 +46,7 @@ class Delta:
 
 
 def append(
-    conn: sqlite3.Connection,
+    conn: Conn,
     actor: Actor,
     op: str,
     record: FileRecord,
@@ -75,16 +75,15 @@ def append(
     return int(seq)
 
 
-def head(conn: sqlite3.Connection, ns_id: int) -> int:
+def head(conn: Conn, ns_id: int) -> int:
     """The namespace's newest sequence number (0 before any change)."""
     row = conn.execute("SELECT head_seq FROM namespaces WHERE id = ?", (ns_id,)).fetchone()
     return 0 if row is None else int(row[0])
 
 
-def delta(conn: sqlite3.Connection, ns_id: int, cursor: int, limit: int) -> Delta:
+def delta(conn: Conn, ns_id: int, cursor: int, limit: int) -> Delta:
     """Changes after `cursor`, oldest first, at most `limit`."""
-    conn.execute("BEGIN")
-    try:
+    with read_txn(conn):
         head_seq, trimmed = conn.execute(
             "SELECT head_seq, trimmed_seq FROM namespaces WHERE id = ?", (ns_id,)
         ).fetchone()
@@ -95,8 +94,6 @@ def delta(conn: sqlite3.Connection, ns_id: int, cursor: int, limit: int) -> Delt
             " FROM journal WHERE ns_id = ? AND seq > ? ORDER BY seq LIMIT ?",
             (ns_id, cursor, limit + 1),
         ).fetchall()
-    finally:
-        conn.execute("ROLLBACK")
     has_more = len(rows) > limit
     rows = rows[:limit]
     entries = [
@@ -117,7 +114,7 @@ def delta(conn: sqlite3.Connection, ns_id: int, cursor: int, limit: int) -> Delt
     return Delta(entries, new_cursor, has_more, False)
 
 
-def trim(conn: sqlite3.Connection, keep_entries: int, keep_seconds: float) -> int:
+def trim(conn: Conn, keep_entries: int, keep_seconds: float) -> int:
     """Drop entries beyond `keep_entries` per namespace or older than `keep_seconds`.
 
     Returns:

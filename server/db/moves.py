@@ -13,13 +13,13 @@ file becomes the next revisions of the target (editors' atomic saves keep the hi
 
 from __future__ import annotations
 
-import sqlite3
 import time
 from dataclasses import dataclass
 
 from blockstore.wire import ROOT_PATH, FileRecord, is_within
-from server.db import journal, read_txn, versions, write_txn
-from server.db.files import Row, child, get_row, need, need_parent_dir, path_of, record
+from server.db import journal, lock_namespace, read_txn, versions, write_txn
+from server.db.conn import Conn, Row
+from server.db.files import child, get_row, need, need_parent_dir, path_of, record
 from server.db.journal import Actor
 from server.errors import BadRequest, Conflict, Exists, NotEmpty, NotFound, ParentMissing
 
@@ -34,7 +34,7 @@ class TrashItem:
     deleted_at: float
 
 
-def _has_children(conn: sqlite3.Connection, ns_id: int, dir_id: int) -> bool:
+def _has_children(conn: Conn, ns_id: int, dir_id: int) -> bool:
     return (
         conn.execute(
             "SELECT 1 FROM files WHERE ns_id = ? AND parent_id = ? AND deleted_at IS NULL LIMIT 1",
@@ -44,7 +44,7 @@ def _has_children(conn: sqlite3.Connection, ns_id: int, dir_id: int) -> bool:
     )
 
 
-def _trash(conn: sqlite3.Connection, ns_id: int, row: Row, path: str) -> None:
+def _trash(conn: Conn, ns_id: int, row: Row, path: str) -> None:
     """Mark `row` and its live subtree deleted, as one trash item."""
     now = time.time()
     root_id = int(row["id"])
@@ -62,21 +62,21 @@ def _trash(conn: sqlite3.Connection, ns_id: int, row: Row, path: str) -> None:
     )
 
 
-def _set_place(conn: sqlite3.Connection, ns_id: int, file_id: int, parent: int, name: str) -> None:
+def _set_place(conn: Conn, ns_id: int, file_id: int, parent: int, name: str) -> None:
     conn.execute(
         "UPDATE files SET parent_id = ?, name = ? WHERE ns_id = ? AND id = ?",
         (parent, name, ns_id, file_id),
     )
 
 
-def _moved_record(conn: sqlite3.Connection, ns_id: int, file_id: int, path: str) -> FileRecord:
+def _moved_record(conn: Conn, ns_id: int, file_id: int, path: str) -> FileRecord:
     row = get_row(conn, ns_id, file_id)
     assert row is not None
     return record(conn, ns_id, row, path)
 
 
 def _check_rev(
-    conn: sqlite3.Connection,
+    conn: Conn,
     ns_id: int,
     row: Row,
     path: str,
@@ -96,7 +96,7 @@ def _check_rev(
     raise Conflict(f"{path} is {what}", current=current)
 
 
-def _need_entry(conn: sqlite3.Connection, ns_id: int, path: str, expected_id: int | None) -> Row:
+def _need_entry(conn: Conn, ns_id: int, path: str, expected_id: int | None) -> Row:
     """The live entry at `path`; 404 also when it is not the entry `expected_id` the caller
     means (that one was moved or deleted elsewhere, and another took its name)."""
     row = need(conn, ns_id, path)
@@ -106,7 +106,7 @@ def _need_entry(conn: sqlite3.Connection, ns_id: int, path: str, expected_id: in
 
 
 def _replace_content(
-    conn: sqlite3.Connection, actor: Actor, row: Row, src: str, target: Row, dst: str, keep: int
+    conn: Conn, actor: Actor, row: Row, src: str, target: Row, dst: str, keep: int
 ) -> FileRecord:
     """Rename the file `row` over the file `target`: the source's revisions, oldest first,
     become the next revisions of the target (with their devices and times), which keeps its
@@ -139,9 +139,7 @@ def _replace_content(
     return rec
 
 
-def _move_version(
-    conn: sqlite3.Connection, ns_id: int, old: tuple[int, int], new: tuple[int, int]
-) -> None:
+def _move_version(conn: Conn, ns_id: int, old: tuple[int, int], new: tuple[int, int]) -> None:
     """Re-home one version (its block list and block references with it) from (file, rev)
     `old` to `new`: copy the row, point the block list at the copy, drop the original (the
     foreign keys and the unique commit id allow no other order)."""
@@ -171,7 +169,7 @@ def _move_version(
 
 
 def move(
-    conn: sqlite3.Connection,
+    conn: Conn,
     actor: Actor,
     src: str,
     dst: str,
@@ -194,6 +192,7 @@ def move(
     if src == ROOT_PATH or dst == ROOT_PATH:
         raise BadRequest("the root directory cannot be moved or replaced")
     with write_txn(conn):
+        lock_namespace(conn, ns)
         row = _need_entry(conn, ns, src, src_id)
         _check_rev(conn, ns, row, src, src_rev)
         if row["kind"] == "dir" and is_within(dst, src) and dst != src:
@@ -239,7 +238,7 @@ def move(
 
 
 def delete(
-    conn: sqlite3.Connection,
+    conn: Conn,
     actor: Actor,
     path: str,
     recursive: bool,
@@ -253,6 +252,7 @@ def delete(
     if path == ROOT_PATH:
         raise BadRequest("the root directory cannot be deleted")
     with write_txn(conn):
+        lock_namespace(conn, ns)
         row = _need_entry(conn, ns, path, file_id)
         _check_rev(conn, ns, row, path, base_rev)
         if row["kind"] == "dir" and not recursive and _has_children(conn, ns, int(row["id"])):
@@ -263,7 +263,7 @@ def delete(
         return rec
 
 
-def trash(conn: sqlite3.Connection, ns_id: int) -> list[TrashItem]:
+def trash(conn: Conn, ns_id: int) -> list[TrashItem]:
     """GET /trash: deleted items (each delete is one item), newest first."""
     with read_txn(conn):
         rows = conn.execute(
@@ -274,10 +274,11 @@ def trash(conn: sqlite3.Connection, ns_id: int) -> list[TrashItem]:
     return [TrashItem(int(r[0]), str(r[1]), str(r[2]), float(r[3])) for r in rows]
 
 
-def undelete(conn: sqlite3.Connection, actor: Actor, path: str) -> FileRecord:
+def undelete(conn: Conn, actor: Actor, path: str) -> FileRecord:
     """POST /undelete: bring back the newest trash item deleted from `path`."""
     ns = actor.ns_id
     with write_txn(conn):
+        lock_namespace(conn, ns)
         row = conn.execute(
             "SELECT id, parent_id, name FROM files WHERE ns_id = ? AND deleted_at IS NOT NULL"
             " AND trash_root = id AND trash_path = ? ORDER BY deleted_at DESC, id DESC LIMIT 1",

@@ -1,10 +1,12 @@
 """The metadata schema as an ordered list of migrations, and the code that applies them.
 
-Each migration is a list of portable SQL statements (types and syntax that SQLite and
-PostgreSQL both accept: INTEGER/BIGINT/TEXT/DOUBLE PRECISION/BLOB->BYTEA aside, partial
-unique indexes, ON CONFLICT upserts). `schema_version` holds the number of migrations
-applied; a database newer than this code is refused rather than guessed at. A statement may
-use the named parameter `:now`, the time (unix seconds) its migration runs.
+Each migration is a list of portable SQL statements that SQLite and PostgreSQL both run; the
+few words the engines spell differently are written `{serial_pk}` (an id the database
+assigns), `{bytes}` (BLOB / BYTEA) and `{bytewise}` (names compare and sort by their UTF-8
+bytes: SQLite's default, `COLLATE "C"` on PostgreSQL), see `server.db.conn.Dialect`.
+`schema_version` holds the number of migrations applied; a database newer than this code is
+refused rather than guessed at. A statement may use one `?`: the time (unix seconds) its
+migration runs.
 
 Identity: user-facing file ids are per namespace (`files` is keyed by `(ns_id, id)`), so every
 namespace's root is id 1 and one user can never name another user's file by its number.
@@ -12,24 +14,25 @@ namespace's root is id 1 and one user can never name another user's file by its 
 
 from __future__ import annotations
 
-import sqlite3
 import time
+
+from server.db.conn import Conn
 
 MIGRATIONS: list[list[str]] = [
     [
         """CREATE TABLE users (
-            id INTEGER PRIMARY KEY,
+            id {serial_pk},
             name TEXT NOT NULL UNIQUE,
             account TEXT NOT NULL UNIQUE,
             pw_hash TEXT NOT NULL,
             quota_bytes BIGINT,
             used_bytes BIGINT NOT NULL DEFAULT 0,
-            wrapped_key BLOB NOT NULL,
+            wrapped_key {bytes} NOT NULL,
             root_ns INTEGER,
             created_at DOUBLE PRECISION NOT NULL
         )""",
         """CREATE TABLE devices (
-            id INTEGER PRIMARY KEY,
+            id {serial_pk},
             user_id INTEGER NOT NULL REFERENCES users(id) ON DELETE CASCADE,
             name TEXT NOT NULL,
             token_hash TEXT NOT NULL UNIQUE,
@@ -39,7 +42,7 @@ MIGRATIONS: list[list[str]] = [
         )""",
         "CREATE INDEX devices_user ON devices (user_id)",
         """CREATE TABLE namespaces (
-            id INTEGER PRIMARY KEY,
+            id {serial_pk},
             owner_id INTEGER NOT NULL REFERENCES users(id) ON DELETE CASCADE,
             kind TEXT NOT NULL,
             head_seq BIGINT NOT NULL DEFAULT 0,
@@ -50,7 +53,7 @@ MIGRATIONS: list[list[str]] = [
             ns_id INTEGER NOT NULL REFERENCES namespaces(id) ON DELETE CASCADE,
             id BIGINT NOT NULL,
             parent_id BIGINT,
-            name TEXT NOT NULL,
+            name TEXT{bytewise} NOT NULL,
             kind TEXT NOT NULL,
             mode INTEGER NOT NULL,
             mtime_ns BIGINT NOT NULL,
@@ -159,7 +162,7 @@ MIGRATIONS: list[list[str]] = [
     # 5: device tokens expire after an idle time counted from `last_seen` (server.tokens),
     # which was never written back before: give every live token a full idle period from
     # the upgrade rather than expiring every device logged in long ago at once.
-    ["UPDATE devices SET last_seen = :now WHERE revoked_at IS NULL"],
+    ["UPDATE devices SET last_seen = ? WHERE revoked_at IS NULL"],
 ]
 
 SCHEMA_VERSION = len(MIGRATIONS)
@@ -169,13 +172,43 @@ class SchemaTooNew(Exception):
     """The database was written by a newer server than this one."""
 
 
-def migrate(conn: sqlite3.Connection) -> int:
-    """Apply the migrations this database lacks, each in its own transaction.
+def migrate(conn: Conn) -> int:
+    """Apply the migrations this database lacks, each in its own transaction (one process
+    migrates at a time: SQLite's writer lock, PostgreSQL's `Dialect.lock_schema`).
 
     Returns:
         The schema version now in place.
     """
-    conn.execute("BEGIN IMMEDIATE")
+    current = _version_row(conn)
+    if current > SCHEMA_VERSION:
+        raise SchemaTooNew(
+            f"database schema version {current} is newer than this server ({SCHEMA_VERSION})"
+        )
+    for version in range(current, SCHEMA_VERSION):
+        _begin(conn)
+        try:
+            (now,) = conn.execute("SELECT version FROM schema_version").fetchone()
+            if now == version:
+                for stmt in MIGRATIONS[version]:
+                    sql = stmt.format(**conn.dialect.ddl_words)
+                    conn.execute(sql, (time.time(),) if "?" in sql else ())
+                conn.execute("UPDATE schema_version SET version = ?", (version + 1,))
+            conn.execute("COMMIT")
+        except BaseException:
+            conn.execute("ROLLBACK")
+            raise
+    return SCHEMA_VERSION
+
+
+def _begin(conn: Conn) -> None:
+    conn.execute(conn.dialect.begin_write)
+    if conn.dialect.lock_schema:
+        conn.execute(conn.dialect.lock_schema)
+
+
+def _version_row(conn: Conn) -> int:
+    """The applied schema version, creating the table that holds it (0) if missing."""
+    _begin(conn)
     try:
         conn.execute("CREATE TABLE IF NOT EXISTS schema_version (version INTEGER NOT NULL)")
         row = conn.execute("SELECT version FROM schema_version").fetchone()
@@ -188,20 +221,4 @@ def migrate(conn: sqlite3.Connection) -> int:
     except BaseException:
         conn.execute("ROLLBACK")
         raise
-    if current > SCHEMA_VERSION:
-        raise SchemaTooNew(
-            f"database schema version {current} is newer than this server ({SCHEMA_VERSION})"
-        )
-    for version in range(current, SCHEMA_VERSION):
-        conn.execute("BEGIN IMMEDIATE")
-        try:
-            (now,) = conn.execute("SELECT version FROM schema_version").fetchone()
-            if now == version:
-                for stmt in MIGRATIONS[version]:
-                    conn.execute(stmt, {"now": time.time()} if ":now" in stmt else ())
-                conn.execute("UPDATE schema_version SET version = ?", (version + 1,))
-            conn.execute("COMMIT")
-        except BaseException:
-            conn.execute("ROLLBACK")
-            raise
-    return SCHEMA_VERSION
+    return current

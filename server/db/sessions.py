@@ -7,11 +7,11 @@ expires, so a client that lost the final answer can ask again and get the same r
 
 from __future__ import annotations
 
-import sqlite3
 import time
 from dataclasses import dataclass
 
-from server.db import write_txn
+from server.db import lock_row, write_txn
+from server.db.conn import Conn
 from server.errors import TooManyUploads
 
 
@@ -31,7 +31,7 @@ class Session:
 
 
 def create(
-    conn: sqlite3.Connection,
+    conn: Conn,
     session_id: str,
     user_id: int,
     ns_id: int,
@@ -49,6 +49,8 @@ def create(
     now = time.time()
     expires = now + lifetime_seconds
     with write_txn(conn):
+        # Concurrent starts of one user wait here, so they cannot pass the count together.
+        lock_row(conn, "users", user_id)
         check_open(conn, user_id, max_open)
         conn.execute(
             "INSERT INTO upload_sessions (id, user_id, ns_id, path, base_rev, total_size,"
@@ -59,7 +61,7 @@ def create(
     return expires
 
 
-def open_ids(conn: sqlite3.Connection, user_id: int) -> list[str]:
+def open_ids(conn: Conn, user_id: int) -> list[str]:
     """The user's unfinished, unexpired sessions (their part files hold bytes that count
     against the quota)."""
     rows = conn.execute(
@@ -69,7 +71,7 @@ def open_ids(conn: sqlite3.Connection, user_id: int) -> list[str]:
     return [str(r[0]) for r in rows]
 
 
-def check_open(conn: sqlite3.Connection, user_id: int, max_open: int) -> None:
+def check_open(conn: Conn, user_id: int, max_open: int) -> None:
     """Refuse (429) when the user already has `max_open` unfinished sessions."""
     if len(open_ids(conn, user_id)) >= max_open:
         raise TooManyUploads(
@@ -78,7 +80,7 @@ def check_open(conn: sqlite3.Connection, user_id: int, max_open: int) -> None:
         )
 
 
-def get(conn: sqlite3.Connection, session_id: str, user_id: int) -> Session | None:
+def get(conn: Conn, session_id: str, user_id: int) -> Session | None:
     """The caller's unexpired session, or None (someone else's is None too)."""
     row = conn.execute(
         "SELECT id, user_id, ns_id, path, base_rev, total_size, reserved_id, expires_at, result"
@@ -94,19 +96,19 @@ def get(conn: sqlite3.Connection, session_id: str, user_id: int) -> Session | No
     )  # fmt: skip
 
 
-def set_total(conn: sqlite3.Connection, session_id: str, total: int) -> None:
+def set_total(conn: Conn, session_id: str, total: int) -> None:
     """Record the total size once a part declares it."""
     with write_txn(conn):
         conn.execute("UPDATE upload_sessions SET total_size = ? WHERE id = ?", (total, session_id))
 
 
-def set_result(conn: sqlite3.Connection, session_id: str, result: str) -> None:
+def set_result(conn: Conn, session_id: str, result: str) -> None:
     """Record the final answer of a finished session."""
     with write_txn(conn):
         conn.execute("UPDATE upload_sessions SET result = ? WHERE id = ?", (result, session_id))
 
 
-def expire(conn: sqlite3.Connection) -> list[str]:
+def expire(conn: Conn) -> list[str]:
     """Delete expired sessions; returns their ids (so their files can be removed)."""
     now = time.time()
     with write_txn(conn):
@@ -118,17 +120,17 @@ def expire(conn: sqlite3.Connection) -> list[str]:
     return ids
 
 
-def live_ids(conn: sqlite3.Connection) -> set[str]:
+def live_ids(conn: Conn) -> set[str]:
     """Ids of every session still recorded."""
     return {str(r[0]) for r in conn.execute("SELECT id FROM upload_sessions")}
 
 
-def unfinished_ids(conn: sqlite3.Connection) -> set[str]:
+def unfinished_ids(conn: Conn) -> set[str]:
     """Ids of every session still waiting for bytes (the sweep checks their part files)."""
     return {str(r[0]) for r in conn.execute("SELECT id FROM upload_sessions WHERE result IS NULL")}
 
 
-def delete(conn: sqlite3.Connection, session_ids: list[str]) -> None:
+def delete(conn: Conn, session_ids: list[str]) -> None:
     """Forget abandoned sessions (their part files go next)."""
     with write_txn(conn):
         conn.executemany("DELETE FROM upload_sessions WHERE id = ?", [(i,) for i in session_ids])

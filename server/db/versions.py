@@ -10,17 +10,16 @@ rolled back) and journal the change.
 from __future__ import annotations
 
 import hashlib
-import sqlite3
 import time
 from dataclasses import dataclass
 
 from blockstore.ids import BlockId
 from blockstore.wire import FileRecord, RevisionInfo
-from server.db import accounts, journal, read_txn, write_txn
+from server.db import accounts, journal, lock_namespace, read_txn, write_txn
 from server.db import blocks as block_rows
+from server.db.conn import Conn, Row
 from server.db.files import (
     DEFAULT_FILE_MODE,
-    Row,
     block_list,
     child,
     get_row,
@@ -76,7 +75,7 @@ def _content_hash(req: CommitRequest) -> str | None:
     return None
 
 
-def _previous(conn: sqlite3.Connection, actor: Actor, commit_id: str) -> FileRecord | None:
+def _previous(conn: Conn, actor: Actor, commit_id: str) -> FileRecord | None:
     row = conn.execute(
         "SELECT file_id, rev, size, content_hash, mtime_ns FROM file_versions"
         " WHERE ns_id = ? AND commit_id = ?",
@@ -100,7 +99,7 @@ def _previous(conn: sqlite3.Connection, actor: Actor, commit_id: str) -> FileRec
     )
 
 
-def prune(conn: sqlite3.Connection, actor: Actor, file_id: int, keep: int) -> None:
+def prune(conn: Conn, actor: Actor, file_id: int, keep: int) -> None:
     """Drop all but the newest `keep` versions of a file, releasing their block references
     (`keep=0` drops the whole history: the blocks become garbage once nothing else holds
     them)."""
@@ -133,7 +132,7 @@ class Content:
 
 
 def add_version(
-    conn: sqlite3.Connection,
+    conn: Conn,
     actor: Actor,
     row: Row,
     content: Content,
@@ -174,13 +173,11 @@ def add_version(
     return new
 
 
-def _check_blocks(
-    conn: sqlite3.Connection, user_id: int, blocks: tuple[tuple[BlockId, int], ...]
-) -> None:
+def _check_blocks(conn: Conn, user_id: int, blocks: tuple[tuple[BlockId, int], ...]) -> None:
     """400 unless the account holds every block and each has the size the commit declares:
     a wrong size would make every mount show a size that reading never delivers."""
     ids = [b for b, _ in blocks]
-    stored = block_rows.sizes(conn, user_id, ids)
+    stored = block_rows.sizes(conn, user_id, ids, lock=True)
     missing = [b for b in dict.fromkeys(ids) if b not in stored]
     if missing:
         raise BadRequest(f"{len(missing)} blocks are missing", missing=missing)
@@ -189,9 +186,7 @@ def _check_blocks(
         raise BadRequest(f"{len(wrong)} blocks have another size than declared", wrong_size=wrong)
 
 
-def commit(
-    conn: sqlite3.Connection, actor: Actor, req: CommitRequest, limits: Limits
-) -> tuple[FileRecord, bool]:
+def commit(conn: Conn, actor: Actor, req: CommitRequest, limits: Limits) -> tuple[FileRecord, bool]:
     """Commit a new version; returns the record and whether the file was created.
 
     Raises:
@@ -204,6 +199,7 @@ def commit(
     if req.size > limits.max_file_bytes:
         raise TooLarge(f"file of {req.size} bytes is over the limit of {limits.max_file_bytes}")
     with write_txn(conn):
+        lock_namespace(conn, ns)
         if req.commit_id is not None:
             previous = _previous(conn, actor, req.commit_id)
             if previous is not None:
@@ -243,7 +239,7 @@ def commit(
         return rec, created
 
 
-def revisions(conn: sqlite3.Connection, ns_id: int, path: str, limit: int) -> list[RevisionInfo]:
+def revisions(conn: Conn, ns_id: int, path: str, limit: int) -> list[RevisionInfo]:
     """Kept versions of a file, newest first."""
     with read_txn(conn):
         row = need(conn, ns_id, path)
@@ -257,7 +253,7 @@ def revisions(conn: sqlite3.Connection, ns_id: int, path: str, limit: int) -> li
     return [RevisionInfo(int(r[0]), int(r[1]), float(r[2]), str(r[3]), r[4]) for r in rows]
 
 
-def version_of(conn: sqlite3.Connection, ns_id: int, path: str, revision: int | None) -> FileRecord:
+def version_of(conn: Conn, ns_id: int, path: str, revision: int | None) -> FileRecord:
     """The record of a file as of `revision` (None: the current one), with its blocks."""
     with read_txn(conn):
         row = need(conn, ns_id, path)
@@ -278,9 +274,7 @@ def version_of(conn: sqlite3.Connection, ns_id: int, path: str, revision: int | 
         )  # fmt: skip
 
 
-def restore(
-    conn: sqlite3.Connection, actor: Actor, path: str, revision: int, limits: Limits
-) -> FileRecord:
+def restore(conn: Conn, actor: Actor, path: str, revision: int, limits: Limits) -> FileRecord:
     """Make a new revision with the content of an old one."""
     old = version_of(conn, actor.ns_id, path, revision)
     assert old.blocks is not None
@@ -292,9 +286,7 @@ def restore(
     return rec
 
 
-def mark_pending(
-    conn: sqlite3.Connection, actor: Actor, path: str, reserve: bool, size: int = 0
-) -> int | None:
+def mark_pending(conn: Conn, actor: Actor, path: str, reserve: bool, size: int = 0) -> int | None:
     """Journal a `pending` change for `path` (R10): someone is changing this file.
 
     For an existing file the entry carries its record with state "pending". For a file that
@@ -302,6 +294,7 @@ def mark_pending(
     carries a provisional record (rev 0) with that id; returns the reserved id.
     """
     with write_txn(conn):
+        lock_namespace(conn, actor.ns_id)
         parent, name = need_parent_dir(conn, actor.ns_id, path)
         row = child(conn, actor.ns_id, int(parent["id"]), name)
         if row is not None:

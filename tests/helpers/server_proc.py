@@ -10,8 +10,9 @@ Usage::
         srv.kill(); srv.restart()                            # SIGKILL, then same port again
 
 `config` (a dict) is written as TOML and passed with `--config` (see server/config.py for
-the keys, e.g. `{"rate_burst": 5}`). The server's stderr goes to `srv.log_path`. Every wait
-has a deadline; `stop()` falls back to SIGKILL.
+the keys, e.g. `{"rate_burst": 5}`). Under `DRIVE_TEST_DATABASE=postgres` the server's
+metadata is a fresh PostgreSQL database (tests/helpers/pg_cluster.py). The server's stderr
+goes to `srv.log_path`. Every wait has a deadline; `stop()` falls back to SIGKILL.
 """
 
 from __future__ import annotations
@@ -29,6 +30,8 @@ from types import TracebackType
 from typing import Any
 
 import httpx
+
+from tests.helpers.pg_cluster import database_line, use_test_database
 
 READY_SECONDS = 30.0
 STOP_SECONDS = 10.0
@@ -62,6 +65,7 @@ class ServerProcess:
     ) -> None:
         self.data_dir = Path(data_dir)
         self.data_dir.mkdir(parents=True, exist_ok=True)
+        use_test_database(self.data_dir)
         self.listen = listen
         self.env = env
         self.config_path: Path | None = None
@@ -69,6 +73,7 @@ class ServerProcess:
             self.config_path = self.data_dir.parent / f"{self.data_dir.name}-server.toml"
             self.config_path.write_text(
                 "".join(f"{k} = {_toml_value(v)}\n" for k, v in config.items())
+                + ("" if "database" in config else database_line(self.data_dir))
             )
         self.log_path = self.data_dir.parent / f"{self.data_dir.name}-server.log"
         self.proc: subprocess.Popen[bytes] | None = None

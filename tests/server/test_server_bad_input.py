@@ -24,6 +24,7 @@ import zstandard
 from blockstore.codec import WIRE_VERSION, encode_wire
 from blockstore.ids import block_id
 from blockstore.wire import encode_block_records
+from tests.helpers import pg_cluster
 from tests.helpers.server_proc import ServerProcess
 from tests.server.test_server_bulk_conn import bulk_socket, reply, send
 
@@ -338,10 +339,11 @@ def test_a_full_disk_is_507_insufficient_storage_on_both_transports(small_disk: 
                 assert reply(sock)[0] == 404
             r = http.post("/files/upload", params={"path": "/up.bin"}, content=data)
             assert_out_of_space(r.status_code, r.content)
-            # The database: enough commits in one batch need more room in its log.
-            r = http.post("/api/v1/commit/batch", json={"commits": [
-                commit_body(f"/many-{i:04}-{'x' * 200}") for i in range(1000)]})  # fmt: skip
-            assert_out_of_space(r.status_code, r.content)
+            if not pg_cluster.wanted():  # PostgreSQL keeps its files on another disk
+                # The database: enough commits in one batch need more room in its log.
+                r = http.post("/api/v1/commit/batch", json={"commits": [
+                    commit_body(f"/many-{i:04}-{'x' * 200}") for i in range(1000)]})  # fmt: skip
+                assert_out_of_space(r.status_code, r.content)
             assert http.post("/api/v1/blocks/missing", json={"ids": [bid]}).json() == {
                 "missing": [bid]}  # fmt: skip
             filler.unlink()

@@ -15,8 +15,10 @@ import pytest
 
 from blockstore.ids import BlockId
 from blockstore.wire import Change
-from server.db import Database, accounts, journal, schema, versions
+from server.db import Database, accounts, journal, schema, sqlite, versions
+from server.db.conn import SQLITE
 from server.db.journal import Actor
+from server.db.url import SqliteUrl
 from syncd.remote import RemoteClient
 from tests.helpers.server_proc import ServerProcess
 from tests.server.test_server_bulk_conn import bulk_socket, reply, send
@@ -153,7 +155,7 @@ def _v2_database(data_dir: Path) -> None:
         conn.execute("CREATE TABLE schema_version (version INTEGER NOT NULL)")
         conn.execute("INSERT INTO schema_version (version) VALUES (2)")
         for stmt in schema.MIGRATIONS[0] + schema.MIGRATIONS[1]:
-            conn.execute(stmt)
+            conn.execute(stmt.format(**SQLITE.ddl_words))
         now = time.time()
         conn.execute(
             "INSERT INTO users (id, name, account, pw_hash, used_bytes, wrapped_key, root_ns,"
@@ -195,7 +197,7 @@ def _v2_database(data_dir: Path) -> None:
 def test_an_old_database_migrates_and_keeps_its_journal(tmp_path: Path) -> None:
     data_dir = tmp_path / "data"
     _v2_database(data_dir)
-    db = Database(data_dir, threads=1)
+    db = Database(SqliteUrl(data_dir / "drive.db"), threads=1)
     try:
         version = db.call(lambda c: c.execute("SELECT version FROM schema_version").fetchone()[0])
         assert version == schema.SCHEMA_VERSION
@@ -217,7 +219,7 @@ def test_an_old_database_migrates_and_keeps_its_journal(tmp_path: Path) -> None:
         assert db.call(accounts.usage, 1) == accounts.Usage(None, 700, 0)
     finally:
         db.close()
-    conn = sqlite3.connect(data_dir / "drive.db", isolation_level=None)
+    conn = sqlite.connect(data_dir / "drive.db")
     try:
         assert schema.migrate(conn) == schema.SCHEMA_VERSION  # again: nothing left to do
     finally:

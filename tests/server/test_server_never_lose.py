@@ -20,9 +20,11 @@ from server.blocks import BlockService
 from server.db import Database, accounts, moves, versions
 from server.db.journal import Actor
 from server.keyring import Keyring, load_master
+from server.locations import MASTER_KEY_FILE as MASTER
 from server.metrics import Metrics
 from syncd import errors
 from syncd.remote import RemoteClient
+from tests.helpers.pg_cluster import use_test_database
 from tests.helpers.server_proc import ServerProcess
 from tests.server.test_server_tree import commit, put
 
@@ -224,11 +226,13 @@ def test_rename_over_carries_the_source_history_within_revisions_kept(tmp_path: 
     """The source's versions become the target's newest ones with their block references
     (nothing is trashed or counted twice), and revisions_kept still caps the target's
     history: here the target's own two older versions are pruned."""
+    use_test_database(tmp_path)
     admin.add_user(tmp_path, "ro", "pw")
-    db = Database(tmp_path, threads=2)
+    db = Database(admin.locations(tmp_path).database, threads=2)
     try:
         blocks = BlockService(
-            db, LocalDirStore(tmp_path / "blocks"), Keyring(load_master(tmp_path)), Metrics(),
+            db, LocalDirStore(tmp_path / "blocks"),
+            Keyring(load_master(tmp_path / MASTER)), Metrics(),
             8 << 20,
         )  # fmt: skip
         found = db.call(accounts.password_hash_of, "ro")

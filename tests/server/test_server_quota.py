@@ -24,8 +24,10 @@ from server.db import Database, accounts, moves, versions, write_txn
 from server.db.journal import Actor
 from server.errors import ApiError, QuotaExceeded
 from server.keyring import Keyring, load_master
+from server.locations import MASTER_KEY_FILE as MASTER
 from server.metrics import Metrics
 from server.quota import StagedLimit
+from tests.helpers.pg_cluster import use_test_database
 from tests.helpers.server_proc import ServerProcess
 from tests.server.test_server_tree import commit, put
 
@@ -124,11 +126,13 @@ def _check_counters(conn: sqlite3.Connection, user_id: int) -> tuple[int, int]:
 def test_used_bytes_is_exactly_the_referenced_blocks(tmp_path: Path) -> None:
     """A random run of uploads, commits (some over quota), restores, deletes, undeletes,
     rename-overs, prunes and collections keeps both counters exact after every step."""
+    use_test_database(tmp_path)
     admin.add_user(tmp_path, "inv", "pw", quota_bytes=25_000)
-    db = Database(tmp_path, threads=2)
+    db = Database(admin.locations(tmp_path).database, threads=2)
     try:
         blocks = BlockService(
-            db, LocalDirStore(tmp_path / "blocks"), Keyring(load_master(tmp_path)), Metrics(),
+            db, LocalDirStore(tmp_path / "blocks"),
+            Keyring(load_master(tmp_path / MASTER)), Metrics(),
             8 << 20, StagedLimit(max_staged_bytes=15_000, max_file_bytes=10**9),
         )  # fmt: skip
         found = db.call(accounts.password_hash_of, "inv")

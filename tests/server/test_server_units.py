@@ -22,9 +22,11 @@ from server.db import Database, accounts, versions
 from server.db.journal import Actor
 from server.errors import BadRequest
 from server.keyring import Keyring, load_master
+from server.locations import MASTER_KEY_FILE as MASTER
 from server.metrics import Metrics
 from server.ratelimit import RateLimiter
 from server.uploads import ContentRange, parse_content_range
+from tests.helpers.pg_cluster import use_test_database
 
 
 def test_rate_limiter_refills() -> None:
@@ -62,11 +64,14 @@ def test_config_rejects_unknown_keys_and_wrong_types(tmp_path: Path) -> None:
 
 
 def test_unreferenced_blocks_are_collected_after_the_grace_period(tmp_path: Path) -> None:
+    use_test_database(tmp_path)
     admin.add_user(tmp_path, "gc", "pw")
-    db = Database(tmp_path, threads=2)
+    db = Database(admin.locations(tmp_path).database, threads=2)
     try:
         store = LocalDirStore(tmp_path / "blocks")
-        blocks = BlockService(db, store, Keyring(load_master(tmp_path)), Metrics(), 8 << 20)
+        blocks = BlockService(
+            db, store, Keyring(load_master(tmp_path / MASTER)), Metrics(), 8 << 20
+        )
         assert db.call(accounts.principal_for, "none", 0.0) is None
         user_id, _ = db.call(accounts.password_hash_of, "gc")
         account, _ = db.call(accounts.account_key, user_id)
@@ -95,13 +100,14 @@ def test_block_wire_frames_match_encode_wire(tmp_path: Path) -> None:
 
     from blockstore.codec import decode_wire, encode_wire
 
+    use_test_database(tmp_path)
     admin.add_user(tmp_path, "wire", "pw")
-    db = Database(tmp_path, threads=2)
+    db = Database(admin.locations(tmp_path).database, threads=2)
     try:
         blocks = BlockService(
             db,
             LocalDirStore(tmp_path / "blocks"),
-            Keyring(load_master(tmp_path)),
+            Keyring(load_master(tmp_path / MASTER)),
             Metrics(),
             8 << 20,
         )
