@@ -31,14 +31,26 @@ T = TypeVar("T")
 
 @contextmanager
 def write_txn(conn: Conn) -> Iterator[Conn]:
-    """One write transaction, committed on success."""
+    """One write transaction, committed on success; what it journaled is announced after."""
     conn.execute(conn.dialect.begin_write)
     try:
         yield conn
     except BaseException:
+        conn.take_changed()
         conn.execute("ROLLBACK")
         raise
+    changed = conn.take_changed()  # taken first: a COMMIT that fails announces nothing
     conn.execute("COMMIT")
+    announce(conn, changed)
+
+
+def announce(conn: Conn, changed: dict[int, int]) -> None:
+    """Tell the other API servers which namespaces a committed transaction changed (only
+    PostgreSQL has others: `Conn.changed` records nothing on SQLite)."""
+    if changed:
+        from server.db import postgres
+
+        postgres.announce(conn, changed)
 
 
 @contextmanager
