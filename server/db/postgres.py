@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import functools
 import logging
+import select
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from typing import Any, ClassVar
@@ -100,10 +101,33 @@ def announce(conn: Conn, changed: dict[int, int]) -> None:
         log.warning("could not announce a change to the other servers: %s", describe(exc))
 
 
+def closed_by_server(raw: psycopg.Connection[Any]) -> bool:
+    """True when an idle connection was closed from the server's side (PostgreSQL restarted
+    or ended the session). An idle connection has nothing to read unless the server said
+    something, so the usual answer costs one poll(2) and no round trip."""
+    if raw.closed:
+        return True
+    waiter = select.poll()
+    waiter.register(raw.fileno(), select.POLLIN)
+    if not waiter.poll(0):
+        return False
+    try:
+        raw.execute("")  # reads what the server said: a notice passes, a goodbye raises
+    except psycopg.Error:
+        return True
+    return False
+
+
 class PostgresPool:
-    """`size` pooled connections; broken ones are replaced by the pool's workers."""
+    """`size` pooled connections; broken ones are replaced by the pool's workers.
+
+    A connection the server closed while it sat in the pool is never handed out: it is
+    dropped (the pool replaces it) and the next one taken, so a restart of PostgreSQL fails
+    no request that starts after it (a request running during it still fails).
+    """
 
     def __init__(self, url: PostgresUrl, size: int) -> None:
+        self._size = size
         self._pool: ConnectionPool[psycopg.Connection[PgRow]] = ConnectionPool(
             full_conninfo(url),
             kwargs={"autocommit": True, "row_factory": pg_row},
@@ -116,7 +140,14 @@ class PostgresPool:
     @contextmanager
     def connection(self) -> Iterator[Conn]:
         """A connection for the duration of one call."""
-        with self._pool.connection() as raw:
+        for _ in range(self._size):
+            with self._pool.connection() as raw:
+                if closed_by_server(raw):
+                    raw.close()  # returned closed: the pool opens a new one in its place
+                    continue
+                yield Conn(raw, POSTGRES)
+                return
+        with self._pool.connection() as raw:  # all were closed: wait for a new one
             yield Conn(raw, POSTGRES)
 
     def close(self) -> None:

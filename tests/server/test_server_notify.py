@@ -1,6 +1,6 @@
 """Long polls across API servers: two server processes on one PostgreSQL database, a device's
-long poll held on one woken by a commit made through the other (LISTEN/NOTIFY). These start
-the test cluster themselves (in either pass)."""
+long poll held on one woken by a commit made through the other (LISTEN/NOTIFY), also after
+PostgreSQL restarted under them. These start the test cluster themselves (in either pass)."""
 
 from __future__ import annotations
 
@@ -154,3 +154,25 @@ def test_a_commit_on_one_server_wakes_a_long_poll_held_on_another(tmp_path: Path
                 woke = poll.answered_at - committed_at
                 assert woke < WAKE_SECONDS, f"woke {woke:.3f} s after the commit"
                 assert _paths_after(on_b, cursor) == [f"/from-a-{round_}"]
+
+
+def test_long_polls_wake_across_servers_after_postgresql_restarts(tmp_path: Path) -> None:
+    """PostgreSQL restarts while B holds a long poll: B's listener reconnects by itself (and
+    says so in its log), and a commit on A wakes B's poll again."""
+    with _two_servers(tmp_path) as (a, b):
+        laptop, phone = _logins(a, b)
+        with a.client(laptop) as on_a, b.client(phone) as on_b:
+            cursor = on_b.get("/api/v1/cursor").json()["cursor"]
+            held = _HeldPoll(on_b, cursor)
+            pg_cluster.cluster().restart()
+            deadline = time.monotonic() + 30
+            while "change listener: listening again" not in b.log_text():
+                assert time.monotonic() < deadline, b.log_text()[-3000:]
+                time.sleep(0.05)
+            assert "change listener: lost" in b.log_text()
+            committed_at = _commit(on_a, "/after-restart")
+            held.wait(10)
+            assert (held.status, held.body) == (200, {"changes": True, "backoff": None})
+            woke = held.answered_at - committed_at
+            assert woke < WAKE_SECONDS, f"woke {woke:.3f} s after the commit"
+            assert _paths_after(on_b, cursor) == ["/after-restart"]
