@@ -1,12 +1,20 @@
 """The change feed's live side: wake long-poll waiters the moment their namespace changes.
 
 The journal itself is in the database (`server.db.journal`). Here each namespace has one
-`trio.Event` that every waiter of that namespace waits on; a commit sets it and drops it, so
+`trio.Event` that every waiter of that namespace waits on; a change sets it and drops it, so
 the next waiter makes a fresh one (never `clear`). The current head of each namespace is
 cached so that a long poll costs no database round trip.
 
+Changes arrive two ways, both through `changed`, the one place that wakes waiters: this
+process's own (`notify`, after each write) and, on PostgreSQL, every API server's as
+announced by the change listener (`server.db.listen`). The cache is only as good as those
+announcements: with several servers (`shared`) it is trusted only while the listener is in
+place; before that, and while it is down, heads are read from the database, and when it
+comes back every cached head is forgotten and every waiter woken once to re-read its own.
+
 Concurrency: everything runs on the trio thread. A waiter takes the event *before* reading
-the head, so a commit landing between the two still wakes it.
+the head, so a change landing between the two still wakes it. A head read from the database
+is cached only if the cache was not reset while the read was in flight (`_epoch`).
 """
 
 from __future__ import annotations
@@ -33,30 +41,76 @@ class PollResult:
 class ChangeFeed:
     """Long-poll waiters, woken by commits."""
 
-    def __init__(self, db: Database, config: ServerConfig, metrics: Metrics) -> None:
+    def __init__(
+        self, db: Database, config: ServerConfig, metrics: Metrics, *, shared: bool = False
+    ) -> None:
         self.db = db
         self.config = config
         self.metrics = metrics
         self._events: dict[int, trio.Event] = {}
         self._heads: dict[int, int] = {}
+        self._trusted = not shared
+        self._epoch = 0
 
     async def head(self, ns_id: int) -> int:
         """The namespace's newest journal sequence number."""
-        cached = self._heads.get(ns_id)
+        cached = self._heads.get(ns_id) if self._trusted else None
         if cached is not None:
             await trio.lowlevel.checkpoint()
             return cached
+        epoch = self._epoch
         seq = await self.db.run(journal.head, ns_id)
-        self._heads[ns_id] = max(seq, self._heads.get(ns_id, 0))
-        return self._heads[ns_id]
+        return self._learn(ns_id, seq, epoch)
+
+    def _learn(self, ns_id: int, seq: int, epoch: int) -> int:
+        """Cache a head read at `epoch`, unless the cache was reset since; the best known."""
+        if not self._trusted or epoch != self._epoch:
+            return seq
+        best = self._heads[ns_id] = max(seq, self._heads.get(ns_id, 0))
+        return best
 
     async def notify(self, ns_id: int) -> None:
-        """Something committed in `ns_id`: refresh its head and wake its waiters."""
+        """This process changed `ns_id`: read its new head and wake its waiters."""
+        epoch = self._epoch
         seq = await self.db.run(journal.head, ns_id)
-        self._heads[ns_id] = max(seq, self._heads.get(ns_id, 0))
+        self.changed(ns_id, seq, epoch)
+
+    def changed(self, ns_id: int, seq: int | None, epoch: int | None = None) -> None:
+        """`ns_id`'s journal reached `seq` (None: unknown, to be re-read): wake its waiters.
+
+        Synchronous, so that the change listener's thread can hand it announcements (`epoch`
+        None) through `trio.from_thread.run_sync`. An announcement for a namespace nobody
+        here waits on and whose head is not cached changes nothing (the cache does not grow
+        with every namespace of the deployment), and one of a head already known (the echo
+        of this process's own change) wakes no one twice.
+        """
+        if seq is None:
+            self._heads.pop(ns_id, None)
+        else:
+            if epoch is None:
+                if ns_id not in self._heads and ns_id not in self._events:
+                    return
+                if seq <= self._heads.get(ns_id, 0):  # never cached while untrusted
+                    return
+            self._learn(ns_id, seq, self._epoch if epoch is None else epoch)
         event = self._events.pop(ns_id, None)
         if event is not None:
             event.set()
+
+    def lost(self) -> None:
+        """Other servers' changes may go unannounced from now on: stop caching heads."""
+        self._trusted = False
+        self._epoch += 1
+        self._heads.clear()
+
+    def resync(self) -> None:
+        """Other servers' changes are announced from now on, but some may have been missed:
+        forget every cached head and wake every waiter once to re-read its own."""
+        self._trusted = True
+        self._epoch += 1
+        self._heads.clear()
+        for ns_id in list(self._events):
+            self.changed(ns_id, None)
 
     def clamp(self, timeout: float) -> float:
         """The hold time for a requested timeout: clamped, plus jitter."""

@@ -106,16 +106,16 @@ async def _serve(
             )
             sys.stdout.flush()
             on_ready(url)
-            maintenance = trio.CancelScope()
+            background = trio.CancelScope()
 
-            async def maintain() -> None:
-                with maintenance:
-                    await services.maintenance_loop()
+            async def run_background() -> None:
+                with background:
+                    await services.background()
 
-            nursery.start_soon(maintain)
+            nursery.start_soon(run_background)
             await shutdown.wait()
             bulk.stop()
-            maintenance.cancel()
+            background.cancel()
 
 
 def run_server(

@@ -70,7 +70,7 @@ class Services:
         blocks = BlockService(
             db, store, keyring, metrics, config.max_block_bytes, StagedLimit.from_config(config)
         )
-        feed = ChangeFeed(db, config, metrics)
+        feed = ChangeFeed(db, config, metrics, shared=db.shared)
         metadata = Metadata(db, feed, metrics, config)
         return cls(
             data_dir=data_dir,
@@ -106,6 +106,15 @@ class Services:
         await self.uploads.expire()
         await self.db.run(journal.trim, c.journal_keep_entries, c.journal_keep_days * 86400)
         await trio.to_thread.run_sync(self.blocks.collect_sync, c.block_gc_grace_seconds)
+
+    async def background(self) -> None:
+        """What runs beside the requests until cancelled: housekeeping and, on PostgreSQL,
+        the listener that wakes this server's long polls for other servers' changes."""
+        listener = self.db.change_listener(self.feed.changed, self.feed.resync, self.feed.lost)
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(self.maintenance_loop)
+            if listener is not None:
+                nursery.start_soon(listener.run)
 
     async def maintenance_loop(self) -> None:
         """Housekeeping every `maintenance_interval_seconds`, forever."""

@@ -17,7 +17,7 @@ from __future__ import annotations
 import sys
 from collections.abc import Callable, Iterator
 from contextlib import AbstractContextManager, contextmanager
-from typing import Concatenate, ParamSpec, Protocol, TypeVar
+from typing import TYPE_CHECKING, Concatenate, ParamSpec, Protocol, TypeVar
 
 import trio
 
@@ -25,20 +25,35 @@ from server.db import schema
 from server.db.conn import Conn
 from server.db.url import DatabaseUrl, SqliteUrl
 
+if TYPE_CHECKING:
+    from server.db.listen import ChangeListener
+
 P = ParamSpec("P")
 T = TypeVar("T")
 
 
 @contextmanager
 def write_txn(conn: Conn) -> Iterator[Conn]:
-    """One write transaction, committed on success."""
+    """One write transaction, committed on success; what it journaled is announced after."""
     conn.execute(conn.dialect.begin_write)
     try:
         yield conn
     except BaseException:
+        conn.take_changed()
         conn.execute("ROLLBACK")
         raise
+    changed = conn.take_changed()  # taken first: a COMMIT that fails announces nothing
     conn.execute("COMMIT")
+    announce(conn, changed)
+
+
+def announce(conn: Conn, changed: dict[int, int]) -> None:
+    """Tell the other API servers which namespaces a committed transaction changed (only
+    PostgreSQL has others: `Conn.changed` records nothing on SQLite)."""
+    if changed:
+        from server.db import postgres
+
+        postgres.announce(conn, changed)
 
 
 @contextmanager
@@ -128,6 +143,25 @@ class Database:
             first.close()
             self._pool = PostgresPool(url, threads)
         self.limiter = trio.CapacityLimiter(threads)
+
+    @property
+    def shared(self) -> bool:
+        """True when other API server processes may change this database (PostgreSQL)."""
+        return not isinstance(self.url, SqliteUrl)
+
+    def change_listener(
+        self,
+        on_change: Callable[[int, int | None], object],
+        on_listening: Callable[[], object],
+        on_lost: Callable[[], object],
+    ) -> ChangeListener | None:
+        """The listener for other servers' changes (server.db.listen); None on SQLite,
+        where this process is the only writer."""
+        if isinstance(self.url, SqliteUrl):
+            return None
+        from server.db.listen import ChangeListener
+
+        return ChangeListener(self.url, on_change, on_listening, on_lost)
 
     def call(self, fn: Callable[Concatenate[Conn, P], T], *args: P.args, **kw: P.kwargs) -> T:
         """Run `fn(conn, ...)` synchronously with a pooled connection (worker threads only)."""

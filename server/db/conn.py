@@ -41,6 +41,10 @@ class RawConnection(Protocol):
     def close(self) -> None: ...
 
 
+CHANGES_CHANNEL = "drive_changes"
+"""The PostgreSQL channel a journaled change is announced on (server.db.listen listens)."""
+
+
 @dataclass(frozen=True, slots=True)
 class Dialect:
     """What differs between the engines, by name."""
@@ -58,6 +62,9 @@ class Dialect:
     """Words a schema statement names as `{key}` (types that are spelled differently)."""
     paramstyle_format: bool = False
     """True when the driver wants `%s` placeholders instead of `?`."""
+    announce: str = ""
+    """Run after a write transaction that journaled changes, with one `NS:SEQ` text per
+    namespace changed, to wake the other API servers' long polls (empty: no other servers)."""
 
     @property
     def row_locks(self) -> bool:
@@ -87,6 +94,7 @@ POSTGRES = Dialect(
         "bytewise": ' COLLATE "C"',
     },
     paramstyle_format=True,
+    announce=f"SELECT pg_notify('{CHANGES_CHANNEL}', p) FROM unnest(CAST(? AS text[])) AS p",
 )
 
 
@@ -100,11 +108,12 @@ def to_format_style(sql: str) -> str:
 class Conn:
     """A connection of either engine, with one `execute` for the shared queries."""
 
-    __slots__ = ("_raw", "dialect")
+    __slots__ = ("_changed", "_raw", "dialect")
 
     def __init__(self, raw: RawConnection, dialect: Dialect) -> None:
         self._raw = raw
         self.dialect = dialect
+        self._changed: dict[int, int] = {}
 
     @property
     def raw(self) -> RawConnection:
@@ -129,6 +138,16 @@ class Conn:
             cur.executemany(self._sql(sql), batch)
         finally:
             cur.close()
+
+    def changed(self, ns_id: int, seq: int) -> None:
+        """The open write transaction journaled `seq` in `ns_id` (announced once it commits)."""
+        if self.dialect.announce:
+            self._changed[ns_id] = max(seq, self._changed.get(ns_id, 0))
+
+    def take_changed(self) -> dict[int, int]:
+        """The namespaces (and their newest seq) the transaction changed; forgets them."""
+        changed, self._changed = self._changed, {}
+        return changed
 
     def close(self) -> None:
         """Close the driver connection."""

@@ -2,10 +2,11 @@
 
 Each namespace has `head_seq`, bumped by one for every change in the same transaction that
 makes the change, so the journal never shows a change that did not commit and never misses
-one that did. Entries store the FileRecord after the change as JSON (what delta returns),
-and who made it: the user, the device (name and id) and the client program (the request's
-`X-Drive-Client`, or None), so a device's follower can tell its own echoes from changes its
-own token made elsewhere (a `drive restore` from the same home's CLI).
+one that did; once it has committed, the other API servers hear of it (`server.db.announce`).
+Entries store the FileRecord after the change as JSON (what delta returns), and who made it:
+the user, the device (name and id) and the client program (the request's `X-Drive-Client`,
+or None), so a device's follower can tell its own echoes from changes its own token made
+elsewhere (a `drive restore` from the same home's CLI).
 `trimmed_seq` is the newest sequence number dropped by trimming: a cursor below it gets
 "reset".
 """
@@ -72,6 +73,7 @@ def append(
             time.time(),
         ),
     )
+    conn.changed(actor.ns_id, int(seq))
     return int(seq)
 
 

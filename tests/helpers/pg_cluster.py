@@ -9,7 +9,8 @@ temporary directory, `pg_ctl start` on a free 127.0.0.1 port with its unix socke
 directory, fsync off (a test cluster need not survive a crash). PostgreSQL refuses to run
 as root, so as root the cluster belongs to the `postgres` user the package creates (else
 `nobody`). Password authentication over TCP, so the tests also cover URLs with passwords.
-It starts on first use and stops when the test session ends (`stop_cluster`).
+It starts on first use and stops when the test session ends (`stop_cluster`); `restart`
+restarts it in place (tests of reconnection).
 """
 
 from __future__ import annotations
@@ -105,6 +106,14 @@ class Cluster:
         self._run(
             pg_bin("pg_ctl"), "-D", str(self.data), "-l", str(self.base / "log"), "-w",
             "-t", "60", "-o", opts, "start",
+        )  # fmt: skip
+
+    def restart(self) -> None:
+        """Restart the server (`pg_ctl restart -m fast`: every connection is closed), on the
+        same port and options; returns once it accepts connections again."""
+        self._run(
+            pg_bin("pg_ctl"), "-D", str(self.data), "-l", str(self.base / "log"), "-m", "fast",
+            "-w", "-t", "60", "restart",
         )  # fmt: skip
 
     def _own(self, path: Path) -> None:
