@@ -24,6 +24,7 @@ from blockstore.wire import Change, FileRecord
 from mountfs.attrs import VfsError
 from mountfs.vfs import Vfs
 from syncd.blocks import BlockFetcher
+from syncd.changes import ChangeApplier
 from syncd.content import ContentStore
 from syncd.state import ROOT_INO, StateDB
 from syncd.tree import TreeSync
@@ -52,8 +53,11 @@ _ops = st.one_of(
 
 
 class Harness:
-    def __init__(self, root: Path, rng: random.Random, remote: FakeRemote | None = None) -> None:
-        """A mount of the home `root` (again, after a restart: with the same `remote`)."""
+    def __init__(self, root: Path, rng: random.Random, remote: FakeRemote | None = None,
+                 *, reconciler: bool = False) -> None:  # fmt: skip
+        """A mount of the home `root` (again, after a restart: with the same `remote`);
+        `reconciler`: with the change applier the follower would use (this mount's own
+        client id "me")."""
         self.state = StateDB(root / "state")
         self.cache = LmdbBlockCache(root / "cache", 256 << 20, sync=False)
         self.remote = remote or FakeRemote()
@@ -62,6 +66,8 @@ class Harness:
         self.content = ContentStore(self.state, root / "dirty", self.fetcher, 1 << 30)
         self.tree = TreeSync(self.state, None)
         self.tree.fresh.add(ROOT_INO)
+        if reconciler:
+            self.tree.reconciler = ChangeApplier(self.state, "me")
         self.uploader = Uploader(self.state, self.content, self.remote, self.cache, "devT")  # type: ignore[arg-type]
         self.vfs = Vfs(self.state, self.content, self.tree, self.uploader, uid=0, gid=0)
         self.uploader.open_for_writing = self.vfs.open_for_writing
@@ -367,7 +373,6 @@ async def test_a_file_moved_onto_a_name_held_here_is_shown_once_after_the_confli
     `.sed1` but cannot move it onto `c` (a local entry holds the name); our commit is then a
     conflict, our `c` becomes the copy and the name shows their file: the `.sed1` entry
     (the same server file) must go, or the file is shown twice here for ever."""
-    from syncd.changes import ChangeApplier
 
     with tempfile.TemporaryDirectory() as tmp:
         h = Harness(Path(tmp), random.Random(0))
@@ -448,7 +453,6 @@ async def test_a_write_through_a_cached_name_of_a_file_deleted_elsewhere_is_kept
     while the kernel still has the name cached; a program opens it through that name,
     appends and closes (0: acknowledged). Edits beat deletes: `a` comes back, here and on
     the server, with the appended bytes (they were dropped with the unlinked inode)."""
-    from syncd.changes import ChangeApplier
 
     with tempfile.TemporaryDirectory() as tmp:
         h = Harness(Path(tmp), random.Random(0))
@@ -485,7 +489,6 @@ async def test_a_folder_shown_again_after_a_refused_rename_over_it_is_listed_aga
     "create F/g" arrives while `F` is not shown here (our rename took its name); the move is
     refused (`not_empty`), ours becomes a conflicted copy and `F` is shown again under the
     inode it had, listed before: it must be listed again, or `F/g` never shows here."""
-    from syncd.changes import ChangeApplier
 
     with tempfile.TemporaryDirectory() as tmp:
         h = Harness(Path(tmp), random.Random(0))
@@ -559,7 +562,6 @@ async def test_a_write_to_a_file_deleted_elsewhere_whose_name_was_taken_is_kept(
     old `a` by a name the kernel had cached and writes to it. Edits beat deletes, but the
     old file cannot come back under its name (the new `a` has it): the write must still
     reach the server, as a conflicted copy, never vanish with the unlinked inode."""
-    from syncd.changes import ChangeApplier
 
     with tempfile.TemporaryDirectory() as tmp:
         h = Harness(Path(tmp), random.Random(0))
@@ -598,11 +600,9 @@ async def test_a_delete_of_a_file_renamed_elsewhere_shows_it_where_it_went() -> 
     another device moves it into `y`. The delete finds nothing at `/c` and the file stays
     on the server (the rename was meant); this device must show it in `y`, or the server
     has a file no device shows."""
-    from syncd.changes import ChangeApplier
 
     with tempfile.TemporaryDirectory() as tmp:
-        h = Harness(Path(tmp), random.Random(0))
-        h.tree.reconciler = ChangeApplier(h.state, "me")
+        h = Harness(Path(tmp), random.Random(0), reconciler=True)
         try:
             async with h.running():
                 await h.vfs.mkdir(ROOT_INO, b"y", 0o755)
@@ -660,11 +660,8 @@ async def test_a_queued_commit_of_a_file_taken_out_of_the_tree_is_not_dropped() 
     asks the mount first: the file comes back (under its name, if free) and is committed."""
     from dataclasses import replace
 
-    from syncd.changes import ChangeApplier
-
     with tempfile.TemporaryDirectory() as tmp:
-        h = Harness(Path(tmp), random.Random(0))
-        h.tree.reconciler = ChangeApplier(h.state, "me")
+        h = Harness(Path(tmp), random.Random(0), reconciler=True)
         try:
             async with h.running():
                 await h.write("a", 0, 100, 1)
@@ -688,11 +685,9 @@ async def test_a_file_removed_here_before_a_restart_is_not_brought_back() -> Non
     """The other side of the rule above: a file written and then deleted by a program here,
     both still queued when the mount restarts, stays deleted (the new mount has not seen
     the delete happen, but its queued delete says so)."""
-    from syncd.changes import ChangeApplier
 
     with tempfile.TemporaryDirectory() as tmp:
-        h = Harness(Path(tmp), random.Random(0))
-        h.tree.reconciler = ChangeApplier(h.state, "me")
+        h = Harness(Path(tmp), random.Random(0), reconciler=True)
         try:
             async with h.running():
                 await h.write("a", 0, 100, 1)
@@ -721,11 +716,9 @@ async def test_a_file_renamed_over_here_while_its_commit_is_parked_stays_gone() 
     attempt, holding back the other files' commits of its round. Its record now turns clean
     with its bytes, so it stays gone and nothing is left not synced."""
     from syncd import errors
-    from syncd.changes import ChangeApplier
 
     with tempfile.TemporaryDirectory() as tmp:
-        h = Harness(Path(tmp), random.Random(0))
-        h.tree.reconciler = ChangeApplier(h.state, "me")
+        h = Harness(Path(tmp), random.Random(0), reconciler=True)
         try:
             async with h.running():
                 await h.write("a", 0, 100, 1)
@@ -748,8 +741,9 @@ async def test_a_file_renamed_over_here_while_its_commit_is_parked_stays_gone() 
                 await h.idle()
             h.vfs.forget([(ino, 1 << 20)])  # the kernel forgot it
             h.close()
-            h = Harness(Path(tmp), random.Random(0), h.remote)  # the mount restarts
-            h.tree.reconciler = ChangeApplier(h.state, "me")
+            h = Harness(
+                Path(tmp), random.Random(0), h.remote, reconciler=True
+            )  # the mount restarts
             async with h.running():
                 await h.write("c", 0, 20, 4)  # a commit of another file goes through
                 await h.idle()
@@ -768,11 +762,9 @@ async def test_a_file_renamed_elsewhere_onto_a_new_file_here_is_shown_once() -> 
     file. The inode still showing that file as `b` must go: the op of its own commit, done
     but not yet cleared in that round, kept it, and the device showed the file twice, for
     ever (the next change of it moved only one of them)."""
-    from syncd.changes import ChangeApplier
 
     with tempfile.TemporaryDirectory() as tmp:
-        h = Harness(Path(tmp), random.Random(0))
-        h.tree.reconciler = ChangeApplier(h.state, "me")
+        h = Harness(Path(tmp), random.Random(0), reconciler=True)
         try:
             async with h.running():
                 await h.write("b", 0, 100, 1)
@@ -799,11 +791,9 @@ async def test_a_rename_refused_twice_in_one_second_keeps_both_copies_shown() ->
     (`a` moved on elsewhere again), and the temporary file took the conflicted-copy name
     here too: the entry of our first copy was written over, and that copy, on the server,
     was never shown here again. The second copy takes the next free name."""
-    from syncd.changes import ChangeApplier
 
     with tempfile.TemporaryDirectory() as tmp:
-        h = Harness(Path(tmp), random.Random(0))
-        h.tree.reconciler = ChangeApplier(h.state, "me")
+        h = Harness(Path(tmp), random.Random(0), reconciler=True)
         try:
             async with h.running():
                 await h.write("a", 0, 100, 1)
