@@ -113,14 +113,18 @@ schema = schemathesis.openapi.from_dict(DOCUMENT)
 @schema.parametrize()
 def test_fuzz_every_operation(case: schemathesis.Case, target: Target, served: None) -> None:
     target.requests += 1
-    case.call_and_validate(
-        base_url=target.srv.url,
-        session=target.session,
-        headers=target.headers_for(case),
-        checks=CHECKS,
-        verify=target.ca_file,
-        timeout=30,
-    )
+    try:
+        case.call_and_validate(
+            base_url=target.srv.url,
+            session=target.session,
+            headers=target.headers_for(case),
+            checks=CHECKS,
+            verify=target.ca_file,
+            timeout=30,
+        )
+    except requests.ConnectionError as exc:
+        # A dropped connection is the server's fault until its log says otherwise.
+        raise AssertionError(f"{exc}\n--- server log ---\n{target.srv.log_text()[-4000:]}") from exc
     assert target.srv.running(), "the server died"
 
 
