@@ -1,7 +1,8 @@
 """The pages: sign in and out, browse a folder, search, trash, history, recent changes.
 
 Each handler reads through the services as the signed-in device and renders a template;
-fragments (`/web/rows`, `/web/activity`, `/web/wait`) are what htmx loads into a page.
+the fragments (`/web/rows`, `/web/actions`, `/web/activity`, `/web/wait`) are what htmx
+loads into a page.
 """
 
 from __future__ import annotations
@@ -114,6 +115,15 @@ async def rows(request: Request) -> Response:
 
 
 @web_route
+async def actions(request: Request) -> Response:
+    """A row's actions, loaded when it is opened (a page of rows stays small)."""
+    who, _ = await signed_in(request)
+    path = query_path(request, entry=True)
+    rec = await services(request).metadata.meta(who, path, None)
+    return render("_actions.html", r=rec, path=listing.parent_of(path))
+
+
+@web_route
 async def search(request: Request) -> Response:
     who, session = await signed_in(request)
     query = request.query_params.get("q", "").strip()
@@ -180,6 +190,7 @@ ROUTES = [
     Route("/login", login, methods=["POST"]),
     Route("/logout", logout, methods=["POST"]),
     Route("/web/rows", rows, methods=["GET"]),
+    Route("/web/actions", actions, methods=["GET"]),
     Route("/web/search", search, methods=["GET"]),
     Route("/web/activity", activity, methods=["GET"]),
     Route("/web/wait", wait, methods=["GET"]),

@@ -78,6 +78,7 @@ class Web:
         """Open a row's actions, fill in a field, press a button; wait for the message."""
         tr = self.row(name)
         tr.find_element(By.TAG_NAME, "summary").click()
+        self.wait(lambda: tr.find_elements(By.CSS_SELECTOR, f"button.{button}"))
         if field is not None:
             box = tr.find_element(By.CSS_SELECTOR, f"input[name={field[0]}]")
             box.clear()
