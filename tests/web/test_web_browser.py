@@ -64,10 +64,7 @@ class Web:
     def row(self, name: str) -> WebElement:
         def find() -> WebElement | None:
             for tr in self.d.find_elements(By.CSS_SELECTOR, "#rows tr.entry"):
-                if (
-                    tr.find_element(By.CSS_SELECTOR, "td.name > a").text.replace("📁", "").strip()
-                    == name
-                ):
+                if _label(tr.find_element(By.CSS_SELECTOR, "td.name > a")) == name:
                     return tr
             return None
 
@@ -103,8 +100,8 @@ class Web:
 
 
 def _label(link: WebElement) -> str:
-    """A listed entry's name (without the folder icon)."""
-    return link.text.replace("📁", "").strip()
+    """A listed entry's name."""
+    return link.text.strip()
 
 
 @pytest.fixture(scope="module")

@@ -5,7 +5,13 @@
 // the Content-Security-Policy forbids it.
 "use strict";
 (function () {
-  const PART = 8 * 1024 * 1024;
+  // Parts are sized to take about PART_SECONDS at the rate the last one went: big parts on
+  // a fast link (fewer round trips and fsyncs), small ones on a slow link (each must
+  // arrive within the server's body deadline). What arrived of a cut part is kept anyway.
+  const MIN_PART = 1024 * 1024;
+  const MAX_PART = 64 * 1024 * 1024;
+  const PART_SECONDS = 8;
+  const RETRY_STATUS = new Set([408, 429, 502, 503, 504]);
   const RETRIES = 60;
   const queue = [];
   let running = false;
@@ -110,15 +116,20 @@
     if (!sid) { sid = await start(dest, file.size); localStorage.setItem(key, sid); }
     const url = `/web/upload/sessions/${encodeURIComponent(sid)}`;
     let failures = 0;
+    let part = 8 * MIN_PART;
     while (offset < file.size) {
-      const end = Math.min(offset + PART, file.size);
+      const end = Math.min(offset + part, file.size);
       const from = offset;
+      const began = performance.now();
       try {
         const x = await send("PUT", url, { "Content-Range": `bytes ${from}-${end - 1}/${file.size}` },
           file.slice(from, end), (n) => ui.progress(from + n));
+        if (RETRY_STATUS.has(x.status)) throw new TypeError(`server busy (${x.status})`);
         offset = received(x, file.size);
         failures = 0;
         ui.progress(offset);
+        const rate = (end - from) / Math.max((performance.now() - began) / 1000, 0.001);
+        part = Math.min(MAX_PART, Math.max(MIN_PART, Math.round(rate * PART_SECONDS)));
       } catch (err) {
         if (!(err instanceof TypeError) || ++failures > RETRIES) throw err;
         ui.note(`Connection lost at ${offset} bytes: retrying`);
