@@ -7,6 +7,7 @@ One browser and one user for the module (the steps build on each other, in file 
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import os
 import struct
@@ -27,6 +28,7 @@ from selenium.webdriver.support.ui import WebDriverWait
 from tests.helpers.browser import chromium
 from tests.helpers.mount_proc import MountProcess, login_home
 from tests.helpers.server_proc import ServerProcess
+from tests.helpers.tcp_proxy import TcpProxy
 
 pytestmark = pytest.mark.e2e
 WAIT = 20.0
@@ -83,6 +85,26 @@ class Web:
         self.d.execute_script("document.getElementById('messages').textContent = ''")
         tr.find_element(By.CSS_SELECTOR, f"button.{button}").click()
         self.wait(lambda: self.css("#messages").text.strip())
+
+    def _throttle(self, upload_bytes_per_second: int) -> None:
+        conditions = {"offline": False, "latency": 0, "downloadThroughput": -1,
+                      "uploadThroughput": upload_bytes_per_second}  # fmt: skip
+        self.d.execute_cdp_cmd("Network.enable", {})
+        self.d.execute_cdp_cmd("Network.emulateNetworkConditions", conditions)
+
+    @contextlib.contextmanager
+    def slow_uploads(self) -> Iterator[None]:
+        """Uploads at 8 MiB/s meanwhile, so a test can act in the middle of one."""
+        self._throttle(8 * 1024 * 1024)
+        try:
+            yield
+        finally:
+            self._throttle(-1)
+
+    def upload_past(self, src: Path, offset: int) -> None:
+        """Choose `src` for upload and wait until more than `offset` bytes went."""
+        self.css("#pick-files").send_keys(str(src))
+        self.wait(lambda: int(self.css("#overall").get_attribute("value") or 0) > offset)
 
     def shot(self, name: str) -> None:
         where = os.environ.get("DRIVE_WEB_SCREENSHOTS")
@@ -166,24 +188,13 @@ def test_upload_file_and_folder_with_progress(web: Web) -> None:
 
 
 def test_interrupted_upload_resumes(web: Web) -> None:
-    data = os.urandom(40 * 1024 * 1024)
+    data = os.urandom(24 * 1024 * 1024)
     src = web.root / "big.bin"
     src.write_bytes(data)
     web.go("/")
-    web.d.execute_cdp_cmd("Network.enable", {})
-    web.d.execute_cdp_cmd("Network.emulateNetworkConditions", {
-        "offline": False, "latency": 0, "downloadThroughput": -1,
-        "uploadThroughput": 8 * 1024 * 1024,
-    })  # fmt: skip
-    try:
-        web.css("#pick-files").send_keys(str(src))
-        # Past the first 8 MiB part: the server holds part of the file.
-        web.wait(lambda: int(web.css("#overall").get_attribute("value") or 0) > 10 * 1024 * 1024)
+    with web.slow_uploads():
+        web.upload_past(src, 10 * 1024 * 1024)  # past the first 8 MiB part
         web.d.refresh()  # the tab reloads in the middle of the upload
-    finally:
-        web.d.execute_cdp_cmd("Network.emulateNetworkConditions", {
-            "offline": False, "latency": 0, "downloadThroughput": -1, "uploadThroughput": -1,
-        })  # fmt: skip
     web.wait(lambda: web.d.find_elements(By.ID, "listing"))
     web.css("#pick-files").send_keys(str(src))
     status = web.wait(lambda: web.css("#upload-list li .upload-status").text)
@@ -191,6 +202,34 @@ def test_interrupted_upload_resumes(web: Web) -> None:
     assert int(status.split()[2]) >= 8 * 1024 * 1024
     web.wait(lambda: web.d.find_elements(By.CSS_SELECTOR, "#upload-list li.done"), timeout=60)
     assert hashlib.sha256(web.fetch("/big.bin")).digest() == hashlib.sha256(data).digest()
+
+
+def test_an_upload_survives_the_network_dropping(web: Web) -> None:
+    data = os.urandom(24 * 1024 * 1024)
+    src = web.root / "flaky.bin"
+    src.write_bytes(data)
+    with TcpProxy(web.srv.port) as proxy:
+        web.d.get(proxy.url + "/")  # the same host, so the session cookie goes along
+        with web.slow_uploads():
+            web.upload_past(src, 10 * 1024 * 1024)
+            proxy.cut()  # every connection dropped, new ones refused
+            web.wait(lambda: "Connection lost" in web.css("#upload-list li .upload-status").text)
+            proxy.restore()
+        web.wait(lambda: web.d.find_elements(By.CSS_SELECTOR, "#upload-list li.done"), timeout=60)
+    assert web.fetch("/flaky.bin") == data
+
+
+def test_drag_and_drop_uploads(web: Web) -> None:
+    web.go("/")
+    web.d.execute_script(
+        "const dt = new DataTransfer();"
+        "dt.items.add(new File(['dropped bytes'], 'dropped.txt'));"
+        "document.getElementById('dropzone').dispatchEvent("
+        "  new DragEvent('drop', {dataTransfer: dt, bubbles: true, cancelable: true}));"
+    )
+    web.wait(lambda: web.d.find_elements(By.CSS_SELECTOR, "#upload-list li.done"))
+    web.row("dropped.txt")
+    assert web.fetch("/dropped.txt") == b"dropped bytes"
 
 
 def test_rename_move_delete_and_restore_from_trash(web: Web) -> None:

@@ -139,6 +139,20 @@ def test_content_is_served_so_the_browser_cannot_run_it(
     assert p.headers["content-disposition"].startswith("inline;")
 
 
+def test_a_file_being_changed_elsewhere_is_marked(
+    shared_server: ServerProcess, alice: tuple[httpx.Client, str, str]
+) -> None:
+    http, _, token = alice
+    with shared_server.client(token) as api:
+        api.post("/api/v1/editing", json={"path": "/docs/a.txt"}).raise_for_status()
+        rows = http.get("/web/rows", params={"path": "/docs"}).text
+        assert "being changed on api" in rows
+        api.post(
+            "/files/upload", params={"path": "/docs/a.txt"}, content=b"alpha"
+        ).raise_for_status()
+    assert "being changed" not in http.get("/web/rows", params={"path": "/docs"}).text
+
+
 def test_folder_zip_is_streamed_with_every_entry(alice: tuple[httpx.Client, str, str]) -> None:
     http, _, _ = alice
     r = http.get("/web/zip", params={"path": "/docs"})
