@@ -10,6 +10,7 @@ journal, as the sync clients see them.
 from __future__ import annotations
 
 import posixpath
+from collections import deque
 from dataclasses import dataclass
 from typing import Any
 
@@ -73,10 +74,10 @@ async def search(md: Metadata, who: Principal, root: str, query: str) -> list[Fi
     `SEARCH_HITS` of them after looking at `SEARCH_VISITS` entries at most."""
     needle = query.casefold()
     hits: list[FileRecord] = []
-    folders = [root]
+    folders = deque([root])
     visited = 0
     while folders and visited < SEARCH_VISITS and len(hits) < SEARCH_HITS:
-        folder = folders.pop(0)
+        folder = folders.popleft()
         after: str | None = None
         while True:
             entries, after = await md.list_dir(who, folder, LIST_LIMIT_MAX, after)
@@ -89,7 +90,8 @@ async def search(md: Metadata, who: Principal, root: str, query: str) -> list[Fi
 
 
 async def last_devices(md: Metadata, who: Principal, rows: list[FileRecord]) -> dict[int, str]:
-    """The device that made each file's current revision."""
+    """The device that made each file's current revision (one indexed query per file of
+    the page: the listing itself does not carry it)."""
     out: dict[int, str] = {}
     for r in rows:
         if r.kind == "file" and r.rev > 0:

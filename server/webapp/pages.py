@@ -9,6 +9,7 @@ even if markup ever slipped through.
 from __future__ import annotations
 
 import functools
+import logging
 import time
 from collections.abc import Awaitable, Callable, Mapping
 from pathlib import Path
@@ -19,7 +20,9 @@ from starlette.requests import Request
 from starlette.responses import HTMLResponse, RedirectResponse, Response
 
 from server.errors import ApiError, BadRequest, Unauthorized
-from server.web import drain_body, read_body
+from server.web import drain_body, read_body, request_id
+
+log = logging.getLogger(__name__)
 
 Handler = Callable[[Request], Awaitable[Response]]
 
@@ -99,6 +102,8 @@ def web_route(handler: Handler) -> Handler:
             await drain_body(request, Unauthorized(""))
             return redirect(request, "/login")
         except ApiError as exc:
+            if exc.status >= 500:
+                log.error("request %s: %s", request_id(request), exc.message, exc_info=exc)
             await drain_body(request, exc)
             headers = {**exc.headers}
             if is_htmx(request):

@@ -7,6 +7,8 @@ loads into a page.
 
 from __future__ import annotations
 
+from urllib.parse import quote
+
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
@@ -48,6 +50,7 @@ async def login_page(request: Request) -> Response:
     return render("login.html")
 
 
+@web_route
 async def login(request: Request) -> Response:
     check_origin(request)
     s = services(request)
@@ -84,7 +87,7 @@ async def browse(request: Request) -> Response:
     sort, desc = _order(request)
     folder = await md.meta(who, path, None)
     if folder.kind != "dir":
-        return redirect(request, f"/web/view?path={folder.path}")
+        return redirect(request, f"/web/view?path={quote(folder.path, safe='')}")
     return render(
         "browse.html", path=path, crumbs=listing.crumbs(path), sort=sort, desc=desc,
         user=who.user, csrf=csrf_token(request, session), cursor=await md.cursor(who),
