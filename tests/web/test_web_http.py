@@ -10,6 +10,7 @@ import time
 import uuid
 import zipfile
 from collections.abc import Iterator
+from html.parser import HTMLParser
 from pathlib import Path
 
 import httpx
@@ -122,6 +123,47 @@ def test_pages_forbid_inline_scripts_and_show_names_as_text(
         assert XSS not in r.text
     listing = http.get("/web/rows?path=%2F").text
     assert "&lt;img src=x onerror=alert(1)&gt;" in listing
+
+
+class _Controls(HTMLParser):
+    """Inputs (their ids), label targets and buttons (their text) of a page."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.inputs: list[str] = []
+        self.labelled: set[str] = set()
+        self.buttons: list[str] = []
+        self._in_button = False
+
+    def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
+        a = dict(attrs)
+        if tag == "input" and a.get("type") != "hidden":
+            self.inputs.append(a.get("id") or "?")
+        elif tag == "label" and a.get("for"):
+            self.labelled.add(a["for"] or "")
+        elif tag == "button":
+            self._in_button = True
+            self.buttons.append("")
+
+    def handle_endtag(self, tag: str) -> None:
+        if tag == "button":
+            self._in_button = False
+
+    def handle_data(self, data: str) -> None:
+        if self._in_button:
+            self.buttons[-1] += data.strip()
+
+
+def test_every_control_has_a_label(alice: tuple[httpx.Client, str, str]) -> None:
+    http, _, _ = alice
+    pages = ["/", "/web/actions?path=%2Fdocs%2Fa.txt", "/web/actions?path=%2Fdocs",
+             "/web/trash", "/web/history?path=%2Fdocs%2Fa.txt", "/web/search?q=a"]  # fmt: skip
+    for page in pages:
+        controls = _Controls()
+        controls.feed(http.get(page).text)
+        assert controls.inputs or controls.buttons, page
+        assert set(controls.inputs) <= controls.labelled, page
+        assert all(controls.buttons), page
 
 
 def test_content_is_served_so_the_browser_cannot_run_it(
