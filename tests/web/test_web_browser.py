@@ -26,7 +26,7 @@ from selenium.webdriver.remote.webelement import WebElement
 from selenium.webdriver.support.ui import WebDriverWait
 
 from tests.helpers.browser import chromium
-from tests.helpers.mount_proc import MountProcess, login_home
+from tests.helpers.mount_proc import MountProcess, login_home, requires_fuse
 from tests.helpers.server_proc import ServerProcess
 from tests.helpers.tcp_proxy import TcpProxy
 
@@ -313,6 +313,7 @@ def test_a_hostile_name_is_shown_as_text(web: Web) -> None:
         web.d.switch_to.alert.text  # noqa: B018
 
 
+@requires_fuse
 def test_a_file_written_on_a_mount_appears(web: Web) -> None:
     web.go("/")
     web.row("Projects")
