@@ -20,6 +20,7 @@ from server.errors import ApiError, BadRequest, Internal, NotFound, api_error_of
 from server.metrics import Metrics
 from server.services import Services
 from server.web import DriveMiddleware, drain_body, error_response, request_id
+from server.webapp.routes import ROUTES as WEB_ROUTES
 
 log = logging.getLogger(__name__)
 
@@ -74,5 +75,6 @@ def api_routes() -> list[BaseRoute]:
 
 
 def build_app(services: Services) -> ASGIApp:
-    """The whole HTTP API over `services`."""
-    return assemble(api_routes(), services.metrics, services)
+    """The whole HTTP API over `services`, and the web app (R19; not part of the API
+    schema: pages, not operations)."""
+    return assemble([*api_routes(), *WEB_ROUTES], services.metrics, services)

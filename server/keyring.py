@@ -8,6 +8,8 @@ kept in memory; key bytes are never logged.
 
 from __future__ import annotations
 
+import hashlib
+import hmac
 import threading
 from pathlib import Path
 
@@ -49,3 +51,8 @@ class Keyring:
             with self._lock:
                 self._keys[account] = key
         return key
+
+    def derive(self, purpose: bytes) -> bytes:
+        """A 32-byte key for `purpose` (not a data key), derived from the master key so
+        every server of a deployment derives the same one (web session cookies)."""
+        return hmac.new(self._master.secret, b"drive derive: " + purpose, hashlib.sha256).digest()
