@@ -123,15 +123,20 @@ def _refcounts(conn: Conn, user_id: int, ids: Sequence[str]) -> dict[str, tuple[
     return found
 
 
-def gc_candidates(conn: Conn, grace_seconds: float, limit: int) -> list[tuple[int, str]]:
-    """Unreferenced blocks whose grace period is over: `(user_id, block_id)`."""
+def gc_candidates(
+    conn: Conn, grace_seconds: float, limit: int, after: tuple[int, str] = (0, "")
+) -> list[tuple[int, str, int]]:
+    """Unreferenced blocks whose grace period is over, in key order after `after`:
+    `(user_id, block_id, stored_size)`."""
     cutoff = time.time() - grace_seconds
     rows = conn.execute(
-        "SELECT user_id, block_id FROM blocks WHERE refcount <= 0 AND zero_since IS NOT NULL"
-        " AND zero_since < ? LIMIT ?",
-        (cutoff, limit),
+        "SELECT user_id, block_id, stored_size FROM blocks WHERE refcount <= 0"
+        " AND zero_since IS NOT NULL AND zero_since < ?"
+        " AND (user_id > ? OR (user_id = ? AND block_id > ?))"
+        " ORDER BY user_id, block_id LIMIT ?",
+        (cutoff, after[0], after[0], after[1], limit),
     ).fetchall()
-    return [(int(r[0]), str(r[1])) for r in rows]
+    return [(int(r[0]), str(r[1]), int(r[2])) for r in rows]
 
 
 def forget_if_unused(conn: Conn, user_id: int, block_id: str, grace_seconds: float) -> bool:
