@@ -2,7 +2,9 @@
 
 Invariant: a block row exists exactly while its object is in the store. A put and a garbage
 collection of the same key hold the same (striped) lock around "store + row" and "row +
-delete", so a collection can never remove an object that a put just recorded. Everything
+delete", so a collection can never remove an object that a put just recorded; across processes (the
+`drive server maintenance` command, several API servers) a collection deletes the object
+inside the transaction that deletes its row, which a put's first write waits for. Everything
 touching disk, SQLite or crypto runs in worker threads; the `*_sync` methods are called
 only from there.
 """
@@ -10,6 +12,7 @@ only from there.
 from __future__ import annotations
 
 import contextlib
+import functools
 import logging
 import threading
 import time
@@ -252,10 +255,11 @@ class BlockService:
                     accounts_by_user[user_id] = account
                 key = f"{account}/{bid}"
                 with self._lock(key):
-                    if self.db.call(block_rows.forget_if_unused, user_id, bid, grace_seconds):
-                        self.store.delete(key)
-                        if self.archive is not None:  # it may be archived (or mid-move)
-                            self.archive.delete(key)
+                    gone = self.db.call(
+                        block_rows.forget_if_unused, user_id, bid, grace_seconds,
+                        functools.partial(self._delete_everywhere, key),
+                    )  # fmt: skip
+                    if gone:
                         freed.add(stored)
             if len(batch) < GC_BATCH:
                 break
@@ -263,6 +267,13 @@ class BlockService:
         if freed.blocks and not dry_run:
             log.info("collected %d unreferenced blocks", freed.blocks)
         return freed
+
+    def _delete_everywhere(self, key: str) -> None:
+        """Delete an object from the hot tier and the archive (it may be in either, or in
+        both while a move is cut short)."""
+        self.store.delete(key)
+        if self.archive is not None:
+            self.archive.delete(key)
 
 
 @dataclass(slots=True)

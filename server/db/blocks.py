@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import time
 from collections import Counter
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 
 from server.db import lock_row, write_txn
 from server.db.conn import Conn
@@ -139,8 +139,18 @@ def gc_candidates(
     return [(int(r[0]), str(r[1]), int(r[2])) for r in rows]
 
 
-def forget_if_unused(conn: Conn, user_id: int, block_id: str, grace_seconds: float) -> bool:
-    """Delete the row if it is still unreferenced past its grace period; True if deleted."""
+def forget_if_unused(
+    conn: Conn,
+    user_id: int,
+    block_id: str,
+    grace_seconds: float,
+    remove: Callable[[], None] = lambda: None,
+) -> bool:
+    """Delete the row if it is still unreferenced past its grace period, and call `remove`
+    (which deletes the object) before that commits; True if deleted. The object goes while
+    the row is still locked: a put of the same block by another process waits for the
+    transaction (its `touch_if_present` writes the row), then finds neither and stores it
+    anew, instead of finding the object about to vanish under its new row."""
     cutoff = time.time() - grace_seconds
     with write_txn(conn):
         lock_row(conn, "users", user_id)  # before the block row, as every writer does
@@ -155,6 +165,7 @@ def forget_if_unused(conn: Conn, user_id: int, block_id: str, grace_seconds: flo
         conn.execute(
             "UPDATE users SET staged_bytes = staged_bytes - ? WHERE id = ?", (int(row[0]), user_id)
         )
+        remove()
         return True
 
 
