@@ -23,7 +23,7 @@ from tests.server.test_server_lifecycle import configured, upload
 
 pytestmark = pytest.mark.e2e
 
-SECONDS = 6.0
+SECONDS = 4.0
 RACE = {
     "maintenance_interval_seconds": 0.05,
     "block_gc_grace_seconds": 1.5,
