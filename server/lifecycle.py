@@ -6,8 +6,9 @@ Policy decisions (which versions and trash items go, which blocks are cold) are 
 `now`, which a preview may set ahead (`--now +40d`). Garbage collection keeps its grace
 period on the real clock whatever `now` is: that period is what keeps a block an upload is
 about to commit, so blocks this pass releases are collected by a later pass. A dry run makes
-the metadata changes in one transaction it rolls back, so its figures are exact, and moves
-and deletes nothing.
+each metadata change in a transaction it rolls back (its counts of versions and items are
+exact; released bytes are counted per file, so a block only several thinned files share is
+not counted), and moves and deletes nothing.
 """
 
 from __future__ import annotations
@@ -21,7 +22,6 @@ from server.blocks import BlockService, Freed
 from server.config import ServerConfig
 from server.db import Database
 from server.db import lifecycle as rows
-from server.db.conn import Conn
 from server.thinning import ThinningPolicy
 
 
@@ -106,10 +106,7 @@ class Lifecycle:
             self.blocks.flush_reads_sync()
             if self.tiers is not None:
                 report.repaired = self.tiers.repair_sync()
-        if dry_run:
-            self.db.call(self._metadata_dry, report)
-        else:
-            self._metadata(report)
+        self._metadata(report)
         if self.tiers is not None:
             report.unarchived = self.tiers.unarchive_warm_sync(report.now, dry_run=dry_run)
             report.archived = self.tiers.archive_cold_sync(report.now, dry_run=dry_run)
@@ -121,18 +118,10 @@ class Lifecycle:
 
     def _metadata(self, report: Report) -> None:
         """Thin every file and expire the trash, one transaction per file or item."""
+        dry = report.dry_run
         for target in self.db.call(rows.files_with_history):
-            self.db.call(rows.thin_file, target, report.now, self.policy, report.thinned)
+            self.db.call(rows.thin_file, target, report.now, self.policy, report.thinned,
+                         dry_run=dry)  # fmt: skip
         cutoff = report.now - self.config.trash_keep_seconds
         for item in self.db.call(rows.expired_trash, cutoff):
-            self.db.call(rows.purge_item, item, cutoff, report.trash)
-
-    def _metadata_dry(self, conn: Conn, report: Report) -> None:
-        """`_metadata` inside one transaction that is rolled back."""
-        with rows.rolled_back(conn):
-            for target in rows.files_with_history(conn):
-                rows.thin_file(conn, target, report.now, self.policy, report.thinned,
-                               own_txn=False)  # fmt: skip
-            cutoff = report.now - self.config.trash_keep_seconds
-            for item in rows.expired_trash(conn, cutoff):
-                rows.purge_item(conn, item, cutoff, report.trash, own_txn=False)
+            self.db.call(rows.purge_item, item, cutoff, report.trash, dry_run=dry)

@@ -60,19 +60,14 @@ class Released:
 
 
 @contextmanager
-def _txn(conn: Conn, own: bool) -> Iterator[Conn]:
-    """Its own write transaction, or (`own` False) the caller's."""
-    if own:
+def _txn(conn: Conn, dry_run: bool) -> Iterator[Conn]:
+    """A write transaction that commits, or (dry run) one that is always rolled back: a
+    dry run makes each change, counts what it did and keeps none. One short transaction
+    per change either way, so a preview never holds the users' writes up for long."""
+    if not dry_run:
         with write_txn(conn):
             yield conn
-    else:
-        yield conn
-
-
-@contextmanager
-def rolled_back(conn: Conn) -> Iterator[Conn]:
-    """One write transaction that is always rolled back: a dry run makes every change of
-    a pass in it (`own_txn=False`), counts what they did, and keeps none."""
+        return
     conn.execute(conn.dialect.begin_write)
     try:
         yield conn
@@ -102,12 +97,12 @@ def thin_file(
     policy: ThinningPolicy,
     out: Released,
     *,
-    own_txn: bool = True,
+    dry_run: bool = False,
 ) -> list[int]:
     """Thin one file's versions (`target` as from `files_with_history`) at time `now`; adds
-    to `out` and returns the revisions dropped."""
+    to `out` and returns the revisions dropped (a dry run keeps them)."""
     ns_id, user_id, file_id = target
-    with _txn(conn, own_txn):
+    with _txn(conn, dry_run):
         lock_namespace(conn, ns_id)
         rows = conn.execute(
             "SELECT rev, created_at, kept FROM file_versions WHERE ns_id = ? AND file_id = ?",
@@ -141,13 +136,13 @@ def purge_item(
     cutoff: float,
     out: Released,
     *,
-    own_txn: bool = True,
+    dry_run: bool = False,
 ) -> bool:
     """Remove one expired trash item (`item` as from `expired_trash`) for good: every entry
     that delete took away, and their versions. Checked again under the lock, so an item
-    undeleted meanwhile stays. True if it was purged."""
+    undeleted meanwhile stays. True if it was (dry run: would be) purged."""
     ns_id, user_id, item_id = item
-    with _txn(conn, own_txn):
+    with _txn(conn, dry_run):
         lock_namespace(conn, ns_id)
         still = conn.execute(
             "SELECT 1 FROM files WHERE ns_id = ? AND id = ? AND trash_root = id"

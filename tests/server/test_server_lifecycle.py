@@ -72,6 +72,11 @@ def test_keep_marks(http: httpx.Client) -> None:
         r = http.post("/api/v1/keep", json=bad)
         assert (r.status_code, r.json()["error"]) == (400, "bad_request")
     assert http.post("/api/v1/keep", json={"path": "/nope", "revision": 1}).status_code == 404
+    # A restore never rewrites history: the old content comes back as the newest version.
+    restored = http.post("/api/v1/restore", json={"path": "/k.txt", "revision": 1}).json()
+    assert restored["rev"] == 4
+    assert [r["revision"] for r in revisions(http, "/k.txt")] == [4, 3, 2, 1]
+    assert http.get("/files/download", params={"path": "/k.txt"}).content == b"version 0"
 
 
 def test_trash_entries_and_undelete_of_a_tree_and_a_taken_name(http: httpx.Client) -> None:
