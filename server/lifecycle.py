@@ -6,14 +6,15 @@ Policy decisions (which versions and trash items go, which blocks are cold) are 
 `now`, which a preview may set ahead (`--now +40d`). Garbage collection keeps its grace
 period on the real clock whatever `now` is: that period is what keeps a block an upload is
 about to commit, so blocks this pass releases are collected by a later pass. A dry run makes
-each metadata change in a transaction it rolls back (its counts of versions and items are
-exact; released bytes are counted per file, so a block only several thinned files share is
-not counted), and moves and deletes nothing.
+each metadata change in a short transaction it rolls back and adds up the block references
+they dropped, so its figures are those of the real pass (blocks a dry run's trash expiry
+would release are counted there, the rest under thinning), and moves and deletes nothing.
 """
 
 from __future__ import annotations
 
 import time
+from collections import Counter
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -119,9 +120,17 @@ class Lifecycle:
     def _metadata(self, report: Report) -> None:
         """Thin every file and expire the trash, one transaction per file or item."""
         dry = report.dry_run
+        thin_drops: rows.Drops | None = Counter() if dry else None
+        trash_drops: rows.Drops | None = Counter() if dry else None
         for target in self.db.call(rows.files_with_history):
             self.db.call(rows.thin_file, target, report.now, self.policy, report.thinned,
-                         dry_run=dry)  # fmt: skip
+                         dry_run=dry, drops=thin_drops)  # fmt: skip
         cutoff = report.now - self.config.trash_keep_seconds
         for item in self.db.call(rows.expired_trash, cutoff):
-            self.db.call(rows.purge_item, item, cutoff, report.trash, dry_run=dry)
+            self.db.call(rows.purge_item, item, cutoff, report.trash, dry_run=dry,
+                         drops=trash_drops)  # fmt: skip
+        if thin_drops is not None and trash_drops is not None:
+            released = self.db.call(rows.released_by, thin_drops + trash_drops)
+            for key, size in released.items():
+                part = report.trash if key in trash_drops else report.thinned
+                part.bytes += size

@@ -11,6 +11,7 @@ before (and is the newest version, never thinned) or after.
 
 from __future__ import annotations
 
+from collections import Counter
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -18,7 +19,7 @@ from dataclasses import dataclass
 from blockstore.wire import RevisionInfo
 from server.db import lock_namespace, write_txn
 from server.db.conn import Conn
-from server.db.files import need
+from server.db.files import block_list, need
 from server.db.versions import drop_versions, revision_info
 from server.errors import BadRequest, NotFound
 from server.thinning import ThinningPolicy, Version, to_remove
@@ -98,9 +99,11 @@ def thin_file(
     out: Released,
     *,
     dry_run: bool = False,
+    drops: Drops | None = None,
 ) -> list[int]:
     """Thin one file's versions (`target` as from `files_with_history`) at time `now`; adds
-    to `out` and returns the revisions dropped (a dry run keeps them)."""
+    to `out` and returns the revisions dropped (a dry run keeps them, and counts the block
+    references they held in `drops` instead of the bytes: see `released_by`)."""
     ns_id, user_id, file_id = target
     with _txn(conn, dry_run):
         lock_namespace(conn, ns_id)
@@ -111,9 +114,10 @@ def thin_file(
         versions = [Version(int(r[0]), float(r[1]), bool(r[2])) for r in rows]
         gone = to_remove(versions, now, policy)
         if gone:
+            _count_drops(conn, drops, ns_id, user_id, file_id, gone)
             before = _used_total(conn, user_id)
             drop_versions(conn, ns_id, user_id, file_id, gone)
-            out.bytes += before - _used_total(conn, user_id)
+            out.bytes += 0 if dry_run else before - _used_total(conn, user_id)
             out.versions += len(gone)
             out.files += 1
     return gone
@@ -137,6 +141,7 @@ def purge_item(
     out: Released,
     *,
     dry_run: bool = False,
+    drops: Drops | None = None,
 ) -> bool:
     """Remove one expired trash item (`item` as from `expired_trash`) for good: every entry
     that delete took away, and their versions. Checked again under the lock, so an item
@@ -159,13 +164,41 @@ def purge_item(
             revs = [int(r[0]) for r in conn.execute(
                 "SELECT rev FROM file_versions WHERE ns_id = ? AND file_id = ?", (ns_id, file_id)
             ).fetchall()]  # fmt: skip
+            _count_drops(conn, drops, ns_id, user_id, file_id, revs)
             drop_versions(conn, ns_id, user_id, file_id, revs)
             out.versions += len(revs)
         conn.execute("DELETE FROM files WHERE ns_id = ? AND trash_root = ?", (ns_id, item_id))
-        out.bytes += before - _used_total(conn, user_id)
+        out.bytes += 0 if dry_run else before - _used_total(conn, user_id)
         out.files += len(entries)
         out.items += 1
     return True
+
+
+Drops = Counter[tuple[int, str]]
+"""Block references dropped versions held: `(user_id, block_id) -> how many`."""
+
+
+def _count_drops(
+    conn: Conn, drops: Drops | None, ns_id: int, user_id: int, file_id: int, revs: list[int]
+) -> None:
+    if drops is not None:
+        for rev in revs:
+            drops.update((user_id, b) for b, _ in block_list(conn, ns_id, file_id, rev))
+
+
+def released_by(conn: Conn, drops: Drops) -> dict[tuple[int, str], int]:
+    """The blocks that dropping these references would release (no other reference left),
+    with their sizes: a dry run's figure for the whole pass, where one rolled-back
+    transaction per file would miss a block only several thinned files share."""
+    released: dict[tuple[int, str], int] = {}
+    for (user_id, block_id), n in drops.items():
+        row = conn.execute(
+            "SELECT refcount, size FROM blocks WHERE user_id = ? AND block_id = ?",
+            (user_id, block_id),
+        ).fetchone()
+        if row is not None and 0 < int(row[0]) <= n:
+            released[(user_id, block_id)] = int(row[1])
+    return released
 
 
 @dataclass(frozen=True, slots=True)

@@ -133,7 +133,10 @@ def test_thinning_thousands_of_versions_matches_the_policy(drive: Drive) -> None
     policy = ThinningPolicy.from_config(ServerConfig())
     expected = set(to_remove(before, now, policy))
     calm = to_remove(drive.history("/calm"), now, policy)
+    dry = drive.lifecycle().run_sync(now, dry_run=True)
+    assert len(drive.history("/busy")) == 1500
     report = drive.lifecycle().run_sync(now)
+    assert dry.thinned == report.thinned  # blocks many thinned versions share included
     after = drive.history("/busy")
     assert {v.rev for v in after} == {v.rev for v in before} - expected
     assert set(keep) <= {v.rev for v in after}
