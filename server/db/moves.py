@@ -3,7 +3,9 @@
 A directory move changes one row (its parent and name); descendants follow because paths
 are derived from parents. Deleting marks the entry and its whole live subtree with the same
 `trash_root`, so undelete brings back exactly what that delete removed (entries deleted
-earlier on their own stay in the trash as their own items).
+earlier on their own stay in the trash as their own items). Undelete never fails for a
+taken name: the item comes back beside the new entry under a "(restored ...)" name. Items
+expire after `trash_keep_seconds` (server.db.lifecycle removes them and their versions).
 
 Never lose a write: a delete or a rename-over may name the revision the device saw
 (`base_rev`, `src_rev`, `dst_rev`); a file that moved on since is refused with 409 `conflict`
