@@ -403,6 +403,8 @@ class RevisionInfo:
     time: float
     device: str
     content_hash: str | None
+    kept: bool = False
+    """Marked "keep": thinning never removes it (`drive keep`)."""
 
     def to_json(self) -> dict[str, Any]:
         """Return the JSON object (a dict ready for `json.dumps`)."""
@@ -412,6 +414,7 @@ class RevisionInfo:
             "time": self.time,
             "device": self.device,
             "content_hash": self.content_hash,
+            "kept": self.kept,
         }
 
     @classmethod
@@ -425,6 +428,7 @@ class RevisionInfo:
             time=_float(obj, "time", w),
             device=_str(obj, "device", w),
             content_hash=_content_hash(obj, w),
+            kept="kept" in obj and _bool(obj, "kept", w),  # absent from older servers
         )
 
 

@@ -104,6 +104,24 @@ def _list_users_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--json", action="store_true", help="print JSON")
 
 
+def _maintenance_args(p: argparse.ArgumentParser) -> None:
+    _server_data(p)
+    p.add_argument("--dry-run", action="store_true", help="report what it would do; change nothing")
+    p.add_argument("--json", action="store_true", help="print JSON")
+    p.add_argument(
+        "--now",
+        metavar="+DURATION",
+        help="decide as if the clock were this far ahead (e.g. +40d, +12h); garbage "
+        "collection keeps its grace period on the real clock",
+    )
+    p.epilog = (
+        "The pass the server runs every `maintenance_interval_seconds`: versions thinned "
+        "(`thin_*`, `revisions_kept`), trash items older than `trash_keep_seconds` removed, "
+        "cold blocks moved to the archive and read ones back (`archive_*`), blocks no "
+        "version uses collected after `block_gc_grace_seconds` (docs/running.md)."
+    )
+
+
 SERVER_COMMANDS: tuple[Command, ...] = (
     Command("serve", "run the server in the foreground", "drive.server_cmds:serve", _serve_args),
     Command("adduser", "create a user", "drive.server_cmds:adduser", _adduser_args),
@@ -126,6 +144,12 @@ SERVER_COMMANDS: tuple[Command, ...] = (
         "log one of a user's devices out (its token is refused at once)",
         "drive.server_cmds:revoke",
         _revoke_args,
+    ),
+    Command(
+        "maintenance",
+        "thin versions, expire the trash, archive cold blocks, collect garbage",
+        "drive.server_cmds:maintenance",
+        _maintenance_args,
     ),
 )
 
@@ -180,7 +204,18 @@ def _restore_args(p: argparse.ArgumentParser) -> None:
 
 
 def _undelete_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "path", metavar="PATH", nargs="?", help="where it was deleted (the newest such item)"
+    )
+    p.add_argument("--id", type=int, metavar="ID", help="the trash item's id (`drive trash`)")
+    p.epilog = (
+        "If the name is taken now, it comes back beside it as 'NAME (restored DATE TIME).EXT'."
+    )
+
+
+def _keep_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("path", metavar="PATH", help="a path inside the drive or a mount point")
+    p.add_argument("revision", type=int, metavar="REVISION")
 
 
 def _up_args(p: argparse.ArgumentParser) -> None:
@@ -222,6 +257,13 @@ CLIENT_COMMANDS: tuple[Command, ...] = (
         "drive.client_cmds:undelete",
         _undelete_args,
     ),
+    Command(
+        "keep",
+        "keep a revision of a file: thinning never removes it",
+        "drive.client_cmds:keep",
+        _keep_args,
+    ),
+    Command("unkeep", "take a revision's keep mark away", "drive.client_cmds:unkeep", _keep_args),
 )
 
 

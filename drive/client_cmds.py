@@ -7,6 +7,7 @@ can cause become `UserError` (one line on stderr, non-zero exit).
 from __future__ import annotations
 
 import argparse
+import contextlib
 import getpass
 import json
 import os
@@ -38,6 +39,7 @@ from syncd.remote import login as remote_login
 
 __all__ = [
     "auth_token",
+    "keep",
     "login",
     "logout",
     "restore",
@@ -46,6 +48,7 @@ __all__ = [
     "to_drive_path",
     "trash",
     "undelete",
+    "unkeep",
 ]
 
 T = TypeVar("T")
@@ -309,13 +312,17 @@ def status(args: argparse.Namespace) -> int:
         mstat = {}
     mounted = bool(mstat.get("mounted", False)) and pid_alive(mstat.get("pid"))
     last_error = mstat.get("last_error")
+    who: dict[str, Any] = {}
     if mounted:
         online = bool(mstat.get("online", True))
         if not online:
             last_error = _offline_reason(cfg, last_error)
+        else:
+            with contextlib.suppress(UserError):  # then the mount's last figures
+                who = _run(cfg, lambda rc: rc.whoami())
     else:
         try:
-            _run(cfg, lambda rc: rc.whoami())
+            who = _run(cfg, lambda rc: rc.whoami())
             online = True
         except UserError as exc:  # says why: server down, or its certificate changed
             online, last_error = False, str(exc)
@@ -332,6 +339,7 @@ def status(args: argparse.Namespace) -> int:
         "cache_bytes": int(mstat.get("cache_bytes", 0)),
         "mirror": mstat.get("mirror") if mounted else None,
         "mounted": mounted,
+        "usage": _usage(who, mstat),
         "server": cfg.server_url,
         "user": cfg.user,
         "device": cfg.device,
@@ -341,6 +349,35 @@ def status(args: argparse.Namespace) -> int:
         return 0
     _print_status(body)
     return 0
+
+
+_USAGE_KEYS = ("quota_bytes", "used_bytes", "staged_bytes", "logical_bytes",
+               "dedupe_saved_bytes", "stored_bytes", "archived_bytes")  # fmt: skip
+
+
+def _usage(who: dict[str, Any], mstat: dict[str, Any]) -> dict[str, Any] | None:
+    """The account's storage as the server reports it (`whoami`), else as the mount last
+    heard it; None when neither is known."""
+    source = who or mstat
+    if "used_bytes" not in source:
+        return None
+    return {k: source.get(k) for k in _USAGE_KEYS if k in source}
+
+
+def _print_usage(usage: dict[str, Any] | None) -> None:
+    if not usage:
+        return
+    quota = usage.get("quota_bytes")
+    limit = "no quota" if not isinstance(quota, int) else f"quota {format_size(quota)}"
+    line = f"storage: {format_size(int(usage.get('used_bytes') or 0))} used, {limit}"
+    saved = usage.get("dedupe_saved_bytes")
+    if isinstance(saved, int):
+        line += f" (dedupe saved {format_size(saved)}"
+        archived = usage.get("archived_bytes")
+        if isinstance(archived, int) and archived:
+            line += f", {format_size(archived)} in the archive"
+        line += ")"
+    print(line)
 
 
 def _when(t: object) -> str:
@@ -359,6 +396,7 @@ def _print_status(body: dict[str, Any]) -> None:
     if isinstance(mirror, dict) and not mirror.get("complete"):
         print(f"  making every folder available offline: {mirror.get('folders_listed')} "
               "folders listed so far")  # fmt: skip
+    _print_usage(body.get("usage"))
     print(f"pending uploads: {body['pending']}")
     up = body["uploading"]
     if isinstance(up, dict) and up.get("total"):
@@ -393,13 +431,32 @@ def revisions(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps([r.to_json() for r in revs]))
         return 0
-    print(f"{'REVISION':>8}  {'SIZE':>10}  {'TIME':19}  DEVICE")
+    print(f"{'REVISION':>8}  {'SIZE':>10}  {'TIME':19}  {'KEPT':4}  DEVICE")
     for r in revs:
         when = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(r.time))
-        print(f"{r.revision:>8}  {format_size(r.size):>10}  {when}  {r.device}")
+        kept = "kept" if r.kept else ""
+        print(f"{r.revision:>8}  {format_size(r.size):>10}  {when}  {kept:4}  {r.device}")
     if revs:
         print(f"\nbring one back with: drive restore {path} REVISION")
+        print(f"keep one from thinning with: drive keep {path} REVISION")
     return 0
+
+
+def _set_kept(args: argparse.Namespace, kept: bool) -> int:
+    _, cfg = _config()
+    path = to_drive_path(args.path)
+    info = _run(cfg, lambda rc: rc.set_kept(path, args.revision, kept))
+    what = "kept: thinning never removes it" if info.kept else "no longer kept"
+    print(f"{path} revision {info.revision}: {what}")
+    return 0
+
+
+def keep(args: argparse.Namespace) -> int:
+    return _set_kept(args, True)
+
+
+def unkeep(args: argparse.Namespace) -> int:
+    return _set_kept(args, False)
 
 
 def restore(args: argparse.Namespace) -> int:
@@ -417,14 +474,28 @@ def trash(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps(entries))
         return 0
+    if entries:
+        print(f"{'ID':>8}  {'DELETED':19}  {'SIZE':>10}  {'KIND':7}  {'DEVICE':12}  PATH")
     for e in entries:
-        print(f"{e.get('kind', '?'):8} {e.get('path')}")
+        when = _full_time(e.get("deleted_at"))
+        size = format_size(int(e.get("size") or 0))
+        device = str(e.get("device") or "?")
+        print(f"{e.get('id', '?'):>8}  {when:19}  {size:>10}  {e.get('kind', '?'):7}  "
+              f"{device:12}  {e.get('path')}")  # fmt: skip
     return 0
+
+
+def _full_time(t: object) -> str:
+    if not isinstance(t, int | float):
+        return "?"
+    return time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(float(t)))
 
 
 def undelete(args: argparse.Namespace) -> int:
     _, cfg = _config()
-    path = to_drive_path(args.path)
-    rec = _run(cfg, lambda rc: rc.undelete(path))
+    if (args.path is None) == (args.id is None):
+        raise UserError("give either PATH or --id ID (see drive trash)")
+    path = None if args.path is None else to_drive_path(args.path)
+    rec = _run(cfg, lambda rc: rc.undelete(path, args.id))
     print(f"undeleted {rec.path}")
     return 0

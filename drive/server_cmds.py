@@ -212,3 +212,39 @@ def revoke(args: argparse.Namespace) -> int:
         raise UserError(str(exc)) from exc
     print(f"drive server: {n} token(s) of {args.name}'s device {args.device} revoked")
     return 0
+
+
+def parse_ahead(text: str) -> float:
+    """`+DURATION` (`40d`, `12h`, `30m`, `90s`, `2w`; a bare number is seconds) -> seconds."""
+    units = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 7 * 86400}
+    body = text.removeprefix("+")
+    scale = units.get(body[-1:].lower(), 0) if body else 0
+    number = body[:-1] if scale else body
+    try:
+        value = float(number) * (scale or 1)
+    except ValueError:
+        raise UserError(f"--now {text!r}: expected +DURATION such as +40d, +12h or +90m") from None
+    if not text.startswith("+") or value < 0 or value != value or value == float("inf"):
+        raise UserError(f"--now {text!r}: expected +DURATION such as +40d, +12h or +90m")
+    return value
+
+
+def maintenance(args: argparse.Namespace) -> int:
+    """One storage-lifecycle pass now: thinning, trash expiry, archiving, collection."""
+    from server import admin
+
+    now = time.time() + (parse_ahead(args.now) if args.now else 0.0)
+    try:
+        report = admin.maintenance(_data_dir(args), now, dry_run=args.dry_run)
+    except admin.FAILURES as exc:
+        raise UserError(str(exc)) from exc
+    if args.json:
+        print(json.dumps(report.to_json()))
+        return 0
+    if args.dry_run:
+        print("drive server: dry run, nothing changed")
+    if args.now:
+        print(f"drive server: as if it were {_when(now)}")
+    for line in report.lines():
+        print(line)
+    return 0

@@ -22,7 +22,8 @@ from server.db.schema import SchemaTooNew
 from server.db.url import DatabaseUnavailable
 from server.errors import AccountError
 from server.keyring import load_master, new_wrapped_key
-from server.locations import LocationError, Locations, open_block_store
+from server.lifecycle import Report
+from server.locations import LocationError, Locations, open_archive_store, open_block_store
 
 log = logging.getLogger(__name__)
 
@@ -113,3 +114,34 @@ def delete_user(data_dir: Path, name: str) -> None:
 def list_users(data_dir: Path) -> list[accounts.UserInfo]:
     """Every user of this data directory."""
     return _call(data_dir, accounts.list_users)
+
+
+def maintenance(data_dir: Path, now: float | None, *, dry_run: bool) -> Report:
+    """One storage-lifecycle pass over the data directory (server.lifecycle), at `now`
+    (None: the clock); a dry run changes nothing. Safe beside a running server: moves and
+    collections check the database under its transactions."""
+    from server.blocks import BlockService
+    from server.db import Database
+    from server.keyring import Keyring
+    from server.lifecycle import Lifecycle
+    from server.metrics import Metrics
+
+    try:
+        config = load_config(None, data_dir)
+        where = Locations.from_config(config, data_dir)
+        store = open_block_store(where.blocks)
+        archive = open_archive_store(where.archive, where.blocks)
+    except (ConfigError, LocationError) as exc:
+        raise SetupError(str(exc)) from None
+    try:
+        db = Database(where.database, threads=1)
+    except (DatabaseUnavailable, SchemaTooNew) as exc:
+        raise SetupError(str(exc)) from None
+    try:
+        keyring = Keyring(load_master(where.master_key_file))
+        blocks = BlockService(
+            db, store, keyring, Metrics(), config.max_block_bytes, archive=archive
+        )
+        return Lifecycle.build(db, blocks, config).run_sync(now, dry_run=dry_run)
+    finally:
+        db.close()

@@ -121,6 +121,7 @@ REVISION = obj(
         "time": {"type": "number"},
         "device": {"type": "string"},
         "content_hash": nullable(BLOCK_ID),
+        "kept": {"type": "boolean"},
     }
 )
 

@@ -2,17 +2,23 @@
 
 Invariant: a block row exists exactly while its object is in the store. A put and a garbage
 collection of the same key hold the same (striped) lock around "store + row" and "row +
-delete", so a collection can never remove an object that a put just recorded. Everything
+delete", so a collection can never remove an object that a put just recorded; across processes (the
+`drive server maintenance` command, several API servers) a collection deletes the object
+inside the transaction that deletes its row, which a put's first write waits for. Everything
 touching disk, SQLite or crypto runs in worker threads; the `*_sync` methods are called
 only from there.
 """
 
 from __future__ import annotations
 
+import contextlib
+import functools
 import logging
 import threading
+import time
 import zlib
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import TypeVar
 
 from blockstore.codec import FLAG_RAW, decode_wire_view, seal, sealed_to_wire, unseal
@@ -22,7 +28,7 @@ from blockstore.keys import DataKey
 from blockstore.store import BlockStore
 from blockstore.wire import Buffer
 from server.config import ServerConfig
-from server.db import Database, accounts
+from server.db import Database, accounts, tiers
 from server.db import blocks as block_rows
 from server.db.accounts import Principal
 from server.errors import BadRequest, Internal, NotFound, TooLarge
@@ -36,6 +42,9 @@ T = TypeVar("T")
 
 _STRIPES = 256
 GC_BATCH = 1000
+READS_FLUSH_AT = 50_000
+"""Reads noted in memory before a read writes them out itself (else maintenance does)."""
+READ_ATTEMPTS = 3
 
 
 class BlockService:
@@ -49,17 +58,28 @@ class BlockService:
         metrics: Metrics,
         max_block_bytes: int,
         staged_limit: StagedLimit | None = None,
+        archive: BlockStore | None = None,
     ) -> None:
         self.db = db
         self.store = store
+        self.archive = archive
+        """The archive tier (server.archive moves cold blocks there), None without one."""
         self.keyring = keyring
         self.metrics = metrics
         self.max_block_bytes = max_block_bytes
         self.staged_limit = staged_limit or StagedLimit.from_config(ServerConfig())
         self._locks = [threading.Lock() for _ in range(_STRIPES)]
+        self.clock: Callable[[], float] = time.time
+        """When reads happen (tests set a fake clock)."""
+        self._reads: dict[tuple[int, str], float] = {}
+        self._reads_lock = threading.Lock()
 
     def _lock(self, key: str) -> threading.Lock:
         return self._locks[zlib.crc32(key.encode()) % _STRIPES]
+
+    def key_lock(self, key: str) -> threading.Lock:
+        """The lock that a put, a collection and a tier move of `key` all hold."""
+        return self._lock(key)
 
     def _data_key(self, user_id: int, account: str) -> DataKey:
         key = self.keyring.cached(account)
@@ -158,13 +178,49 @@ class BlockService:
     ) -> T:
         """Read a block `who` is known to hold and open it; missing or damaged is a 500."""
         try:
-            return opener(key, who.account, bid, self.store.get(f"{who.account}/{bid}"))
+            return opener(key, who.account, bid, self._read_stored(who.user_id, who.account, bid))
         except BlockNotFound:
             log.error("block %s of account %s is recorded but missing", bid, who.account)
             raise Internal("corrupt block: missing from the block store") from None
         except CorruptBlockError as exc:
             log.error("block %s of account %s is corrupt: %s", bid, who.account, exc)
             raise Internal("corrupt block") from None
+
+    def _read_stored(self, user_id: int, account: str, bid: BlockId) -> bytes:
+        """The sealed object from the hot tier, else from the archive, and note the read
+        (`flush_reads_sync`; a read from the archive is written at once, which makes the
+        block hot again). A block is in one tier or in both while it moves; a read that
+        misses both raced a move back and forth, and looks again."""
+        key = f"{account}/{bid}"
+        now = self.clock()
+        with self._reads_lock:
+            self._reads[(user_id, bid)] = now
+            full = len(self._reads) >= READS_FLUSH_AT
+        if full:
+            self.flush_reads_sync()
+        for _ in range(READ_ATTEMPTS):
+            with contextlib.suppress(BlockNotFound):
+                return self.store.get(key)
+            if self.archive is None:
+                break
+            with contextlib.suppress(BlockNotFound):
+                sealed = self.archive.get(key)
+                self.metrics.add("archive_reads")
+                self.metrics.add("archive_bytes_read", len(sealed))
+                self.db.call(tiers.note_reads, [(user_id, bid, now)])
+                return sealed
+        raise BlockNotFound(key)
+
+    def flush_reads_sync(self) -> int:
+        """Write the reads noted since the last flush to the block rows (`last_access`,
+        which decides what is cold); returns how many (worker thread). Reads are kept in
+        memory until then, so a read costs no database write."""
+        with self._reads_lock:
+            reads, self._reads = self._reads, {}
+        if reads:
+            rows = [(user_id, bid, t) for (user_id, bid), t in reads.items()]
+            self.db.call(tiers.note_reads, rows)
+        return len(reads)
 
     def serve_wire_many_sync(
         self, who: Principal, bids: list[BlockId], budget: int
@@ -178,21 +234,59 @@ class BlockService:
 
     def collect_sync(self, grace_seconds: float) -> int:
         """Delete unreferenced blocks older than the grace period; returns how many."""
-        removed = 0
+        return self.collect_counted_sync(grace_seconds).blocks
+
+    def collect_counted_sync(self, grace_seconds: float, *, dry_run: bool = False) -> Freed:
+        """Delete every unreferenced block whose grace period (on the real clock: a block
+        an upload is about to commit is never collected under it) is over; a dry run only
+        counts them (worker thread)."""
+        freed = Freed()
         accounts_by_user: dict[int, str] = {}
-        for user_id, bid in self.db.call(block_rows.gc_candidates, grace_seconds, GC_BATCH):
-            account = accounts_by_user.get(user_id)
-            if account is None:
-                account = self.db.call(accounts.account_key, user_id)[0]
-                accounts_by_user[user_id] = account
-            key = f"{account}/{bid}"
-            with self._lock(key):
-                if self.db.call(block_rows.forget_if_unused, user_id, bid, grace_seconds):
-                    self.store.delete(key)
-                    removed += 1
-        if removed:
-            log.info("collected %d unreferenced blocks", removed)
-        return removed
+        after = (0, "")
+        while True:
+            batch = self.db.call(block_rows.gc_candidates, grace_seconds, GC_BATCH, after)
+            for user_id, bid, stored in batch:
+                if dry_run:
+                    freed.add(stored)
+                    continue
+                account = accounts_by_user.get(user_id)
+                if account is None:
+                    account = self.db.call(accounts.account_key, user_id)[0]
+                    accounts_by_user[user_id] = account
+                key = f"{account}/{bid}"
+                with self._lock(key):
+                    gone = self.db.call(
+                        block_rows.forget_if_unused, user_id, bid, grace_seconds,
+                        functools.partial(self._delete_everywhere, key),
+                    )  # fmt: skip
+                    if gone:
+                        freed.add(stored)
+            if len(batch) < GC_BATCH:
+                break
+            after = (batch[-1][0], batch[-1][1])
+        if freed.blocks and not dry_run:
+            log.info("collected %d unreferenced blocks", freed.blocks)
+        return freed
+
+    def _delete_everywhere(self, key: str) -> None:
+        """Delete an object from the hot tier and the archive (it may be in either, or in
+        both while a move is cut short)."""
+        self.store.delete(key)
+        if self.archive is not None:
+            self.archive.delete(key)
+
+
+@dataclass(slots=True)
+class Freed:
+    """Blocks collected and their sealed bytes."""
+
+    blocks: int = 0
+    bytes: int = 0
+
+    def add(self, stored_size: int) -> None:
+        """Count one block."""
+        self.blocks += 1
+        self.bytes += stored_size
 
 
 def _decode(frame: Buffer, max_plaintext: int, bid: BlockId) -> bytes | memoryview:

@@ -4,7 +4,8 @@
 database, blocks, archive and master key live (server.locations), and
 `default_quota_bytes` (the quota `drive server adduser` gives without `--quota`; 0 = none) sit
 next to the limits (`max_staged_bytes`: see server/quota.py), rate limits and retention
-(`revisions_kept`, `journal_keep_*`) and the idle lifetime of device tokens
+(`revisions_kept`, `thin_*`, `trash_keep_seconds`, `journal_keep_*`), the archive tier's ages
+(`archive_after_seconds`, `archive_idle_seconds`) and the idle lifetime of device tokens
 (`token_idle_seconds`).
 Every knob has a default that suits one machine; tests override a few (a low rate limit, a
 short long-poll clamp) by writing a small TOML file. Unknown keys are an error, so a typo in
@@ -52,6 +53,23 @@ class ServerConfig:
     journal_keep_entries: int = 100_000
     journal_keep_days: float = 30.0
     revisions_kept: int = 100
+    # Staggered thinning of each file's versions (server.thinning): every version younger
+    # than `thin_all_seconds`, then one per hourly interval until `thin_hourly_until_seconds`,
+    # one per daily interval until `thin_daily_until_seconds`, one per weekly interval after.
+    thin_all_seconds: float = 3600.0
+    thin_hourly_interval_seconds: float = 3600.0
+    thin_hourly_until_seconds: float = 86400.0
+    thin_daily_interval_seconds: float = 86400.0
+    thin_daily_until_seconds: float = 30 * 86400.0
+    thin_weekly_interval_seconds: float = 7 * 86400.0
+    # Deleted entries stay restorable this long, then their versions are released.
+    trash_keep_seconds: float = 30 * 86400.0
+    # Blocks only versions older than `archive_after_seconds` use, and not read for
+    # `archive_idle_seconds`, move to the archive tier (when `archive` is set).
+    archive_after_seconds: float = 90 * 86400.0
+    archive_idle_seconds: float = 90 * 86400.0
+    # A tier move recorded this long ago belongs to a dead process: its leftover copy goes.
+    archive_move_stale_seconds: float = 600.0
     longpoll_min_seconds: float = 30.0
     longpoll_max_seconds: float = 480.0
     longpoll_jitter_fraction: float = 0.1

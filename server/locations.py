@@ -65,7 +65,7 @@ class Locations:
     database: DatabaseUrl
     blocks: BlockLocation
     archive: ArchiveLocation | None
-    """Not used yet: the storage lifecycle work moves cold blocks there."""
+    """Where cold blocks move (server.archive); None: no archive tier."""
     master_key_file: Path
     master_key_configured: bool
     """True when the config names the key file (then it must exist: one key per deployment)."""
@@ -145,10 +145,33 @@ def open_block_store(blocks: BlockLocation) -> BlockStore:
     credentials: one clear line at start, not an error on the first upload)."""
     if isinstance(blocks, Path):
         return open_store.open_block_store(blocks)
-    settings = S3Settings(endpoint=blocks.endpoint, region=blocks.region)
-    store = S3BlockStore(blocks.bucket, blocks.prefix, settings)
+    return _checked("blocks", blocks, None)
+
+
+def open_archive_store(archive: ArchiveLocation | None, blocks: BlockLocation) -> BlockStore | None:
+    """The archive tier's store, checked as the blocks' is; None without an archive. A
+    storage class keeps archived objects in the blocks' bucket under the sibling prefix
+    `PREFIX.archive/` (`archive/` without a prefix), written with that class."""
+    if archive is None:
+        return None
+    if isinstance(archive, Path):
+        return open_store.open_block_store(archive)
+    if isinstance(archive, StorageClass):
+        assert isinstance(blocks, S3Location)  # Locations.from_config checked it
+        base = blocks.prefix.rstrip("/")
+        place = S3Location(
+            blocks.bucket, f"{base}.archive/" if base else "archive/", blocks.endpoint,
+            blocks.region,
+        )  # fmt: skip
+        return _checked("archive", place, archive.name)
+    return _checked("archive", archive, None)
+
+
+def _checked(key: str, place: S3Location, storage_class: str | None) -> BlockStore:
+    settings = S3Settings(endpoint=place.endpoint, region=place.region, storage_class=storage_class)
+    store = S3BlockStore(place.bucket, place.prefix, settings)
     try:
         open_store.check_block_store(store)
     except S3StoreError as exc:
-        raise LocationError(f"blocks = s3://{blocks.bucket}/{blocks.prefix}: {exc}") from None
+        raise LocationError(f"{key} = s3://{place.bucket}/{place.prefix}: {exc}") from None
     return store

@@ -11,7 +11,7 @@ import time
 
 from blockstore.wire import FileRecord, RevisionInfo
 from server.config import ServerConfig
-from server.db import Database, files, journal, moves, versions
+from server.db import Database, files, journal, lifecycle, moves, versions
 from server.db.accounts import Principal
 from server.db.conn import Conn
 from server.db.journal import Actor, Delta
@@ -143,9 +143,9 @@ class Metadata:
         await self.feed.notify(who.ns_id)
         return rec
 
-    async def undelete(self, who: Principal, path: str) -> FileRecord:
-        """Bring back from the trash."""
-        rec = await self.db.run(moves.undelete, actor_of(who), path)
+    async def undelete(self, who: Principal, path: str | None, item_id: int | None) -> FileRecord:
+        """Bring back from the trash (an item by id, else the newest deleted from `path`)."""
+        rec = await self.db.run(moves.undelete, actor_of(who), path, item_id)
         await self.feed.notify(who.ns_id)
         return rec
 
@@ -156,6 +156,14 @@ class Metadata:
     async def revisions(self, who: Principal, path: str, limit: int) -> list[RevisionInfo]:
         """Kept versions, newest first."""
         return await self.db.run(versions.revisions, who.ns_id, path, limit)
+
+    async def set_kept(self, who: Principal, path: str, revision: int, kept: bool) -> RevisionInfo:
+        """Mark a version "keep" (thinning never removes it), or unmark it."""
+        return await self.db.run(lifecycle.set_kept, who.ns_id, path, revision, kept)
+
+    async def usage_detail(self, who: Principal) -> lifecycle.UsageDetail:
+        """What the caller's retained versions hold beside the quota's figure."""
+        return await self.db.run(lifecycle.usage_detail, who.user_id)
 
     async def version_of(self, who: Principal, path: str, revision: int | None) -> FileRecord:
         """A file as of a revision (None: current), with blocks."""

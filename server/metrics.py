@@ -20,6 +20,10 @@ class Metrics:
         self.block_bytes_stored = 0
         self.block_bytes_served = 0
         self.dedupe_hits = 0
+        self.archive_reads = 0
+        self.archive_bytes_read = 0
+        self.blocks_archived = 0
+        self.blocks_unarchived = 0
         self.longpolls_open = 0
         self.commit_seconds_sum = 0.0
         self.commit_count = 0
@@ -58,6 +62,14 @@ class Metrics:
                  "Block and download bytes sent to clients."),
                 ("drive_dedupe_hits_total", "counter", self.dedupe_hits,
                  "Blocks received that the account already held."),
+                ("drive_archive_reads_total", "counter", self.archive_reads,
+                 "Blocks read from the archive tier."),
+                ("drive_archive_bytes_read_total", "counter", self.archive_bytes_read,
+                 "Sealed block bytes read from the archive tier."),
+                ("drive_blocks_archived_total", "counter", self.blocks_archived,
+                 "Blocks this process moved to the archive tier."),
+                ("drive_blocks_unarchived_total", "counter", self.blocks_unarchived,
+                 "Blocks this process moved back from the archive tier."),
                 ("drive_longpolls_open", "gauge", self.longpolls_open,
                  "Long-poll requests currently waiting."),
             ):  # fmt: skip

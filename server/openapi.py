@@ -151,9 +151,13 @@ _token = obj({"token": {"type": "string"}, "user": {"type": "string"},
               "device_id": count(), "device": {"type": "string"}})  # fmt: skip
 _whoami = obj({"user": {"type": "string"}, "device": {"type": "string"},
                "device_id": count(), "quota_bytes": nullable(count()), "used_bytes": count(),
-               "staged_bytes": count()})  # fmt: skip
+               "staged_bytes": count(), "logical_bytes": count(),
+               "dedupe_saved_bytes": count(), "stored_bytes": count(),
+               "archived_bytes": count()})  # fmt: skip
 _trash_entry = obj({"id": count(minimum=1), "path": PATH, "kind": {"type": "string"},
-                    "deleted_at": {"type": "number"}})  # fmt: skip
+                    "deleted_at": {"type": "number"}, "size": count(),
+                    "device": nullable({"type": "string"})})  # fmt: skip
+_keep_body = obj({"path": PATH, "revision": count(minimum=1)})
 _cursor_links = {"delta": link("delta", cursor="$response.body#/cursor"),
                  "longpoll": link("longpoll", cursor="$response.body#/cursor")}  # fmt: skip
 _revisions = answer(obj({"revisions": {"type": "array", "items": ref("Revision")}}))
@@ -239,12 +243,20 @@ PATHS: dict[str, dict[str, Schema]] = {
     "/api/v1/restore": {"post": op(
         "restore", "Bring a revision back as a new one", {200: record()},
         body=obj({"path": PATH, "revision": count(minimum=1)}), errors=WRITE)},
+    "/api/v1/keep": {"post": op(
+        "keep", "Mark a revision kept: thinning never removes it",
+        {200: answer(ref("Revision"))}, body=_keep_body, errors=(404,))},
+    "/api/v1/unkeep": {"post": op(
+        "unkeep", "Take a revision's keep mark away", {200: answer(ref("Revision"))},
+        body=_keep_body, errors=(404,))},
     "/api/v1/trash": {"get": op(
         "trash", "Deleted entries, newest first",
         {200: answer(obj({"entries": {"type": "array", "items": _trash_entry}}))})},
     "/api/v1/undelete": {"post": op(
-        "undelete", "Bring an entry back from the trash", {200: record()},
-        body=obj({"path": PATH}), errors=WRITE)},
+        "undelete", "Bring an entry back from the trash (by id, or the newest from a path)",
+        {200: record()},
+        body={"anyOf": [obj({"path": PATH}, {"id": nullable(count(minimum=1))}),
+                        obj({"id": count(minimum=1)})]}, errors=WRITE)},
     "/api/v1/cursor": {"get": op(
         "cursor", "The journal's head",
         {200: answer(obj({"cursor": {"type": "string"}}), links=_cursor_links)})},

@@ -93,10 +93,14 @@ async def logout(request: Request) -> Response:
 
 async def whoami(request: Request) -> Response:
     who = await principal(request)
-    u = await services(request).auth.usage(who)
+    s = services(request)
+    u = await s.auth.usage(who)
+    d = await s.metadata.usage_detail(who)
     return json_response(
         {"user": who.user, "device": who.device, "device_id": who.device_id,
-         "quota_bytes": u.quota, "used_bytes": u.used, "staged_bytes": u.staged}
+         "quota_bytes": u.quota, "used_bytes": u.used, "staged_bytes": u.staged,
+         "logical_bytes": d.logical, "dedupe_saved_bytes": max(0, d.logical - u.used),
+         "stored_bytes": d.stored, "archived_bytes": d.archived}
     )  # fmt: skip
 
 
@@ -234,12 +238,30 @@ async def restore(request: Request) -> Response:
     return json_response(rec.to_json())
 
 
+async def set_kept(request: Request, kept: bool) -> Response:
+    who = await principal(request)
+    s = services(request)
+    body = await read_json(request, s.config.max_json_bytes)
+    revision = get_int(body, "revision", minimum=1)
+    assert revision is not None
+    info = await s.metadata.set_kept(who, check_path(body.get("path")), revision, kept)
+    return json_response(info.to_json())
+
+
+async def keep(request: Request) -> Response:
+    return await set_kept(request, True)
+
+
+async def unkeep(request: Request) -> Response:
+    return await set_kept(request, False)
+
+
 async def trash(request: Request) -> Response:
     who = await principal(request)
     items = await services(request).metadata.trash(who)
     return json_response(
-        {"entries": [{"id": t.id, "path": t.path, "kind": t.kind, "deleted_at": t.deleted_at}
-                     for t in items]}
+        {"entries": [{"id": t.id, "path": t.path, "kind": t.kind, "deleted_at": t.deleted_at,
+                      "size": t.size, "device": t.device} for t in items]}
     )  # fmt: skip
 
 
@@ -247,7 +269,11 @@ async def undelete(request: Request) -> Response:
     who = await principal(request)
     s = services(request)
     body = await read_json(request, s.config.max_json_bytes)
-    rec = await s.metadata.undelete(who, check_path(body.get("path")))
+    item_id = get_int(body, "id", optional=True, minimum=1)
+    path = (
+        None if item_id is not None and body.get("path") is None else check_path(body.get("path"))
+    )
+    rec = await s.metadata.undelete(who, path, item_id)
     return json_response(rec.to_json())
 
 
@@ -309,6 +335,8 @@ ROUTES = [
     Route("/api/v1/editing", editing, methods=["POST"]),
     Route("/api/v1/revisions", revisions, methods=["GET"]),
     Route("/api/v1/restore", restore, methods=["POST"]),
+    Route("/api/v1/keep", keep, methods=["POST"]),
+    Route("/api/v1/unkeep", unkeep, methods=["POST"]),
     Route("/api/v1/trash", trash, methods=["GET"]),
     Route("/api/v1/undelete", undelete, methods=["POST"]),
     Route("/api/v1/cursor", cursor, methods=["GET"]),

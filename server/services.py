@@ -26,7 +26,8 @@ from server.db.versions import CommitRequest as CommitRequest
 from server.errors import RateLimited
 from server.feed import ChangeFeed
 from server.keyring import Keyring, load_master
-from server.locations import Locations, open_block_store
+from server.lifecycle import Lifecycle, Report
+from server.locations import Locations, open_archive_store, open_block_store
 from server.metadata import Metadata
 from server.metrics import Metrics
 from server.quota import StagedLimit
@@ -54,6 +55,7 @@ class Services:
     limiter: RateLimiter
     login_limiter: RateLimiter
     bodies: BodyRules
+    lifecycle: Lifecycle
 
     @classmethod
     def open(cls, data_dir: Path, config: ServerConfig, fingerprint: str) -> Services:
@@ -67,9 +69,11 @@ class Services:
         db = Database(where.database, config.db_threads)
         keyring = Keyring(load_master(where.master_key_file))
         store = open_block_store(where.blocks)
+        archive = open_archive_store(where.archive, where.blocks)
         blocks = BlockService(
-            db, store, keyring, metrics, config.max_block_bytes, StagedLimit.from_config(config)
-        )
+            db, store, keyring, metrics, config.max_block_bytes, StagedLimit.from_config(config),
+            archive,
+        )  # fmt: skip
         feed = ChangeFeed(db, config, metrics, shared=db.shared)
         metadata = Metadata(db, feed, metrics, config)
         return cls(
@@ -86,6 +90,7 @@ class Services:
             limiter=RateLimiter(config.rate_per_second, config.rate_burst),
             login_limiter=RateLimiter(config.login_rate_per_second, config.login_rate_burst),
             bodies=BodyRules.from_config(config),
+            lifecycle=Lifecycle.build(db, blocks, config),
         )
 
     async def admit(self, authorization: str | None) -> tuple[Principal, dict[str, str]]:
@@ -100,12 +105,16 @@ class Services:
             raise refused
         return who, verdict.headers()
 
-    async def maintain_once(self) -> None:
-        """One round of housekeeping: expire sessions, trim journals, collect blocks."""
+    async def maintain_once(self) -> Report:
+        """One round of housekeeping: expire sessions, trim journals, then the storage
+        lifecycle pass (thinning, trash expiry, archive tier, garbage collection)."""
         c = self.config
         await self.uploads.expire()
         await self.db.run(journal.trim, c.journal_keep_entries, c.journal_keep_days * 86400)
-        await trio.to_thread.run_sync(self.blocks.collect_sync, c.block_gc_grace_seconds)
+        report = await trio.to_thread.run_sync(self.lifecycle.run_sync)
+        if report.thinned.versions or report.trash.items or report.collected.blocks:
+            log.info("maintenance: %s", "; ".join(report.lines()))
+        return report
 
     async def background(self) -> None:
         """What runs beside the requests until cancelled: housekeeping and, on PostgreSQL,

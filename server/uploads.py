@@ -372,7 +372,9 @@ class Uploads:
         if abandoned:
             await self.db.run(sessions.delete, abandoned)
         live = await self.db.run(sessions.live_ids)
-        await run_io(_sweep, self.dir, live, set(self._spooling))
+        # The live set, not a copy: an upload that starts while the sweep runs adds its
+        # name before its file exists, and the sweep checks each file it finds then.
+        await run_io(_sweep, self.dir, live, self._spooling)
         return len(gone) + len(abandoned)
 
     def _abandoned(self, session_ids: set[str], idle_before: float) -> list[str]:

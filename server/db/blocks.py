@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import time
 from collections import Counter
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 
 from server.db import lock_row, write_txn
 from server.db.conn import Conn
@@ -123,19 +123,34 @@ def _refcounts(conn: Conn, user_id: int, ids: Sequence[str]) -> dict[str, tuple[
     return found
 
 
-def gc_candidates(conn: Conn, grace_seconds: float, limit: int) -> list[tuple[int, str]]:
-    """Unreferenced blocks whose grace period is over: `(user_id, block_id)`."""
+def gc_candidates(
+    conn: Conn, grace_seconds: float, limit: int, after: tuple[int, str] = (0, "")
+) -> list[tuple[int, str, int]]:
+    """Unreferenced blocks whose grace period is over, in key order after `after`:
+    `(user_id, block_id, stored_size)`."""
     cutoff = time.time() - grace_seconds
     rows = conn.execute(
-        "SELECT user_id, block_id FROM blocks WHERE refcount <= 0 AND zero_since IS NOT NULL"
-        " AND zero_since < ? LIMIT ?",
-        (cutoff, limit),
+        "SELECT user_id, block_id, stored_size FROM blocks WHERE refcount <= 0"
+        " AND zero_since IS NOT NULL AND zero_since < ?"
+        " AND (user_id > ? OR (user_id = ? AND block_id > ?))"
+        " ORDER BY user_id, block_id LIMIT ?",
+        (cutoff, after[0], after[0], after[1], limit),
     ).fetchall()
-    return [(int(r[0]), str(r[1])) for r in rows]
+    return [(int(r[0]), str(r[1]), int(r[2])) for r in rows]
 
 
-def forget_if_unused(conn: Conn, user_id: int, block_id: str, grace_seconds: float) -> bool:
-    """Delete the row if it is still unreferenced past its grace period; True if deleted."""
+def forget_if_unused(
+    conn: Conn,
+    user_id: int,
+    block_id: str,
+    grace_seconds: float,
+    remove: Callable[[], None] = lambda: None,
+) -> bool:
+    """Delete the row if it is still unreferenced past its grace period, and call `remove`
+    (which deletes the object) before that commits; True if deleted. The object goes while
+    the row is still locked: a put of the same block by another process waits for the
+    transaction (its `touch_if_present` writes the row), then finds neither and stores it
+    anew, instead of finding the object about to vanish under its new row."""
     cutoff = time.time() - grace_seconds
     with write_txn(conn):
         lock_row(conn, "users", user_id)  # before the block row, as every writer does
@@ -150,6 +165,7 @@ def forget_if_unused(conn: Conn, user_id: int, block_id: str, grace_seconds: flo
         conn.execute(
             "UPDATE users SET staged_bytes = staged_bytes - ? WHERE id = ?", (int(row[0]), user_id)
         )
+        remove()
         return True
 
 

@@ -3,7 +3,9 @@
 A directory move changes one row (its parent and name); descendants follow because paths
 are derived from parents. Deleting marks the entry and its whole live subtree with the same
 `trash_root`, so undelete brings back exactly what that delete removed (entries deleted
-earlier on their own stay in the trash as their own items).
+earlier on their own stay in the trash as their own items). Undelete never fails for a
+taken name: the item comes back beside the new entry under a "(restored ...)" name. Items
+expire after `trash_keep_seconds` (server.db.lifecycle removes them and their versions).
 
 Never lose a write: a delete or a rename-over may name the revision the device saw
 (`base_rev`, `src_rev`, `dst_rev`); a file that moved on since is refused with 409 `conflict`
@@ -16,7 +18,7 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass
 
-from blockstore.wire import ROOT_PATH, FileRecord, is_within
+from blockstore.wire import MAX_NAME_BYTES, ROOT_PATH, FileRecord, is_within
 from server.db import journal, lock_namespace, read_txn, versions, write_txn
 from server.db.conn import Conn, Row
 from server.db.files import child, get_row, need, need_parent_dir, path_of, record
@@ -32,6 +34,10 @@ class TrashItem:
     path: str
     kind: str
     deleted_at: float
+    size: int = 0
+    """Bytes of the files in it (their current versions)."""
+    device: str | None = None
+    """The device that deleted it (None for items deleted before servers recorded it)."""
 
 
 def _has_children(conn: Conn, ns_id: int, dir_id: int) -> bool:
@@ -44,8 +50,8 @@ def _has_children(conn: Conn, ns_id: int, dir_id: int) -> bool:
     )
 
 
-def _trash(conn: Conn, ns_id: int, row: Row, path: str) -> None:
-    """Mark `row` and its live subtree deleted, as one trash item."""
+def _trash(conn: Conn, ns_id: int, row: Row, path: str, device: str) -> None:
+    """Mark `row` and its live subtree deleted, as one trash item deleted by `device`."""
     now = time.time()
     root_id = int(row["id"])
     conn.execute(
@@ -58,7 +64,8 @@ def _trash(conn: Conn, ns_id: int, row: Row, path: str) -> None:
         (ns_id, root_id, ns_id, now, root_id, ns_id),
     )
     conn.execute(
-        "UPDATE files SET trash_path = ? WHERE ns_id = ? AND id = ?", (path, ns_id, root_id)
+        "UPDATE files SET trash_path = ?, deleted_by = ? WHERE ns_id = ? AND id = ?",
+        (path, device, ns_id, root_id),
     )
 
 
@@ -145,8 +152,8 @@ def _move_version(conn: Conn, ns_id: int, old: tuple[int, int], new: tuple[int, 
     foreign keys and the unique commit id allow no other order)."""
     conn.execute(
         "INSERT INTO file_versions (ns_id, file_id, rev, state, size, content_hash, mtime_ns,"
-        " device, created_at, commit_id) SELECT ns_id, ?, ?, state, size, content_hash,"
-        " mtime_ns, device, created_at, NULL FROM file_versions"
+        " device, created_at, commit_id, kept) SELECT ns_id, ?, ?, state, size, content_hash,"
+        " mtime_ns, device, created_at, NULL, kept FROM file_versions"
         " WHERE ns_id = ? AND file_id = ? AND rev = ?",
         (*new, ns_id, *old),
     )
@@ -226,7 +233,7 @@ def move(
                 raise Exists(f"cannot replace a file with a directory: {dst}")
             elif row["kind"] == "file" and target["kind"] == "file":
                 return _replace_content(conn, actor, row, src, target, dst, keep)
-            _trash(conn, ns, target, dst)
+            _trash(conn, ns, target, dst, actor.device)
             gone = _moved_record(conn, ns, int(target["id"]), dst)
             journal.append(conn, actor, "delete", gone)
             _set_place(conn, ns, int(row["id"]), int(parent["id"]), name)
@@ -257,7 +264,7 @@ def delete(
         _check_rev(conn, ns, row, path, base_rev)
         if row["kind"] == "dir" and not recursive and _has_children(conn, ns, int(row["id"])):
             raise NotEmpty(f"directory not empty: {path}")
-        _trash(conn, ns, row, path)
+        _trash(conn, ns, row, path, actor.device)
         rec = _moved_record(conn, ns, int(row["id"]), path)
         journal.append(conn, actor, "delete", rec)
         return rec
@@ -267,36 +274,66 @@ def trash(conn: Conn, ns_id: int) -> list[TrashItem]:
     """GET /trash: deleted items (each delete is one item), newest first."""
     with read_txn(conn):
         rows = conn.execute(
-            "SELECT id, trash_path, kind, deleted_at FROM files WHERE ns_id = ?"
-            " AND deleted_at IS NOT NULL AND trash_root = id ORDER BY deleted_at DESC, id DESC",
+            "SELECT r.id, r.trash_path, r.kind, r.deleted_at, r.deleted_by,"
+            " (SELECT COALESCE(SUM(f.size), 0) FROM files f WHERE f.ns_id = r.ns_id"
+            "  AND f.trash_root = r.id AND f.kind = 'file')"
+            " FROM files r WHERE r.ns_id = ? AND r.deleted_at IS NOT NULL AND r.trash_root = r.id"
+            " ORDER BY r.deleted_at DESC, r.id DESC",
             (ns_id,),
         ).fetchall()
-    return [TrashItem(int(r[0]), str(r[1]), str(r[2]), float(r[3])) for r in rows]
+    return [TrashItem(int(r[0]), str(r[1]), str(r[2]), float(r[3]), int(r[5]), r[4]) for r in rows]
 
 
-def undelete(conn: Conn, actor: Actor, path: str) -> FileRecord:
-    """POST /undelete: bring back the newest trash item deleted from `path`."""
+def undelete(conn: Conn, actor: Actor, path: str | None, item_id: int | None = None) -> FileRecord:
+    """POST /undelete: bring back the trash item `item_id`, else the newest one deleted from
+    `path`, with its subtree and history. If its name is taken now, it comes back beside it
+    as `NAME (restored YYYY-MM-DD HHMMSS).EXT` (nothing is refused for a name)."""
     ns = actor.ns_id
     with write_txn(conn):
         lock_namespace(conn, ns)
-        row = conn.execute(
-            "SELECT id, parent_id, name FROM files WHERE ns_id = ? AND deleted_at IS NOT NULL"
-            " AND trash_root = id AND trash_path = ? ORDER BY deleted_at DESC, id DESC LIMIT 1",
-            (ns, path),
-        ).fetchone()
+        sql = (
+            "SELECT id, parent_id, name, trash_path FROM files WHERE ns_id = ?"
+            " AND deleted_at IS NOT NULL AND trash_root = id"
+        )
+        if item_id is not None:
+            row = conn.execute(sql + " AND id = ?", (ns, item_id)).fetchone()
+        else:
+            row = conn.execute(
+                sql + " AND trash_path = ? ORDER BY deleted_at DESC, id DESC LIMIT 1", (ns, path)
+            ).fetchone()
         if row is None:
-            raise NotFound(f"nothing deleted at {path}")
-        file_id = int(row[0])
+            what = f"trash item {item_id}" if item_id is not None else f"anything at {path}"
+            raise NotFound(f"no deleted {what}")
+        file_id, old_path = int(row[0]), str(row[3])
         parent = get_row(conn, ns, int(row[1]))
         if parent is None or parent["deleted_at"] is not None or parent["kind"] != "dir":
-            raise ParentMissing(f"the parent directory of {path} no longer exists")
-        if child(conn, ns, int(row[1]), str(row[2])) is not None:
-            raise Exists(f"already exists: {path}")
+            raise ParentMissing(f"the parent directory of {old_path} no longer exists")
+        name = free_name(conn, ns, int(row[1]), str(row[2]), time.time())
+        conn.execute("UPDATE files SET name = ? WHERE ns_id = ? AND id = ?", (name, ns, file_id))
         conn.execute(
-            "UPDATE files SET deleted_at = NULL, trash_root = NULL, trash_path = NULL"
-            " WHERE ns_id = ? AND trash_root = ?",
+            "UPDATE files SET deleted_at = NULL, trash_root = NULL, trash_path = NULL,"
+            " deleted_by = NULL WHERE ns_id = ? AND trash_root = ?",
             (ns, file_id),
         )
         rec = _moved_record(conn, ns, file_id, path_of(conn, ns, file_id))
         journal.append(conn, actor, "undelete", rec)
         return rec
+
+
+def free_name(conn: Conn, ns_id: int, parent_id: int, name: str, now: float) -> str:
+    """`name` if no live entry of the directory has it, else `NAME (restored DATE TIME).EXT`
+    (with ` 2`, ` 3`, ... inside the parentheses should that be taken too)."""
+    if child(conn, ns_id, parent_id, name) is None:
+        return name
+    stem, dot, ext = name.rpartition(".")
+    if not stem:  # no extension, or a dot file
+        stem, dot, ext = name, "", ""
+    stamp = time.strftime("%Y-%m-%d %H%M%S", time.localtime(now))
+    for n in range(1, 10_000):
+        extra = "" if n == 1 else f" {n}"
+        candidate = f"{stem} (restored {stamp}{extra}){dot}{ext}"
+        if len(candidate.encode()) > MAX_NAME_BYTES:
+            candidate = f"(restored {stamp}{extra}){dot}{ext}"[-MAX_NAME_BYTES:]
+        if child(conn, ns_id, parent_id, candidate) is None:
+            return candidate
+    raise Exists(f"no free name for {name!r} in its folder")

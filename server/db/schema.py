@@ -163,6 +163,24 @@ MIGRATIONS: list[list[str]] = [
     # which was never written back before: give every live token a full idle period from
     # the upgrade rather than expiring every device logged in long ago at once.
     ["UPDATE devices SET last_seen = ? WHERE revoked_at IS NULL"],
+    # 6: the storage lifecycle (server.lifecycle): versions a user marked "keep" (never
+    # thinned), who deleted a trash item, the blocks each namespace's versions use (archive
+    # and usage queries), the tier moves in flight (repaired after a crash), and indexes
+    # for the trash's expiry and the archive's candidates.
+    [
+        "ALTER TABLE file_versions ADD COLUMN kept INTEGER NOT NULL DEFAULT 0",
+        "ALTER TABLE files ADD COLUMN deleted_by TEXT",
+        "CREATE INDEX version_blocks_block ON version_blocks (ns_id, block_id)",
+        "CREATE INDEX files_deleted ON files (deleted_at) WHERE deleted_at IS NOT NULL",
+        "CREATE INDEX blocks_tier ON blocks (tier, last_access)",
+        """CREATE TABLE block_moves (
+            user_id INTEGER NOT NULL REFERENCES users(id) ON DELETE CASCADE,
+            block_id TEXT NOT NULL,
+            to_tier TEXT NOT NULL,
+            started_at DOUBLE PRECISION NOT NULL,
+            PRIMARY KEY (user_id, block_id)
+        )""",
+    ],
 ]
 
 SCHEMA_VERSION = len(MIGRATIONS)

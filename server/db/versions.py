@@ -33,6 +33,7 @@ from server.db.files import (
 from server.db.journal import Actor
 from server.errors import BadRequest, Conflict, Exists, NotFound, TooLarge
 from server.quota import check_commit
+from server.thinning import cap
 
 EMPTY_HASH = hashlib.sha256(b"").hexdigest()
 
@@ -100,23 +101,32 @@ def _previous(conn: Conn, actor: Actor, commit_id: str) -> FileRecord | None:
 
 
 def prune(conn: Conn, actor: Actor, file_id: int, keep: int) -> None:
-    """Drop all but the newest `keep` versions of a file, releasing their block references
-    (`keep=0` drops the whole history: the blocks become garbage once nothing else holds
-    them)."""
-    old = conn.execute(
-        "SELECT rev FROM file_versions WHERE ns_id = ? AND file_id = ? ORDER BY rev DESC",
+    """Drop the oldest versions of a file beyond `keep`, releasing their block references.
+    The newest version and versions marked "keep" always stay (`server.thinning.cap`)."""
+    rows = conn.execute(
+        "SELECT rev, kept FROM file_versions WHERE ns_id = ? AND file_id = ? ORDER BY rev DESC",
         (actor.ns_id, file_id),
     ).fetchall()
-    for (rev,) in old[keep:]:
-        ids = [b for b, _ in block_list(conn, actor.ns_id, file_id, int(rev))]
-        block_rows.add_refs(conn, actor.user_id, ids, -1)
+    if len(rows) <= keep:
+        return
+    protected = {int(r[0]) for r in rows if r[1]} | {int(rows[0][0])}
+    gone = cap([int(r[0]) for r in rows], protected, keep)
+    drop_versions(conn, actor.ns_id, actor.user_id, file_id, gone)
+
+
+def drop_versions(conn: Conn, ns_id: int, user_id: int, file_id: int, revs: list[int]) -> None:
+    """Delete versions of a file (inside the caller's write transaction), releasing the
+    references their block lists hold (the blocks become garbage once nothing else does)."""
+    for rev in revs:
+        ids = [b for b, _ in block_list(conn, ns_id, file_id, rev)]
+        block_rows.add_refs(conn, user_id, ids, -1)
         conn.execute(
             "DELETE FROM version_blocks WHERE ns_id = ? AND file_id = ? AND rev = ?",
-            (actor.ns_id, file_id, rev),
+            (ns_id, file_id, rev),
         )
         conn.execute(
             "DELETE FROM file_versions WHERE ns_id = ? AND file_id = ? AND rev = ?",
-            (actor.ns_id, file_id, rev),
+            (ns_id, file_id, rev),
         )
 
 
@@ -246,11 +256,16 @@ def revisions(conn: Conn, ns_id: int, path: str, limit: int) -> list[RevisionInf
         if row["kind"] != "file":
             raise BadRequest(f"not a regular file: {path}")
         rows = conn.execute(
-            "SELECT rev, size, created_at, device, content_hash FROM file_versions"
+            "SELECT rev, size, created_at, device, content_hash, kept FROM file_versions"
             " WHERE ns_id = ? AND file_id = ? AND state = 'done' ORDER BY rev DESC LIMIT ?",
             (ns_id, row["id"], limit),
         ).fetchall()
-    return [RevisionInfo(int(r[0]), int(r[1]), float(r[2]), str(r[3]), r[4]) for r in rows]
+    return [revision_info(r) for r in rows]
+
+
+def revision_info(r: Row) -> RevisionInfo:
+    """A row of `rev, size, created_at, device, content_hash, kept` as the API shows it."""
+    return RevisionInfo(int(r[0]), int(r[1]), float(r[2]), str(r[3]), r[4], bool(r[5]))
 
 
 def version_of(conn: Conn, ns_id: int, path: str, revision: int | None) -> FileRecord:

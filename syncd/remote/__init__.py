@@ -566,8 +566,16 @@ class RemoteClient:
         entries = body.get("entries", [])
         return [e for e in entries if isinstance(e, dict)]
 
-    async def undelete(self, path: str) -> FileRecord:
-        return await self._record("POST", "/api/v1/undelete", json={"path": path})
+    async def undelete(self, path: str | None, item_id: int | None = None) -> FileRecord:
+        """Bring back the trash item `item_id`, else the newest one deleted from `path`."""
+        body: dict[str, Any] = {"path": path} if item_id is None else {"id": item_id}
+        return await self._record("POST", "/api/v1/undelete", json=body)
+
+    async def set_kept(self, path: str, revision: int, kept: bool) -> RevisionInfo:
+        """`POST /api/v1/keep` (or `unkeep`): thinning never removes a kept revision."""
+        route = "/api/v1/keep" if kept else "/api/v1/unkeep"
+        body = await self.request_json("POST", route, json={"path": path, "revision": revision})
+        return RevisionInfo.from_json(body)
 
     # -- change feed ----------------------------------------------------------------------
 

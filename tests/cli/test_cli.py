@@ -24,6 +24,8 @@ SUBCOMMANDS = [
     "restore",
     "trash",
     "undelete",
+    "keep",
+    "unkeep",
     "server",
     "service",
     "auth",
