@@ -37,6 +37,9 @@ class ServerConfig:
     archive: str = ""
     s3_endpoint: str = ""
     s3_region: str = ""
+    # Else the standard AWS sources (AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY, ...).
+    s3_access_key_id: str = ""
+    s3_secret_access_key: str = dataclasses.field(default="", repr=False)
     master_key_file: str = ""
     default_quota_bytes: int = 0
     max_file_bytes: int = 10 * 10**9

@@ -1,5 +1,6 @@
 """Where one deployment keeps its state, from the `database`, `blocks`, `archive`,
-`s3_endpoint`, `s3_region` and `master_key_file` settings (docs/running.md "Storage").
+`s3_endpoint`, `s3_region`, `s3_access_key_id`, `s3_secret_access_key` and
+`master_key_file` settings (docs/running.md "Storage").
 
 The embedded default needs none of them: metadata in `DATA/drive.db`, blocks in
 `DATA/blocks/`, the master key in `DATA/master.key` (made at first start). A scale-out
@@ -11,7 +12,7 @@ server reads. Everything is checked when the config is loaded, so a typo stops t
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING
 from urllib.parse import urlsplit
@@ -45,6 +46,9 @@ class S3Location:
     prefix: str
     endpoint: str | None
     region: str | None
+    access_key_id: str | None = None
+    """None: the standard AWS sources (`AWS_ACCESS_KEY_ID`, ...), as the secret."""
+    secret_access_key: str | None = field(default=None, repr=False)
 
 
 @dataclass(frozen=True, slots=True)
@@ -82,8 +86,15 @@ class Locations:
         blocks = _place("blocks", config.blocks or BLOCKS_DIR, data_dir, endpoint, region)
         archive = _archive(config.archive, data_dir, blocks, endpoint, region)
         on_s3 = isinstance(blocks, S3Location) or isinstance(archive, S3Location)
-        if (endpoint or region) and not on_s3:
-            raise LocationError("s3_endpoint and s3_region need blocks or archive = 's3://...'")
+        key_id, secret = _credentials(config)
+        if (endpoint or region or key_id) and not on_s3:
+            raise LocationError(
+                "s3_endpoint, s3_region and the s3_ credentials need blocks or archive = 's3://...'"
+            )
+        if isinstance(blocks, S3Location):
+            blocks = replace(blocks, access_key_id=key_id, secret_access_key=secret)
+        if isinstance(archive, S3Location):
+            archive = replace(archive, access_key_id=key_id, secret_access_key=secret)
         key_file = data_dir / (config.master_key_file or MASTER_KEY_FILE)
         if config.master_key_file and not key_file.is_file():
             raise LocationError(
@@ -91,6 +102,14 @@ class Locations:
                 "deployment reads the same key, so copy it there from the first one"
             )
         return cls(database, blocks, archive, key_file, bool(config.master_key_file))
+
+
+def _credentials(config: ServerConfig) -> tuple[str | None, str | None]:
+    """The S3 key pair the config names (both or neither), else None for the AWS sources."""
+    key_id, secret = config.s3_access_key_id, config.s3_secret_access_key
+    if bool(key_id) != bool(secret):
+        raise LocationError("s3_access_key_id and s3_secret_access_key go together: set both")
+    return (key_id, secret) if key_id else (None, None)
 
 
 def _endpoint(text: str) -> str | None:
@@ -145,7 +164,10 @@ def open_block_store(blocks: BlockLocation) -> BlockStore:
     credentials: one clear line at start, not an error on the first upload)."""
     if isinstance(blocks, Path):
         return open_store.open_block_store(blocks)
-    settings = S3Settings(endpoint=blocks.endpoint, region=blocks.region)
+    settings = S3Settings(
+        endpoint=blocks.endpoint, region=blocks.region, access_key_id=blocks.access_key_id,
+        secret_access_key=blocks.secret_access_key,
+    )  # fmt: skip
     store = S3BlockStore(blocks.bucket, blocks.prefix, settings)
     try:
         open_store.check_block_store(store)

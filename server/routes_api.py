@@ -289,6 +289,12 @@ async def longpoll(request: Request) -> Response:
     return json_response({"changes": result.changes, "backoff": result.backoff})
 
 
+async def healthz(request: Request) -> Response:
+    """No auth, no rate limit: for load balancers and monitors (docs/running.md)."""
+    await services(request).check_health()
+    return json_response({"ok": True})
+
+
 async def metrics(request: Request) -> Response:
     return Response(services(request).metrics.render(), media_type="text/plain; version=0.0.4")
 
@@ -315,4 +321,5 @@ ROUTES = [
     Route("/api/v1/delta", delta, methods=["GET"]),
     Route("/api/v1/longpoll", longpoll, methods=["GET"]),
     Route("/metrics", metrics, methods=["GET"]),
+    Route("/healthz", healthz, methods=["GET"]),
 ]

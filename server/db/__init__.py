@@ -23,7 +23,7 @@ import trio
 
 from server.db import schema
 from server.db.conn import Conn
-from server.db.url import DatabaseUrl, SqliteUrl
+from server.db.url import DatabaseUnavailable, DatabaseUrl, SqliteUrl
 
 if TYPE_CHECKING:
     from server.db.listen import ChangeListener
@@ -122,6 +122,9 @@ def is_disk_full(exc: BaseException) -> bool:
 
 
 class _Pool(Protocol):
+    unavailable_errors: tuple[type[Exception], ...]
+    """What the engine raises when its database cannot be reached or used."""
+
     def connection(self) -> AbstractContextManager[Conn]: ...
     def close(self) -> None: ...
 
@@ -162,6 +165,18 @@ class Database:
         from server.db.listen import ChangeListener
 
         return ChangeListener(self.url, on_change, on_listening, on_lost)
+
+    def ping_sync(self) -> None:
+        """Ask the database a trivial question (worker thread), for the health check.
+
+        Raises:
+            DatabaseUnavailable: no connection could be had, or the query failed.
+        """
+        try:
+            with self._pool.connection() as conn:
+                conn.execute("SELECT 1").fetchone()
+        except self._pool.unavailable_errors as exc:
+            raise DatabaseUnavailable(f"database does not answer: {type(exc).__name__}") from exc
 
     def call(self, fn: Callable[Concatenate[Conn, P], T], *args: P.args, **kw: P.kwargs) -> T:
         """Run `fn(conn, ...)` synchronously with a pooled connection (worker threads only)."""

@@ -45,6 +45,8 @@ def is_disk_full(exc: BaseException) -> bool:
 class SqlitePool:
     """`size` connections handed out one per worker thread call."""
 
+    unavailable_errors: tuple[type[Exception], ...] = (sqlite3.Error,)
+
     def __init__(self, first: Conn, path: Path, size: int) -> None:
         self._pool: queue.SimpleQueue[Conn] = queue.SimpleQueue()
         self._pool.put(first)
