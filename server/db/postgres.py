@@ -127,6 +127,10 @@ class PostgresPool:
     """
 
     unavailable_errors: tuple[type[Exception], ...] = (psycopg.Error, PoolTimeout)
+    retryable_errors: tuple[type[Exception], ...] = (
+        pg_errors.SerializationFailure,
+        pg_errors.DeadlockDetected,
+    )
 
     def __init__(self, url: PostgresUrl, size: int) -> None:
         self._size = size
