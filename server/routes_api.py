@@ -23,6 +23,7 @@ from server.web import (
     SQL_INT_MAX,
     USER_KEY,
     check_path,
+    client_address,
     get_bool,
     get_int,
     get_mode,
@@ -71,7 +72,8 @@ async def info(request: Request) -> Response:
 
 async def login(request: Request) -> Response:
     s = services(request)
-    verdict = s.login_limiter.take(f"login:{request.client.host if request.client else '-'}")
+    who = client_address(request, s.config.trusted_proxy_addresses)
+    verdict = s.login_limiter.take(f"login:{who}")
     request.scope[RATE_HEADERS_KEY] = verdict.headers()
     if not verdict.allowed:
         raise RateLimited(f"too many requests; retry in {verdict.retry_after} s")

@@ -195,6 +195,7 @@ class ScaleoutStack:
             "s3_access_key_id": CREDENTIALS["access_key_id"],
             "s3_secret_access_key": CREDENTIALS["secret_access_key"],
             "master_key_file": str(self.base / "master.key"),
+            "trusted_proxies": "127.0.0.1",  # nginx: its X-Forwarded-For names the client
             **self.extra,
         }
         return "".join(f"{k} = {toml_value(v)}\n" for k, v in values.items())
