@@ -47,6 +47,7 @@ __all__ = [
     "ERR_RATE_LIMITED",
     "ERR_TOO_LARGE",
     "ERR_UNAUTHORIZED",
+    "ERR_UNAVAILABLE",
     "FILE_KINDS",
     "FILE_STATES",
     "LIST_LIMIT_MAX",
@@ -111,6 +112,7 @@ ERR_TOO_LARGE: Final = "too_large"
 ERR_RATE_LIMITED: Final = "rate_limited"
 ERR_QUOTA_EXCEEDED: Final = "quota_exceeded"
 ERR_INTERNAL: Final = "internal"
+ERR_UNAVAILABLE: Final = "unavailable"
 
 ERROR_STATUS: Final[Mapping[str, int]] = {
     ERR_BAD_REQUEST: 400,
@@ -123,6 +125,7 @@ ERROR_STATUS: Final[Mapping[str, int]] = {
     ERR_RATE_LIMITED: 429,
     ERR_QUOTA_EXCEEDED: 507,
     ERR_INTERNAL: 500,
+    ERR_UNAVAILABLE: 503,
 }
 """HTTP status of each error code."""
 

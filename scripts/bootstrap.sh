@@ -9,7 +9,7 @@ ROOT=$(pwd)
 
 need_pkgs=()
 have_pkg() { dpkg-query -W -f='${Status}' "$1" 2>/dev/null | grep -q "install ok installed"; }
-for p in fuse3 libfuse3-dev pkg-config gcc git rsync tar openssl postgresql chromium chromium-driver; do
+for p in fuse3 libfuse3-dev pkg-config gcc git rsync tar openssl postgresql nginx chromium chromium-driver; do
   have_pkg "$p" || need_pkgs+=("$p")
 done
 

@@ -88,6 +88,11 @@ class BlockService:
             key = self.keyring.data_key(acct, wrapped)
         return key
 
+    def data_key(self, who: Principal) -> DataKey:
+        """The key that seals `who`'s data (worker thread): blocks, and resumable upload
+        pieces kept in the store (server.upload_parts)."""
+        return self._data_key(who.user_id, who.account)
+
     # -- writing ------------------------------------------------------------------------
 
     def store_plain_sync(

@@ -15,6 +15,7 @@ the config never silently falls back to a default.
 from __future__ import annotations
 
 import dataclasses
+import ipaddress
 import tomllib
 from dataclasses import dataclass
 from pathlib import Path
@@ -38,6 +39,9 @@ class ServerConfig:
     archive: str = ""
     s3_endpoint: str = ""
     s3_region: str = ""
+    # Else the standard AWS sources (AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY, ...).
+    s3_access_key_id: str = ""
+    s3_secret_access_key: str = dataclasses.field(default="", repr=False)
     master_key_file: str = ""
     default_quota_bytes: int = 0
     max_file_bytes: int = 10 * 10**9
@@ -100,9 +104,24 @@ class ServerConfig:
     request_head_seconds: float = 30.0
     request_body_seconds: float = 60.0
     request_body_min_bytes_per_second: int = 256 * 1024
+    # Addresses of load balancers (comma-separated IPs) whose X-Forwarded-For names the
+    # client: per-address limits (logins) then count the client, not the balancer.
+    trusted_proxies: str = ""
     db_threads: int = 8
     keep_alive_seconds: float = 75.0
     backlog: int = 4096
+
+    def __post_init__(self) -> None:
+        for address in self.trusted_proxy_addresses:
+            try:
+                ipaddress.ip_address(address)
+            except ValueError:
+                raise ConfigError(f"trusted_proxies: {address!r} is not an IP address") from None
+
+    @property
+    def trusted_proxy_addresses(self) -> frozenset[str]:
+        """`trusted_proxies` as a set of addresses."""
+        return frozenset(t.strip() for t in self.trusted_proxies.split(",") if t.strip())
 
     @property
     def max_block_frame_bytes(self) -> int:

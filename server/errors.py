@@ -122,6 +122,14 @@ class Internal(ApiError):
     code = "internal"
 
 
+class Unavailable(ApiError):
+    """This server cannot serve now (its database does not answer): a load balancer or a
+    monitor asking `/healthz` takes it out of rotation until it answers again."""
+
+    status = 503
+    code = "unavailable"
+
+
 OUT_OF_SPACE = "the server is out of storage space; try again once its administrator freed some"
 _FULL_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT})
 

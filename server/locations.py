@@ -1,5 +1,6 @@
 """Where one deployment keeps its state, from the `database`, `blocks`, `archive`,
-`s3_endpoint`, `s3_region` and `master_key_file` settings (docs/running.md "Storage").
+`s3_endpoint`, `s3_region`, `s3_access_key_id`, `s3_secret_access_key` and
+`master_key_file` settings (docs/running.md "Storage").
 
 The embedded default needs none of them: metadata in `DATA/drive.db`, blocks in
 `DATA/blocks/`, the master key in `DATA/master.key` (made at first start). A scale-out
@@ -11,7 +12,7 @@ server reads. Everything is checked when the config is loaded, so a typo stops t
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING
 from urllib.parse import urlsplit
@@ -45,6 +46,9 @@ class S3Location:
     prefix: str
     endpoint: str | None
     region: str | None
+    access_key_id: str | None = None
+    """None: the standard AWS sources (`AWS_ACCESS_KEY_ID`, ...), as the secret."""
+    secret_access_key: str | None = field(default=None, repr=False)
 
 
 @dataclass(frozen=True, slots=True)
@@ -82,8 +86,15 @@ class Locations:
         blocks = _place("blocks", config.blocks or BLOCKS_DIR, data_dir, endpoint, region)
         archive = _archive(config.archive, data_dir, blocks, endpoint, region)
         on_s3 = isinstance(blocks, S3Location) or isinstance(archive, S3Location)
-        if (endpoint or region) and not on_s3:
-            raise LocationError("s3_endpoint and s3_region need blocks or archive = 's3://...'")
+        key_id, secret = _credentials(config)
+        if (endpoint or region or key_id) and not on_s3:
+            raise LocationError(
+                "s3_endpoint, s3_region and the s3_ credentials need blocks or archive = 's3://...'"
+            )
+        if isinstance(blocks, S3Location):
+            blocks = replace(blocks, access_key_id=key_id, secret_access_key=secret)
+        if isinstance(archive, S3Location):
+            archive = replace(archive, access_key_id=key_id, secret_access_key=secret)
         key_file = data_dir / (config.master_key_file or MASTER_KEY_FILE)
         if config.master_key_file and not key_file.is_file():
             raise LocationError(
@@ -91,6 +102,14 @@ class Locations:
                 "deployment reads the same key, so copy it there from the first one"
             )
         return cls(database, blocks, archive, key_file, bool(config.master_key_file))
+
+
+def _credentials(config: ServerConfig) -> tuple[str | None, str | None]:
+    """The S3 key pair the config names (both or neither), else None for the AWS sources."""
+    key_id, secret = config.s3_access_key_id, config.s3_secret_access_key
+    if bool(key_id) != bool(secret):
+        raise LocationError("s3_access_key_id and s3_secret_access_key go together: set both")
+    return (key_id, secret) if key_id else (None, None)
 
 
 def _endpoint(text: str) -> str | None:
@@ -159,16 +178,16 @@ def open_archive_store(archive: ArchiveLocation | None, blocks: BlockLocation) -
     if isinstance(archive, StorageClass):
         assert isinstance(blocks, S3Location)  # Locations.from_config checked it
         base = blocks.prefix.rstrip("/")
-        place = S3Location(
-            blocks.bucket, f"{base}.archive/" if base else "archive/", blocks.endpoint,
-            blocks.region,
-        )  # fmt: skip
+        place = replace(blocks, prefix=f"{base}.archive/" if base else "archive/")
         return _checked("archive", place, archive.name)
     return _checked("archive", archive, None)
 
 
 def _checked(key: str, place: S3Location, storage_class: str | None) -> BlockStore:
-    settings = S3Settings(endpoint=place.endpoint, region=place.region, storage_class=storage_class)
+    settings = S3Settings(
+        endpoint=place.endpoint, region=place.region, storage_class=storage_class,
+        access_key_id=place.access_key_id, secret_access_key=place.secret_access_key,
+    )  # fmt: skip
     store = S3BlockStore(place.bucket, place.prefix, settings)
     try:
         open_store.check_block_store(store)

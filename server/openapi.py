@@ -45,6 +45,7 @@ STATUS_TEXT = {
     416: "Range not satisfiable",
     429: "Rate limited (`rate_limited`) or too many unfinished uploads (`too_many_uploads`)",
     500: "A stored block failed to decrypt (`internal`, message 'corrupt block')",
+    503: "This server cannot serve now: its database does not answer (`unavailable`)",
     507: "Over the quota (`quota_exceeded`) or the server's disk is full (`insufficient_storage`)",
 }
 FILE = ref("FileRecord")
@@ -273,6 +274,9 @@ PATHS: dict[str, dict[str, Schema]] = {
     "/metrics": {"get": op(
         "metrics", "Prometheus metrics",
         {200: answer({"type": "string"}, media="text/plain")}, auth=False)},
+    "/healthz": {"get": op(
+        "healthz", "Whether this server can serve (its database answers)",
+        {200: answer(OK)}, errors=(503,), auth=False)},
     "/files/upload": {"post": op(
         "upload", "Upload a whole file (media) or start a resumable upload",
         {200: answer({"anyOf": [FILE, SESSION]}, "A new revision, or a session started",

@@ -23,6 +23,7 @@ from server.web import (
     SQL_INT_MAX,
     USER_KEY,
     check_path,
+    client_address,
     get_bool,
     get_int,
     get_mode,
@@ -71,7 +72,8 @@ async def info(request: Request) -> Response:
 
 async def login(request: Request) -> Response:
     s = services(request)
-    verdict = s.login_limiter.take(f"login:{request.client.host if request.client else '-'}")
+    who = client_address(request, s.config.trusted_proxy_addresses)
+    verdict = s.login_limiter.take(f"login:{who}")
     request.scope[RATE_HEADERS_KEY] = verdict.headers()
     if not verdict.allowed:
         raise RateLimited(f"too many requests; retry in {verdict.retry_after} s")
@@ -315,6 +317,12 @@ async def longpoll(request: Request) -> Response:
     return json_response({"changes": result.changes, "backoff": result.backoff})
 
 
+async def healthz(request: Request) -> Response:
+    """No auth, no rate limit: for load balancers and monitors (docs/running.md)."""
+    await services(request).check_health()
+    return json_response({"ok": True})
+
+
 async def metrics(request: Request) -> Response:
     return Response(services(request).metrics.render(), media_type="text/plain; version=0.0.4")
 
@@ -343,4 +351,5 @@ ROUTES = [
     Route("/api/v1/delta", delta, methods=["GET"]),
     Route("/api/v1/longpoll", longpoll, methods=["GET"]),
     Route("/metrics", metrics, methods=["GET"]),
+    Route("/healthz", healthz, methods=["GET"]),
 ]

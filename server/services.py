@@ -22,8 +22,9 @@ from server.body_budget import BodyRules
 from server.config import ServerConfig
 from server.db import Database, journal
 from server.db.accounts import Principal as Principal  # the types routes hand services
+from server.db.url import DatabaseUnavailable
 from server.db.versions import CommitRequest as CommitRequest
-from server.errors import RateLimited
+from server.errors import RateLimited, Unavailable
 from server.feed import ChangeFeed
 from server.keyring import Keyring, load_master
 from server.lifecycle import Lifecycle, Report
@@ -104,6 +105,14 @@ class Services:
             refused.headers.update(verdict.headers())
             raise refused
         return who, verdict.headers()
+
+    async def check_health(self) -> None:
+        """Answer `/healthz`: 503 `unavailable` unless the database answers, so a balancer
+        or monitor stops sending requests that could only fail here."""
+        try:
+            await trio.to_thread.run_sync(self.db.ping_sync, limiter=self.db.limiter)
+        except DatabaseUnavailable as exc:
+            raise Unavailable(str(exc)) from None
 
     async def maintain_once(self) -> Report:
         """One round of housekeeping: expire sessions, trim journals, then the storage

@@ -2,31 +2,36 @@
 
 Bodies are streamed to a file under DATA/uploads (never held whole in memory), then cut with
 the same content-defined chunker the clients use, so server-side uploads dedupe with blocks
-that sync clients made. A resumable session's bytes live in `DATA/uploads/{id}.part`; the
-file's length is what arrived, so a session resumes after either side restarts, even after
-SIGKILL. Finishing a session commits with `commit_id = "upload:{id}"`, which makes a
-finish that was interrupted after the commit safe to repeat.
+that sync clients made. A resumable session's bytes live in its part store
+(server.upload_parts: `DATA/uploads/{id}.part` on one server, sealed pieces in the block
+store when several API servers share the database); what it recorded is what arrived, so a
+session resumes after either side restarts, even after SIGKILL, and on any API server.
+Finishing a session commits with `commit_id = "upload:{id}"`, which makes a finish that was
+interrupted after the commit safe to repeat.
 """
 
 from __future__ import annotations
 
 import contextlib
 import dataclasses
+import functools
 import hashlib
 import json
 import os
 import re
 import secrets
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
+from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import BinaryIO
 
 import trio
 
 from blockstore.aio import run_io
 from blockstore.chunker import chunk_stream
-from blockstore.fsutil import open_private_append, write_private
+from blockstore.fsutil import open_private_append
 from blockstore.ids import BlockId, block_id
 from blockstore.wire import FileRecord, split_path
 from server.blocks import BlockService
@@ -38,6 +43,7 @@ from server.errors import BadRequest, NotFound, QuotaExceeded, TooLarge
 from server.metadata import Metadata
 from server.metrics import Metrics
 from server.private import private_dir
+from server.upload_parts import PartSink, PartStore, part_store
 
 UPLOADS_DIR = "uploads"
 SPOOL_PREFIX = "tmp-"
@@ -150,10 +156,11 @@ class Uploads:
         self.metadata = metadata
         self.metrics = metrics
         self.config = config
+        self.parts: PartStore = part_store(db, blocks, self.dir)
         self._locks: dict[str, trio.Lock] = {}
         self._spooling: set[str] = set()
         """Names of the spool files this process is writing (the sweep leaves them)."""
-        _sweep(self.dir, None, set())  # at start nothing runs: every spool file is a crash's
+        _sweep(self.dir, set())  # at start nothing runs: every spool file is a crash's
 
     # -- shared pieces --------------------------------------------------------------------
 
@@ -170,26 +177,24 @@ class Uploads:
         if u.quota is None:
             return SpoolBudget(max_bytes, None)
         ids = [i for i in await self.db.run(sessions.open_ids, who.user_id) if i != exclude]
-        spooled = await run_io(_sizes, [self._part(i) for i in ids])
+        spooled = await run_io(self.parts.held, ids)
         budget = SpoolBudget(max_bytes, QuotaRoom(u.quota, u.used, spooled))
         if size is not None:
             budget.check(size)
         return budget
 
     async def _append(
-        self, path: Path, body: AsyncIterator[bytes], skip: int, budget: SpoolBudget,
-        start: int, durable: bool,
+        self, sink: PartSink, body: AsyncIterator[bytes], skip: int, budget: SpoolBudget,
+        start: int,
     ) -> int:  # fmt: skip
-        """Append the body (minus its first `skip` bytes) to `path`, which holds `start`
-        bytes; returns bytes written. A piece that would take the file past `budget` is
-        refused before it is written, so the file never holds more than it allows.
-
-        `durable` fsyncs at the end (resumable parts: what 308 reports must survive a crash);
-        a simple upload's spool file is read back at once and needs no fsync.
-        """
-        f = await run_io(open_private_append, path)
+        """Write the body (minus its first `skip` bytes) to `sink`, which holds `start`
+        bytes, in pieces of about `WRITE_BUFFER_BYTES`; returns bytes written. A piece that
+        would take the sink past `budget` is refused before it is written, so it never holds
+        more than it allows. A body cut short keeps what arrived (the sink's `close`
+        makes it durable): a resumable part resumes from there."""
         written = 0
         buf = bytearray()
+        sink_failed = False
         try:
             async for piece in body:
                 if skip:
@@ -199,25 +204,26 @@ class Uploads:
                 buf += piece
                 written += len(piece)
                 if len(buf) >= WRITE_BUFFER_BYTES:
-                    await run_io(f.write, bytes(buf))
+                    sink_failed = True
+                    await run_io(sink.write, bytes(buf))
+                    sink_failed = False
                     buf.clear()
         finally:
-            if buf:
-                await run_io(f.write, bytes(buf))
-            await run_io(f.flush)
-            if durable:
-                await run_io(os.fsync, f.fileno())
-            await run_io(f.close)
+            try:
+                if buf and not sink_failed:
+                    await run_io(sink.write, bytes(buf))
+            finally:
+                await run_io(sink.close)
         self.metrics.add("block_bytes_received", written)
         return written
 
     def _ingest_sync(
-        self, who: Principal, path: Path
+        self, who: Principal, content: Callable[[], AbstractContextManager[BinaryIO]]
     ) -> tuple[list[tuple[BlockId, int]], int, str]:
-        """Chunk a spooled file and store its blocks (worker thread)."""
+        """Chunk an upload's bytes and store their blocks (worker thread)."""
         refs: list[tuple[BlockId, int]] = []
         size = 0
-        with open(path, "rb") as f:
+        with content() as f:
             reader = _HashingReader(f)
             for chunk in chunk_stream(reader):  # type: ignore[arg-type]  # duck-typed stream
                 bid = block_id(chunk.data)
@@ -227,10 +233,11 @@ class Uploads:
         return refs, size, reader.sha.hexdigest()
 
     async def _commit_file(
-        self, who: Principal, path: str, base_rev: int | None, spooled: Path,
+        self, who: Principal, path: str, base_rev: int | None,
+        content: Callable[[], AbstractContextManager[BinaryIO]],
         commit_id: str | None, reserved_id: int | None,
     ) -> tuple[FileRecord, bool]:  # fmt: skip
-        refs, size, sha = await trio.to_thread.run_sync(self._ingest_sync, who, spooled)
+        refs, size, sha = await trio.to_thread.run_sync(self._ingest_sync, who, content)
         await self.metadata.make_parents(who, path)
         req = CommitRequest(
             path=path, base_rev=base_rev, blocks=tuple(refs), size=size,
@@ -256,17 +263,18 @@ class Uploads:
         self._spooling.add(name)  # before the file exists: the sweep never takes it
         spooled = self.dir / name
         try:
-            await self._append(spooled, body, 0, budget, 0, durable=False)
-            return await self._commit_file(who, path, base_rev, spooled, None, None)
+            # Not fsynced: the spool file is read back at once, and is not acknowledged.
+            sink = _SpoolSink(await run_io(open_private_append, spooled))
+            await self._append(sink, body, 0, budget, 0)
+            return await self._commit_file(
+                who, path, base_rev, functools.partial(_open_read, spooled), None, None
+            )
         finally:
             with contextlib.suppress(FileNotFoundError):
                 await run_io(os.unlink, spooled)
             self._spooling.discard(name)
 
     # -- resumable upload --------------------------------------------------------------------
-
-    def _part(self, session_id: str) -> Path:
-        return self.dir / f"{session_id}.part"
 
     async def start(
         self, who: Principal, path: str, base_rev: int | None, total: int | None
@@ -279,7 +287,7 @@ class Uploads:
         await self.metadata.make_parents(who, path)
         reserved = await self.metadata.mark_pending(who, path, reserve=True, size=total or 0)
         session_id = secrets.token_urlsafe(24)
-        await run_io(write_private, self._part(session_id), b"")
+        await run_io(self.parts.create, session_id)
         expires = await self.db.run(
             sessions.create, session_id, who.user_id, who.ns_id, path, base_rev, total,
             reserved, who.device, c.upload_session_days * 86400, c.max_upload_sessions,
@@ -311,11 +319,10 @@ class Uploads:
         if session.result is not None:
             result = json.loads(session.result)
             return PartResult(-1, FileRecord.from_json(result["file"]), bool(result["created"]))
-        part = self._part(session_id)
-        try:
-            received = (await run_io(os.stat, part)).st_size
-        except FileNotFoundError:
-            raise NotFound("upload session data is gone") from None
+        found = await run_io(self.parts.received, session_id)
+        if found is None:
+            raise NotFound("upload session data is gone")
+        received = found
         total = session.total_size
         if cr.total is not None:
             if total is not None and cr.total != total:
@@ -337,26 +344,27 @@ class Uploads:
             wanted = cr.end + 1 - received
             if wanted > 0:
                 budget.check(cr.end + 1)  # announced by Content-Range: refused at once
+                sink = await run_io(self.parts.sink, who, session_id, received)
                 received += await self._append(
-                    part, _take(body, skip + wanted), skip, budget, received, durable=True
+                    sink, _take(body, skip + wanted), skip, budget, received
                 )
         if total is not None and received >= total:
             if received > total:
                 raise BadRequest(f"received {received} bytes, more than the total {total}")
-            return await self._finish(who, session_id, session, part)
+            return await self._finish(who, session_id, session)
         return PartResult(received)
 
     async def _finish(
-        self, who: Principal, session_id: str, session: sessions.Session, part: Path
+        self, who: Principal, session_id: str, session: sessions.Session
     ) -> PartResult:
+        content = functools.partial(self.parts.reader, who, session_id)
         rec, created = await self._commit_file(
-            who, session.path, session.base_rev, part, f"upload:{session_id}",
+            who, session.path, session.base_rev, content, f"upload:{session_id}",
             session.reserved_id,
         )  # fmt: skip
         result = json.dumps({"file": rec.to_json(), "created": created})
         await self.db.run(sessions.set_result, session_id, result)
-        with contextlib.suppress(FileNotFoundError):
-            await run_io(os.unlink, part)
+        await run_io(self.parts.remove, session_id)
         return PartResult(rec.size, rec, created)
 
     async def expire(self) -> int:
@@ -368,48 +376,41 @@ class Uploads:
         gone = await self.db.run(sessions.expire)
         unfinished = await self.db.run(sessions.unfinished_ids)
         idle_before = time.time() - self.config.upload_session_idle_seconds
-        abandoned = await run_io(self._abandoned, unfinished, idle_before)
+        abandoned = await run_io(self.parts.abandoned, unfinished, idle_before)
         if abandoned:
             await self.db.run(sessions.delete, abandoned)
         live = await self.db.run(sessions.live_ids)
+        await run_io(self.parts.sweep, live)
         # The live set, not a copy: an upload that starts while the sweep runs adds its
         # name before its file exists, and the sweep checks each file it finds then.
-        await run_io(_sweep, self.dir, live, self._spooling)
+        await run_io(_sweep, self.dir, self._spooling)
         return len(gone) + len(abandoned)
 
-    def _abandoned(self, session_ids: set[str], idle_before: float) -> list[str]:
-        """The unfinished sessions whose part file is gone or unchanged since `idle_before`."""
-        out = []
-        for session_id in session_ids:
-            try:
-                if os.stat(self._part(session_id)).st_mtime < idle_before:
-                    out.append(session_id)
-            except FileNotFoundError:
-                out.append(session_id)
-        return out
+
+class _SpoolSink:
+    """A simple upload's spool file as a `PartSink` (not fsynced: read back at once)."""
+
+    def __init__(self, f: BinaryIO) -> None:
+        self._f = f
+
+    def write(self, data: bytes) -> None:
+        self._f.write(data)
+
+    def close(self) -> None:
+        self._f.close()
 
 
-def _sweep(folder: Path, live: set[str] | None, spooling: set[str]) -> None:
-    """Remove the spool files of simple uploads not in `spooling` and, given the `live`
-    session ids, the part files of sessions that are gone."""
+def _open_read(path: Path) -> BinaryIO:
+    return open(path, "rb")
+
+
+def _sweep(folder: Path, spooling: set[str]) -> None:
+    """Remove the spool files of simple uploads not in `spooling`."""
     for entry in os.scandir(folder):
         name = entry.name
-        orphan_part = (
-            live is not None and name.endswith(".part") and name[: -len(".part")] not in live
-        )
-        orphan_spool = name.startswith(SPOOL_PREFIX) and name not in spooling
-        if orphan_part or orphan_spool:
+        if name.startswith(SPOOL_PREFIX) and name not in spooling:
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(entry.path)
-
-
-def _sizes(paths: list[Path]) -> int:
-    """The bytes in these files together (missing ones count nothing)."""
-    total = 0
-    for path in paths:
-        with contextlib.suppress(FileNotFoundError):
-            total += os.stat(path).st_size
-    return total
 
 
 async def _take(body: AsyncIterator[bytes], n: int) -> AsyncIterator[bytes]:

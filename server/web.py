@@ -199,6 +199,18 @@ def request_client(request: Request) -> str | None:
     return value if isinstance(value, str) else None
 
 
+def client_address(request: Request, trusted_proxies: frozenset[str]) -> str:
+    """The address of whoever sent the request: the peer, or, when the peer is a trusted
+    proxy (a load balancer, `trusted_proxies`), the address that proxy appended last to
+    `X-Forwarded-For` (earlier entries came from the client and prove nothing)."""
+    peer = request.client.host if request.client else "-"
+    if peer not in trusted_proxies:
+        return peer
+    forwarded = request.headers.get("x-forwarded-for", "")
+    last = forwarded.rsplit(",", 1)[-1].strip()
+    return last or peer
+
+
 def request_id(request: Request) -> str:
     """This request's id (also in the log and the X-Request-Id header)."""
     return str(request.scope.get(REQUEST_ID_KEY, "-"))

@@ -14,7 +14,10 @@ Portability: all SQL lives in this package's query modules, once, with `?` place
 
 from __future__ import annotations
 
+import logging
+import random
 import sys
+import time
 from collections.abc import Callable, Iterator
 from contextlib import AbstractContextManager, contextmanager
 from typing import TYPE_CHECKING, Concatenate, ParamSpec, Protocol, TypeVar
@@ -23,12 +26,18 @@ import trio
 
 from server.db import schema
 from server.db.conn import Conn
-from server.db.url import DatabaseUrl, SqliteUrl
+from server.db.url import DatabaseUnavailable, DatabaseUrl, SqliteUrl
 
 if TYPE_CHECKING:
     from server.db.listen import ChangeListener
 
+log = logging.getLogger(__name__)
+
 P = ParamSpec("P")
+RETRIES = 4
+"""Extra attempts of a transaction aborted for a deadlock or serialization failure."""
+RETRY_PAUSE_SECONDS = 0.02
+"""The first pause before such a retry is random up to this; each next one up to twice it."""
 T = TypeVar("T")
 
 
@@ -44,6 +53,7 @@ def write_txn(conn: Conn) -> Iterator[Conn]:
         raise
     changed = conn.take_changed()  # taken first: a COMMIT that fails announces nothing
     conn.execute("COMMIT")
+    conn.commits += 1
     announce(conn, changed)
 
 
@@ -122,6 +132,12 @@ def is_disk_full(exc: BaseException) -> bool:
 
 
 class _Pool(Protocol):
+    unavailable_errors: tuple[type[Exception], ...]
+    """What the engine raises when its database cannot be reached or used."""
+    retryable_errors: tuple[type[Exception], ...]
+    """What the engine raises for a transaction it aborted only because a concurrent one
+    got in its way (a deadlock, a serialization failure): running it again is right."""
+
     def connection(self) -> AbstractContextManager[Conn]: ...
     def close(self) -> None: ...
 
@@ -163,10 +179,39 @@ class Database:
 
         return ChangeListener(self.url, on_change, on_listening, on_lost)
 
+    def ping_sync(self) -> None:
+        """Ask the database a trivial question (worker thread), for the health check.
+
+        Raises:
+            DatabaseUnavailable: no connection could be had, or the query failed.
+        """
+        try:
+            with self._pool.connection() as conn:
+                conn.execute("SELECT 1").fetchone()
+        except self._pool.unavailable_errors as exc:
+            raise DatabaseUnavailable(f"database does not answer: {type(exc).__name__}") from exc
+
     def call(self, fn: Callable[Concatenate[Conn, P], T], *args: P.args, **kw: P.kwargs) -> T:
-        """Run `fn(conn, ...)` synchronously with a pooled connection (worker threads only)."""
-        with self._pool.connection() as conn:
-            return fn(conn, *args, **kw)
+        """Run `fn(conn, ...)` synchronously with a pooled connection (worker threads only).
+
+        A transaction the engine aborted for a deadlock or a serialization failure (told
+        apart by type, `retryable_errors`) rolled back whole, so `fn` is run again, after a
+        random pause that grows with each attempt (two servers that collided once should
+        not collide again in step), up to `RETRIES` times; only if `fn` committed nothing
+        before it failed, since a committed transaction must not be done twice.
+        """
+        for attempt in range(RETRIES + 1):
+            with self._pool.connection() as conn:
+                committed = conn.commits
+                try:
+                    return fn(conn, *args, **kw)
+                except self._pool.retryable_errors as exc:
+                    if attempt == RETRIES or conn.commits != committed:
+                        raise
+                    name = getattr(fn, "__name__", "a transaction")
+                    log.info("%s: %s; running it again", name, type(exc).__name__)
+            time.sleep(random.uniform(0, RETRY_PAUSE_SECONDS * 2**attempt))
+        raise AssertionError("unreachable")  # the last attempt returned or raised
 
     async def run(self, fn: Callable[Concatenate[Conn, P], T], *args: P.args, **kw: P.kwargs) -> T:
         """Run `fn(conn, ...)` in a worker thread; the trio thread never touches SQL."""

@@ -108,12 +108,15 @@ def to_format_style(sql: str) -> str:
 class Conn:
     """A connection of either engine, with one `execute` for the shared queries."""
 
-    __slots__ = ("_changed", "_raw", "dialect")
+    __slots__ = ("_changed", "_raw", "commits", "dialect")
 
     def __init__(self, raw: RawConnection, dialect: Dialect) -> None:
         self._raw = raw
         self.dialect = dialect
         self._changed: dict[int, int] = {}
+        self.commits = 0
+        """Write transactions committed on this connection: a call that failed is run
+        again only if it committed nothing (`server.db.Database.call`)."""
 
     @property
     def raw(self) -> RawConnection:

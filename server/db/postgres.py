@@ -20,7 +20,7 @@ import psycopg
 from psycopg import errors as pg_errors
 from psycopg.conninfo import conninfo_to_dict, make_conninfo
 from psycopg.rows import RowMaker
-from psycopg_pool import ConnectionPool
+from psycopg_pool import ConnectionPool, PoolTimeout
 
 from server.db.conn import POSTGRES, Conn
 from server.db.url import DatabaseUnavailable, PostgresUrl
@@ -125,6 +125,12 @@ class PostgresPool:
     dropped (the pool replaces it) and the next one taken, so a restart of PostgreSQL fails
     no request that starts after it (a request running during it still fails).
     """
+
+    unavailable_errors: tuple[type[Exception], ...] = (psycopg.Error, PoolTimeout)
+    retryable_errors: tuple[type[Exception], ...] = (
+        pg_errors.SerializationFailure,
+        pg_errors.DeadlockDetected,
+    )
 
     def __init__(self, url: PostgresUrl, size: int) -> None:
         self._size = size

@@ -181,6 +181,18 @@ MIGRATIONS: list[list[str]] = [
             PRIMARY KEY (user_id, block_id)
         )""",
     ],
+    # 7: the received bytes of a resumable upload as pieces in the block store, when several
+    # API servers share the database (server.upload_parts): any of them continues a session.
+    [
+        """CREATE TABLE upload_parts (
+            session_id TEXT NOT NULL REFERENCES upload_sessions(id) ON DELETE CASCADE,
+            start_at BIGINT NOT NULL,
+            size BIGINT NOT NULL,
+            block_id TEXT NOT NULL,
+            created_at DOUBLE PRECISION NOT NULL,
+            PRIMARY KEY (session_id, start_at)
+        )""",
+    ],
 ]
 
 SCHEMA_VERSION = len(MIGRATIONS)

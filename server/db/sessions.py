@@ -1,8 +1,10 @@
 """Resumable upload sessions (the seeds' `uploadType=resumable`): rows that survive restarts.
 
-The bytes themselves live in `DATA/uploads/{id}.part`; its length is the authoritative
-"how much arrived". A finished session keeps its result (the FileRecord JSON) until it
-expires, so a client that lost the final answer can ask again and get the same record.
+The bytes themselves live in the part store (server.upload_parts): `DATA/uploads/{id}.part`
+on one server, pieces in the block store recorded in `upload_parts` when several share the
+database; what is recorded there is the authoritative "how much arrived". A finished
+session keeps its result (the FileRecord JSON) until it expires, so a client that lost the
+final answer can ask again and get the same record.
 """
 
 from __future__ import annotations
@@ -134,3 +136,73 @@ def delete(conn: Conn, session_ids: list[str]) -> None:
     """Forget abandoned sessions (their part files go next)."""
     with write_txn(conn):
         conn.executemany("DELETE FROM upload_sessions WHERE id = ?", [(i,) for i in session_ids])
+
+
+@dataclass(frozen=True, slots=True)
+class Piece:
+    """Bytes `start` to `start + size` of a session, stored as the sealed object of `block_id`
+    (the SHA-256 of those bytes)."""
+
+    start: int
+    size: int
+    block_id: str
+
+
+def add_piece(conn: Conn, session_id: str, piece: Piece) -> bool:
+    """Record a stored piece; False (nothing recorded) when the session has one starting
+    there already (another request wrote it first) or is finished or gone."""
+    with write_txn(conn):
+        cur = conn.execute(
+            "INSERT INTO upload_parts (session_id, start_at, size, block_id, created_at)"
+            " SELECT ?, ?, ?, ?, ? WHERE EXISTS"
+            " (SELECT 1 FROM upload_sessions WHERE id = ? AND result IS NULL)"
+            " ON CONFLICT DO NOTHING",
+            (session_id, piece.start, piece.size, piece.block_id, time.time(), session_id),
+        )
+        return cur.rowcount == 1
+
+
+def pieces(conn: Conn, session_id: str) -> list[Piece]:
+    """The session's recorded pieces, contiguous from byte 0 (what arrived, in order)."""
+    rows = conn.execute(
+        "SELECT start_at, size, block_id FROM upload_parts WHERE session_id = ? ORDER BY start_at",
+        (session_id,),
+    )
+    out: list[Piece] = []
+    end = 0
+    for start, size, bid in rows:
+        if int(start) != end:
+            break
+        out.append(Piece(end, int(size), str(bid)))
+        end += int(size)
+    return out
+
+
+def piece_bytes(conn: Conn, session_ids: list[str]) -> int:
+    """The bytes recorded for these sessions together."""
+    if not session_ids:
+        return 0
+    marks = ", ".join("?" for _ in session_ids)
+    row = conn.execute(
+        f"SELECT COALESCE(SUM(size), 0) FROM upload_parts WHERE session_id IN ({marks})",
+        tuple(session_ids),
+    ).fetchone()
+    return int(row[0])
+
+
+def idle_unfinished(conn: Conn, idle_before: float) -> list[str]:
+    """Unfinished sessions whose last piece (or start, without one) is older than
+    `idle_before`: abandoned."""
+    rows = conn.execute(
+        "SELECT s.id FROM upload_sessions s WHERE s.result IS NULL AND COALESCE("
+        "(SELECT MAX(p.created_at) FROM upload_parts p WHERE p.session_id = s.id),"
+        " s.created_at) < ?",
+        (idle_before,),
+    )
+    return [str(r[0]) for r in rows]
+
+
+def forget_pieces(conn: Conn, session_id: str) -> None:
+    """Drop the piece rows of a finished session (its objects are deleted first)."""
+    with write_txn(conn):
+        conn.execute("DELETE FROM upload_parts WHERE session_id = ?", (session_id,))

@@ -45,6 +45,10 @@ def is_disk_full(exc: BaseException) -> bool:
 class SqlitePool:
     """`size` connections handed out one per worker thread call."""
 
+    unavailable_errors: tuple[type[Exception], ...] = (sqlite3.Error,)
+    retryable_errors: tuple[type[Exception], ...] = ()
+    """None: SQLite serialises writers, so no transaction is aborted for another's sake."""
+
     def __init__(self, first: Conn, path: Path, size: int) -> None:
         self._pool: queue.SimpleQueue[Conn] = queue.SimpleQueue()
         self._pool.put(first)

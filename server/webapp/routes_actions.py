@@ -75,7 +75,8 @@ async def _delete(md: Metadata, who: Principal, form: dict[str, str]) -> str:
 
 
 async def _undelete(md: Metadata, who: Principal, form: dict[str, str]) -> str:
-    rec = await md.undelete(who, _path(form))
+    item_id = _id(form)
+    rec = await md.undelete(who, None if item_id else _path(form), item_id)
     return f"Restored {rec.path} from the trash."
 
 

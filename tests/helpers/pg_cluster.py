@@ -9,8 +9,9 @@ temporary directory, `pg_ctl start` on a free 127.0.0.1 port with its unix socke
 directory, fsync off (a test cluster need not survive a crash). PostgreSQL refuses to run
 as root, so as root the cluster belongs to the `postgres` user the package creates (else
 `nobody`). Password authentication over TCP, so the tests also cover URLs with passwords.
-It starts on first use and stops when the test session ends (`stop_cluster`); `restart`
-restarts it in place (tests of reconnection).
+The session's cluster starts on first use and stops when the test session ends
+(`stop_cluster`); `start_cluster` makes one of its own (scripts/scaleout-demo, the
+scale-out tests); `restart` restarts one in place (tests of reconnection).
 """
 
 from __future__ import annotations
@@ -138,23 +139,28 @@ class Cluster:
 _cluster: Cluster | None = None
 
 
+def start_cluster() -> Cluster:
+    """A new cluster in a fresh temporary directory, started (stop it with `stop()`)."""
+    owner = _owner()
+    base = Path(tempfile.mkdtemp(prefix="drive-test-pg-"))
+    os.chmod(base, 0o755)
+    if owner is not None:
+        os.chown(base, owner.pw_uid, owner.pw_gid)
+    made = Cluster(base, _free_port(), owner)
+    try:
+        made.start()
+    except subprocess.CalledProcessError as exc:
+        log = (base / "log").read_text() if (base / "log").exists() else ""
+        shutil.rmtree(base, ignore_errors=True)
+        raise RuntimeError(f"test PostgreSQL did not start: {exc.stderr}\n{log}") from exc
+    return made
+
+
 def cluster() -> Cluster:
     """The session's cluster, started on first use."""
     global _cluster
     if _cluster is None:
-        owner = _owner()
-        base = Path(tempfile.mkdtemp(prefix="drive-test-pg-"))
-        os.chmod(base, 0o755)
-        if owner is not None:
-            os.chown(base, owner.pw_uid, owner.pw_gid)
-        made = Cluster(base, _free_port(), owner)
-        try:
-            made.start()
-        except subprocess.CalledProcessError as exc:
-            log = (base / "log").read_text() if (base / "log").exists() else ""
-            shutil.rmtree(base, ignore_errors=True)
-            raise RuntimeError(f"test PostgreSQL did not start: {exc.stderr}\n{log}") from exc
-        _cluster = made
+        _cluster = start_cluster()
     return _cluster
 
 

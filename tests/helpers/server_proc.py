@@ -44,7 +44,7 @@ def drive_command(*args: str) -> list[str]:
     return [sys.executable, "-bb", "-m", "drive.cli", *args]
 
 
-def _toml_value(value: Any) -> str:
+def toml_value(value: Any) -> str:
     if isinstance(value, bool):
         return "true" if value else "false"
     if isinstance(value, int | float):
@@ -72,7 +72,7 @@ class ServerProcess:
         if config:
             self.config_path = self.data_dir.parent / f"{self.data_dir.name}-server.toml"
             self.config_path.write_text(
-                "".join(f"{k} = {_toml_value(v)}\n" for k, v in config.items())
+                "".join(f"{k} = {toml_value(v)}\n" for k, v in config.items())
                 + ("" if "database" in config else database_line(self.data_dir))
             )
         self.log_path = self.data_dir.parent / f"{self.data_dir.name}-server.log"

@@ -139,3 +139,75 @@ def test_missing_database_is_one_line(tmp_path: Path) -> None:
 )
 def test_bad_storage_settings_are_one_line(tmp_path: Path, toml: str, says: str) -> None:
     assert says in _serve_fails(tmp_path / "data", toml)
+
+
+def test_a_deadlocked_transaction_is_run_again(tmp_path: Path) -> None:
+    """Two transactions lock two rows in opposite orders: PostgreSQL aborts one of them
+    (DeadlockDetected), the data layer runs it again, and both changes land."""
+    from server.db import Database, write_txn
+    from server.db.conn import Conn
+    from server.db.url import parse_database_url
+
+    db = Database(parse_database_url(pg_cluster.cluster().create_database(), tmp_path), 2)
+    db.call(lambda c: c.execute("CREATE TABLE pair (id INTEGER PRIMARY KEY, v INTEGER)"))
+    db.call(lambda c: c.execute("INSERT INTO pair VALUES (1, 0), (2, 0)"))
+    both_hold_one = threading.Barrier(2)
+    attempts = {1: 0, 2: 0}
+
+    def bump(conn: Conn, first: int) -> None:
+        attempts[first] += 1
+        with write_txn(conn):
+            conn.execute("UPDATE pair SET v = v + 1 WHERE id = ?", (first,))
+            if attempts[first] == 1:
+                both_hold_one.wait(30)  # each holds its first row: the next lock deadlocks
+            conn.execute("UPDATE pair SET v = v + 1 WHERE id = ?", (3 - first,))
+
+    errors: list[Exception] = []
+
+    def run(first: int) -> None:
+        try:
+            db.call(bump, first)
+        except Exception as exc:  # noqa: BLE001  # reported by the assertion below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=run, args=(i,)) for i in (1, 2)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(60)
+    try:
+        assert errors == [], errors
+        assert sorted(attempts.values()) == [1, 2]  # one of them was aborted and ran again
+        rows = db.call(lambda c: c.execute("SELECT v FROM pair ORDER BY id").fetchall())
+        assert [r[0] for r in rows] == [2, 2]
+    finally:
+        db.close()
+
+
+def test_a_retry_never_repeats_a_committed_transaction(tmp_path: Path) -> None:
+    """A call that committed one transaction and then deadlocked in its second is not run
+    again (the first would be done twice): the error reaches the caller."""
+    from psycopg import errors as pg_errors
+
+    from server.db import Database, write_txn
+    from server.db.conn import Conn
+    from server.db.url import parse_database_url
+
+    db = Database(parse_database_url(pg_cluster.cluster().create_database(), tmp_path), 1)
+    db.call(lambda c: c.execute("CREATE TABLE n (v INTEGER)"))
+    calls: list[int] = []
+
+    def twice(conn: Conn, fail_after_commit: bool) -> None:
+        calls.append(1)
+        with write_txn(conn):
+            conn.execute("INSERT INTO n VALUES (1)")
+        if fail_after_commit or len(calls) == 1:
+            raise pg_errors.DeadlockDetected("simulated")
+
+    try:
+        with pytest.raises(pg_errors.DeadlockDetected):
+            db.call(twice, True)
+        assert len(calls) == 1
+        assert db.call(lambda c: c.execute("SELECT count(*) FROM n").fetchone()[0]) == 1
+    finally:
+        db.close()

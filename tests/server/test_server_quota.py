@@ -9,6 +9,7 @@ import os
 import random
 import sqlite3
 import time
+import tomllib
 from pathlib import Path
 from typing import Any
 
@@ -27,6 +28,7 @@ from server.keyring import Keyring, load_master
 from server.locations import MASTER_KEY_FILE as MASTER
 from server.metrics import Metrics
 from server.quota import StagedLimit
+from tests.helpers import pg_cluster
 from tests.helpers.pg_cluster import use_test_database
 from tests.helpers.server_proc import ServerProcess
 from tests.server.test_server_tree import commit, put
@@ -219,6 +221,23 @@ def _part(http: httpx.Client, loc: str, data: bytes, start: int) -> httpx.Respon
     return http.put(loc, content=data, headers={"Content-Range": f"bytes {start}-{end}/*"})
 
 
+def _received(srv: ServerProcess, session_id: str) -> int | None:
+    """What the server holds of a session: its part file (SQLite), else the pieces the
+    database records (PostgreSQL: server.upload_parts); None when it holds nothing."""
+    if not pg_cluster.wanted():
+        part = srv.data_dir / "uploads" / f"{session_id}.part"
+        return part.stat().st_size if part.exists() else None
+    import psycopg
+
+    assert srv.config_path is not None
+    url = tomllib.loads(srv.config_path.read_text())["database"]
+    with psycopg.connect(url) as conn:
+        row = conn.execute(
+            "SELECT SUM(size) FROM upload_parts WHERE session_id = %s", (session_id,)
+        ).fetchone()
+    return None if row is None or row[0] is None else int(row[0])
+
+
 def test_resumable_uploads_without_a_size_count_their_bytes_against_the_quota(
     tmp_path: Path,
 ) -> None:
@@ -229,12 +248,12 @@ def test_resumable_uploads_without_a_size_count_their_bytes_against_the_quota(
             first = _start_upload(http, "/a.bin")
             assert first.status_code == 200
             loc = first.headers["location"]
-            part = uploads / f"{first.json()['session_id']}.part"
+            session_id = first.json()["session_id"]
             assert _part(http, loc, os.urandom(200_000), 0).status_code == 308
             over = _part(http, loc, os.urandom(200_000), 200_000)
             assert (over.status_code, over.json()["error"]) == (507, "quota_exceeded")
             assert "storage quota of 307200 bytes" in over.json()["message"]
-            assert part.stat().st_size == 200_000  # nothing of the refused part was kept
+            assert _received(srv, session_id) == 200_000  # nothing of the refused part was kept
             # Another session: the first one's bytes count too.
             second = _start_upload(http, "/b.bin")
             loc2 = second.headers["location"]
@@ -250,7 +269,7 @@ def test_resumable_uploads_without_a_size_count_their_bytes_against_the_quota(
             # The first session can still finish within the quota.
             finish = http.put(loc, headers={"Content-Range": "bytes */200000"})
             assert finish.status_code == 201, finish.text
-            assert not part.exists()
+            assert _received(srv, session_id) is None
 
 
 def test_open_upload_sessions_per_user_are_limited(tmp_path: Path) -> None:
@@ -285,13 +304,21 @@ def test_abandoned_sessions_and_spool_files_are_swept(tmp_path: Path) -> None:
             assert http.put(loc, headers={"Content-Range": "bytes */10"}).status_code == 404
             assert list(uploads.iterdir()) == []
             assert _start_upload(http, "/next.bin").status_code == 200  # room again
-        # What a killed server leaves (a simple upload's spool file, a part file without a
-        # session) is removed when the server starts again.
+        # What a killed server leaves (a simple upload's spool file, the bytes of a session
+        # that is gone: a part file, or a piece in the block store with PostgreSQL) is
+        # removed when the server starts again.
         srv.kill()
-        for name in ("tmp-0123456789abcdef01234567", "gone.part"):
+        left = {"tmp-0123456789abcdef01234567"}
+        piece = f"uploads/gone/{0:020d}-{'0' * 64}"
+        pieces = LocalDirStore(srv.data_dir / "blocks")
+        if pg_cluster.wanted():
+            pieces.put(piece, b"left behind")
+        else:
+            left.add("gone.part")
+        for name in left:
             (uploads / name).write_bytes(b"left behind")
         srv.start()
         deadline = time.monotonic() + 10
-        while {"tmp-0123456789abcdef01234567", "gone.part"} & {p.name for p in uploads.iterdir()}:
+        while left & {p.name for p in uploads.iterdir()} or pieces.has(piece):
             assert time.monotonic() < deadline, list(uploads.iterdir())
             time.sleep(0.1)
