@@ -1,0 +1,105 @@
+"""The follower comes back after a jittered wait when its long poll is dropped, answered 5xx
+or told to back off (fake clock, fake random, a scripted server)."""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+import trio
+import trio.testing
+
+from syncd.changes import ChangeApplier
+from syncd.follower import Follower
+from syncd.reconnect import DROP_SPREAD_S, Reconnect
+from syncd.remote import RemoteClient
+from syncd.state import ROOT_INO, Node, StateDB
+from syncd.tree import TreeSync
+
+
+class FakeRandom:
+    """Draws from a fixed list, in order."""
+
+    def __init__(self, values: list[float]) -> None:
+        self.values: Iterator[float] = iter(values)
+
+    def random(self) -> float:
+        return next(self.values)
+
+
+class ScriptedServer:
+    """Answers each long poll with the next step of `script`, then holds polls forever."""
+
+    def __init__(self, script: list[str]) -> None:
+        self.script = list(script)
+        self.polls: list[float] = []
+
+    async def handle(self, request: httpx.Request) -> httpx.Response:
+        path = request.url.path
+        if path == "/api/v1/cursor":
+            return httpx.Response(200, json={"cursor": "0"})
+        if path == "/api/v1/delta":
+            body = {"entries": [], "cursor": "0", "has_more": False, "reset": False}
+            return httpx.Response(200, json=body)
+        assert path == "/api/v1/longpoll"
+        self.polls.append(trio.current_time())
+        step = self.script.pop(0) if self.script else "hold"
+        if step == "drop":
+            raise httpx.ReadError("connection closed", request=request)
+        if step == "503":
+            return httpx.Response(503, json={"error": "internal", "message": "restarting"})
+        if step == "backoff":
+            return httpx.Response(200, json={"changes": False, "backoff": 60})
+        await trio.sleep_forever()
+        raise AssertionError("unreachable")
+
+
+@pytest.fixture
+def state(tmp_path: Path) -> Iterator[StateDB]:
+    st = StateDB(tmp_path / "state")
+    with st.write() as w:
+        w.put_node(Node(ino=ROOT_INO, parent=ROOT_INO, name="", kind="dir", mode=0o755,
+                        server_id=1, rev=1, listed=True))  # fmt: skip
+    yield st
+    st.close()
+
+
+async def test_dropped_refused_and_backed_off_polls_come_back_after_jittered_waits(
+    state: StateDB, autojump_clock: trio.testing.MockClock, nursery: trio.Nursery
+) -> None:
+    server = ScriptedServer(["drop", "503", "backoff", "drop"])
+    draws = [0.5, 0.1, 0.25, 0.9]
+    async with httpx.AsyncClient(transport=httpx.MockTransport(server.handle),
+                                 base_url="https://drive.test") as http:  # fmt: skip
+        remote = RemoteClient(http)
+        tree = TreeSync(state, remote)
+        applier = ChangeApplier(state, "me")
+        tree.reconciler = applier
+        follower = Follower(state, remote, tree, applier, hold_s=60,
+                            reconnect=Reconnect(FakeRandom(draws)))  # fmt: skip
+        nursery.start_soon(follower.run)
+        await trio.sleep(1000)
+    gaps = [b - a for a, b in zip(server.polls, server.polls[1:], strict=False)]
+    assert gaps == pytest.approx([
+        DROP_SPREAD_S * 0.5,  # dropped: somewhere in the spread
+        DROP_SPREAD_S * 0.1,  # 503 (a balancer whose server is gone): the same
+        60 * 1.25,  # backoff 60: never sooner, spread over one more window
+        DROP_SPREAD_S * 0.9,
+    ], abs=0.01)  # fmt: skip
+    assert follower.online  # a drop is offline only until the server answers again
+
+
+def test_many_clients_spread_over_the_window() -> None:
+    """10,000 clients dropped at once: no second of the window gets much more than its share."""
+    rng = random.Random(14)
+    delays = [Reconnect(rng).after_drop() for _ in range(10_000)]
+    per_second = [0] * int(DROP_SPREAD_S)
+    for d in delays:
+        assert 0 <= d < DROP_SPREAD_S
+        per_second[int(d)] += 1
+    share = 10_000 / DROP_SPREAD_S
+    assert max(per_second) < 1.2 * share
+    assert all(Reconnect(rng).after_backoff(60) >= 60 for _ in range(100))
