@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import random
 from collections.abc import Iterator
-from pathlib import Path
 
 import httpx
 import pytest
@@ -16,7 +15,7 @@ from syncd.changes import ChangeApplier
 from syncd.follower import Follower
 from syncd.reconnect import DROP_SPREAD_S, Reconnect
 from syncd.remote import RemoteClient
-from syncd.state import ROOT_INO, Node, StateDB
+from syncd.state import StateDB
 from syncd.tree import TreeSync
 
 
@@ -55,16 +54,6 @@ class ScriptedServer:
             return httpx.Response(200, json={"changes": False, "backoff": 60})
         await trio.sleep_forever()
         raise AssertionError("unreachable")
-
-
-@pytest.fixture
-def state(tmp_path: Path) -> Iterator[StateDB]:
-    st = StateDB(tmp_path / "state")
-    with st.write() as w:
-        w.put_node(Node(ino=ROOT_INO, parent=ROOT_INO, name="", kind="dir", mode=0o755,
-                        server_id=1, rev=1, listed=True))  # fmt: skip
-    yield st
-    st.close()
 
 
 async def test_dropped_refused_and_backed_off_polls_come_back_after_jittered_waits(
