@@ -1,8 +1,8 @@
 """Load generator: hold N idle long polls over real TLS connections, in a process of its own.
 
 Run by `bench/server_bench.py` (and `bench/scaleout_bench.py`), not by hand:
-`python bench/longpoll_load.py URLS CAFILE TOKEN CURSOR N`. It raises RLIMIT_NOFILE, opens N
-connections (spread round-robin over the comma-separated URLs), handshakes, sends one
+`python bench/longpoll_load.py URLS CAFILES TOKEN CURSOR N` (URLS and CAFILES comma-separated).
+It raises RLIMIT_NOFILE, opens N connections (round-robin over the URLs), handshakes, sends one
 `GET /api/v1/longpoll` on each and prints `ready` once every request is sent. It then
 waits for the answers and prints one JSON line: how many were answered 200, and the
 CLOCK_MONOTONIC times (shared by all processes of the machine) of the first and last
@@ -84,11 +84,14 @@ def _complete(data: bytes) -> bool:
     return True
 
 
-def run(urls: list[str], cafile: str, token: str, cursor: str, n: int) -> dict[str, object]:
+def run(urls: list[str], cafiles: list[str], token: str, cursor: str, n: int) -> dict[str, object]:
     """Hold `n` long polls; return the answer times (see the module docstring)."""
     raise_nofile()
-    ctx = ssl.create_default_context(cafile=cafile)
-    ctx.set_alpn_protocols(["http/1.1"])
+    # One context per server: self-signed certificates with the same name in one store
+    # would be taken for each other.
+    contexts = [ssl.create_default_context(cafile=cafile) for cafile in cafiles]
+    for ctx in contexts:
+        ctx.set_alpn_protocols(["http/1.1"])
     targets = [urlsplit(u) for u in urls]
     sel = selectors.EpollSelector()
     polls: list[Poll] = []
@@ -100,7 +103,7 @@ def run(urls: list[str], cafile: str, token: str, cursor: str, n: int) -> dict[s
     deadline = time.monotonic() + ANSWER_DEADLINE_SECONDS
     while len(answered_at) < n and time.monotonic() < deadline:
         while opened < n and pending < HANDSHAKES_IN_FLIGHT:
-            t = targets[opened % len(targets)]
+            t, ctx = targets[opened % len(targets)], contexts[opened % len(targets)]
             host, port = t.hostname or "127.0.0.1", t.port or 443
             raw = socket.create_connection((host, port))
             raw.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
@@ -140,8 +143,9 @@ def run(urls: list[str], cafile: str, token: str, cursor: str, n: int) -> dict[s
 
 
 def main() -> None:
-    urls, cafile, token, cursor, n = sys.argv[1:6]
-    print(json.dumps(run(urls.split(","), cafile, token, cursor, int(n))), flush=True)
+    urls, cafiles, token, cursor, n = sys.argv[1:6]
+    result = run(urls.split(","), cafiles.split(","), token, cursor, int(n))
+    print(json.dumps(result), flush=True)
 
 
 if __name__ == "__main__":

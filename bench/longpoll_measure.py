@@ -3,8 +3,10 @@
 The waiters are held by `bench/longpoll_load.py` in a process of its own, so the server's
 figures are not mixed with the client's and the client does not steal the server's GIL.
 Per-waiter RSS = (server RSS with N waiters - RSS idle) / N, summed over the servers; wake
-time = from the commit's 200 to the last waiter's complete answer; wake CPU = the servers'
-CPU from just before the commit until then (less noisy than the wake time on a busy machine).
+time = from sending the commit to the last waiter's complete answer (the waiters are woken
+before the commit's own 200 is sent, so timing from that 200 would leave out part of the
+wake); wake CPU = the servers' CPU from just before the commit until then (less noisy than
+the wake time on a busy machine).
 """
 
 from __future__ import annotations
@@ -34,17 +36,22 @@ def open_polls(http: httpx.Client) -> int:
 
 
 def hold_polls(
-    servers: list[ServerProcess], token: str, n: int, poll_urls: list[str] | None = None
+    servers: list[ServerProcess],
+    token: str,
+    n: int,
+    balanced: tuple[list[str], list[Path]] | None = None,
 ) -> dict[str, float]:
-    """Hold `n` long polls spread over `servers` (or over `poll_urls`, e.g. a balancer),
-    then commit through the first server and time the answers."""
+    """Hold `n` long polls spread over `servers` (or over the URLs of `balanced`, with the
+    certificates they present: a load balancer), then commit through the first server and
+    time the answers."""
     first = servers[0]
     with first.client(token) as http:
         cursor = http.get("/api/v1/cursor").json()["cursor"]
     rss_before = sum(rss_kib(s.pid) for s in servers)
-    urls = poll_urls or [s.url for s in servers]
+    urls, certs = balanced or ([s.url for s in servers], [s.cert_path for s in servers])
+    cafiles = ",".join(str(c) for c in certs)
     load = subprocess.Popen(
-        [sys.executable, str(LOAD), ",".join(urls), str(first.cert_path), token, cursor, str(n)],
+        [sys.executable, str(LOAD), ",".join(urls), cafiles, token, cursor, str(n)],
         stdout=subprocess.PIPE, text=True,
     )  # fmt: skip
     assert load.stdout is not None
@@ -62,8 +69,8 @@ def hold_polls(
             time.sleep(1)
             rss_after = sum(rss_kib(s.pid) for s in servers)
             cpu_before = sum(cpu_seconds(s.pid) for s in servers)
-            r = clients[0].post("/api/v1/mkdir", json={"path": f"/wake-{n}-{time.time_ns()}"})
             t_commit = time.monotonic()
+            r = clients[0].post("/api/v1/mkdir", json={"path": f"/wake-{n}-{time.time_ns()}"})
             r.raise_for_status()
         finally:
             for c in clients:

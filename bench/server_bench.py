@@ -72,8 +72,10 @@ def main() -> None:
                     (f"{n} polls: server RSS before/after",
                      f"{r['rss_before_mib']:.0f} / {r['rss_after_mib']:.0f} MiB"),
                     (f"{n} polls: RSS per waiting connection", f"{r['kib_per_poll']:.1f} KiB"),
-                    (f"{n} polls: first answer after commit", f"{r['first_answered_ms']:.0f} ms"),
-                    (f"{n} polls: all answered after commit", f"{r['all_answered_s']:.2f} s"),
+                    (f"{n} polls: first answer after commit sent",
+                     f"{r['first_answered_ms']:.0f} ms"),
+                    (f"{n} polls: all answered after commit sent",
+                     f"{r['all_answered_s']:.2f} s"),
                     (f"{n} polls: server CPU for the wake", f"{r['wake_cpu_s']:.2f} s"),
                 ]  # fmt: skip
         with ServerProcess(Path(tmp) / "uploads", config=CONFIG) as srv:
