@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import random
 from collections.abc import Iterator
+from pathlib import Path
 
 import httpx
 import pytest
@@ -17,6 +18,7 @@ from syncd.reconnect import DROP_SPREAD_S, Reconnect
 from syncd.remote import RemoteClient
 from syncd.state import StateDB
 from syncd.tree import TreeSync
+from tests.helpers.server_proc import ServerProcess
 
 
 class FakeRandom:
@@ -27,6 +29,16 @@ class FakeRandom:
 
     def random(self) -> float:
         return next(self.values)
+
+
+class CountingReconnect(Reconnect):
+    """Counts the waits after a dropped poll."""
+
+    drops = 0
+
+    def after_drop(self) -> float:
+        self.drops += 1
+        return super().after_drop()
 
 
 class ScriptedServer:
@@ -92,3 +104,59 @@ def test_many_clients_spread_over_the_window() -> None:
     share = 10_000 / DROP_SPREAD_S
     assert max(per_second) < 1.2 * share
     assert all(Reconnect(rng).after_backoff(60) >= 60 for _ in range(100))
+
+
+@pytest.mark.e2e
+async def test_a_real_server_s_backoff_and_restart_are_followed_by_jittered_waits(
+    state: StateDB, tmp_path: Path
+) -> None:
+    """Against a real server: `backoff: 1` answers (it holds no polls at all) are followed by
+    1 x (1 + u) s; after a restart, the dropped poll comes back after spread x u s."""
+    config = {"longpoll_max_open": 0, "longpoll_backoff_seconds": 1}
+    srv = ServerProcess(tmp_path / "data", config=config).start()
+    try:
+        srv.add_user("ann", "pw")
+        token = srv.login("ann", "pw")
+        polls: list[float] = []
+        draws = [0.5, 0.25] + [0.5] * 50
+        async with srv.async_client(token) as http:
+            remote = RemoteClient(http)
+            real_longpoll = remote.longpoll
+
+            async def longpoll(cursor: str, timeout_s: int) -> tuple[bool, int | None]:
+                polls.append(trio.current_time())
+                return await real_longpoll(cursor, timeout_s)
+
+            remote.longpoll = longpoll  # type: ignore[method-assign]
+            tree = TreeSync(state, remote)
+            applier = ChangeApplier(state, "me")
+            tree.reconciler = applier
+            reconnect = CountingReconnect(FakeRandom(draws), drop_spread_s=4.0)
+            follower = Follower(state, remote, tree, applier, hold_s=30, reconnect=reconnect)
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(follower.run)
+                while len(polls) < 3:  # noqa: ASYNC110  # the follower's own pace
+                    await trio.sleep(0.05)
+                assert polls[1] - polls[0] == pytest.approx(1.5, abs=0.3)
+                assert polls[2] - polls[1] == pytest.approx(1.25, abs=0.3)
+                # let it hold polls, then restart it under a held poll
+                assert srv.config_path is not None
+                text = srv.config_path.read_text()
+                srv.config_path.write_text(text.replace("longpoll_max_open = 0", ""))
+                await trio.to_thread.run_sync(srv.restart)
+                held = len(polls) + 1
+                while len(polls) < held:  # noqa: ASYNC110
+                    await trio.sleep(0.05)
+                await trio.sleep(0.5)
+                drops = reconnect.drops
+                dropped_at = trio.current_time()
+                await trio.to_thread.run_sync(srv.kill)  # the kernel closes the held poll
+                await trio.to_thread.run_sync(srv.start)
+                while len(polls) <= held:  # noqa: ASYNC110
+                    await trio.sleep(0.05)
+                assert reconnect.drops == drops + 1
+                assert polls[held] - dropped_at >= 4.0 * 0.5  # the spread, not at once
+                assert follower.online
+                nursery.cancel_scope.cancel()
+    finally:
+        srv.stop()
