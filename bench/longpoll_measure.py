@@ -69,6 +69,7 @@ def hold_polls(
             time.sleep(1)
             rss_after = sum(rss_kib(s.pid) for s in servers)
             cpu_before = sum(cpu_seconds(s.pid) for s in servers)
+            load_cpu_before = cpu_seconds(load.pid)
             t_commit = time.monotonic()
             r = clients[0].post("/api/v1/mkdir", json={"path": f"/wake-{n}-{time.time_ns()}"})
             r.raise_for_status()
@@ -77,6 +78,7 @@ def hold_polls(
                 c.close()
         result = json.loads(load.stdout.readline())
         wake_cpu = sum(cpu_seconds(s.pid) for s in servers) - cpu_before
+        load_cpu = cpu_seconds(load.pid) - load_cpu_before  # is the client the bottleneck?
         load.wait(30)
     finally:
         if load.poll() is None:
@@ -92,4 +94,5 @@ def hold_polls(
         "all_answered_s": result["last"] - t_commit,
         "first_answered_ms": (result["first"] - t_commit) * 1000,
         "wake_cpu_s": wake_cpu,
+        "load_cpu_s": load_cpu,
     }

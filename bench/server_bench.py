@@ -77,6 +77,7 @@ def main() -> None:
                     (f"{n} polls: all answered after commit sent",
                      f"{r['all_answered_s']:.2f} s"),
                     (f"{n} polls: server CPU for the wake", f"{r['wake_cpu_s']:.2f} s"),
+                    (f"{n} polls: load generator CPU meanwhile", f"{r['load_cpu_s']:.2f} s"),
                 ]  # fmt: skip
         with ServerProcess(Path(tmp) / "uploads", config=CONFIG) as srv:
             srv.add_user("bench", "pw")
