@@ -4,8 +4,9 @@ Why: every held connection (a long poll waits for minutes) keeps a few hundred o
 collector tracks: its tasks, coroutine frames, hypercorn's and h11's state, the TLS socket.
 With the default thresholds (700, 10, 10) a collection runs every 700 allocations, and a
 wake of thousands of long polls allocates millions of objects: the youngest generations
-were collected thousands of times and the whole heap (every held connection) many times
-over, most of the wake's CPU (docs/performance.md, "Long polls at scale").
+were collected thousands of times and the older ones, which hold every held connection,
+many times over, finding no garbage: a third of the wake's CPU (docs/performance.md, "Long
+polls at scale").
 
 So: everything loaded before serving (modules, configuration, the route table) is frozen out
 of collection, and collections run far less often. Reference counting still frees
