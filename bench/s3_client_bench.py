@@ -41,7 +41,8 @@ def free_port() -> int:
 
 
 @contextlib.contextmanager
-def moto_subprocess() -> Iterator[str]:
+def moto_process() -> Iterator[tuple[str, subprocess.Popen[bytes]]]:
+    """moto's S3 server in a subprocess: its endpoint URL and the process (for its CPU)."""
     port = free_port()
     proc = subprocess.Popen(
         [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
@@ -56,17 +57,23 @@ def moto_subprocess() -> Iterator[str]:
             if time.monotonic() > deadline or proc.poll() is not None:
                 raise SystemExit("moto did not start")
             time.sleep(0.05)
-        yield f"http://127.0.0.1:{port}"
+        yield f"http://127.0.0.1:{port}", proc
     finally:
         proc.terminate()
         proc.wait(10)
 
 
-def create_bucket(endpoint: str) -> None:
+@contextlib.contextmanager
+def moto_subprocess() -> Iterator[str]:
+    with moto_process() as (endpoint, _proc):
+        yield endpoint
+
+
+def create_bucket(endpoint: str, bucket: str = BUCKET) -> None:
     """moto does not check signatures, so a plain PUT makes the bucket."""
     import urllib.request
 
-    urllib.request.urlopen(urllib.request.Request(f"{endpoint}/{BUCKET}", method="PUT")).close()
+    urllib.request.urlopen(urllib.request.Request(f"{endpoint}/{bucket}", method="PUT")).close()
 
 
 def boto3_ops(endpoint: str) -> tuple[Callable[[str, bytes], None], Callable[[str], bytes]]:

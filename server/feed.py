@@ -1,9 +1,12 @@
 """The change feed's live side: wake long-poll waiters the moment their namespace changes.
 
-The journal itself is in the database (`server.db.journal`). Here each namespace has one
-`trio.Event` that every waiter of that namespace waits on; a change sets it and drops it, so
-the next waiter makes a fresh one (never `clear`). The current head of each namespace is
-cached so that a long poll costs no database round trip.
+The journal itself is in the database (`server.db.journal`). A waiter is the request's own
+task waiting for its client to leave, inside a cancel scope whose deadline is the hold time;
+each namespace keeps the set of its waiters, and a change cancels their scopes. So a held
+poll costs one slotted record and one cancel scope, not a nursery, a second task and an
+event: with thousands of idle polls those are memory per waiter and work at every wake.
+The current head of each namespace is cached so that a long poll costs no database round
+trip.
 
 Changes arrive two ways, both through `changed`, the one place that wakes waiters: this
 process's own (`notify`, after each write) and, on PostgreSQL, every API server's as
@@ -12,9 +15,10 @@ announcements: with several servers (`shared`) it is trusted only while the list
 place; before that, and while it is down, heads are read from the database, and when it
 comes back every cached head is forgotten and every waiter woken once to re-read its own.
 
-Concurrency: everything runs on the trio thread. A waiter takes the event *before* reading
-the head, so a change landing between the two still wakes it. A head read from the database
-is cached only if the cache was not reset while the read was in flight (`_epoch`).
+Concurrency: everything runs on the trio thread. A waiter registers *before* reading the
+head, so a change landing between the two still wakes it (it then reads the head again). A
+head read from the database is cached only if the cache was not reset while the read was in
+flight (`_epoch`).
 """
 
 from __future__ import annotations
@@ -28,6 +32,20 @@ import trio
 from server.config import ServerConfig
 from server.db import Database, journal
 from server.metrics import Metrics
+
+
+class _Waiter:
+    """One held long poll: the scope its task waits in, and whether a change ended it."""
+
+    __slots__ = ("scope", "woken")
+
+    def __init__(self, deadline: float) -> None:
+        self.scope = trio.CancelScope(deadline=deadline)
+        self.woken = False
+
+    def wake(self) -> None:
+        self.woken = True
+        self.scope.cancel()
 
 
 @dataclass(frozen=True, slots=True)
@@ -47,7 +65,7 @@ class ChangeFeed:
         self.db = db
         self.config = config
         self.metrics = metrics
-        self._events: dict[int, trio.Event] = {}
+        self._waiters: dict[int, set[_Waiter]] = {}
         self._heads: dict[int, int] = {}
         self._trusted = not shared
         self._epoch = 0
@@ -88,14 +106,13 @@ class ChangeFeed:
             self._heads.pop(ns_id, None)
         else:
             if epoch is None:
-                if ns_id not in self._heads and ns_id not in self._events:
+                if ns_id not in self._heads and ns_id not in self._waiters:
                     return
                 if seq <= self._heads.get(ns_id, 0):  # never cached while untrusted
                     return
             self._learn(ns_id, seq, self._epoch if epoch is None else epoch)
-        event = self._events.pop(ns_id, None)
-        if event is not None:
-            event.set()
+        for waiter in self._waiters.pop(ns_id, ()):
+            waiter.wake()
 
     def lost(self) -> None:
         """Other servers' changes may go unannounced from now on: stop caching heads."""
@@ -109,7 +126,7 @@ class ChangeFeed:
         self._trusted = True
         self._epoch += 1
         self._heads.clear()
-        for ns_id in list(self._events):
+        for ns_id in list(self._waiters):
             self.changed(ns_id, None)
 
     def clamp(self, timeout: float) -> float:
@@ -131,29 +148,31 @@ class ChangeFeed:
         """
         if self.metrics.longpolls_open >= self.config.longpoll_max_open:
             return PollResult(False, self.config.longpoll_backoff_seconds)
-        hold = self.clamp(requested_seconds)
-        result: PollResult | None = PollResult(False, None)
+        deadline = trio.current_time() + self.clamp(requested_seconds)
         self.metrics.add("longpolls_open")
         try:
-            async with trio.open_nursery() as nursery:
-
-                async def watch_disconnect() -> None:
-                    nonlocal result
-                    await wait_disconnect()
-                    result = None
-                    nursery.cancel_scope.cancel()
-
-                nursery.start_soon(watch_disconnect)
-                with trio.move_on_after(hold):
-                    while True:
-                        event = self._events.get(ns_id)
-                        if event is None:
-                            event = self._events[ns_id] = trio.Event()
+            while True:
+                waiter = _Waiter(deadline)
+                self._waiters.setdefault(ns_id, set()).add(waiter)
+                try:
+                    with waiter.scope:
                         if await self.head(ns_id) > cursor:
-                            result = PollResult(True, None)
-                            break
-                        await event.wait()
-                nursery.cancel_scope.cancel()
+                            return PollResult(True, None)
+                        await wait_disconnect()
+                        return None
+                finally:
+                    self._forget(ns_id, waiter)
+                if not waiter.woken:
+                    return PollResult(False, None)  # the hold time is over
+                if trio.current_time() >= deadline:  # woken as it ran out: answer the truth
+                    return PollResult(await self.head(ns_id) > cursor, None)
         finally:
             self.metrics.add("longpolls_open", -1)
-        return result
+
+    def _forget(self, ns_id: int, waiter: _Waiter) -> None:
+        """Drop a waiter that left (a woken one is already gone with its namespace's set)."""
+        waiters = self._waiters.get(ns_id)
+        if waiters is not None:
+            waiters.discard(waiter)
+            if not waiters:
+                del self._waiters[ns_id]

@@ -7,6 +7,7 @@ the per-token rate limit.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import time
 from importlib import metadata as importlib_metadata
 
@@ -17,6 +18,7 @@ from starlette.routing import Route
 from blockstore.errors import WireFormatError
 from blockstore.wire import LIST_LIMIT_MAX, MOVE_MODES, blocks_from_json
 from server.errors import BadRequest, RateLimited
+from server.feed import PollResult
 from server.services import CommitRequest, Principal, Services
 from server.web import (
     RATE_HEADERS_KEY,
@@ -314,6 +316,14 @@ async def longpoll(request: Request) -> Response:
     result = await services(request).feed.longpoll(who.ns_id, cur, timeout, wait_disconnect)
     if result is None:
         return Response(status_code=499)  # the client is gone; nothing will read this
+    return poll_answer(result)
+
+
+@functools.cache
+def poll_answer(result: PollResult) -> Response:
+    """The answer to a long poll, encoded once and shared: a commit wakes thousands of polls
+    at the same moment, and they all answer the same few bytes (the middleware copies the
+    headers before it adds its own)."""
     return json_response({"changes": result.changes, "backoff": result.backoff})
 
 

@@ -32,6 +32,7 @@ from server.bulk_conn import BulkConnections
 from server.config import ConfigError, load_config
 from server.db.schema import SchemaTooNew
 from server.db.url import DatabaseUnavailable
+from server.gc_tuning import tune_gc
 from server.http_worker import bind_sockets, serve_https
 from server.locations import LocationError
 from server.services import Services
@@ -156,6 +157,7 @@ def run_server(
         services = Services.open(data_dir, config, tls.fingerprint)
     except (DatabaseUnavailable, SchemaTooNew, LocationError) as exc:
         raise ServeError(str(exc)) from None
+    tune_gc()
     try:
         trio.run(_serve, services, hyper, sockets, data_dir, on_ready)
     finally:

@@ -7,7 +7,9 @@ something changed. "reset" (the journal was trimmed past our cursor) forgets whi
 directories are fresh and re-lists the root, so the tree is rebuilt from listings.
 
 Unreachable server: retry with exponential backoff and full jitter (`backoff_delay`), up to
-`MAX_BACKOFF_S`; the server's `backoff` answer is honoured as a floor. The mount keeps
+`MAX_BACKOFF_S`. A long poll that is dropped (or answered 5xx) and the server's `backoff`
+answer are followed by a wider jittered wait (`syncd.reconnect`), so that many clients do
+not return to a restarted server at the same moment. The mount keeps
 working meanwhile (offline mode), and the cursor makes sure every missed change arrives
 when the server is back (R13).
 
@@ -26,6 +28,7 @@ import trio
 from blockstore.wire import Change
 from syncd import errors
 from syncd.changes import ChangeApplier
+from syncd.reconnect import Reconnect
 from syncd.remote import RemoteClient
 from syncd.state import ROOT_INO, StateDB
 from syncd.tree import TreeSync
@@ -60,6 +63,7 @@ class Follower:
         *,
         hold_s: int = HOLD_S,
         on_changes: Callable[[list[Change]], None] | None = None,
+        reconnect: Reconnect | None = None,
     ) -> None:
         self.state = state
         self.remote = remote
@@ -67,6 +71,7 @@ class Follower:
         self.applier = applier
         self.hold_s = hold_s
         self.on_changes = on_changes
+        self.reconnect = reconnect if reconnect is not None else Reconnect()
         self.online = True
         self.last_error: str | None = None
         self.applied = 0
@@ -91,12 +96,7 @@ class Follower:
                 await self.sync_once()
                 self._mark_online()
                 attempt = 0
-                _changed, server_backoff = await self.remote.longpoll(self.cursor or "0",
-                                                                     self.hold_s)  # fmt: skip
-                self.polls += 1
-                if server_backoff:
-                    log.info("server asked to back off for %d s", server_backoff)
-                    await trio.sleep(server_backoff * (1 + 0.1 * random.random()))
+                await self._poll_once()
             except errors.Offline as exc:
                 self._mark_offline(str(exc))
                 await self._sleep(backoff_delay(attempt))
@@ -109,6 +109,24 @@ class Follower:
                 self.last_error = str(exc)
                 await self._sleep(backoff_delay(attempt + 2))
                 attempt += 1
+
+    async def _poll_once(self) -> None:
+        """Hold one long poll; after a drop or a `backoff`, wait a jittered while."""
+        try:
+            _changed, server_backoff = await self.remote.longpoll(self.cursor or "0",
+                                                                 self.hold_s)  # fmt: skip
+        except errors.Offline as exc:
+            self._mark_offline(str(exc))
+            await self._sleep(self.reconnect.after_drop())
+            return
+        except errors.ServerError as exc:
+            log.info("long poll answered %s; back in a jittered while", exc)
+            await self._sleep(self.reconnect.after_drop())
+            return
+        self.polls += 1
+        if server_backoff:
+            log.info("server asked to back off for %d s", server_backoff)
+            await trio.sleep(self.reconnect.after_backoff(server_backoff))
 
     async def _sleep(self, seconds: float) -> None:
         self._poke = trio.Event()

@@ -17,6 +17,7 @@ from typing import TypeVar
 
 import pytest
 
+from syncd.state import ROOT_INO, Node, StateDB
 from tests.helpers.mount_proc import MountProcess, drive, login_home
 from tests.helpers.server_proc import ServerProcess
 from tests.helpers.tcp_proxy import TcpProxy
@@ -164,3 +165,14 @@ def go_offline(a: MountProcess, proxy: TcpProxy) -> None:
     """Cut A's proxy and wait until A says it is offline."""
     proxy.cut()
     wait_for(lambda: a.status().get("online") is False or None, "A noticing it is offline")
+
+
+@pytest.fixture
+def state(tmp_path: Path) -> Iterator[StateDB]:
+    """A client state database holding only the root folder (listed)."""
+    st = StateDB(tmp_path / "state")
+    with st.write() as w:
+        w.put_node(Node(ino=ROOT_INO, parent=ROOT_INO, name="", kind="dir", mode=0o755,
+                        server_id=1, rev=1, listed=True))  # fmt: skip
+    yield st
+    st.close()

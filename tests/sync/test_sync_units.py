@@ -204,16 +204,6 @@ class FakeServer:
         return httpx.Response(404, json={"error": "not_found", "message": path})
 
 
-@pytest.fixture
-def state(tmp_path: Path) -> Any:
-    st = StateDB(tmp_path / "state")
-    with st.write() as w:
-        w.put_node(Node(ino=ROOT_INO, parent=ROOT_INO, name="", kind="dir", mode=0o755,
-                        server_id=1, rev=1, listed=True))  # fmt: skip
-    yield st
-    st.close()
-
-
 async def test_follower_applies_changes_persists_cursor_and_backs_off(
     state: StateDB, autojump_clock: trio.testing.MockClock, nursery: trio.Nursery
 ) -> None:
