@@ -51,8 +51,8 @@ T = TypeVar("T")
 READAHEAD_BLOCKS = 32
 """Blocks fetched ahead of a sequential reader (about 32 MiB at the 1 MiB average block
 size): with `FETCH_GROUP` 4, up to eight read-ahead requests are in flight. Cold 512 MiB
-read on the 2-core VM, two runs each (session 2): 8 blocks 226-279 MiB/s, 12 blocks
-234-296, 16 blocks 323-334, 24 blocks 334. Cold 1 GiB read, interleaved (session 3, the
+read on the 2-core VM, two runs each (second tuning round): 8 blocks 226-279 MiB/s, 12 blocks
+234-296, 16 blocks 323-334, 24 blocks 334. Cold 1 GiB read, interleaved (third tuning round, the
 server serving blocks in threads): 16 blocks 367/368 MiB/s, 32 blocks 406/396/394/387,
 64 blocks 394/351."""
 
