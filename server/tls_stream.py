@@ -135,6 +135,8 @@ class TlsSocketStream(trio.abc.Stream):
                 await trio.lowlevel.wait_readable(self._fd)
                 continue
             except ssl.SSLWantWriteError:
+                if got:
+                    break  # the bytes in hand first: waiting lets other streams use the buffer
                 await trio.lowlevel.wait_writable(self._fd)
                 continue
             except (ssl.SSLZeroReturnError, ssl.SSLEOFError):

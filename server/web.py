@@ -119,25 +119,35 @@ class DriveMiddleware:
         scope[BODY_RULES_KEY] = self.bodies
         status = 500
         started = False
-        body_done = False
+        declared = _declared_body(scope)
+        body_done = trio.Event()  # the body ended (or the client left); set at once if none
+        if declared == 0:
+            body_done.set()
 
         async def receive_wrapper() -> Message:
-            nonlocal body_done
             message = await receive()
             if message["type"] == "http.disconnect" or not message.get("more_body", False):
-                body_done = True
+                body_done.set()
             return message
 
         async def drain() -> None:
-            # Read (and drop) what the client is still sending before an early error answer:
+            # Read (and drop) what the client is still sending before an early answer:
             # closing a socket with unread data makes TCP reset it, and the client would see
-            # "connection reset" instead of our 4xx. Bounded in bytes and time.
-            nonlocal body_done
-            left = DRAIN_LIMIT_BYTES
-            with trio.move_on_after(DRAIN_SECONDS):
-                while not body_done and left > 0:
+            # "connection reset" instead of our 4xx. Bounded in bytes and time. Another task
+            # of the app may read the end of the body meanwhile (a streaming answer listens
+            # for the disconnect), so this stops when the body ended, whoever read it.
+            async def skip(done: trio.CancelScope) -> None:
+                left = DRAIN_LIMIT_BYTES
+                while not body_done.is_set() and left > 0:
                     message = await receive_wrapper()
                     left -= len(message.get("body", b""))
+                done.cancel()
+
+            with trio.move_on_after(DRAIN_SECONDS):
+                async with trio.open_nursery() as nursery:
+                    nursery.start_soon(skip, nursery.cancel_scope)
+                    await body_done.wait()
+                    nursery.cancel_scope.cancel()
 
         scope[DRAIN_KEY] = drain
 
@@ -150,6 +160,15 @@ class DriveMiddleware:
                 headers.append((b"x-request-id", request_id.encode()))
                 for k, v in scope.get(RATE_HEADERS_KEY, {}).items():
                     headers.append((k.lower().encode(), v.encode()))
+                if not body_done.is_set() and not _says_close(headers):
+                    # Answering before the body ended (a 405, a route that reads no body):
+                    # hypercorn closes the connection after such an answer, and a client
+                    # that already sent its next request on it loses that request. Read the
+                    # rest of the body first, or announce the close.
+                    if declared is None or declared <= DRAIN_LIMIT_BYTES:
+                        await drain()
+                    if not body_done.is_set():
+                        headers.append((b"connection", b"close"))
                 message = {**message, "headers": headers}
             await send(message)
 
@@ -178,6 +197,23 @@ class DriveMiddleware:
             route = scope.get("route")
             name = getattr(route, "path", None) or "unmatched"
             self.metrics.count_request(name, status)
+
+
+def _declared_body(scope: Scope) -> int | None:
+    """The request body's declared length: 0 without one, None when chunked (h11 has
+    refused a request with a malformed Content-Length already)."""
+    length = 0
+    for name, value in scope.get("headers", []):
+        if name.lower() == b"transfer-encoding":
+            return None
+        if name.lower() == b"content-length":
+            length = parse_count(value.decode("latin-1").strip()) or 0
+    return length
+
+
+def _says_close(headers: list[tuple[bytes, bytes]]) -> bool:
+    """Whether an answer's headers close the connection (`Connection: close`)."""
+    return any(k.lower() == b"connection" and b"close" in v.lower() for k, v in headers)
 
 
 def drains(exc: ApiError) -> bool:
