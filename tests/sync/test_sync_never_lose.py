@@ -221,6 +221,11 @@ def test_over_quota_is_refused_at_once_or_parked_kept_and_reported(
     rng = random.Random(9)
     with MountProcess(home, tmp_path / "mnt-q", env=SYNC_ENV) as m:
         wait_for(lambda: m.status().get("quota_bytes") == 1 << 20, "Q learning its quota")
+        # `df` shows the account's quota as the size and its usage as used (statfs).
+        df = ["df", "-B1", "--output=size,used", str(m.mnt)]
+        shown = subprocess.run(df, capture_output=True, text=True, check=True).stdout.split()
+        used = m.status()["used_bytes"]  # in 4 KiB blocks, as statfs counts
+        assert (int(shown[-2]), int(shown[-1])) == (1 << 20, -(-used // 4096) * 4096)
         with pytest.raises(OSError, match="quota") as info:
             (m.mnt / "huge.bin").write_bytes(rng.randbytes(3 << 20))
         assert info.value.errno == errno.EDQUOT
