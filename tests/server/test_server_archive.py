@@ -120,3 +120,32 @@ def test_an_s3_archive_bucket(
             assert http.get("/files/download", params={"path": "/cold.bin"}).content == content
             assert _metric(http.get("/metrics").text, "drive_archive_reads_total") == 1
             assert http.get("/api/v1/whoami").json()["archived_bytes"] == len(content)
+
+
+def test_an_s3_storage_class_archive_keeps_blocks_in_the_same_bucket(
+    tmp_path: Path, moto_s3: MotoS3
+) -> None:
+    """`archive = "GLACIER_IR"` with blocks on S3: archived objects move to the sibling
+    prefix `PREFIX.archive/` of the same bucket, written with that storage class; the
+    credentials come from server.toml alone (no AWS_* variables)."""
+    bucket = moto_s3.new_bucket()
+    data = tmp_path / "data"
+    data.mkdir()
+    _write_config(data, blocks=f"s3://{bucket}/hot", archive="GLACIER_IR",
+                  s3_endpoint=moto_s3.endpoint, s3_region=REGION,
+                  s3_access_key_id=CREDENTIALS["access_key_id"],
+                  s3_secret_access_key=CREDENTIALS["secret_access_key"],
+                  **COLD_AT_ONCE)  # fmt: skip
+    content = os.urandom(70_000)
+    with ServerProcess(data) as srv:
+        srv.add_user("g", "pw")
+        with srv.client(srv.login("g", "pw")) as http:
+            upload(http, "/cold.bin", content)
+            report = json.loads(srv.admin("maintenance", "--json").stdout)
+            assert report["archived"]["blocks"] == 1
+            listed = moto_s3.client().list_objects_v2(Bucket=bucket).get("Contents", [])
+            blocks = [o for o in listed if "/.check/" not in o["Key"]]  # not start probes
+            assert [o["Key"].split("/")[0] for o in blocks] == ["hot.archive"]
+            assert [o.get("StorageClass") for o in blocks] == ["GLACIER_IR"]
+            assert http.get("/files/download", params={"path": "/cold.bin"}).content == content
+            assert _metric(http.get("/metrics").text, "drive_archive_reads_total") == 1
