@@ -35,6 +35,7 @@ import json
 import os
 import random
 import shutil
+import signal
 import sqlite3
 import subprocess
 import sys
@@ -447,6 +448,14 @@ class Device:
     def alive(self) -> bool:
         return self.mount.proc is not None and self.mount.proc.poll() is None
 
+    def dump_stacks(self) -> None:
+        """Have the mount write every thread's Python stack into its log (SIGUSR1 is the
+        mount's faulthandler signal): what a hung operation was waiting on, or spinning in."""
+        proc = self.mount.proc
+        if proc is not None and proc.poll() is None:
+            proc.send_signal(signal.SIGUSR1)
+            time.sleep(1.0)
+
     def kill9(self) -> None:
         """SIGKILL the mount process and clear its dead mountpoint (lazily)."""
         proc = self.mount.proc
@@ -550,6 +559,7 @@ class Run:
                 out.note = f" HUNG for more than {OP_SECONDS:.0f}s"
                 self.result.failures.append(f"op {op.i} ({op.describe()}) hung")
                 self._abort = True
+                dev.dump_stacks()
                 dev.kill9()  # unblocks the system call (ENOTCONN)
             except OSError as exc:
                 out.ok = False
