@@ -72,13 +72,21 @@ async def info(request: Request) -> Response:
     )
 
 
-async def login(request: Request) -> Response:
+def take_login_slot(request: Request) -> int | None:
+    """Count a sign-in attempt against its client address (the API's and the web app's
+    share one limit); None if allowed, else the seconds to wait. Sets the rate headers."""
     s = services(request)
     who = client_address(request, s.config.trusted_proxy_addresses)
     verdict = s.login_limiter.take(f"login:{who}")
     request.scope[RATE_HEADERS_KEY] = verdict.headers()
-    if not verdict.allowed:
-        raise RateLimited(f"too many requests; retry in {verdict.retry_after} s")
+    return None if verdict.allowed else verdict.retry_after
+
+
+async def login(request: Request) -> Response:
+    s = services(request)
+    wait = take_login_slot(request)
+    if wait is not None:
+        raise RateLimited(f"too many requests; retry in {wait} s")
     body = await read_json(request, s.config.max_json_bytes)
     result = await s.auth.login(
         get_str(body, "user"), get_str(body, "password"), get_str(body, "device", "device")

@@ -15,9 +15,9 @@ from starlette.routing import Route
 
 from server.errors import BadRequest, RateLimited, Unauthorized
 from server.metadata import Metadata
-from server.routes_api import services
+from server.routes_api import services, take_login_slot
 from server.services import Principal
-from server.web import RATE_HEADERS_KEY, check_path, parse_count, query_path
+from server.web import check_path, parse_count, query_path
 from server.webapp import listing
 from server.webapp.pages import field, read_form, redirect, render, web_route
 from server.webapp.session import (
@@ -54,10 +54,9 @@ async def login_page(request: Request) -> Response:
 async def login(request: Request) -> Response:
     check_origin(request)
     s = services(request)
-    verdict = s.login_limiter.take(f"login:{request.client.host if request.client else '-'}")
-    request.scope[RATE_HEADERS_KEY] = verdict.headers()
-    if not verdict.allowed:
-        message = f"Too many sign-in attempts: try again in {verdict.retry_after} s."
+    wait = take_login_slot(request)
+    if wait is not None:
+        message = f"Too many sign-in attempts: try again in {wait} s."
         return render("login.html", RateLimited.status, error=message)
     form = await read_form(request)
     user = field(form, "user")
