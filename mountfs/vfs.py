@@ -416,14 +416,8 @@ class Vfs:
         src = self.state.current(src)  # as it is after that await
         if dst is not None and dst.ino == src.ino:
             return
-        if src.kind == "dir":
-            anc = p_new
-            while True:
-                if anc == src.ino:
-                    raise VfsError(errno.EINVAL, "cannot move a directory into itself")
-                if anc == ROOT_INO:
-                    break
-                anc = self._node(anc).parent
+        if src.kind == "dir" and self.state.is_within(p_new, src.ino):
+            raise VfsError(errno.EINVAL, "cannot move a directory into itself")
         from_path, to_path = self._child_path(p_old, old), self._child_path(p_new, new)
         grows = len(to_path.encode()) > len(from_path.encode())
         if (

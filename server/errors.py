@@ -36,6 +36,14 @@ class BadRequest(ApiError):
     code = "bad_request"
 
 
+class IntoItself(BadRequest):
+    """400 for moving a folder into its own subtree. Not a malformed request: another device
+    may have moved the target folder into this one meanwhile, and the client resolves that
+    (the other move wins), so it must tell this apart by code."""
+
+    code = "into_itself"
+
+
 class Unauthorized(ApiError):
     status = 401
     code = "unauthorized"

@@ -37,7 +37,8 @@ from server.routes_api import server_version
 JSON = "application/json"
 OCTET = "application/octet-stream"
 STATUS_TEXT = {
-    400: "Bad input (also a bad X-Drive-Client header or a query string that is not UTF-8)",
+    400: "Bad input (`bad_request`; also a bad X-Drive-Client header or a query string that is not "
+    "UTF-8), or a folder move into its own subtree (`into_itself`)",
     401: "Missing, wrong, revoked or expired token (or wrong user or password)",
     404: "Not found (`not_found`), or the parent directory is missing (`no_parent`)",
     409: "Conflict: `conflict` (with `current`), `exists` or `not_empty`",

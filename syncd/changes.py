@@ -380,6 +380,9 @@ class ChangeApplier:
         movable = node.ino not in busy or node.ino in self._replaced  # a replaced file
         # moved elsewhere is shown there; the check below keeps it off the renamed file
         if movable and (where != (parent.ino, rec.name) or not node.linked):
+            if node.kind == "dir" and self.state.is_within(parent.ino, node.ino):
+                self.blocked.add(parent.ino)  # that folder is inside this one here (a move
+                return  # of ours waits to be refused): listed again once the queue is empty
             target = self.state.lookup(parent.ino, rec.name)
             other = self.state.node(target) if target is not None and target != node.ino else None
             if other is not None and self._holds_name(other):

@@ -322,6 +322,8 @@ class ConflictResolver:
         known = self.state.node(ino) if ino is not None else None
         if parent < 0 or (known is not None and known.linked and known.server_id == rec.id):
             return
+        if known is not None and known.kind == "dir" and self.state.is_within(parent, known.ino):
+            return
         if self.state.lookup(parent, rec.name) is not None:
             return
         with self.state.write() as w:
@@ -372,6 +374,9 @@ class ConflictResolver:
             return
         if self.state.lookup(parent, rec.name) not in (None, node.ino):
             return
+        if node.kind == "dir" and self.state.is_within(parent, node.ino):
+            return  # that folder is inside this one here, for now: the change feed (or a
+            # refused move of ours) puts it back first, and this folder's listing then
         old = (node.parent, node.name)
         with self.state.write() as w:
             if self.state.lookup(*old) == node.ino:

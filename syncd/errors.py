@@ -4,6 +4,7 @@
 * SyncError
   x RemoteError            the server answered, with an error
     + BadRequest           400
+      + IntoItself         400 "into_itself": a folder move into its own subtree
     + Unauthorized         401 (token missing, wrong or revoked)
     + NotFound             404
       + ParentMissing      404 "no_parent": the parent directory of the path does not exist
@@ -31,6 +32,7 @@ __all__ = [
     "CertificateMismatch",
     "Conflict",
     "Exists",
+    "IntoItself",
     "NotEmpty",
     "NotFound",
     "NotLoggedIn",
@@ -63,6 +65,11 @@ class RemoteError(SyncError):
 
 class BadRequest(RemoteError):
     status = 400
+
+
+class IntoItself(BadRequest):
+    """400 "into_itself": a folder move whose target is inside the folder on the server (the
+    target folder was moved into it elsewhere meanwhile)."""
 
 
 class Unauthorized(RemoteError):

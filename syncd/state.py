@@ -44,7 +44,7 @@ from blockstore.wire import BlockList
 from syncd.queue_ops import QueuedOp, op_from_json, op_to_json
 from syncd.ranges import Ranges
 
-__all__ = ["LOCAL_INO_BASE", "ROOT_INO", "Dirty", "Node", "StateDB", "Writer"]
+__all__ = ["LOCAL_INO_BASE", "ROOT_INO", "Dirty", "Node", "StateDB", "WouldCycle", "Writer"]
 
 ROOT_INO = 1
 LOCAL_INO_BASE = 1 << 40
@@ -183,12 +183,21 @@ class Node:
         return starts
 
 
+class WouldCycle(ValueError):
+    """A folder record would be put inside its own subtree. Nothing is written: the tree here
+    differs from the server's for a moment (another device moved the target folder into this
+    one), and the caller leaves the folder where it is until that settles."""
+
+
 class Writer:
     """Operations inside one open write transaction (see `StateDB.write`)."""
 
     def __init__(self, db: StateDB, txn: lmdb.Transaction) -> None:
         self._db = db
         self._txn = txn
+        self.cached_before: dict[int, Node | None] = {}
+        """The in-memory record of each inode this transaction wrote, as it was before: put
+        back if the transaction aborts (it may hold staged edits LMDB does not have)."""
 
     def put_node(self, node: Node) -> None:
         """Make `node` the record of its inode (the only way, with `StateDB.stage`, to
@@ -196,11 +205,16 @@ class Writer:
         longer is (unlinked, or moved) goes with it: a name must never lead to an inode
         whose record says it is not there (a write through it would reach no upload)."""
         old = self._db._cache.get(node.ino) or self._db.node(node.ino)
+        moved = old is None or old.parent != node.parent
+        into = node.kind == "dir" and node.linked and moved and node.ino != ROOT_INO
+        if into and self._db.is_within(node.parent, node.ino):
+            raise WouldCycle(f"folder {node.ino} cannot go inside itself ({node.parent})")
         if old is not None and (old.parent, old.name) != (node.parent, node.name):
             self._drop_entry(old.parent, old.name, node.ino)
         if not node.linked:
             self._drop_entry(node.parent, node.name, node.ino)
         self._txn.put(_k(node.ino), json.dumps(node.to_json()).encode(), db=self._db._nodes)
+        self._remember(node.ino)
         self._db._cache[node.ino] = node
         if old is not None and old.server_id not in (None, node.server_id):
             self._release_id(old.server_id or 0, node.ino)  # re-created under a new id
@@ -233,8 +247,13 @@ class Writer:
         if self._txn.get(_k(server_id), db=self._db._srv) == _k(ino):
             self._txn.delete(_k(server_id), db=self._db._srv)
 
+    def _remember(self, ino: int) -> None:
+        if ino not in self.cached_before:
+            self.cached_before[ino] = self._db._cache.get(ino)
+
     def delete_node(self, ino: int) -> None:
         node = self._db._cache.get(ino) or self._db.node(ino)
+        self._remember(ino)
         self._db._cache.pop(ino, None)
         self._txn.delete(_k(ino), db=self._db._nodes)
         if node is not None and node.server_id is not None:
@@ -380,9 +399,19 @@ class StateDB:
 
     @contextmanager
     def write(self) -> Iterator[Writer]:
-        """One write transaction; never `await` inside the `with` block."""
+        """One write transaction; never `await` inside the `with` block. If the block raises,
+        nothing of it is written, in LMDB nor in the cached records."""
         with self._env.begin(write=True) as txn:
-            yield Writer(self, txn)
+            writer = Writer(self, txn)
+            try:
+                yield writer
+            except BaseException:
+                for ino, before in writer.cached_before.items():
+                    if before is None:
+                        self._cache.pop(ino, None)
+                    else:
+                        self._cache[ino] = before
+                raise
 
     # -- reads --------------------------------------------------------------------------
 
@@ -397,6 +426,22 @@ class StateDB:
         node = Node.from_json(json.loads(raw))
         self._cache[ino] = node
         return node
+
+    def is_within(self, ino: int, folder: int) -> bool:
+        """Whether `ino` is `folder` or below it here. A loop in the parents (which
+        `Writer.put_node` refuses to make) counts as within, so no caller walks it forever."""
+        seen: set[int] = set()
+        while ino != folder:
+            if ino == ROOT_INO:
+                return False
+            if ino in seen:
+                return True
+            seen.add(ino)
+            node = self.node(ino)
+            if node is None:
+                return False
+            ino = node.parent
+        return True
 
     def current(self, node: Node) -> Node:
         """The record of `node`'s inode now: what an `await` since `node` was read may have

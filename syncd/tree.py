@@ -39,10 +39,12 @@ def path_of(state: StateDB, ino: int) -> str:
         KeyError: `ino` (or an ancestor) is unknown or unlinked.
     """
     parts: list[str] = []
+    seen: set[int] = set()
     while ino != ROOT_INO:
         node = state.node(ino)
-        if node is None or not node.linked:
-            raise KeyError(ino)
+        if node is None or not node.linked or ino in seen:  # (a loop: never made, see
+            raise KeyError(ino)  # `Writer.put_node`, but never walked forever either)
+        seen.add(ino)
         parts.append(node.name)
         ino = node.parent
     return "/" + "/".join(reversed(parts)) if parts else ROOT_PATH

@@ -515,6 +515,9 @@ class Uploader:
                 op.dst = self._rename_local(node, op.dst)
                 op.mode, op.dst_rev = "noreplace", None
                 continue
+            except errors.IntoItself:
+                await self._undo_move(op, node)
+                return None
             except errors.NotFound:
                 node = self.state.current(node) if node is not None else None
                 if node is None or not node.linked or node.server_id is None:
@@ -534,6 +537,22 @@ class Uploader:
                     self._show_theirs(await self.remote.meta(path=path))
             return rec
         raise errors.Conflict(f"could not move {op.src} to {op.dst}")
+
+    async def _undo_move(self, op: Move, node: Node | None) -> None:
+        """Our folder move would put the folder inside itself on the server: another device
+        moved the target folder into it first. That move stays (the server has it, and no
+        content is at stake: both folders keep everything in them); this one is undone here,
+        the folder shown where the server has it, and the change feed then shows the other
+        folder inside it."""
+        log.warning("%s cannot move to %s: that folder was moved into it elsewhere; leaving "
+                    "it where it is", op.src, op.dst)  # fmt: skip
+        node = self.state.current(node) if node is not None else None
+        if node is None or node.server_id is None:
+            return
+        with contextlib.suppress(errors.NotFound):
+            rec = await self.remote.meta(file_id=node.server_id)
+            self.conflicts.relocate(node, rec, own_moves=1)
+            self._show_theirs(rec)
 
     async def _recreate_at(self, node: Node, op: Move) -> FileRecord | None:
         """A file moved here was deleted elsewhere meanwhile: keep what this device shows,

@@ -23,7 +23,15 @@ from server.db import journal, lock_namespace, read_txn, versions, write_txn
 from server.db.conn import Conn, Row
 from server.db.files import child, get_row, need, need_parent_dir, path_of, record
 from server.db.journal import Actor
-from server.errors import BadRequest, Conflict, Exists, NotEmpty, NotFound, ParentMissing
+from server.errors import (
+    BadRequest,
+    Conflict,
+    Exists,
+    IntoItself,
+    NotEmpty,
+    NotFound,
+    ParentMissing,
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -203,7 +211,7 @@ def move(
         row = _need_entry(conn, ns, src, src_id)
         _check_rev(conn, ns, row, src, src_rev)
         if row["kind"] == "dir" and is_within(dst, src) and dst != src:
-            raise BadRequest(f"cannot move a directory into itself: {src} -> {dst}")
+            raise IntoItself(f"cannot move a directory into itself: {src} -> {dst}")
         parent, name = need_parent_dir(conn, ns, dst)
         target = child(conn, ns, int(parent["id"]), name)
         if target is not None and int(target["id"]) == int(row["id"]):

@@ -63,6 +63,7 @@ _ERRORS: Mapping[str, type[errors.RemoteError]] = {
     "unauthorized": errors.Unauthorized,
     "not_found": errors.NotFound,
     "no_parent": errors.ParentMissing,
+    "into_itself": errors.IntoItself,
     "conflict": errors.Conflict,
     "exists": errors.Exists,
     "not_empty": errors.NotEmpty,

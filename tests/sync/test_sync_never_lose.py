@@ -152,6 +152,30 @@ def test_move_into_a_folder_deleted_elsewhere_recreates_it(
     assert (b.mnt / "D" / "x.txt").read_bytes() == b"x\n"
 
 
+def test_crossed_folder_moves_keep_the_first_and_both_folders(
+    a_offline_b: tuple[MountProcess, MountProcess, TcpProxy],
+) -> None:
+    """A moves folder Q into P offline while B moves P into Q: the server takes B's move
+    (first), refuses A's (a folder into itself), and A shows Q/P with everything in both,
+    not a folder inside itself (which hung path walks) nor a parked move."""
+    a, b, proxy = a_offline_b
+    for folder in ("P", "Q"):
+        (b.mnt / folder).mkdir()
+        (b.mnt / folder / f"{folder}.txt").write_bytes(folder.encode())
+    wait_for(lambda: read_or_none(a.mnt / "Q" / "Q.txt") == b"Q", "Q/Q.txt on A")
+    assert read_or_none(a.mnt / "P" / "P.txt") == b"P"
+    go_offline(a, proxy)
+    os.rename(a.mnt / "Q", a.mnt / "P" / "Q")
+    (a.mnt / "P" / "Q" / "new.txt").write_bytes(b"written offline on A\n")
+    os.rename(b.mnt / "P", b.mnt / "Q" / "P")
+    b.wait_synced()
+    proxy.restore()
+    final = converge(a, b)
+    assert sorted(final) == ["Q/", "Q/P/", "Q/P/P.txt", "Q/Q.txt", "Q/new.txt"], final
+    assert (b.mnt / "Q" / "new.txt").read_bytes() == b"written offline on A\n"
+    assert subprocess.run(["ls", "-R", str(a.mnt)], capture_output=True, timeout=10).returncode == 0
+
+
 def test_rename_onto_a_name_taken_elsewhere_keeps_both(
     a_offline_b: tuple[MountProcess, MountProcess, TcpProxy],
 ) -> None:

@@ -25,8 +25,8 @@ from syncd.follower import MAX_BACKOFF_S, Follower, backoff_delay
 from syncd.queue_ops import Commit
 from syncd.rechunk import WINDOW_BYTES, NewChunk, plan, rechunk
 from syncd.remote import RemoteClient
-from syncd.state import LOCAL_INO_BASE, ROOT_INO, Dirty, Node, StateDB
-from syncd.tree import TreeSync
+from syncd.state import LOCAL_INO_BASE, ROOT_INO, Dirty, Node, StateDB, WouldCycle
+from syncd.tree import TreeSync, path_of
 
 MIB = 1 << 20
 
@@ -550,6 +550,34 @@ def test_a_name_never_leads_to_an_inode_whose_record_is_elsewhere(state: StateDB
         w.link(ROOT_INO, "c", 95)
     assert state.lookup(ROOT_INO, "b") is None
     assert state.lookup(ROOT_INO, "c") == 95
+
+
+def _edit_then_move(state: StateDB, folder: Node, parent: int) -> None:
+    with state.write() as w:
+        w.put_node(replace(folder, mtime_ns=8))
+        w.put_node(replace(folder, parent=parent, name="z2"))
+
+
+def test_a_folder_is_never_put_inside_itself(state: StateDB) -> None:
+    """Seed 1401 of the convergence runs: a folder moved elsewhere into the folder that this
+    device showed at its old place was put inside itself here, and an operation walking its
+    parents hung the mount. Such a record is refused, and the refused transaction leaves
+    nothing behind (in LMDB nor in the cached records, staged edits included)."""
+    with state.write() as w:
+        for ino, parent, name in ((20, ROOT_INO, "x"), (21, 20, "z"), (22, 21, "q")):
+            w.put_node(Node(ino=ino, parent=parent, name=name, kind="dir", mode=0o755))
+            w.link(parent, name, ino)
+    z = state.node(21)
+    assert z is not None
+    state.stage(replace(z, mtime_ns=7))  # an edit held in memory only
+    for inside in (21, 22):
+        with pytest.raises(WouldCycle):
+            _edit_then_move(state, z, inside)
+        assert state.node(21) == replace(z, mtime_ns=7)
+        assert state.lookup(20, "z") == 21
+        assert path_of(state, 22) == "/x/z/q"
+    assert state.is_within(22, 20)
+    assert not state.is_within(20, 22)
 
 
 def test_an_unlinked_record_does_not_take_the_server_id_of_the_inode_shown(
