@@ -14,7 +14,6 @@ import json
 import logging
 import os
 import signal
-import uuid
 from contextlib import AsyncExitStack
 from dataclasses import dataclass
 from pathlib import Path
@@ -73,7 +72,7 @@ async def _serve(home: Home, mountpoint: Path, cache_bytes: int, allow_other: bo
         stack.callback(state.close)
         cache = LmdbBlockCache(home.cache_path, cache_bytes, sync=False)
         stack.callback(cache.close)
-        client_id = _client_id(state)
+        client_id = state.client_id()
         remote = RemoteClient.from_config(cfg, client_id=client_id)
         stack.push_async_callback(remote.aclose)
         invalidator = Invalidator()
@@ -132,17 +131,6 @@ async def _serve(home: Home, mountpoint: Path, cache_bytes: int, allow_other: bo
             pyfuse3.close(unmount=True)
             log.info("unmounted %s; %d changes still queued", mountpoint, state.op_count())
             await _write_status(home, sync, cache, state, mounted=False)
-
-
-def _client_id(state: StateDB) -> str:
-    """This home's client id (made once, kept in its state): the server tags the changes
-    this mount makes with it, so the follower skips exactly those and applies the rest."""
-    value = state.get_meta("client_id")
-    if not isinstance(value, str):
-        value = uuid.uuid4().hex
-        with state.write() as w:
-            w.set_meta("client_id", value)
-    return value
 
 
 async def _signals(nursery: trio.Nursery) -> None:

@@ -8,8 +8,9 @@ Lookup counts and deferred deletion (pyfuse3 gotchas): `unlink` only removes the
 inode and its local data go when the kernel has forgotten it and no handle is open, so an
 unlinked file that is still open keeps working until its last close.
 
-Concurrency: runs on the trio thread. Each method does its LMDB work in one `with
-state.write()` block without an `await` inside; awaits happen only for content and network.
+Concurrency: runs on the trio thread. Each method reads the local state, checks what POSIX
+allows, and has `syncd.local_edits.LocalEdits` write the change in one transaction (the VFS
+never writes the state itself); awaits happen only for content and network.
 """
 
 from __future__ import annotations
@@ -26,7 +27,8 @@ from blockstore.wire import MAX_NAME_BYTES, MAX_PATH_BYTES
 from mountfs.attrs import Attr, FsStats, VfsError, attr_of
 from mountfs.handles import FileHandle
 from syncd.content import READAHEAD_BLOCKS, ContentStore, read_blocks
-from syncd.queue_ops import Commit, Delete, Mkdir, Move, QueuedOp, SetAttr, Symlink
+from syncd.local_edits import LocalEdits
+from syncd.queue_ops import Delete, Move, QueuedOp
 from syncd.state import ROOT_INO, Node, StateDB
 from syncd.tree import TreeSync, path_of
 from syncd.uploader import Uploader
@@ -85,6 +87,7 @@ class Vfs:
         quota: Callable[[], tuple[int, int]] | None = None,
     ) -> None:
         self.state = state
+        self.edits = LocalEdits(state)
         self.content = content
         self.tree = tree
         self.uploader = uploader
@@ -107,14 +110,7 @@ class Vfs:
     # -- helpers ------------------------------------------------------------------------
 
     def ensure_root(self) -> None:
-        if self.state.node(ROOT_INO) is None:
-            now = time.time_ns()
-            root = Node(
-                ino=ROOT_INO, parent=ROOT_INO, name="", kind="dir", mode=0o755,
-                mtime_ns=now, ctime_ns=now, server_id=1, rev=1,
-            )  # fmt: skip
-            with self.state.write() as w:
-                w.put_node(root)
+        self.edits.ensure_root()
 
     def _node(self, ino: int) -> Node:
         node = self.state.node(ino)
@@ -168,20 +164,6 @@ class Vfs:
         if self.uploader is not None:
             self.uploader.wake()
 
-    def _new_node(self, parent: int, name: str, kind: str, mode: int) -> Node:
-        now = time.time_ns()
-        with self.state.write() as w:
-            ino = w.next_ino()
-        return Node(
-            ino=ino, parent=parent, name=name, kind=kind, mode=mode & 0o7777,
-            mtime_ns=now, ctime_ns=now, listed=kind == "dir",
-        )  # fmt: skip
-
-    def _touched_dir(self, node: Node) -> Node:
-        """Folder `node` as it is now (not as read before an await), with its times set."""
-        now = time.time_ns()
-        return replace(self.state.current(node), mtime_ns=now, ctime_ns=now)
-
     def keep_written(self, ino: int) -> bool:
         """File `ino` holds written bytes but is out of the tree: bring it back unless a
         program here unlinked it or renamed over it (then its writes vanish at close, as
@@ -212,20 +194,8 @@ class Vfs:
             if not self.keep_written(node.ino):
                 return
             node = self._node(node.ino)
-        path = self._path(node.ino)
         busy = self.uploader.busy_seqs if self.uploader is not None else set()
-        with self.state.write() as w:
-            w.put_node(node)
-            last = w.last_op()
-            same = (
-                last is not None
-                and last[0] not in busy
-                and isinstance(last[1], Commit)
-                and last[1].ino == node.ino
-                and last[1].path == path
-            )
-            if not same:
-                w.add_op(Commit(node.ino, path))
+        self.edits.queue_commit(node, self._path(node.ino), busy)
         self._wake()
 
     # -- lookups and attributes ---------------------------------------------------------
@@ -270,15 +240,10 @@ class Vfs:
             return  # written, and out of the tree by no program here: `keep_written` may
             # still bring it back with its bytes (its queued commit asks)
         self.content.discard(node)
-        with self.state.write() as w:
-            if named:
-                # its record stays while an op naming it is queued (or parked): the server id
-                # and the revision it names (a change from elsewhere must not bring it back
-                # meanwhile); written clean, so that no restart brings it back without its
-                # bytes. The uploader calls this again once the op is done.
-                w.put_node(self.state.current(node))
-            else:
-                w.delete_node(ino)
+        # its record stays while an op naming it is queued (or parked): the server id and
+        # the revision it names (a change from elsewhere must not bring it back meanwhile).
+        # The uploader calls this again once the op is done.
+        self.edits.release(ino, keep_record=bool(named))
         if not named:
             self._unlinked_here.discard(ino)
 
@@ -322,10 +287,8 @@ class Vfs:
             op["mtime_ns"] = mtime_ns
         if mode is not None or mtime_ns is not None or size is not None:
             node = replace(node, ctime_ns=time.time_ns())
-        with self.state.write() as w:
-            w.put_node(node)
-            if op and node.linked and (node.kind != "file" or node.dirty is None):
-                w.add_op(SetAttr(ino, self._path(ino), op.get("mode"), op.get("mtime_ns")))
+        path = self._path(ino) if op and node.linked else ""
+        self.edits.set_attrs(node, path, op.get("mode"), op.get("mtime_ns"))
         self._wake()
         return self._attr(node)
 
@@ -339,38 +302,28 @@ class Vfs:
 
     async def mkdir(self, parent: int, raw: bytes, mode: int) -> Attr:
         name = _name(raw)
-        pnode = self._dir(parent)
+        self._dir(parent)
         if await self._child(parent, name) is not None:
             raise VfsError(errno.EEXIST)
-        node = self._new_node(parent, name, "dir", mode)
+        node = self.edits.new_node(parent, name, "dir", mode)
         self.tree.fresh.add(node.ino)
-        pnode = self._touched_dir(pnode)
-        with self.state.write() as w:
-            w.put_node(node)
-            w.put_node(pnode)
-            w.link(parent, name, node.ino)
-            w.add_op(Mkdir(node.ino, self._child_path(parent, name), node.mode))
+        self.edits.add(node, self._child_path(parent, name))
         self._wake()
         self.remember(node.ino)
         return self._attr(node)
 
     async def symlink(self, parent: int, raw: bytes, target: bytes) -> Attr:
         name = _name(raw)
-        pnode = self._dir(parent)
+        self._dir(parent)
         if await self._child(parent, name) is not None:
             raise VfsError(errno.EEXIST)
         try:
             text = target.decode("utf-8")
         except UnicodeDecodeError:
             raise VfsError(errno.EINVAL, "symlink targets must be UTF-8") from None
-        node = replace(self._new_node(parent, name, "symlink", 0o777), target=text,
+        node = replace(self.edits.new_node(parent, name, "symlink", 0o777), target=text,
                        size=len(target))  # fmt: skip
-        pnode = self._touched_dir(pnode)
-        with self.state.write() as w:
-            w.put_node(node)
-            w.put_node(pnode)
-            w.link(parent, name, node.ino)
-            w.add_op(Symlink(node.ino, self._child_path(parent, name), text))
+        self.edits.add(node, self._child_path(parent, name))
         self._wake()
         self.remember(node.ino)
         return self._attr(node)
@@ -382,7 +335,7 @@ class Vfs:
         await self._remove(parent, _name(raw), want_dir=True)
 
     async def _remove(self, parent: int, name: str, *, want_dir: bool) -> None:
-        pnode = self._dir(parent)
+        self._dir(parent)
         node = await self._child(parent, name)
         if node is None:
             raise VfsError(errno.ENOENT)
@@ -395,14 +348,8 @@ class Vfs:
             if self.state.has_children(node.ino):
                 raise VfsError(errno.ENOTEMPTY)
         path = self._child_path(parent, name)
-        node = replace(self.state.current(node), linked=False, ctime_ns=time.time_ns())
         self._unlinked_here.add(node.ino)
-        pnode = self._touched_dir(pnode)
-        with self.state.write() as w:
-            w.unlink(parent, name)
-            w.put_node(node)
-            w.put_node(pnode)
-            w.add_op(Delete(node.ino, path, base_rev=node.rev if node.kind == "file" else None))
+        node = self.edits.remove(node, path)
         self._wake()
         self.release_unlinked(node.ino)
 
@@ -444,31 +391,11 @@ class Vfs:
             mode = "replace"
         else:
             mode = "noreplace"
-        now = time.time_ns()
         for folder in (p_old, p_new):
             self._node(folder)  # ENOENT before anything is written
-        # each record is read as it is now, inside the transaction: after the awaits above,
-        # and after the puts before it (a folder may be one of the nodes moved)
-        with self.state.write() as w:
-            w.unlink(p_old, old)
-            if mode == "exchange" and dst is not None:
-                w.unlink(p_new, new)
-                dst = replace(self.state.current(dst), parent=p_old, name=old, ctime_ns=now)
-                w.link(p_old, old, dst.ino)
-                w.put_node(dst)
-            elif dst is not None:
-                w.unlink(p_new, new)
-                dst = replace(self.state.current(dst), linked=False)
-                w.put_node(dst)
-                self._unlinked_here.add(dst.ino)
-            src = replace(self.state.current(src), parent=p_new, name=new, ctime_ns=now)
-            w.link(p_new, new, src.ino)
-            w.put_node(src)
-            for d in dict.fromkeys((p_old, p_new)):
-                w.put_node(replace(self._node(d), mtime_ns=now, ctime_ns=now))
-            seen = dst.rev if dst is not None and dst.kind == "file" else None
-            w.add_op(Move(src.ino, from_path, to_path, mode, seen, dst.ino if dst else None,
-                          dst.server_id if dst else None))  # fmt: skip
+        if dst is not None and mode == "replace":
+            self._unlinked_here.add(dst.ino)
+        self.edits.rename(src, dst, (p_old, old, p_new, new), (from_path, to_path), mode)
         self._wake()
         if dst is not None and mode == "replace":
             self.release_unlinked(dst.ino)
@@ -549,16 +476,13 @@ class Vfs:
 
     async def create(self, parent: int, raw: bytes, mode: int, flags: int) -> tuple[int, Attr]:
         name = _name(raw)
-        pnode = self._dir(parent)
+        self._dir(parent)
         if await self._child(parent, name) is not None:
             raise VfsError(errno.EEXIST)
         self._child_path(parent, name)
-        node = self.content.start_dirty(self._new_node(parent, name, "file", mode), empty=True)
-        pnode = self._touched_dir(pnode)
-        with self.state.write() as w:
-            w.put_node(node)
-            w.put_node(pnode)
-            w.link(parent, name, node.ino)
+        node = self.edits.new_node(parent, name, "file", mode)
+        node = self.content.start_dirty(node, empty=True)
+        self.edits.add(node, "")
         handle = self._new_handle(node, write=True)
         handle.dirty = True
         self._kernel_version[node.ino] = node.version

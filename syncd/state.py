@@ -31,6 +31,7 @@ import json
 import os
 import struct
 import time
+import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -497,6 +498,16 @@ class StateDB:
     def op_count(self) -> int:
         with self._env.begin() as txn:
             return int(txn.stat(self._ops)["entries"])
+
+    def client_id(self) -> str:
+        """This home's client id (made once, kept here): the server tags the changes this
+        mount makes with it, so the follower skips exactly those and applies the rest."""
+        value = self.get_meta("client_id")
+        if not isinstance(value, str):
+            value = uuid.uuid4().hex
+            with self.write() as w:
+                w.set_meta("client_id", value)
+        return value
 
     def unsynced_ops(self) -> list[QueuedOp]:
         """Every operation not yet on the server: queued, then parked."""

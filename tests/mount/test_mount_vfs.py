@@ -306,3 +306,26 @@ async def test_directories_count_their_subdirectories_in_nlink(world: World) -> 
     world.state.close()  # the counts survive a restart
     world.state = StateDB(world.state_path)
     assert world.state.subdirs(ROOT_INO) == 2
+
+
+def test_the_vfs_never_writes_the_local_state_itself() -> None:
+    """Local changes become durable in one place (`syncd.local_edits`): no module of the
+    mount opens a write transaction on the state or stages a record."""
+    import ast
+
+    import mountfs
+
+    writers = {"write", "stage", "put_node", "delete_node", "add_op", "link", "unlink"}
+    found = []
+    for source in sorted(Path(mountfs.__file__).parent.glob("*.py")):
+        for node in ast.walk(ast.parse(source.read_text())):
+            if (
+                isinstance(node, ast.Call)
+                and isinstance(node.func, ast.Attribute)
+                and node.func.attr in writers
+                and isinstance(node.func.value, ast.Attribute | ast.Name)
+                and (getattr(node.func.value, "attr", None) or getattr(node.func.value, "id", ""))
+                in {"state", "w"}
+            ):
+                found.append(f"{source.name}:{node.lineno} {ast.unparse(node.func)}")
+    assert found == []
