@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING
 
 import pytest
 
-from tests.helpers import pg_cluster
+from tests.helpers import moto_s3, pg_cluster
 from tests.helpers.server_proc import ServerProcess
 
 if TYPE_CHECKING:
@@ -19,10 +19,12 @@ _user_numbers = itertools.count(1)
 
 
 @pytest.fixture(scope="session", autouse=True)
-def _stop_test_postgres() -> Iterator[None]:
-    """Stop the test PostgreSQL cluster (if a test started one) when the session ends."""
+def _stop_test_services() -> Iterator[None]:
+    """Stop the test PostgreSQL cluster and moto server (if a test started them) when the
+    session ends."""
     yield
     pg_cluster.stop_cluster()
+    moto_s3.stop_shared()
 
 
 @pytest.fixture
@@ -47,12 +49,10 @@ def new_user(shared_server: ServerProcess) -> tuple[str, str]:
     return name, shared_server.login(name, "pw-" + name)
 
 
-@pytest.fixture(scope="session")
-def moto_s3() -> Iterator[MotoS3]:
-    """moto's S3 server on a free loopback port for the whole session (tests use their own
-    buckets: `moto_s3.new_bucket()`). moto is imported here: half a second that only the
+@pytest.fixture(scope="session", name="moto_s3")
+def moto_s3_fixture() -> MotoS3:
+    """moto's S3 server on a free loopback port for the whole session, the one
+    `DRIVE_TEST_BLOCKS=s3` servers use too (tests use their own buckets:
+    `moto_s3.new_bucket()`). moto is imported on first use: half a second that only the
     tests using it pay."""
-    from tests.helpers.moto_s3 import MotoS3
-
-    with MotoS3() as s3:
-        yield s3
+    return moto_s3.shared()

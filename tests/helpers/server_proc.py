@@ -11,8 +11,11 @@ Usage::
 
 `config` (a dict) is written as TOML and passed with `--config` (see server/config.py for
 the keys, e.g. `{"rate_burst": 5}`). Under `DRIVE_TEST_DATABASE=postgres` the server's
-metadata is a fresh PostgreSQL database (tests/helpers/pg_cluster.py). The server's stderr
-goes to `srv.log_path`. Every wait has a deadline; `stop()` falls back to SIGKILL.
+metadata is a fresh PostgreSQL database (tests/helpers/pg_cluster.py), under
+`DRIVE_TEST_BLOCKS=s3` its blocks are in a fresh bucket of moto's S3 server
+(tests/helpers/moto_s3.py): a test looks at what is stored through `srv.block_store()`,
+whichever it is. The server's stderr goes to `srv.log_path`. Every wait has a deadline;
+`stop()` falls back to SIGKILL.
 """
 
 from __future__ import annotations
@@ -27,11 +30,15 @@ import sys
 import time
 from pathlib import Path
 from types import TracebackType
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import httpx
 
+from tests.helpers.moto_s3 import blocks_lines, use_test_blocks
 from tests.helpers.pg_cluster import database_line, use_test_database
+
+if TYPE_CHECKING:
+    from blockstore.store import BlockStore
 
 READY_SECONDS = 30.0
 STOP_SECONDS = 10.0
@@ -66,6 +73,7 @@ class ServerProcess:
         self.data_dir = Path(data_dir)
         self.data_dir.mkdir(parents=True, exist_ok=True)
         use_test_database(self.data_dir)
+        use_test_blocks(self.data_dir, config or ())
         self.listen = listen
         self.env = env
         self.config_path: Path | None = None
@@ -74,6 +82,7 @@ class ServerProcess:
             self.config_path.write_text(
                 "".join(f"{k} = {toml_value(v)}\n" for k, v in config.items())
                 + ("" if "database" in config else database_line(self.data_dir))
+                + blocks_lines(self.data_dir, config)
             )
         self.log_path = self.data_dir.parent / f"{self.data_dir.name}-server.log"
         self.proc: subprocess.Popen[bytes] | None = None
@@ -180,6 +189,15 @@ class ServerProcess:
         self, et: type[BaseException] | None, ev: BaseException | None, tb: TracebackType | None
     ) -> None:
         self.stop()
+
+    def block_store(self) -> BlockStore:
+        """The store the server keeps its blocks in (a directory or a bucket, as its config
+        says): what tests count, read or corrupt, on either backend."""
+        from server.config import load_config
+        from server.locations import Locations, open_block_store
+
+        config = load_config(self.config_path, self.data_dir)
+        return open_block_store(Locations.from_config(config, self.data_dir).blocks)
 
     # -- administration ---------------------------------------------------------------------
 

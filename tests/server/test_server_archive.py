@@ -13,7 +13,9 @@ from typing import Any
 
 import pytest
 
-from tests.helpers.moto_s3 import CREDENTIALS, REGION, MotoS3
+from blockstore.store import LocalDirStore
+from tests.helpers.moto_s3 import CREDENTIALS, REGION, MotoS3, blocks_lines
+from tests.helpers.pg_cluster import database_line
 from tests.helpers.server_proc import ServerProcess
 from tests.server.test_server_lifecycle import upload
 
@@ -24,16 +26,16 @@ NEVER = {"archive_after_seconds": 1e9, "archive_idle_seconds": 1e9}
 
 
 def _write_config(data: Path, **config: Any) -> None:
-    """DATA/server.toml (keeping the test database line, if any)."""
-    toml = data / "server.toml"
-    keep = [ln for ln in toml.read_text().splitlines() if ln.startswith("database")] if (
-        toml.exists()) else []  # fmt: skip
-    lines = [f"{k} = {json.dumps(v)}" for k, v in config.items()]
-    toml.write_text("\n".join(lines + keep) + "\n")
+    """DATA/server.toml (keeping the test database's and test bucket's lines, if any)."""
+    keep = database_line(data) + blocks_lines(data, config)
+    lines = "".join(f"{k} = {json.dumps(v)}\n" for k, v in config.items())
+    (data / "server.toml").write_text(lines + keep)
 
 
-def _keys(root: Path) -> set[str]:
-    return {p.name for p in root.rglob("*.blk")}
+def _tiers(srv: ServerProcess) -> tuple[set[str], set[str]]:
+    """The keys in the hot store (a directory or the test bucket) and in DATA/archive/."""
+    hot, archive = srv.block_store(), LocalDirStore(srv.data_dir / "archive")
+    return set(hot.keys()), set(archive.keys())  # stores
 
 
 def _wait_dead(srv: ServerProcess, seconds: float = 60.0) -> None:
@@ -70,7 +72,7 @@ def test_a_server_killed_mid_move_loses_no_block(tmp_path: Path, step: str) -> N
         srv.env = {"DRIVE_TEST_CRASH_AT": step}
         srv.restart()
         _wait_dead(srv)
-        hot, archived = _keys(data / "blocks"), _keys(data / "archive")
+        hot, archived = _tiers(srv)
         assert len(hot | archived) == len(files)
         assert hot & archived  # the one block caught in the middle is in both tiers
         # Back up without moving anything: every block reads as it should.
@@ -85,7 +87,7 @@ def test_a_server_killed_mid_move_loses_no_block(tmp_path: Path, step: str) -> N
                       **COLD_AT_ONCE)  # fmt: skip
         report = json.loads(srv.admin("maintenance", "--json").stdout)
         assert report["repaired"] == 1
-        hot, archived = _keys(data / "blocks"), _keys(data / "archive")
+        hot, archived = _tiers(srv)
         assert not hot
         assert len(archived) == len(files)
         with srv.client(token) as http:
@@ -116,7 +118,7 @@ def test_an_s3_archive_bucket(
             assert report["archived"]["blocks"] == 1
             listed = moto_s3.client().list_objects_v2(Bucket=bucket).get("Contents", [])
             assert [o["Key"].split("/")[0] for o in listed] == ["cold"]
-            assert not _keys(data / "blocks")
+            assert not any(srv.block_store().keys())
             assert http.get("/files/download", params={"path": "/cold.bin"}).content == content
             assert _metric(http.get("/metrics").text, "drive_archive_reads_total") == 1
             assert http.get("/api/v1/whoami").json()["archived_bytes"] == len(content)

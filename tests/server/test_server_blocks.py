@@ -98,17 +98,20 @@ def test_blocks_are_encrypted_and_corruption_is_an_error(server: ServerProcess) 
                       content=secret)  # fmt: skip
         assert r.status_code == 201
         blocks = r.json()["blocks"]
-    for path in _files_under(server.data_dir):
-        content = path.read_bytes()
-        assert b"PLAINTEXT-MARKER" not in content, path
-        assert secret[:64] not in content, path
-    stored = _files_under(server.data_dir / "blocks")
+    store = server.block_store()  # DATA/blocks/, or a bucket under DRIVE_TEST_BLOCKS=s3
+    stored = {key: store.get(key) for key in store.keys()}  # noqa: SIM118  # a store
+    at_rest = [(str(p), p.read_bytes()) for p in _files_under(server.data_dir)]
+    for where, content in [*stored.items(), *at_rest]:
+        assert b"PLAINTEXT-MARKER" not in content, where
+        assert secret[:64] not in content, where
     assert len(stored) == len(blocks)
-    victim = stored[0]
-    raw = bytearray(victim.read_bytes())
+    victim = next(iter(stored))
+    raw = bytearray(stored[victim])
     raw[len(raw) // 2] ^= 0x01
-    victim.write_bytes(bytes(raw))
-    bad_id = next(b[0] for b in blocks if b[0] in victim.name)
+    store.delete(victim)  # puts never overwrite: the corrupt copy replaces the object
+    store.put(victim, bytes(raw))
+    bad_id = victim.rsplit("/", 1)[1]
+    assert bad_id in {b[0] for b in blocks}
     with server.client(token) as http:
         r = http.get(f"/api/v1/blocks/{bad_id}")
         assert r.status_code == 500

@@ -27,10 +27,10 @@ from server.db.conn import Conn
 from server.db.journal import Actor
 from server.keyring import Keyring, load_master
 from server.lifecycle import Lifecycle
-from server.locations import MASTER_KEY_FILE
+from server.locations import MASTER_KEY_FILE, open_block_store
 from server.metrics import Metrics
 from server.thinning import ThinningPolicy, Version, to_remove
-from tests.helpers.moto_s3 import CREDENTIALS, MotoS3
+from tests.helpers.moto_s3 import CREDENTIALS, MotoS3, use_test_blocks
 from tests.helpers.pg_cluster import use_test_database
 
 DAY = 86400.0
@@ -83,10 +83,6 @@ class Drive:
         return int(n)
 
 
-def _store_files(root: Path) -> int:
-    return sum(1 for p in root.rglob("*.blk"))
-
-
 @pytest.fixture
 def drive(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Drive]:
     clock = [T0]
@@ -94,11 +90,12 @@ def drive(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Drive]:
     monkeypatch.setattr(versions, "time", fake)  # versions are made at the fake time,
     monkeypatch.setattr(block_rows, "time", fake)  # blocks stored and released too
     use_test_database(tmp_path)
+    use_test_blocks(tmp_path)
     admin.add_user(tmp_path, "life", "pw")
     db = Database(admin.locations(tmp_path).database, threads=2)
     blocks = BlockService(
-        db, LocalDirStore(tmp_path / "blocks"), Keyring(load_master(tmp_path / MASTER_KEY_FILE)),
-        Metrics(), 8 << 20,
+        db, open_block_store(admin.locations(tmp_path).blocks),
+        Keyring(load_master(tmp_path / MASTER_KEY_FILE)), Metrics(), 8 << 20,
     )  # fmt: skip
     blocks.clock = lambda: clock[0]
     found = db.call(accounts.password_hash_of, "life")
@@ -150,7 +147,7 @@ def test_thinning_thousands_of_versions_matches_the_policy(drive: Drive) -> None
     assert drive.lifecycle().run_sync(now).thinned.versions == 0
 
 
-def test_expired_trash_releases_versions_and_blocks(drive: Drive, tmp_path: Path) -> None:
+def test_expired_trash_releases_versions_and_blocks(drive: Drive) -> None:
     a = drive.put(b"a" * 5000)
     b = drive.put(b"b" * 7000)
     drive.db.call(files.mkdir, drive.actor, "/dir", 0o755)
@@ -171,7 +168,7 @@ def test_expired_trash_releases_versions_and_blocks(drive: Drive, tmp_path: Path
     assert report.collected.blocks == 1  # b (no grace period in this test)
     assert drive.db.call(moves.trash, drive.actor.ns_id) == []
     assert drive.db.call(accounts.usage, drive.who.user_id).used == 5000
-    assert _store_files(tmp_path / "blocks") == 1
+    assert len(list(drive.blocks.store.keys())) == 1
 
 
 def _archive_store(kind: str, tmp_path: Path, moto: MotoS3 | None) -> BlockStore:

@@ -14,16 +14,17 @@ import pytest
 
 from blockstore.codec import encode_wire
 from blockstore.ids import BlockId
-from blockstore.store import LocalDirStore
 from server import admin
 from server.blocks import BlockService
 from server.db import Database, accounts, moves, versions
 from server.db.journal import Actor
 from server.keyring import Keyring, load_master
 from server.locations import MASTER_KEY_FILE as MASTER
+from server.locations import open_block_store
 from server.metrics import Metrics
 from syncd import errors
 from syncd.remote import RemoteClient
+from tests.helpers.moto_s3 import use_test_blocks
 from tests.helpers.pg_cluster import use_test_database
 from tests.helpers.server_proc import ServerProcess
 from tests.server.test_server_tree import commit, put
@@ -227,11 +228,12 @@ def test_rename_over_carries_the_source_history_within_revisions_kept(tmp_path: 
     (nothing is trashed or counted twice), and revisions_kept still caps the target's
     history: here the target's own two older versions are pruned."""
     use_test_database(tmp_path)
+    use_test_blocks(tmp_path)
     admin.add_user(tmp_path, "ro", "pw")
     db = Database(admin.locations(tmp_path).database, threads=2)
     try:
         blocks = BlockService(
-            db, LocalDirStore(tmp_path / "blocks"),
+            db, open_block_store(admin.locations(tmp_path).blocks),
             Keyring(load_master(tmp_path / MASTER)), Metrics(),
             8 << 20,
         )  # fmt: skip

@@ -18,7 +18,6 @@ import pytest
 
 from blockstore.codec import encode_wire
 from blockstore.ids import BlockId
-from blockstore.store import LocalDirStore
 from server import admin
 from server.blocks import BlockService
 from server.db import Database, accounts, moves, versions, write_txn
@@ -26,9 +25,11 @@ from server.db.journal import Actor
 from server.errors import ApiError, QuotaExceeded
 from server.keyring import Keyring, load_master
 from server.locations import MASTER_KEY_FILE as MASTER
+from server.locations import open_block_store
 from server.metrics import Metrics
 from server.quota import StagedLimit
 from tests.helpers import pg_cluster
+from tests.helpers.moto_s3 import use_test_blocks
 from tests.helpers.pg_cluster import use_test_database
 from tests.helpers.server_proc import ServerProcess
 from tests.server.test_server_tree import commit, put
@@ -131,11 +132,12 @@ def test_used_bytes_is_exactly_the_referenced_blocks(tmp_path: Path) -> None:
     """A random run of uploads, commits (some over quota), restores, deletes, undeletes,
     rename-overs, prunes and collections keeps both counters exact after every step."""
     use_test_database(tmp_path)
+    use_test_blocks(tmp_path)
     admin.add_user(tmp_path, "inv", "pw", quota_bytes=25_000)
     db = Database(admin.locations(tmp_path).database, threads=2)
     try:
         blocks = BlockService(
-            db, LocalDirStore(tmp_path / "blocks"),
+            db, open_block_store(admin.locations(tmp_path).blocks),
             Keyring(load_master(tmp_path / MASTER)), Metrics(),
             8 << 20, StagedLimit(max_staged_bytes=15_000, max_file_bytes=10**9),
         )  # fmt: skip
@@ -310,7 +312,7 @@ def test_abandoned_sessions_and_spool_files_are_swept(tmp_path: Path) -> None:
         srv.kill()
         left = {"tmp-0123456789abcdef01234567"}
         piece = f"uploads/gone/{0:020d}-{'0' * 64}"
-        pieces = LocalDirStore(srv.data_dir / "blocks")
+        pieces = srv.block_store()
         if pg_cluster.wanted():
             pieces.put(piece, b"left behind")
         else:

@@ -13,7 +13,6 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
-from blockstore.store import LocalDirStore
 from server import admin
 from server.app import assemble
 from server.blocks import BlockService
@@ -23,9 +22,11 @@ from server.db.journal import Actor
 from server.errors import BadRequest
 from server.keyring import Keyring, load_master
 from server.locations import MASTER_KEY_FILE as MASTER
+from server.locations import open_block_store
 from server.metrics import Metrics
 from server.ratelimit import RateLimiter
 from server.uploads import ContentRange, parse_content_range
+from tests.helpers.moto_s3 import use_test_blocks
 from tests.helpers.pg_cluster import use_test_database
 
 
@@ -65,10 +66,11 @@ def test_config_rejects_unknown_keys_and_wrong_types(tmp_path: Path) -> None:
 
 def test_unreferenced_blocks_are_collected_after_the_grace_period(tmp_path: Path) -> None:
     use_test_database(tmp_path)
+    use_test_blocks(tmp_path)
     admin.add_user(tmp_path, "gc", "pw")
     db = Database(admin.locations(tmp_path).database, threads=2)
     try:
-        store = LocalDirStore(tmp_path / "blocks")
+        store = open_block_store(admin.locations(tmp_path).blocks)
         blocks = BlockService(
             db, store, Keyring(load_master(tmp_path / MASTER)), Metrics(), 8 << 20
         )
@@ -101,12 +103,14 @@ def test_block_wire_frames_match_encode_wire(tmp_path: Path) -> None:
     from blockstore.codec import decode_wire, encode_wire
 
     use_test_database(tmp_path)
+
+    use_test_blocks(tmp_path)
     admin.add_user(tmp_path, "wire", "pw")
     db = Database(admin.locations(tmp_path).database, threads=2)
     try:
         blocks = BlockService(
             db,
-            LocalDirStore(tmp_path / "blocks"),
+            open_block_store(admin.locations(tmp_path).blocks),
             Keyring(load_master(tmp_path / MASTER)),
             Metrics(),
             8 << 20,
