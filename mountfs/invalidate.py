@@ -33,6 +33,14 @@ class Invalidator:
         except trio.WouldBlock:
             log.debug("invalidation queue full; inode %d left to its timeout", ino)
 
+    async def attributes_now(self, ino: int) -> None:
+        """Make the kernel drop `ino`'s cached attributes, and wait until it has. For a
+        request handler (open): attributes only, which waits for no page or inode lock."""
+        try:
+            await trio.to_thread.run_sync(pyfuse3.invalidate_inode, pyfuse3.InodeT(ino), True)
+        except OSError as exc:
+            log.debug("invalidate attributes of %d: %s", ino, exc)
+
     async def run(self) -> None:
         async for item in self._recv:
             try:

@@ -94,7 +94,8 @@ async def _serve(home: Home, mountpoint: Path, cache_bytes: int, allow_other: bo
         content.on_dirty = presence.announce
         quota = [NO_QUOTA, 0]
         sync = _Sync(uploader, follower, activity, mirror, quota)
-        vfs = Vfs(state, content, tree, uploader, quota=lambda: (quota[0], quota[1]))
+        vfs = Vfs(state, content, tree, uploader, quota=lambda: (quota[0], quota[1]),
+                  refresh_attrs=invalidator.attributes_now)  # fmt: skip
         uploader.open_for_writing = vfs.open_for_writing
         uploader.release_unlinked = vfs.release_unlinked
         uploader.keep_written = vfs.keep_written

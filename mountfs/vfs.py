@@ -19,7 +19,7 @@ import errno
 import logging
 import os
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field, replace
 from typing import Any
 
@@ -85,7 +85,10 @@ class Vfs:
         uid: int | None = None,
         gid: int | None = None,
         quota: Callable[[], tuple[int, int]] | None = None,
+        refresh_attrs: Callable[[int], Awaitable[None]] | None = None,
     ) -> None:
+        """`refresh_attrs(ino)`: make the kernel drop the attributes it caches for `ino`
+        (size above all) before this call returns (see `open`)."""
         self.state = state
         self.edits = LocalEdits(state)
         self.content = content
@@ -94,6 +97,9 @@ class Vfs:
         self.uid = os.getuid() if uid is None else uid
         self.gid = os.getgid() if gid is None else gid
         self._quota = quota
+        self._refresh_attrs = refresh_attrs
+        self._told_version: dict[int, int] = {}
+        """The content version of each inode as of the attributes last given to the kernel."""
         self._lookups: dict[int, int] = {}
         self._handles: dict[int, FileHandle | _DirHandle] = {}
         self._open_count: dict[int, int] = {}
@@ -125,6 +131,7 @@ class Vfs:
         return node
 
     def _attr(self, node: Node) -> Attr:
+        self._told_version[node.ino] = node.version
         subdirs = self.state.subdirs(node.ino) if node.kind == "dir" else 0
         return attr_of(node, self.uid, self.gid, subdirs)
 
@@ -223,6 +230,7 @@ class Vfs:
                 continue
             self._lookups.pop(ino, None)
             self._kernel_version.pop(ino, None)
+            self._told_version.pop(ino, None)
             self.release_unlinked(ino)
 
     def release_unlinked(self, ino: int) -> None:
@@ -472,6 +480,14 @@ class Vfs:
             handle.dirty = True
         keep = self._kernel_version.get(ino) == node.version
         self._kernel_version[ino] = node.version
+        told = self._told_version.get(ino, node.version)
+        if told != node.version and self._refresh_attrs is not None:
+            # changed elsewhere since the kernel got its size, and the invalidation the feed
+            # queued may not have reached it yet: without this, a program opening the file
+            # now reads the new content cut at the old size, and writes where it thinks the
+            # end is (convergence seed 1402)
+            self._told_version[ino] = node.version
+            await self._refresh_attrs(ino)
         return handle.fh, keep
 
     async def create(self, parent: int, raw: bytes, mode: int, flags: int) -> tuple[int, Attr]:

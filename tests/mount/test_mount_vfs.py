@@ -205,6 +205,34 @@ async def test_open_file_keeps_its_revision_and_local_writes_win(world: World) -
     await world.vfs.release(fh2)
 
 
+async def test_opening_a_file_changed_elsewhere_refreshes_the_kernels_size(
+    world: World,
+) -> None:
+    """Convergence seed 1402: a program opened a file just after a newer version came in,
+    before the queued invalidation reached the kernel, and read the new content cut at the
+    old size. The open now makes the kernel drop the size it has, once per new version."""
+    refreshed: list[int] = []
+
+    async def refresh(ino: int) -> None:
+        refreshed.append(ino)
+
+    vfs = Vfs(world.state, world.content, world.tree, None, refresh_attrs=refresh)
+    node = world.remote_file("s.txt", b"short")
+    assert (await vfs.lookup(ROOT_INO, b"s.txt")).size == 5  # the kernel has size 5
+    fh, _ = await vfs.open(node.ino, os.O_RDWR)
+    await vfs.release(fh)
+    assert refreshed == []
+    new = b"a longer version from elsewhere"
+    bid = world.source.add(new)
+    with world.state.write() as w:
+        w.put_node(replace(node, blocks=((bid, len(new)),), size=len(new), rev=2,
+                           version=node.version + 1))  # fmt: skip
+    for _ in range(2):
+        fh, _ = await vfs.open(node.ino, os.O_RDWR)
+        await vfs.release(fh)
+    assert refreshed == [node.ino]
+
+
 async def test_dirty_file_over_a_base_revision_materializes(world: World) -> None:
     data = os.urandom(200_000)
     node = world.remote_file("m.bin", data)
