@@ -92,7 +92,7 @@ async def _serve(
             binds = await nursery.start(
                 lambda task_status: serve_https(
                     build_app(services), hyper, sockets, shutdown_trigger=wait_shutdown,
-                    bulk=bulk.serve,
+                    bulk=bulk.serve, services=services,
                     task_status=task_status,
                 )
             )  # fmt: skip
