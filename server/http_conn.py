@@ -25,6 +25,10 @@ __all__ = ["HandoffStream", "HttpConnections"]
 
 RECEIVE_BYTES = 1 << 20
 """The first read of a connection (as much as hypercorn reads at a time)."""
+IDLE_WAIT_S = 1.0
+"""Longest wait for hypercorn to finish the last request before taking a long poll back."""
+IDLE_POLL_S = 0.002
+IDLE, FINISHING, BUSY = "idle", "finishing", "busy"
 
 
 class HandoffStream(trio.abc.Stream):
@@ -36,7 +40,8 @@ class HandoffStream(trio.abc.Stream):
         self.transport_stream = inner.transport_stream
         self.taken: bytes | None = None
         """The long poll's head, once the connection was taken back."""
-        self.idle: Callable[[], bool] = lambda: False
+        self.state: Callable[[], str] = lambda: BUSY
+        """hypercorn's state (`hypercorn_state`)."""
         self._prefix = prefix
         self._scope = scope
 
@@ -64,11 +69,22 @@ class HandoffStream(trio.abc.Stream):
             await trio.lowlevel.checkpoint()
             return data
         data = await self.inner.receive_some(max_bytes)
-        if looks_like_longpoll(data) and self.idle():
+        if looks_like_longpoll(data) and await self._wait_idle():
             self.taken = data
             self._scope.cancel()  # hypercorn is idle: nothing of it is left to run
             return b""
         return data
+
+    async def _wait_idle(self) -> bool:
+        """Whether hypercorn is idle, or becomes so shortly: a client sends its next request
+        as soon as the last answer arrived, usually before hypercorn has finished that
+        request's task. Only waited for once the last request was read whole (`finishing`),
+        so what is held back cannot be a part hypercorn still needs."""
+        waited = 0.0
+        while (state := self.state()) == FINISHING and waited < IDLE_WAIT_S:
+            await trio.sleep(IDLE_POLL_S if waited else 0)
+            waited += IDLE_POLL_S
+        return state == IDLE
 
     async def aclose(self) -> None:
         if self.taken is None:
@@ -77,18 +93,19 @@ class HandoffStream(trio.abc.Stream):
             await trio.lowlevel.checkpoint()
 
 
-def hypercorn_idle(server: Any) -> bool:
-    """Whether hypercorn's HTTP/1.1 connection `server` is between two requests."""
+def hypercorn_state(server: Any) -> str:
+    """Where hypercorn's HTTP/1.1 connection `server` is: IDLE between two requests (none
+    in flight, no answer being sent, nothing buffered), FINISHING once the last request was
+    read whole (its answer or task may still run), else BUSY."""
     protocol = getattr(getattr(server, "protocol", None), "protocol", None)
-    if not isinstance(protocol, H11Protocol) or protocol.stream is not None:
-        return False
+    if not isinstance(protocol, H11Protocol):
+        return BUSY
     conn = protocol.connection
-    return (
-        isinstance(conn, h11.Connection)
-        and conn.our_state is h11.IDLE
-        and conn.their_state is h11.IDLE
-        and not conn.trailing_data[0]
-    )
+    if not isinstance(conn, h11.Connection) or conn.trailing_data[0]:
+        return BUSY
+    if protocol.stream is None and conn.our_state is h11.IDLE and conn.their_state is h11.IDLE:
+        return IDLE
+    return FINISHING if conn.their_state is h11.DONE else BUSY
 
 
 class HttpConnections:
@@ -104,6 +121,15 @@ class HttpConnections:
         self._hypercorn = hypercorn
         self._fast = fast
         self._keep_alive_s = keep_alive_s
+
+    async def accept(self, stream: TlsSocketStream) -> None:
+        """Serve a new connection (handshake done): with the fast path, it waits for its
+        first request among the parked connections, without a task."""
+        if self._fast is None:
+            await self._through_hypercorn(stream, b"")
+        else:
+            self._fast.parked.keep(stream)
+            await trio.lowlevel.checkpoint()
 
     async def serve(self, stream: TlsSocketStream, prefix: bytes = b"") -> None:
         """Serve `stream` (handshake done; `prefix`: bytes already read from it) until the
@@ -138,7 +164,7 @@ class HttpConnections:
             handoff = HandoffStream(stream, prefix, scope)
             server = self._hypercorn(handoff)
             if self._fast is not None:
-                handoff.idle = lambda: hypercorn_idle(server)
+                handoff.state = lambda: hypercorn_state(server)
             await server
         return handoff.taken
 

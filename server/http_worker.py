@@ -91,7 +91,7 @@ async def serve_https(
             connections, parked = _connections(hypercorn, config, services, server_nursery)
             if parked is not None:
                 server_nursery.start_soon(parked.run)
-            handler = partial(_dispatch, connections.serve, bulk, config.ssl_handshake_timeout)
+            handler = partial(_dispatch, connections.accept, bulk, config.ssl_handshake_timeout)
             try:
                 async with trio.open_nursery(strict_exception_groups=True) as nursery:
                     nursery.start_soon(raise_shutdown, shutdown_trigger)
@@ -173,9 +173,9 @@ async def _dispatch(
     try:
         with trio.fail_after(handshake_timeout):
             await stream.do_handshake()
-        if bulk is not None and stream.selected_alpn_protocol() == BULK_ALPN:
-            if await bulk(stream):
-                return
+        bulk_alpn = bulk is not None and stream.selected_alpn_protocol() == BULK_ALPN
+        if bulk is not None and bulk_alpn and await bulk(stream):
+            return
     except (trio.BrokenResourceError, trio.TooSlowError):
         stream.close()
         return

@@ -41,7 +41,7 @@ class FastLongPoll:
 
     def __init__(self, services: Services, parked: ParkedPolls) -> None:
         self._services = services
-        self._parked = parked
+        self.parked = parked
 
     async def take(self, stream: TlsSocketStream, data: bytes) -> bool:
         """Serve the request in `data` (a whole head read from `stream`) if it is a long
@@ -69,9 +69,9 @@ class FastLongPoll:
         extra = b"".join(k + b": " + v + b"\r\n" for k, v in headers)
         deadline = s.feed.start(timeout)
         if isinstance(deadline, PollResult):  # too many open: the backoff answer
-            self._parked.answer_now(stream, deadline, extra)
+            self.parked.answer_now(stream, deadline, extra)
             return True
-        return await self._parked.hold(stream, who.ns_id, cursor, deadline, extra)
+        return await self.parked.hold(stream, who.ns_id, cursor, deadline, extra)
 
 
 def _one(head: RequestHead, name: bytes) -> str | None:

@@ -12,8 +12,9 @@ A record is in one of these states:
 - PENDING: admitted by `server.longpoll_fast`, registered with the feed, reading the head.
 - PARKED: waiting for a change, its hold deadline ("no change" answer) or its client leaving
   (end of stream: the record is freed).
-- IDLE: answered; the connection is kept alive for its next request, which goes to `serve`
-  (a task again: the fast path or hypercorn); closed after the keep-alive time.
+- IDLE: answered (or new, `keep`); the connection is kept alive for its next request, which
+  goes to `serve` (a task again: the fast path or hypercorn); closed after the keep-alive
+  time, or at once when the server stops.
 
 One task (`run`) waits on the epoll descriptor and the earliest deadline; deadlines are kept
 in one-second buckets, so a timeout answer may come up to a second late (the hold time has
@@ -155,6 +156,10 @@ class ParkedPolls:
                 self._park(conn)
                 return True
 
+    def keep(self, stream: TlsSocketStream) -> None:
+        """Hold a new connection until its first request arrives (as after an answer)."""
+        self._idle(_Conn(self, stream, 0, 0, 0.0, b""))
+
     def answer_now(self, stream: TlsSocketStream, result: PollResult, extra: bytes) -> None:
         """Answer a poll that was never opened (the backoff answer), then keep the
         connection alive here."""
@@ -218,6 +223,7 @@ class ParkedPolls:
             return
         self._feed.forget(conn.ns_id, conn)  # the client left: nothing to answer
         self._feed.finish()
+        self._metrics.add("longpolls_parked", -1)
         self._metrics.count_request(ROUTE, 499)
         self._drop(conn)
 
@@ -275,6 +281,7 @@ class ParkedPolls:
             self._answer(conn, _UNCHANGED)
             return
         conn.state = _PARKED
+        self._metrics.add("longpolls_parked")
         self._watch(conn)
         self._schedule(conn, conn.due)
 
@@ -282,6 +289,8 @@ class ParkedPolls:
         """Send `result` (the feed already forgot `conn`), then keep the connection alive."""
         if conn.state in (_PENDING, _WOKEN, _PARKED):
             self._feed.finish()
+        if conn.state == _PARKED:
+            self._metrics.add("longpolls_parked", -1)
         self._metrics.count_request(ROUTE, 200)
         data = poll_wire(result, conn.extra, self._trailer())
         conn.extra = b""
@@ -313,7 +322,7 @@ class ParkedPolls:
         """Keep an answered connection for its next request."""
         if self._closing:
             self._drop(conn)
-        elif conn.pending:
+        elif conn.pending or conn.stream.pending():
             self._release(conn)
             self._serve(conn.stream, conn.pending)
         else:

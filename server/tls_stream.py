@@ -121,6 +121,10 @@ class TlsSocketStream(trio.abc.Stream):
         finally:
             view.release()
 
+    def pending(self) -> int:
+        """Plaintext bytes OpenSSL has already read and decrypted (no epoll event will say so)."""
+        return 0 if self._closed else self._sock.pending()
+
     def close(self) -> None:
         """Close the connection now (what `aclose` does, for code that cannot wait)."""
         if not self._closed:
