@@ -207,16 +207,19 @@ class ParkedPolls:
                 return
 
     def _readable(self, conn: _Conn) -> None:
-        if conn.state == _IDLE:
-            self._release(conn)
-            self._serve(conn.stream, b"")
-            return
         try:
             data = conn.stream.receive_nowait()
         except (trio.BrokenResourceError, trio.ClosedResourceError):
             data = b""
         if data is None:
             return  # TLS records without data
+        if conn.state == _IDLE:  # the next request (a task serves it), or the client left
+            if data:
+                self._release(conn)
+                self._serve(conn.stream, data)
+            else:
+                self._drop(conn)
+            return
         if data:  # the next request, sent before this answer: keep it for then
             conn.pending += data
             self._epoll.modify(conn.stream.fileno(), 0)
@@ -332,9 +335,7 @@ class ParkedPolls:
 
     def _watch(self, conn: _Conn) -> None:
         fd = conn.stream.fileno()
-        if fd in self._conns:
-            self._epoll.modify(fd, _EVENTS)
-        else:
+        if fd not in self._conns:
             self._epoll.register(fd, _EVENTS)
             self._conns[fd] = conn
 
