@@ -1,10 +1,11 @@
 """The change feed's live side: wake long-poll waiters the moment their namespace changes.
 
-The journal itself is in the database (`server.db.journal`). A waiter is the request's own
-task waiting for its client to leave, inside a cancel scope whose deadline is the hold time;
-each namespace keeps the set of its waiters, and a change cancels their scopes. So a held
-poll costs one slotted record and one cancel scope, not a nursery, a second task and an
-event: with thousands of idle polls those are memory per waiter and work at every wake.
+The journal itself is in the database (`server.db.journal`). Each namespace keeps the set of
+its waiters (`Waiter`: anything with `wake`), and a change wakes them. Most long polls are
+parked connections (`server.parked`: a record, no task, answered from `wake` itself); a poll
+held through the route (and the web app's) is the request's own task waiting for its client
+to leave, inside a cancel scope whose deadline is the hold time, which a change cancels
+(`longpoll`). Both open and close through `start` and `finish` (`longpoll_max_open`).
 The current head of each namespace is cached so that a long poll costs no database round
 trip.
 
