@@ -43,6 +43,7 @@ log = logging.getLogger(__name__)
 ROUTE = "/api/v1/longpoll"
 """The route's name in the request metrics (as the middleware counts it)."""
 _EVENTS = select.EPOLLIN | select.EPOLLRDHUP
+_HANG_UP = select.EPOLLRDHUP | select.EPOLLHUP | select.EPOLLERR
 _BATCH = 1024
 _NEW, _PENDING, _WOKEN, _PARKED, _IDLE, _CLOSED = range(6)
 _CHANGED = PollResult(True, None)
@@ -199,18 +200,20 @@ class ParkedPolls:
         """Handle every connection the epoll set reports (data, end of stream)."""
         while True:
             events = self._epoll.poll(0, _BATCH)
-            for fd, _ in events:
+            for fd, flags in events:
                 conn = self._conns.get(fd)
                 if conn is not None:
-                    self._readable(conn)
+                    self._readable(conn, flags)
             if len(events) < _BATCH:
                 return
 
-    def _readable(self, conn: _Conn) -> None:
-        try:
-            data = conn.stream.receive_nowait()
-        except (trio.BrokenResourceError, trio.ClosedResourceError):
-            data = b""
+    def _readable(self, conn: _Conn, flags: int) -> None:
+        data: bytes | None = b""
+        if not (flags & _HANG_UP and conn.stream.hung_up()):
+            try:
+                data = conn.stream.receive_nowait()
+            except (trio.BrokenResourceError, trio.ClosedResourceError):
+                data = b""
         if data is None:
             return  # TLS records without data
         if conn.state == _IDLE:  # the next request (a task serves it), or the client left

@@ -15,8 +15,11 @@ connection's own task (`do_handshake`), as hypercorn expects of `trio.SSLStream`
 from __future__ import annotations
 
 import errno
+import fcntl
 import socket
 import ssl
+import sys
+import termios
 
 import trio
 
@@ -124,6 +127,16 @@ class TlsSocketStream(trio.abc.Stream):
     def pending(self) -> int:
         """Plaintext bytes OpenSSL has already read and decrypted (no epoll event will say so)."""
         return 0 if self._closed else self._sock.pending()
+
+    def hung_up(self) -> bool:
+        """Whether the client closed its side with nothing left to read: no TLS record in
+        the kernel's queue nor in OpenSSL's buffer (after an epoll hang-up event). Cheaper than
+        learning it from `receive_nowait`, where OpenSSL makes an error of the plain TCP close
+        that HTTP clients use."""
+        if self._closed or self._sock.pending():
+            return False
+        queued = fcntl.ioctl(self._fd, termios.FIONREAD, b"\0\0\0\0")
+        return int.from_bytes(queued, sys.byteorder) == 0
 
     def close(self) -> None:
         """Close the connection now (what `aclose` does, for code that cannot wait)."""
