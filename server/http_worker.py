@@ -122,8 +122,7 @@ def _connections(
     if services is None:
         return HttpConnections(hypercorn, None, config.keep_alive_timeout), None
     trailer = _Trailer(config)
-    parked = ParkedPolls(services.feed, services.metrics, config.keep_alive_timeout,
-                         trailer, lambda stream, prefix: None)  # fmt: skip
+    parked = ParkedPolls(services.feed, services.metrics, config.keep_alive_timeout, trailer)
     connections = HttpConnections(
         hypercorn, FastLongPoll(services, parked), config.keep_alive_timeout
     )

@@ -66,6 +66,10 @@ def poll_wire(result: PollResult, extra: bytes, trailer: bytes) -> bytes:
     return b"".join((head, extra, trailer, b"\r\n", body))
 
 
+def _close(stream: TlsSocketStream, prefix: bytes) -> None:
+    stream.close()
+
+
 class _Conn:
     """One connection held here (see the module docstring for its states)."""
 
@@ -100,16 +104,14 @@ class ParkedPolls:
         metrics: Metrics,
         keep_alive_s: float,
         trailer: Callable[[], bytes],
-        serve: Callable[[TlsSocketStream, bytes], None],
     ) -> None:
         """`trailer()`: hypercorn's own answer headers (date, server), each line ending in
-        CRLF; `serve(stream, prefix)`: start serving a connection's next request (a task),
-        with the bytes already read from it."""
+        CRLF. Call `serve_with` before `run`."""
         self._feed = feed
         self._metrics = metrics
         self._keep_alive_s = keep_alive_s
         self._trailer = trailer
-        self._serve = serve
+        self._serve: Callable[[TlsSocketStream, bytes], None] = _close
         self._epoll = select.epoll()
         self._conns: dict[int, _Conn] = {}
         """Watched connections by descriptor (each is in the epoll set)."""
@@ -121,7 +123,8 @@ class ParkedPolls:
         self._closing = False
 
     def serve_with(self, serve: Callable[[TlsSocketStream, bytes], None]) -> None:
-        """Set `serve` (the connections' server is built after this)."""
+        """`serve(stream, prefix)` starts serving a held connection's next request (in a
+        task), with the bytes already read from it (`server.http_conn` is built after this)."""
         self._serve = serve
 
     def __len__(self) -> int:

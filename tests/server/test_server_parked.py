@@ -258,3 +258,29 @@ def test_the_sync_client_gets_the_same_answers(srv: ServerProcess, token: str) -
         assert r.headers["content-type"] == "application/json"
         r = http.get("/api/v1/whoami")
         assert r.status_code == 200
+
+
+def test_a_request_sent_behind_a_parked_poll_is_answered_after_it(
+    srv: ServerProcess, token: str
+) -> None:
+    cursor = cursor_of(srv, token)
+    before = parked(srv)
+    with tls_socket(srv) as sock:
+        send(sock, poll_target(cursor), token)
+        wait_for(lambda: parked(srv) == before + 1)
+        send(sock, "/api/v1/whoami", token)  # pipelined: waits for the poll's answer
+        commit(srv, token, "/pipelined")
+        assert json.loads(reply(sock)[2]) == {"changes": True, "backoff": None}
+        status, _, body = reply(sock)
+        assert status == b"HTTP/1.1 200 "
+        assert "user" in json.loads(body)
+
+
+def test_pipelined_requests_with_a_poll_go_to_hypercorn(srv: ServerProcess, token: str) -> None:
+    target = poll_target("0", timeout=1)
+    both = f"GET {target} HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {token}\r\n\r\n" * 2
+    commit(srv, token, "/ahead")  # the cursor is behind: both are answered at once
+    with tls_socket(srv) as sock:
+        sock.sendall(both.encode())
+        for _ in range(2):
+            assert json.loads(reply(sock)[2]) == {"changes": True, "backoff": None}
