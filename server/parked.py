@@ -92,7 +92,7 @@ class _Conn:
         if self.state == _PENDING:
             self.state = _WOKEN
         elif self.state == _PARKED:
-            self.lot._woken(self)
+            self.lot.woken(self)
 
 
 class ParkedPolls:
@@ -126,10 +126,6 @@ class ParkedPolls:
         """`serve(stream, prefix)` starts serving a held connection's next request (in a
         task), with the bytes already read from it (`server.http_conn` is built after this)."""
         self._serve = serve
-
-    def __len__(self) -> int:
-        """Connections held (parked or kept alive)."""
-        return len(self._conns)
 
     # -- the connection's task hands over -------------------------------------------------
 
@@ -250,7 +246,7 @@ class ParkedPolls:
 
     # -- state changes ------------------------------------------------------------------------
 
-    def _woken(self, conn: _Conn) -> None:
+    def woken(self, conn: _Conn) -> None:
         """A parked poll's namespace changed: answer it if it has news for it."""
         head = self._feed.known_head(conn.ns_id)
         if head is None:  # not cached (several servers, listener down): read it, once per ns
