@@ -7,11 +7,13 @@ from __future__ import annotations
 import json
 import socket
 import ssl
+import threading
 import time
 from collections.abc import Callable, Iterator
 from contextlib import ExitStack, contextmanager
 from pathlib import Path
 
+import httpx
 import pytest
 
 from tests.helpers.server_proc import ServerProcess
@@ -248,16 +250,27 @@ def tls_sockets(srv: ServerProcess, n: int) -> Iterator[list[ssl.SSLSocket]]:
         yield [stack.enter_context(tls_socket(srv)) for _ in range(n)]
 
 
-def test_the_sync_client_gets_the_same_answers(srv: ServerProcess, token: str) -> None:
+def test_an_httpx_poll_on_a_pooled_connection_is_parked(srv: ServerProcess, token: str) -> None:
     cursor = cursor_of(srv, token)
+    before = parked(srv)
+    answers: list[httpx.Response] = []
     with srv.client(token) as http:
         http.get("/api/v1/whoami").raise_for_status()  # a pooled connection hypercorn served
-        r = http.get("/api/v1/longpoll", params={"cursor": cursor, "timeout": 1})
-        assert r.status_code == 200
-        assert r.json() == {"changes": False, "backoff": None}
-        assert r.headers["content-type"] == "application/json"
-        r = http.get("/api/v1/whoami")
-        assert r.status_code == 200
+        poll = threading.Thread(
+            target=lambda: answers.append(
+                http.get("/api/v1/longpoll", params={"cursor": cursor, "timeout": 60})
+            )
+        )
+        poll.start()
+        try:
+            wait_for(lambda: parked(srv) == before + 1)
+            commit(srv, token, "/pooled")
+        finally:
+            poll.join(30)
+        assert answers[0].status_code == 200
+        assert answers[0].json() == {"changes": True, "backoff": None}
+        assert answers[0].headers["content-type"] == "application/json"
+        assert http.get("/api/v1/whoami").status_code == 200  # the same connection, again
 
 
 def test_a_request_sent_behind_a_parked_poll_is_answered_after_it(
