@@ -1,8 +1,9 @@
 """One HTTPS connection after its handshake: long polls to the fast path, the rest to hypercorn.
 
-The connection's first request head is read here; a long poll the fast path takes
-(`server.longpoll_fast`) is parked, anything else goes to hypercorn with the bytes already
-read replayed in front (`HandoffStream`). While hypercorn serves the connection, a long poll
+A new connection waits for its first request among the parked ones (`ParkedPolls.keep`, no
+task); its first bytes come here: a long poll the fast path takes (`server.longpoll_fast`)
+is parked, anything else goes to hypercorn with the bytes already read replayed in front
+(`HandoffStream`). While hypercorn serves the connection, a long poll
 arriving between two requests (hypercorn idle: no request in flight, no answer being sent,
 nothing buffered) is taken back from it the same way: hypercorn sees the client close, and
 the connection goes on here. So a client that mixes requests and long polls on one pooled
