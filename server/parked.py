@@ -17,8 +17,9 @@ A record is in one of these states:
   time, or at once when the server stops.
 
 One task (`run`) waits on the epoll descriptor and the earliest deadline; deadlines are kept
-in one-second buckets, so a timeout answer may come up to a second late (the hold time has
-jitter anyway). Everything runs on the trio thread.
+in one-second buckets (a record leaves its bucket when it moves on), so a timeout answer may
+come up to a second late (the hold time has jitter anyway). Everything runs on the trio
+thread.
 """
 
 from __future__ import annotations
@@ -115,7 +116,7 @@ class ParkedPolls:
         self._epoll = select.epoll()
         self._conns: dict[int, _Conn] = {}
         """Watched connections by descriptor (each is in the epoll set)."""
-        self._due: dict[int, list[_Conn]] = {}
+        self._due: dict[int, set[_Conn]] = {}
         """Connections by the second their deadline falls in (trio time, rounded up)."""
         self._rechecks: dict[int, list[_Conn]] = {}
         self._wait = trio.CancelScope()
@@ -236,8 +237,6 @@ class ParkedPolls:
         """Answer the polls whose hold time is over; close idle connections that timed out."""
         for second in sorted(s for s in self._due if s <= now):
             for conn in self._due.pop(second):
-                if conn.due != second:
-                    continue  # it moved on (answered, or kept alive since)
                 if conn.state == _PARKED:
                     self._feed.forget(conn.ns_id, conn)
                     self._answer(conn, _UNCHANGED)
@@ -342,19 +341,29 @@ class ParkedPolls:
             self._conns[fd] = conn
 
     def _schedule(self, conn: _Conn, deadline: float) -> None:
+        self._unschedule(conn)
         second = math.ceil(deadline)
         conn.due = second
-        self._due.setdefault(second, []).append(conn)
+        self._due.setdefault(second, set()).add(conn)
         if second < self._wait.deadline:
             self._wait.deadline = second
 
     def _release(self, conn: _Conn) -> None:
         """Stop holding `conn` (its stream goes on elsewhere, or is closed by `_drop`)."""
         conn.state = _CLOSED
-        conn.due = -1
+        self._unschedule(conn)
         fd = conn.stream.fileno()
         if self._conns.pop(fd, None) is not None:
             self._epoll.unregister(fd)
+
+    def _unschedule(self, conn: _Conn) -> None:
+        """Take `conn` out of its deadline's bucket (a moved or closed one holds nothing)."""
+        bucket = self._due.get(int(conn.due))
+        if bucket is not None:
+            bucket.discard(conn)
+            if not bucket:
+                del self._due[int(conn.due)]
+        conn.due = -1
 
     def _drop(self, conn: _Conn) -> None:
         self._release(conn)
