@@ -11,7 +11,10 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
-__all__ = ["RequestHead", "complete_head", "parse_head"]
+__all__ = ["MAX_HEAD_BYTES", "RequestHead", "complete_head", "parse_head"]
+
+MAX_HEAD_BYTES = 64 * 1024
+"""The largest head h11 takes as configured (`h11_max_incomplete_size`, `server.serve`)."""
 
 _TOKEN_RE = re.compile(rb"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
 _VALUE_RE = re.compile(rb"[\x21-\x7e]+(?:[ \t]+[\x21-\x7e]+)*|")
@@ -39,7 +42,7 @@ def complete_head(data: bytes) -> bool:
 
 def parse_head(data: bytes) -> RequestHead | None:
     """The head of an HTTP/1.1 request in origin form, or None for anything else."""
-    if not complete_head(data):
+    if len(data) > MAX_HEAD_BYTES or not complete_head(data):
         return None
     lines = data[: -len(_END)].split(b"\r\n")
     parts = lines[0].split(b" ")

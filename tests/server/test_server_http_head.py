@@ -33,6 +33,7 @@ def test_a_plain_head_is_read() -> None:
         POLL.replace(b"Host: x", b"Host x"),
         POLL.replace(b"Bearer t", "Bearer \u00e9".encode()),
         POLL.replace(b"Bearer t", b"Bearer\x00t"),
+        POLL.replace(b"Host: x", b"Host: x\r\nX-Big: " + b"b" * (64 * 1024)),  # over h11's limit
     ],
 )
 def test_anything_unusual_is_left_to_hypercorn(data: bytes) -> None:
