@@ -1,10 +1,11 @@
 """The change feed's live side: wake long-poll waiters the moment their namespace changes.
 
-The journal itself is in the database (`server.db.journal`). A waiter is the request's own
-task waiting for its client to leave, inside a cancel scope whose deadline is the hold time;
-each namespace keeps the set of its waiters, and a change cancels their scopes. So a held
-poll costs one slotted record and one cancel scope, not a nursery, a second task and an
-event: with thousands of idle polls those are memory per waiter and work at every wake.
+The journal itself is in the database (`server.db.journal`). Each namespace keeps the set of
+its waiters (`Waiter`: anything with `wake`), and a change wakes them. Most long polls are
+parked connections (`server.parked`: a record, no task, answered from `wake` itself); a poll
+held through the route (and the web app's) is the request's own task waiting for its client
+to leave, inside a cancel scope whose deadline is the hold time, which a change cancels
+(`longpoll`). Both open and close through `start` and `finish` (`longpoll_max_open`).
 The current head of each namespace is cached so that a long poll costs no database round
 trip.
 
@@ -26,12 +27,21 @@ from __future__ import annotations
 import random
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
+from typing import Protocol
 
 import trio
 
 from server.config import ServerConfig
 from server.db import Database, journal
 from server.metrics import Metrics
+
+
+class Waiter(Protocol):
+    """What waits for a namespace's next change: a held request's task (`_Waiter`) or a
+    parked connection (`server.parked`)."""
+
+    def wake(self) -> None:
+        """The namespace changed (or may have): called once, already unregistered."""
 
 
 class _Waiter:
@@ -65,7 +75,7 @@ class ChangeFeed:
         self.db = db
         self.config = config
         self.metrics = metrics
-        self._waiters: dict[int, set[_Waiter]] = {}
+        self._waiters: dict[int, set[Waiter]] = {}
         self._heads: dict[int, int] = {}
         self._trusted = not shared
         self._epoch = 0
@@ -134,6 +144,27 @@ class ChangeFeed:
         t = min(max(timeout, self.config.longpoll_min_seconds), self.config.longpoll_max_seconds)
         return t + random.uniform(0, self.config.longpoll_jitter_fraction * t)
 
+    def start(self, requested_seconds: float) -> float | PollResult:
+        """Open one long poll: its deadline (trio time), or the backoff answer when
+        `longpoll_max_open` are open already. An opened poll counts in `longpolls_open`
+        until `finish`. Both ways of holding a poll (`longpoll`, `server.parked`) open here."""
+        if self.metrics.longpolls_open >= self.config.longpoll_max_open:
+            return PollResult(False, self.config.longpoll_backoff_seconds)
+        self.metrics.add("longpolls_open")
+        return trio.current_time() + self.clamp(requested_seconds)
+
+    def finish(self) -> None:
+        """A poll opened by `start` was answered or its client left."""
+        self.metrics.add("longpolls_open", -1)
+
+    def watch(self, ns_id: int, waiter: Waiter) -> None:
+        """Wake `waiter` (once) at `ns_id`'s next change. Register before reading the head."""
+        self._waiters.setdefault(ns_id, set()).add(waiter)
+
+    def known_head(self, ns_id: int) -> int | None:
+        """The cached head, when the cache is trusted (no waiting; None: read `head`)."""
+        return self._heads.get(ns_id) if self._trusted else None
+
     async def longpoll(
         self,
         ns_id: int,
@@ -146,14 +177,13 @@ class ChangeFeed:
         Returns:
             The answer, or None if the client disconnected (nothing to answer).
         """
-        if self.metrics.longpolls_open >= self.config.longpoll_max_open:
-            return PollResult(False, self.config.longpoll_backoff_seconds)
-        deadline = trio.current_time() + self.clamp(requested_seconds)
-        self.metrics.add("longpolls_open")
+        deadline = self.start(requested_seconds)
+        if isinstance(deadline, PollResult):
+            return deadline
         try:
             while True:
                 waiter = _Waiter(deadline)
-                self._waiters.setdefault(ns_id, set()).add(waiter)
+                self.watch(ns_id, waiter)
                 try:
                     with waiter.scope:
                         if await self.head(ns_id) > cursor:
@@ -161,15 +191,15 @@ class ChangeFeed:
                         await wait_disconnect()
                         return None
                 finally:
-                    self._forget(ns_id, waiter)
+                    self.forget(ns_id, waiter)
                 if not waiter.woken:
                     return PollResult(False, None)  # the hold time is over
                 if trio.current_time() >= deadline:  # woken as it ran out: answer the truth
                     return PollResult(await self.head(ns_id) > cursor, None)
         finally:
-            self.metrics.add("longpolls_open", -1)
+            self.finish()
 
-    def _forget(self, ns_id: int, waiter: _Waiter) -> None:
+    def forget(self, ns_id: int, waiter: Waiter) -> None:
         """Drop a waiter that left (a woken one is already gone with its namespace's set)."""
         waiters = self._waiters.get(ns_id)
         if waiters is not None:

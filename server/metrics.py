@@ -25,6 +25,7 @@ class Metrics:
         self.blocks_archived = 0
         self.blocks_unarchived = 0
         self.longpolls_open = 0
+        self.longpolls_parked = 0
         self.commit_seconds_sum = 0.0
         self.commit_count = 0
 
@@ -72,6 +73,8 @@ class Metrics:
                  "Blocks this process moved back from the archive tier."),
                 ("drive_longpolls_open", "gauge", self.longpolls_open,
                  "Long-poll requests currently waiting."),
+                ("drive_longpolls_parked", "gauge", self.longpolls_parked,
+                 "Of those, the ones parked outside hypercorn (no task each)."),
             ):  # fmt: skip
                 lines += [f"# HELP {name} {help_text}", f"# TYPE {name} {kind}", f"{name} {value}"]
             lines += [

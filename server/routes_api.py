@@ -9,6 +9,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import time
+from collections.abc import Mapping
 from importlib import metadata as importlib_metadata
 
 from starlette.requests import Request
@@ -31,6 +32,7 @@ from server.web import (
     get_mode,
     get_str,
     json_response,
+    param_int,
     parse_count,
     query_int,
     query_path,
@@ -294,8 +296,8 @@ async def cursor(request: Request) -> Response:
     return json_response({"cursor": str(await services(request).metadata.cursor(who))})
 
 
-def _cursor(request: Request) -> int:
-    value = parse_count(request.query_params.get("cursor"))
+def _cursor(params: Mapping[str, str]) -> int:
+    value = parse_count(params.get("cursor"))
     if value is None or value > SQL_INT_MAX:
         raise BadRequest("query parameter 'cursor' must be a cursor from /cursor or /delta")
     return value
@@ -305,17 +307,24 @@ async def delta(request: Request) -> Response:
     who = await principal(request)
     limit = query_int(request, "limit", 1000, minimum=1, maximum=LIST_LIMIT_MAX)
     assert limit is not None
-    d = await services(request).metadata.delta(who, _cursor(request), limit)
+    d = await services(request).metadata.delta(who, _cursor(request.query_params), limit)
     return json_response(
         {"entries": d.entries, "cursor": str(d.cursor), "has_more": d.has_more, "reset": d.reset}
     )
 
 
+def longpoll_query(params: Mapping[str, str]) -> tuple[int, int]:
+    """A long poll's cursor and requested hold time in seconds (400 unless valid). The
+    route and the parked fast path (`server.longpoll_fast`) both parse here."""
+    cursor = _cursor(params)
+    timeout = param_int(params, "timeout", 120, minimum=0, maximum=86400)
+    assert timeout is not None
+    return cursor, timeout
+
+
 async def longpoll(request: Request) -> Response:
     who = await principal(request)
-    cur = _cursor(request)
-    timeout = query_int(request, "timeout", 120, minimum=0, maximum=86400)
-    assert timeout is not None
+    cur, timeout = longpoll_query(request.query_params)
 
     async def wait_disconnect() -> None:
         while (await request.receive())["type"] != "http.disconnect":

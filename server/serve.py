@@ -33,6 +33,7 @@ from server.config import ConfigError, load_config
 from server.db.schema import SchemaTooNew
 from server.db.url import DatabaseUnavailable
 from server.gc_tuning import tune_gc
+from server.http_head import MAX_HEAD_BYTES
 from server.http_worker import bind_sockets, serve_https
 from server.locations import LocationError
 from server.services import Services
@@ -62,7 +63,7 @@ def _hyper_config(
     cfg.graceful_timeout = 5.0
     cfg.accesslog = None
     cfg.errorlog = logging.getLogger("hypercorn.error")
-    cfg.h11_max_incomplete_size = 64 * 1024  # request line and headers
+    cfg.h11_max_incomplete_size = MAX_HEAD_BYTES  # request line and headers
     return cfg
 
 
@@ -92,7 +93,7 @@ async def _serve(
             binds = await nursery.start(
                 lambda task_status: serve_https(
                     build_app(services), hyper, sockets, shutdown_trigger=wait_shutdown,
-                    bulk=bulk.serve,
+                    bulk=bulk.serve, services=services,
                     task_status=task_status,
                 )
             )  # fmt: skip

@@ -15,8 +15,11 @@ connection's own task (`do_handshake`), as hypercorn expects of `trio.SSLStream`
 from __future__ import annotations
 
 import errno
+import fcntl
 import socket
 import ssl
+import sys
+import termios
 
 import trio
 
@@ -79,6 +82,68 @@ class TlsSocketStream(trio.abc.Stream):
     def selected_alpn_protocol(self) -> str | None:
         """The protocol the client and we agreed on (hypercorn picks h11 or h2 by it)."""
         return self._sock.selected_alpn_protocol()
+
+    def fileno(self) -> int:
+        """The socket's descriptor (for watching many idle connections on one epoll)."""
+        return self._fd
+
+    def send_nowait(self, data: bytes) -> int:
+        """Send what the socket takes now, without waiting; the bytes sent (0 when it is full:
+        finish with `send_all` from the first unsent byte). Raises `trio.BrokenResourceError`.
+
+        For answers written to thousands of parked connections in one go (`server.parked`)."""
+        self._check_open()
+        try:
+            return self._sock.send(data)
+        except (ssl.SSLWantWriteError, ssl.SSLWantReadError):
+            return 0
+        except (ssl.SSLError, OSError) as exc:
+            raise self._broken(exc) from exc
+
+    def receive_nowait(self) -> bytes | None:
+        """The plaintext that has arrived (b"" at the end of the stream), or None when none has
+        (a readable socket may carry only TLS records without data). Raises
+        `trio.BrokenResourceError`."""
+        self._check_open()
+        view = memoryview(self._buffer)
+        got = 0
+        try:
+            while got < len(view):
+                try:
+                    n = self._sock.recv_into(view[got:])
+                except (ssl.SSLWantReadError, ssl.SSLWantWriteError):
+                    break
+                except (ssl.SSLZeroReturnError, ssl.SSLEOFError):
+                    return bytes(view[:got])
+                except (ssl.SSLError, OSError) as exc:
+                    raise self._broken(exc) from exc
+                if n == 0:
+                    return bytes(view[:got])
+                got += n
+            return bytes(view[:got]) if got else None
+        finally:
+            view.release()
+
+    def pending(self) -> int:
+        """Plaintext bytes OpenSSL has already read and decrypted (no epoll event will say so)."""
+        return 0 if self._closed else self._sock.pending()
+
+    def hung_up(self) -> bool:
+        """Whether the client closed its side with nothing left to read: no TLS record in
+        the kernel's queue nor in OpenSSL's buffer (after an epoll hang-up event). Cheaper than
+        learning it from `receive_nowait`, where OpenSSL makes an error of the plain TCP close
+        that HTTP clients use."""
+        if self._closed or self._sock.pending():
+            return False
+        queued = fcntl.ioctl(self._fd, termios.FIONREAD, b"\0\0\0\0")
+        return int.from_bytes(queued, sys.byteorder) == 0
+
+    def close(self) -> None:
+        """Close the connection now (what `aclose` does, for code that cannot wait)."""
+        if not self._closed:
+            self._closed = True
+            trio.lowlevel.notify_closing(self._fd)
+            self._sock.close()
 
     def detach(self) -> ssl.SSLSocket:
         """Hand the socket over for blocking use in a worker thread (`server.bulk_conn`);
@@ -155,10 +220,7 @@ class TlsSocketStream(trio.abc.Stream):
 
     async def aclose(self) -> None:
         """Close the connection (no close_notify wait: HTTP framing ends our messages)."""
-        if not self._closed:
-            self._closed = True
-            trio.lowlevel.notify_closing(self._fd)
-            self._sock.close()
+        self.close()
         await trio.lowlevel.checkpoint()
 
     # -- helpers --------------------------------------------------------------------------

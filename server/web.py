@@ -102,6 +102,14 @@ def error_response(exc: ApiError, rid: str | None = None) -> Response:
     return json_response(body, exc.status, exc.headers)
 
 
+def answer_headers(request_id: str, rate_headers: Mapping[str, str]) -> list[tuple[bytes, bytes]]:
+    """The headers every answer gets after its own: the request id, the rate-limit headers
+    (the middleware's, and the parked long poll's, `server.parked`)."""
+    headers = [(b"x-request-id", request_id.encode())]
+    headers += [(k.lower().encode(), v.encode()) for k, v in rate_headers.items()]
+    return headers
+
+
 class DriveMiddleware:
     """Outermost ASGI layer: request ids, metrics, rate-limit headers, last-resort errors."""
 
@@ -157,9 +165,7 @@ class DriveMiddleware:
                 started = True
                 status = int(message["status"])
                 headers = list(message.get("headers", []))
-                headers.append((b"x-request-id", request_id.encode()))
-                for k, v in scope.get(RATE_HEADERS_KEY, {}).items():
-                    headers.append((k.lower().encode(), v.encode()))
+                headers += answer_headers(request_id, scope.get(RATE_HEADERS_KEY, {}))
                 if not body_done.is_set() and not _says_close(headers):
                     # Answering before the body ended (a 405, a route that reads no body):
                     # hypercorn closes the connection after such an answer, and a client
@@ -450,7 +456,15 @@ def query_int(
     maximum: int = SQL_INT_MAX,
 ) -> int | None:  # fmt: skip
     """A non-negative integer query parameter (ASCII digits), else 400."""
-    raw = request.query_params.get(key)
+    return param_int(request.query_params, key, default, minimum=minimum, maximum=maximum)
+
+
+def param_int(
+    params: Mapping[str, str], key: str, default: int | None = None, *, minimum: int = 0,
+    maximum: int = SQL_INT_MAX,
+) -> int | None:  # fmt: skip
+    """`query_int` of parsed query parameters (a request's, or a head read without one)."""
+    raw = params.get(key)
     if raw is None or raw == "":
         return default
     value = parse_count(raw)
