@@ -139,6 +139,7 @@ COMMIT = obj(
     {"path": PATH, "blocks": BLOCK_LIST, "size": count()},
     {
         "base_rev": nullable(count()),
+        "base_id": nullable(count()),
         "mtime_ns": MTIME_NS,
         "mode": MODE,
         "commit_id": {"type": "string"},

@@ -150,6 +150,7 @@ def commit_request(item: object) -> CommitRequest:
     return CommitRequest(
         path=check_path(item.get("path"), entry=True),
         base_rev=get_int(item, "base_rev", optional=True),
+        base_id=get_int(item, "base_id", optional=True),
         blocks=blocks,
         size=get_int(item, "size") or 0,
         mtime_ns=get_int(item, "mtime_ns", optional=True, minimum=None) or time.time_ns(),

@@ -140,8 +140,9 @@ class ConflictResolver:
                       commit_id: str) -> FileRecord:  # fmt: skip
         node = self.state.current(node)  # its times and mode as they are when sent
         return await self.remote.commit(
-            path, base_rev, blocks, size, node.mtime_ns, node.mode, commit_id
-        )
+            path, base_rev, blocks, size, node.mtime_ns, node.mode, commit_id,
+            base_id=node.server_id,
+        )  # fmt: skip
 
     async def _revive(self, node: Node, path: str, blocks: list[tuple[BlockId, int]],
                       size: int, commit_id: str, gen: int) -> FileRecord | None:  # fmt: skip

@@ -571,7 +571,7 @@ class Uploader:
             try:
                 return await self.remote.commit(
                     op.dst, base, node.blocks or (), node.size, node.mtime_ns, node.mode,
-                    commit_id,
+                    commit_id, base_id=op.dst_id,
                 )  # fmt: skip
             except (errors.Conflict, errors.Exists):  # another entry has the name now
                 op.dst, base = self._rename_local(node, op.dst), None
@@ -687,7 +687,7 @@ class Uploader:
             try:
                 res: FileRecord | errors.RemoteError = await self.remote.commit(
                     it.op.path, node.rev, it.blocks, it.size, node.mtime_ns, node.mode,
-                    it.op.commit_id or "",
+                    it.op.commit_id or "", base_id=node.server_id,
                 )  # fmt: skip
             except errors.RemoteError as exc:
                 res = exc
@@ -772,7 +772,7 @@ class Uploader:
 
     def _body(self, it: _Item) -> dict[str, Any]:
         node = self._now(it)
-        return {
+        body = {
             "path": it.op.path,
             "base_rev": node.rev,
             "blocks": blocks_to_json(tuple(it.blocks)),
@@ -781,6 +781,9 @@ class Uploader:
             "mode": node.mode,
             "commit_id": it.op.commit_id,
         }
+        if node.rev is not None and node.server_id is not None:
+            body["base_id"] = node.server_id
+        return body
 
     async def _finish(self, it: _Item, res: FileRecord | errors.RemoteError) -> bool:
         """Apply the server's answer to one commit; False if it was refused for now (the
@@ -831,7 +834,7 @@ class Uploader:
         try:
             return await self.remote.commit(
                 it.op.path, node.rev, it.blocks, it.size, node.mtime_ns, node.mode,
-                f"{it.op.commit_id}-{tag}",
+                f"{it.op.commit_id}-{tag}", base_id=node.server_id,
             )  # fmt: skip
         except errors.RemoteError as exc:
             return exc

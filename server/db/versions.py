@@ -56,6 +56,10 @@ class CommitRequest:
     """A file id reserved by an upload session for a file that did not exist yet."""
     op: str | None = None
     """Journal op to use instead of create/update (restore)."""
+    base_id: int | None = None
+    """The id of the file `base_rev` is a revision of: another file now at `path` (the
+    caller's moved or deleted elsewhere, a new one made there) is a conflict, even at the
+    same revision number (revisions count per file)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -226,7 +230,11 @@ def commit(conn: Conn, actor: Actor, req: CommitRequest, limits: Limits) -> tupl
             if row is not None and not req.overwrite:
                 current = record(conn, ns, row, req.path).to_json()
                 raise Conflict(f"file exists: {req.path}", current=current)
-        elif row is None or int(row["rev"]) != req.base_rev:
+        elif (
+            row is None
+            or int(row["rev"]) != req.base_rev
+            or (req.base_id is not None and int(row["id"]) != req.base_id)
+        ):
             gone_or = None if row is None else record(conn, ns, row, req.path).to_json()
             raise Conflict(f"{req.path} is no longer at revision {req.base_rev}", current=gone_or)
         _check_blocks(conn, actor.user_id, req.blocks)

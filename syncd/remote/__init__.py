@@ -488,20 +488,23 @@ class RemoteClient:
         mtime_ns: int,
         mode: int,
         commit_id: str,
+        *,
+        base_id: int | None = None,
     ) -> FileRecord:
-        return await self._record(
-            "POST",
-            "/api/v1/commit",
-            json={
-                "path": path,
-                "base_rev": base_rev,
-                "blocks": blocks_to_json(tuple(blocks)),
-                "size": size,
-                "mtime_ns": mtime_ns,
-                "mode": mode,
-                "commit_id": commit_id,
-            },
-        )
+        """`POST /api/v1/commit`. `base_id`: the server id of the file `base_rev` is a
+        revision of (another file now at `path` is then a conflict, whatever its revision)."""
+        body: dict[str, Any] = {
+            "path": path,
+            "base_rev": base_rev,
+            "blocks": blocks_to_json(tuple(blocks)),
+            "size": size,
+            "mtime_ns": mtime_ns,
+            "mode": mode,
+            "commit_id": commit_id,
+        }
+        if base_rev is not None and base_id is not None:
+            body["base_id"] = base_id
+        return await self._record("POST", "/api/v1/commit", json=body)
 
     async def put_blocks_batch(self, items: Sequence[tuple[BlockId, Sequence[Buffer]]]) -> None:
         """`POST /api/v1/blocks/batch`: several wire frames in one request.

@@ -162,9 +162,11 @@ class FakeRemote:
         mtime_ns: int,
         mode: int,
         commit_id: str,
+        *,
+        base_id: int | None = None,
     ) -> FileRecord:
         await self._enter("commit")
-        return self._commit(path, base_rev, blocks, size, mtime_ns, mode, commit_id)
+        return self._commit(path, base_rev, blocks, size, mtime_ns, mode, commit_id, base_id)
 
     def _commit(
         self,
@@ -175,6 +177,7 @@ class FakeRemote:
         mtime_ns: int,
         mode: int,
         commit_id: str,
+        base_id: int | None = None,
     ) -> FileRecord:
         if commit_id in self.commit_ids and self.commit_ids[commit_id] in self.entries:
             return self._record(self.entries[self.commit_ids[commit_id]])
@@ -187,7 +190,10 @@ class FakeRemote:
             raise errors.Conflict(f"not a file: {path}", {"current": self._record(e).to_json()})
         if e is None and base_rev is not None:
             raise errors.Conflict(f"gone: {path}", {"current": None})
-        if e is not None and base_rev != e.rev:
+        stale = base_rev != e.rev if e is not None else False
+        if e is not None and base_rev is not None and base_id is not None and base_id != e.id:
+            stale = True  # another file at the path now (as the server: base_id)
+        if e is not None and stale:
             raise errors.Conflict(f"moved on: {path}", {"current": self._record(e).to_json()})
         if e is None:
             e = self._new(parent, name, "file", rev=0)
@@ -214,6 +220,7 @@ class FakeRemote:
                         c["mtime_ns"],
                         c["mode"],
                         c["commit_id"],
+                        c.get("base_id"),
                     )
                 )
             except errors.RemoteError as exc:

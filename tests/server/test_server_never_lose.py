@@ -63,6 +63,28 @@ def test_stale_delete_is_refused_and_a_matching_one_deletes(http: httpx.Client) 
     assert http.post("/api/v1/delete", json={"path": "/dir", "base_rev": 7}).status_code == 200
 
 
+def test_a_commit_names_the_file_its_base_revision_is_of(http: httpx.Client) -> None:
+    """Convergence seed 1532: a device edited /x/a (file 4, rev 1) offline while another
+    moved x away and made a new /x/a (rev 1 too, revisions count per file); the edit's
+    commit became the new file's second revision, and the device lost track of file 4. With
+    `base_id` it is a conflict showing the file now there."""
+    old = commit(http, "/x", None, [put(http, b"old")], "b1").json()
+    moved = http.post("/api/v1/move", json={"from": "/x", "to": "/y", "mode": "noreplace"})
+    assert moved.is_success
+    new = commit(http, "/x", None, [put(http, b"new")], "b2").json()
+    assert (old["rev"], new["rev"]) == (1, 1)
+    edit = [put(http, b"edited offline")]
+    body = {"path": "/x", "base_rev": 1, "base_id": old["id"], "blocks": edit,
+            "size": edit[0][1], "mtime_ns": 123, "commit_id": "b3"}  # fmt: skip
+    refused = http.post("/api/v1/commit", json=body)
+    assert refused.status_code == 409
+    assert refused.json()["current"]["id"] == new["id"]
+    assert _meta(http, "/x").json()["rev"] == 1
+    ours = http.post("/api/v1/commit", json={**body, "base_id": new["id"], "commit_id": "b4"})
+    assert ours.status_code == 200
+    assert (ours.json()["id"], ours.json()["rev"]) == (new["id"], 2)
+
+
 def test_stale_rename_over_is_refused(http: httpx.Client) -> None:
     t1 = commit(http, "/t", None, [put(http, b"t1")], "s1").json()
     commit(http, "/t", t1["rev"], [put(http, b"t2")], "s2")
