@@ -22,6 +22,7 @@ from blockstore.codec import decode_wire, encode_wire
 from blockstore.ids import block_id
 from blockstore.wire import BULK_ALPN, encode_block_records, parse_block_records
 from server.bulk_conn import MAX_BULK_CONNECTIONS
+from tests.helpers.raw_http import closed, read_answer
 from tests.helpers.server_proc import ServerProcess
 
 pytestmark = pytest.mark.e2e
@@ -46,27 +47,8 @@ def send(sock: ssl.SSLSocket, method: str, path: str, token: str | None,
 
 
 def reply(sock: ssl.SSLSocket) -> tuple[int, dict[str, str], bytes]:
-    data = b""
-    while b"\r\n\r\n" not in data:
-        chunk = sock.recv(65536)
-        assert chunk, f"connection closed before a reply head: {data!r}"
-        data += chunk
-    head, _, rest = data.partition(b"\r\n\r\n")
-    lines = head.decode("latin-1").split("\r\n")
-    headers = {k.strip().lower(): v.strip() for k, _, v in (x.partition(":") for x in lines[1:])}
-    length = int(headers["content-length"])
-    while len(rest) < length:
-        chunk = sock.recv(length - len(rest))
-        assert chunk, "connection closed mid-body"
-        rest += chunk
-    return int(lines[0].split(" ")[1]), headers, rest
-
-
-def closed(sock: ssl.SSLSocket) -> bool:
-    try:
-        return sock.recv(1) == b""
-    except (ConnectionResetError, ssl.SSLError):
-        return True
+    status, headers, body = read_answer(sock)
+    return int(status.split(b" ")[1]), dict(headers), body
 
 
 def test_bulk_connection_uploads_fetches_and_keeps_alive(

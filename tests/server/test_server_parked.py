@@ -16,6 +16,7 @@ from pathlib import Path
 import httpx
 import pytest
 
+from tests.helpers.raw_http import closed, read_answer
 from tests.helpers.server_proc import ServerProcess
 
 pytestmark = pytest.mark.e2e
@@ -50,33 +51,6 @@ def send(sock: ssl.SSLSocket, target: str, token: str, extra: str = "") -> None:
     sock.sendall(
         f"GET {target} HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {token}\r\n{extra}\r\n".encode()
     )
-
-
-def reply(sock: ssl.SSLSocket) -> tuple[bytes, list[tuple[str, str]], bytes]:
-    """The status line, the headers in order and the body of one answer."""
-    data = b""
-    while b"\r\n\r\n" not in data:
-        chunk = sock.recv(65536)
-        assert chunk, f"connection closed before an answer: {data!r}"
-        data += chunk
-    head, _, body = data.partition(b"\r\n\r\n")
-    status, *lines = head.split(b"\r\n")
-    headers = [
-        (k.decode().lower(), v.decode().strip()) for k, _, v in (x.partition(b":") for x in lines)
-    ]
-    length = int(dict(headers)["content-length"])
-    while len(body) < length:
-        chunk = sock.recv(65536)
-        assert chunk, "connection closed in the body"
-        body += chunk
-    return status, headers, body
-
-
-def closed(sock: ssl.SSLSocket) -> bool:
-    try:
-        return sock.recv(1) == b""
-    except (ConnectionResetError, ssl.SSLError):
-        return True
 
 
 def gauge(srv: ServerProcess, name: str) -> float:
@@ -119,14 +93,14 @@ def test_a_commit_answers_a_parked_poll_as_hypercorn_would(srv: ServerProcess, t
     commit(srv, token, "/first")
     with tls_socket(srv) as sock:
         send(sock, poll_target("0"), token, "Connection: close\r\n")
-        ref_status, ref_headers, ref_body = reply(sock)
+        ref_status, ref_headers, ref_body = read_answer(sock)
     cursor = cursor_of(srv, token)
     before = parked(srv)
     with tls_socket(srv) as sock:
         send(sock, poll_target(cursor), token)
         wait_for(lambda: parked(srv) == before + 1)
         commit(srv, token, "/wake")
-        status, headers, body = reply(sock)
+        status, headers, body = read_answer(sock)
     assert (
         (status, body)
         == (ref_status, ref_body)
@@ -145,7 +119,7 @@ def test_the_hold_time_ends_with_the_no_change_answer(srv: ServerProcess, token:
     with tls_socket(srv) as sock:
         started = time.monotonic()
         send(sock, poll_target(cursor, timeout=1), token)
-        status, _, body = reply(sock)
+        status, _, body = read_answer(sock)
         waited = time.monotonic() - started
     assert status == b"HTTP/1.1 200 "
     assert json.loads(body) == {"changes": False, "backoff": None}
@@ -168,35 +142,35 @@ def test_one_connection_carries_polls_and_other_requests(srv: ServerProcess, tok
     before = parked(srv)
     with tls_socket(srv) as sock:
         send(sock, poll_target(cursor, timeout=1), token)  # parked, answered "no change"
-        status, _, body = reply(sock)
+        status, _, body = read_answer(sock)
         assert (status, json.loads(body)["changes"]) == (b"HTTP/1.1 200 ", False)
         send(sock, "/api/v1/whoami", token)  # then hypercorn, on the same connection
-        status, _, body = reply(sock)
+        status, _, body = read_answer(sock)
         assert status == b"HTTP/1.1 200 "
         assert "user" in json.loads(body)
         send(sock, poll_target(cursor), token)  # taken back from hypercorn and parked
         wait_for(lambda: parked(srv) == before + 1)
         commit(srv, token, "/keepalive")
-        status, _, body = reply(sock)
+        status, _, body = read_answer(sock)
         assert json.loads(body) == {"changes": True, "backoff": None}
         send(sock, "/api/v1/whoami", token)
-        assert reply(sock)[0] == b"HTTP/1.1 200 "
+        assert read_answer(sock)[0] == b"HTTP/1.1 200 "
     wait_for(lambda: parked(srv) == before)
 
 
 def test_refused_polls_get_hypercorns_answers(srv: ServerProcess, token: str) -> None:
     with tls_socket(srv) as sock:
         send(sock, poll_target("0"), "not-a-token")
-        status, headers, body = reply(sock)
+        status, headers, body = read_answer(sock)
         assert status == b"HTTP/1.1 401 "
         assert json.loads(body)["error"] == "unauthorized"
         assert dict(headers)["server"].startswith("hypercorn")
         send(sock, poll_target("x"), token)  # a bad cursor, on the same connection
-        status, _, body = reply(sock)
+        status, _, body = read_answer(sock)
         assert status == b"HTTP/1.1 400 "
         assert json.loads(body)["error"] == "bad_request"
         send(sock, poll_target("0"), token, "X-Drive-Client: bad id\r\n")
-        assert reply(sock)[0] == b"HTTP/1.1 400 "
+        assert read_answer(sock)[0] == b"HTTP/1.1 400 "
 
 
 def test_too_many_open_polls_get_the_backoff_answer(tmp_path: Path) -> None:
@@ -209,7 +183,7 @@ def test_too_many_open_polls_get_the_backoff_answer(tmp_path: Path) -> None:
             send(first, poll_target(cursor), tok)
             wait_for(lambda: parked(server) == 1)
             send(second, poll_target(cursor), tok)
-            _status, _, body = reply(second)
+            _status, _, body = read_answer(second)
             assert json.loads(body) == {"changes": False, "backoff": 7}
             assert parked(server) == 1
 
@@ -224,7 +198,7 @@ def test_shutdown_answers_parked_polls_and_closes(tmp_path: Path) -> None:
             wait_for(lambda: parked(server) == 1)
             started = time.monotonic()
             server.stop()
-            _status, _, body = reply(sock)
+            _status, _, body = read_answer(sock)
             assert json.loads(body) == {"changes": False, "backoff": None}
             assert closed(sock)
             assert time.monotonic() - started < 4.0
@@ -240,7 +214,7 @@ def test_many_parked_polls_wake_at_once(srv: ServerProcess, token: str) -> None:
         wait_for(lambda: parked(srv) == before + n)
         commit(srv, token, "/many")
         for sock in socks:
-            assert json.loads(reply(sock)[2]) == {"changes": True, "backoff": None}
+            assert json.loads(read_answer(sock)[2]) == {"changes": True, "backoff": None}
     wait_for(lambda: parked(srv) == before)
 
 
@@ -283,8 +257,8 @@ def test_a_request_sent_behind_a_parked_poll_is_answered_after_it(
         wait_for(lambda: parked(srv) == before + 1)
         send(sock, "/api/v1/whoami", token)  # pipelined: waits for the poll's answer
         commit(srv, token, "/pipelined")
-        assert json.loads(reply(sock)[2]) == {"changes": True, "backoff": None}
-        status, _, body = reply(sock)
+        assert json.loads(read_answer(sock)[2]) == {"changes": True, "backoff": None}
+        status, _, body = read_answer(sock)
         assert status == b"HTTP/1.1 200 "
         assert "user" in json.loads(body)
 
@@ -296,4 +270,4 @@ def test_pipelined_requests_with_a_poll_go_to_hypercorn(srv: ServerProcess, toke
     with tls_socket(srv) as sock:
         sock.sendall(both.encode())
         for _ in range(2):
-            assert json.loads(reply(sock)[2]) == {"changes": True, "backoff": None}
+            assert json.loads(read_answer(sock)[2]) == {"changes": True, "backoff": None}
