@@ -46,10 +46,15 @@ class Metadata:
         return await self.db.run(files.meta_by_id, who.ns_id, file_id)
 
     async def list_dir(
-        self, who: Principal, path: str, limit: int, after: str | None
+        self,
+        who: Principal,
+        path: str | None,
+        limit: int,
+        after: str | None,
+        file_id: int | None = None,
     ) -> tuple[list[FileRecord], str | None]:
-        """One page of a directory listing."""
-        return await self.db.run(files.list_dir, who.ns_id, path, limit, after)
+        """One page of a directory listing, by path or by id."""
+        return await self.db.run(files.list_dir, who.ns_id, path, limit, after, file_id)
 
     async def commit(self, who: Principal, req: CommitRequest) -> tuple[FileRecord, bool]:
         """A new version; returns (record, created)."""

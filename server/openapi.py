@@ -200,12 +200,13 @@ PATHS: dict[str, dict[str, Schema]] = {
         "meta", "One entry's record, by path or by id", {200: record()},
         params=[query("path", PATH), query("id", count(minimum=1))], errors=(404,))},
     "/api/v1/list": {"get": op(
-        "list", "A directory's children, paged by name",
+        "list", "A directory's children, paged by name; the directory by path or by id",
         {200: answer(obj({"entries": {"type": "array", "items": FILE},
                           "next": nullable({"type": "string"})}),
                      links={"next": link("list", path="$request.query.path",
                                          after="$response.body#/next")})},
-        params=[PATH_QUERY, query("limit", LIST_LIMIT), query("after", {"type": "string"})],
+        params=[query("path", PATH), query("id", count(minimum=1)), query("limit", LIST_LIMIT),
+                query("after", {"type": "string"})],
         errors=(404, 409))},
     "/api/v1/commit": {"post": op(
         "commit", "Commit a file version from stored blocks", {200: record()},

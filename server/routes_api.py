@@ -128,11 +128,12 @@ async def meta(request: Request) -> Response:
 
 async def list_dir(request: Request) -> Response:
     who = await principal(request)
-    path = query_path(request)
+    file_id = query_int(request, "id", None, minimum=1)
+    path = None if file_id is not None else query_path(request)
     limit = query_int(request, "limit", 1000, minimum=1, maximum=LIST_LIMIT_MAX)
     assert limit is not None
     after = request.query_params.get("after")
-    entries, nxt = await services(request).metadata.list_dir(who, path, limit, after)
+    entries, nxt = await services(request).metadata.list_dir(who, path, limit, after, file_id)
     return json_response({"entries": [e.to_json() for e in entries], "next": nxt})
 
 

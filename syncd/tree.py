@@ -137,7 +137,7 @@ class TreeSync:
                 return
             try:
                 with trio.fail_after(LIST_TIMEOUT_S):
-                    records = await self.remote.list_dir(path)
+                    records = await self.remote.list_dir(path, file_id=node.server_id)
             except (errors.Offline, trio.TooSlowError) as exc:
                 self.mark_offline()
                 if self.state.current(node).listed:

@@ -144,11 +144,25 @@ def meta_by_id(conn: Conn, ns_id: int, file_id: int) -> FileRecord:
 
 
 def list_dir(
-    conn: Conn, ns_id: int, path: str, limit: int, after: str | None
+    conn: Conn,
+    ns_id: int,
+    path: str | None,
+    limit: int,
+    after: str | None,
+    file_id: int | None = None,
 ) -> tuple[list[FileRecord], str | None]:
-    """Children of a directory sorted by name (bytewise), one page after `after`."""
+    """Children of a directory sorted by name (bytewise), one page after `after`; the
+    directory named by `path`, or by `file_id` (wherever it is now: a client whose view of
+    the tree is behind still lists the folder it means)."""
     with read_txn(conn):
-        row = need(conn, ns_id, path)
+        if path is None:
+            assert file_id is not None
+            found = get_row(conn, ns_id, file_id)
+            if found is None or found["deleted_at"] is not None:
+                raise NotFound(f"no file with id {file_id}")
+            row, path = found, path_of(conn, ns_id, file_id)
+        else:
+            row = need(conn, ns_id, path)
         if row["kind"] != "dir":
             raise BadRequest(f"not a directory: {path}")
         # Bytewise order on both engines: SQLite's BINARY collation, COLLATE "C" (schema).

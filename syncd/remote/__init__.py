@@ -312,12 +312,16 @@ class RemoteClient:
         params: dict[str, str | int] = {"path": path} if path is not None else {"id": file_id or 1}
         return await self._record("GET", "/api/v1/meta", params=params)
 
-    async def list_dir(self, path: str, limit: int = 5000) -> list[FileRecord]:
-        """All children of `path`, following `next` pages."""
+    async def list_dir(
+        self, path: str, limit: int = 5000, *, file_id: int | None = None
+    ) -> list[FileRecord]:
+        """All children of `path`, or of the folder with server id `file_id` wherever the
+        server has it now (`path` then only names it in errors), following `next` pages."""
         out: list[FileRecord] = []
         after: str | None = None
         while True:
-            params: dict[str, str | int] = {"path": path, "limit": limit}
+            params: dict[str, str | int] = {"limit": limit}
+            params.update({"id": file_id} if file_id is not None else {"path": path})
             if after is not None:
                 params["after"] = after
             body = await self.request_json("GET", "/api/v1/list", params=params)

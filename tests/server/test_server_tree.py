@@ -141,6 +141,26 @@ def test_mkdir_symlink_setattr_list_paging(http: httpx.Client) -> None:
     assert by_id["path"] == "/d"
 
 
+def test_a_folder_is_listed_by_id_wherever_it_moved(http: httpx.Client) -> None:
+    """A client whose view of the tree is behind lists the folder it means by its id: by
+    the old path it would get nothing, or another folder made there since."""
+    old = http.post("/api/v1/mkdir", json={"path": "/old"}).json()
+    commit(http, "/old/kept.txt", None, [put(http, b"kept")], "l1")
+    http.post("/api/v1/move", json={"from": "/old", "to": "/new"})
+    http.post("/api/v1/mkdir", json={"path": "/old"})
+    by_path = http.get("/api/v1/list", params={"path": "/old"}).json()
+    by_id = http.get("/api/v1/list", params={"id": old["id"]}).json()
+    assert by_path["entries"] == []
+    assert [(e["name"], e["path"]) for e in by_id["entries"]] == [("kept.txt", "/new/kept.txt")]
+    assert http.post("/api/v1/delete", json={"path": "/new", "recursive": True}).status_code == 200
+    assert http.get("/api/v1/list", params={"id": old["id"]}).status_code == 404
+    assert http.get("/api/v1/list", params={"id": 10**6}).status_code == 404
+    kept = http.get("/api/v1/meta", params={"path": "/old"}).json()
+    file = commit(http, "/old/f", None, [put(http, b"f")], "l2").json()
+    assert http.get("/api/v1/list", params={"id": kept["id"]}).json()["entries"][0]["name"] == "f"
+    assert http.get("/api/v1/list", params={"id": file["id"]}).status_code == 400
+
+
 def test_move_rename_directory_exchange_replace(http: httpx.Client) -> None:
     for p in ["/a", "/a/sub", "/b", "/full", "/full/x"]:
         http.post("/api/v1/mkdir", json={"path": p})

@@ -135,6 +135,29 @@ def test_new_file_in_a_folder_renamed_elsewhere_follows_it(
     assert sorted(final) == ["C/", "C/new.txt", "C/old.txt"], final
 
 
+def test_a_folder_removed_here_after_it_moved_elsewhere_comes_back_whole(
+    a_offline_b: tuple[MountProcess, MountProcess, TcpProxy],
+) -> None:
+    """Convergence seed 1540: A removes `y/z` offline while B renames `y` to `x`. The
+    deletes name what A saw at paths that no longer lead there, so `z` and its file stay
+    (moved on purpose elsewhere), and A must show them where they are, file included;
+    it used to list `z` again by its old path (nothing there), so `x/z/c` was on the server
+    and on B but never again on A, with nothing pending anywhere."""
+    a, b, proxy = a_offline_b
+    (a.mnt / "y" / "z").mkdir(parents=True)
+    (a.mnt / "y" / "z" / "c").write_bytes(b"made on A\n")
+    a.wait_synced()
+    wait_for(lambda: read_or_none(b.mnt / "y" / "z" / "c") == b"made on A\n", "y/z/c on B")
+    go_offline(a, proxy)
+    os.rename(b.mnt / "y", b.mnt / "x")
+    b.wait_synced()
+    subprocess.run(["rm", "-r", str(a.mnt / "y" / "z")], check=True)
+    proxy.restore()
+    final = converge(a, b)
+    assert (a.mnt / "x" / "z" / "c").read_bytes() == b"made on A\n", final
+    assert sorted(final) == ["x/", "x/z/", "x/z/c"], final
+
+
 def test_move_into_a_folder_deleted_elsewhere_recreates_it(
     a_offline_b: tuple[MountProcess, MountProcess, TcpProxy],
 ) -> None:
