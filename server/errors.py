@@ -44,6 +44,14 @@ class IntoItself(BadRequest):
     code = "into_itself"
 
 
+class BlocksMissing(BadRequest):
+    """400 for a commit naming blocks the account does not hold (with `missing`). Not a
+    malformed request: the blocks were uploaded and then collected, or never arrived, and the
+    client uploads them again, so it must tell this apart by code."""
+
+    code = "blocks_missing"
+
+
 class Unauthorized(ApiError):
     status = 401
     code = "unauthorized"

@@ -38,7 +38,8 @@ JSON = "application/json"
 OCTET = "application/octet-stream"
 STATUS_TEXT = {
     400: "Bad input (`bad_request`; also a bad X-Drive-Client header or a query string that is not "
-    "UTF-8), or a folder move into its own subtree (`into_itself`)",
+    "UTF-8), or a folder move into its own subtree (`into_itself`), or a commit of blocks the "
+    "account does not hold (`blocks_missing`, with `missing`)",
     401: "Missing, wrong, revoked or expired token (or wrong user or password)",
     404: "Not found (`not_found`), or the parent directory is missing (`no_parent`)",
     409: "Conflict: `conflict` (with `current`), `exists` or `not_empty`",

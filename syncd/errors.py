@@ -5,6 +5,7 @@
   x RemoteError            the server answered, with an error
     + BadRequest           400
       + IntoItself         400 "into_itself": a folder move into its own subtree
+      + BlocksMissing      400 "blocks_missing": a commit names blocks the server lacks
     + Unauthorized         401 (token missing, wrong or revoked)
     + NotFound             404
       + ParentMissing      404 "no_parent": the parent directory of the path does not exist
@@ -29,6 +30,7 @@ from typing import Any
 
 __all__ = [
     "BadRequest",
+    "BlocksMissing",
     "CertificateMismatch",
     "Conflict",
     "Exists",
@@ -70,6 +72,11 @@ class BadRequest(RemoteError):
 class IntoItself(BadRequest):
     """400 "into_itself": a folder move whose target is inside the folder on the server (the
     target folder was moved into it elsewhere meanwhile)."""
+
+
+class BlocksMissing(BadRequest):
+    """400 "blocks_missing": a commit named blocks the server does not hold (collected since
+    they were uploaded, or never stored): upload them again and retry."""
 
 
 class Unauthorized(RemoteError):

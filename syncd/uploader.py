@@ -802,7 +802,7 @@ class Uploader:
                 res = rec
             else:
                 break
-        if isinstance(res, errors.BadRequest) and "missing" in res.body:
+        if isinstance(res, errors.BlocksMissing):
             raise errors.ServerError(f"blocks vanished before the commit of {it.op.path}")
         if isinstance(res, errors.RemoteError):
             if isinstance(res, errors.ServerError | errors.RateLimited | errors.Unauthorized):

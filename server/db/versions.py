@@ -31,7 +31,7 @@ from server.db.files import (
     record,
 )
 from server.db.journal import Actor
-from server.errors import BadRequest, Conflict, Exists, NotFound, TooLarge
+from server.errors import BadRequest, BlocksMissing, Conflict, Exists, NotFound, TooLarge
 from server.quota import check_commit
 from server.thinning import cap
 
@@ -194,7 +194,7 @@ def _check_blocks(conn: Conn, user_id: int, blocks: tuple[tuple[BlockId, int], .
     stored = block_rows.sizes(conn, user_id, ids, lock=True)
     missing = [b for b in dict.fromkeys(ids) if b not in stored]
     if missing:
-        raise BadRequest(f"{len(missing)} blocks are missing", missing=missing)
+        raise BlocksMissing(f"{len(missing)} blocks are missing", missing=missing)
     wrong = list(dict.fromkeys(b for b, size in blocks if stored[b] != size))
     if wrong:
         raise BadRequest(f"{len(wrong)} blocks have another size than declared", wrong_size=wrong)

@@ -64,6 +64,7 @@ _ERRORS: Mapping[str, type[errors.RemoteError]] = {
     "not_found": errors.NotFound,
     "no_parent": errors.ParentMissing,
     "into_itself": errors.IntoItself,
+    "blocks_missing": errors.BlocksMissing,
     "conflict": errors.Conflict,
     "exists": errors.Exists,
     "not_empty": errors.NotEmpty,

@@ -183,7 +183,7 @@ class FakeRemote:
             return self._record(self.entries[self.commit_ids[commit_id]])
         for bid, n in blocks:
             if bid not in self.blocks or len(self.blocks[bid]) != n:
-                raise errors.BadRequest("missing blocks", {"missing": [bid]})
+                raise errors.BlocksMissing("missing blocks", {"missing": [bid]})
         parent, name = self._parent(path)
         e = self._children(parent.id).get(name)
         if e is not None and e.kind != "file":

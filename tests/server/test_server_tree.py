@@ -64,7 +64,7 @@ def test_commit_create_update_conflict_and_idempotence(http: httpx.Client) -> No
     no_parent = commit(http, "/no/parent.txt", None, [b2], "c5")
     assert (no_parent.status_code, no_parent.json()["error"]) == (404, "no_parent")
     missing = commit(http, "/m.txt", None, [[hashlib.sha256(b"zz").hexdigest(), 2]], "c6")
-    assert missing.status_code == 400
+    assert (missing.status_code, missing.json()["error"]) == (400, "blocks_missing")
     assert missing.json()["missing"] == [hashlib.sha256(b"zz").hexdigest()]
     bad_size = http.post(
         "/api/v1/commit",
