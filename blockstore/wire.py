@@ -36,6 +36,7 @@ __all__ = [
     "BLOCK_RECORD_ID_BYTES",
     "BULK_ALPN",
     "CHANGE_OPS",
+    "COMMIT_ID_MAX",
     "ERROR_STATUS",
     "ERR_BAD_REQUEST",
     "ERR_CONFLICT",
@@ -96,6 +97,8 @@ the block routes, served by the server in a thread (docs/protocol.md "Transport"
 MAX_MISSING_IDS: Final = 10_000
 """Most ids in one `POST /api/v1/blocks/missing`."""
 LIST_LIMIT_MAX: Final = 5000
+COMMIT_ID_MAX: Final = 1024
+"""The longest commit id `GET /meta?commit_id=` looks up (a client's ids are far shorter)."""
 LONGPOLL_MIN_SECONDS: Final = 30
 LONGPOLL_MAX_SECONDS: Final = 480
 ROOT_ID: Final = 1

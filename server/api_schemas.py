@@ -11,6 +11,7 @@ from typing import Any
 
 from blockstore.wire import (
     CHANGE_OPS,
+    COMMIT_ID_MAX,
     FILE_KINDS,
     FILE_STATES,
     LIST_LIMIT_MAX,
@@ -160,4 +161,5 @@ COMPONENTS: dict[str, Schema] = {
 """`components/schemas` of the document."""
 
 LIST_LIMIT = count(LIST_LIMIT_MAX, minimum=1)
+COMMIT_ID: Schema = {"type": "string", "minLength": 1, "maxLength": COMMIT_ID_MAX}
 MOVE_MODE: Schema = {"enum": list(MOVE_MODES)}

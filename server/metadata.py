@@ -45,6 +45,10 @@ class Metadata:
         assert file_id is not None
         return await self.db.run(files.meta_by_id, who.ns_id, file_id)
 
+    async def meta_by_commit(self, who: Principal, commit_id: str) -> FileRecord:
+        """The version a commit made (for a client that never got the answer)."""
+        return await self.db.run(versions.meta_by_commit, who.ns_id, commit_id)
+
     async def list_dir(
         self,
         who: Principal,

@@ -20,6 +20,7 @@ from starlette.routing import Route
 from server.api_schemas import (
     BLOCK_ID,
     BLOCK_IDS,
+    COMMIT_ID,
     COMPONENTS,
     LIST_LIMIT,
     MODE,
@@ -198,8 +199,12 @@ PATHS: dict[str, dict[str, Schema]] = {
         body=obj({"ids": {**BLOCK_IDS, "minItems": 1, "maxItems": 64}}),
         errors=(404, 413, 500))},
     "/api/v1/meta": {"get": op(
-        "meta", "One entry's record, by path or by id", {200: record()},
-        params=[query("path", PATH), query("id", count(minimum=1))], errors=(404,))},
+        "meta", "One entry's record, by path, by id, or by a commit that made a version of it "
+        "(that version's record: for a client that never got the commit's answer)",
+        {200: record()},
+        params=[query("path", PATH), query("id", count(minimum=1)),
+                query("commit_id", COMMIT_ID)],
+        errors=(404,))},
     "/api/v1/list": {"get": op(
         "list", "A directory's children, paged by name; the directory by path or by id",
         {200: answer(obj({"entries": {"type": "array", "items": FILE},

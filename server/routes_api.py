@@ -17,7 +17,7 @@ from starlette.responses import Response
 from starlette.routing import Route
 
 from blockstore.errors import WireFormatError
-from blockstore.wire import LIST_LIMIT_MAX, MOVE_MODES, blocks_from_json
+from blockstore.wire import COMMIT_ID_MAX, LIST_LIMIT_MAX, MOVE_MODES, blocks_from_json
 from server.errors import BadRequest, RateLimited
 from server.feed import PollResult
 from server.services import CommitRequest, Principal, Services
@@ -120,6 +120,12 @@ async def whoami(request: Request) -> Response:
 
 async def meta(request: Request) -> Response:
     who = await principal(request)
+    commit_id = request.query_params.get("commit_id")
+    if commit_id is not None:
+        if not 0 < len(commit_id) <= COMMIT_ID_MAX:
+            raise BadRequest(f"query parameter 'commit_id' must be 1 to {COMMIT_ID_MAX} characters")
+        rec = await services(request).metadata.meta_by_commit(who, commit_id)
+        return json_response(rec.to_json())
     file_id = query_int(request, "id", None, minimum=1)
     path = None if file_id is not None else query_path(request)
     rec = await services(request).metadata.meta(who, path, file_id)

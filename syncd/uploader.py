@@ -660,6 +660,8 @@ class Uploader:
                 if node is not None and node.dirty is not None and not node.linked:
                     node = self._kept(op)  # written, then out of the tree: not by a program?
                 if node is None or node.kind != "file" or node.dirty is None or not node.linked:
+                    if node is not None:
+                        await self._settle_sent(op, node)
                     done.append(seq)  # committed by an earlier op, deleted, or not a file
                     continue
                 if _small_and_new(node):
@@ -677,8 +679,11 @@ class Uploader:
         for it in items:
             node = self._now(it)  # not the record it started from: was it written meanwhile?
             if node.dirty is None or not node.linked:
+                await self._settle_sent(it.op, node)
                 done.append(it.seq)
             elif node.dirty.gen == it.gen:
+                if it.op.digest != self._digest(it):  # another commit than the one sent
+                    await self._settle_sent(it.op, node)
                 self._set_commit_id(it)
                 ready.append(it)
         if len(ready) == 1:
@@ -759,14 +764,38 @@ class Uploader:
     def _now(self, it: _Item) -> Node:
         return self.state.current(it.node)
 
-    def _set_commit_id(self, it: _Item) -> None:
-        """Same content, base and path -> same id, even after a crash (idempotent retry)."""
+    async def _settle_sent(self, op: Commit, node: Node) -> None:
+        """`op` was sent before (it has a commit id) and is now done with unsent, or sent as
+        another commit: if the server made a version of the first one (its answer lost with
+        the connection, or to a kill), this file is that version there, and what follows
+        (the next commit, a move, a delete, which name the file by server id and revision)
+        must know it. Else a file removed here stayed on the server, shown nowhere here
+        (convergence seed 1540), or the next commit conflicted with its own last one."""
+        if op.commit_id is None:
+            return
+        try:
+            rec = await self.remote.made_by_commit(op.commit_id)
+        except errors.NotFound:
+            return  # it never arrived, or was refused
+        node = self.state.current(node)
+        if node.server_id not in (None, rec.id) or (node.rev or 0) >= rec.rev:
+            return  # known already, or this inode shows another file now
+        log.info("%s: the server made the version whose answer was lost", op.path)
+        with self.state.write() as w:
+            w.put_node(replace(node, server_id=rec.id, rev=rec.rev))
+
+    def _digest(self, it: _Item) -> str:
+        """What a commit id stands for: content, base and path."""
         node = self._now(it)
         key = repr((it.blocks, node.rev, it.op.path, node.mode)).encode()
-        digest = hashlib.sha256(key).hexdigest()
+        return hashlib.sha256(key).hexdigest()
+
+    def _set_commit_id(self, it: _Item) -> None:
+        """Same content, base and path -> same id, even after a crash (idempotent retry)."""
+        digest = self._digest(it)
         if it.op.digest != digest or it.op.commit_id is None:
             it.op.digest = digest
-            it.op.commit_id = f"{self.device}-{node.ino}-{uuid.uuid4().hex}"
+            it.op.commit_id = f"{self.device}-{it.op.ino}-{uuid.uuid4().hex}"
             with self.state.write() as w:
                 w.replace_op(it.seq, it.op)
 

@@ -80,28 +80,40 @@ def _content_hash(req: CommitRequest) -> str | None:
     return None
 
 
-def _previous(conn: Conn, actor: Actor, commit_id: str) -> FileRecord | None:
+def made_by_commit(conn: Conn, ns_id: int, commit_id: str) -> FileRecord | None:
+    """The version commit `commit_id` made (the file where it is now, at that revision),
+    or None if no version kept says it was made by that commit."""
     row = conn.execute(
         "SELECT file_id, rev, size, content_hash, mtime_ns FROM file_versions"
         " WHERE ns_id = ? AND commit_id = ?",
-        (actor.ns_id, commit_id),
+        (ns_id, commit_id),
     ).fetchone()
     if row is None:
         return None
-    frow = get_row(conn, actor.ns_id, int(row[0]))
+    frow = get_row(conn, ns_id, int(row[0]))
     assert frow is not None
     file_id, rev = int(row[0]), int(row[1])
     return record(
         conn,
-        actor.ns_id,
+        ns_id,
         frow,
-        path_of(conn, actor.ns_id, file_id),
+        path_of(conn, ns_id, file_id),
         rev=rev,
         size=int(row[2]),
         content_hash=row[3],
         mtime_ns=int(row[4]),
-        blocks=block_list(conn, actor.ns_id, file_id, rev),
+        blocks=block_list(conn, ns_id, file_id, rev),
     )
+
+
+def meta_by_commit(conn: Conn, ns_id: int, commit_id: str) -> FileRecord:
+    """GET /meta?commit_id=: what a commit whose answer a client never got made; 404 if
+    it made nothing (it never arrived, or was refused)."""
+    with read_txn(conn):
+        rec = made_by_commit(conn, ns_id, commit_id)
+    if rec is None:
+        raise NotFound(f"no version was made by commit {commit_id}")
+    return rec
 
 
 def prune(conn: Conn, actor: Actor, file_id: int, keep: int) -> None:
@@ -215,7 +227,7 @@ def commit(conn: Conn, actor: Actor, req: CommitRequest, limits: Limits) -> tupl
     with write_txn(conn):
         lock_namespace(conn, ns)
         if req.commit_id is not None:
-            previous = _previous(conn, actor, req.commit_id)
+            previous = made_by_commit(conn, ns, req.commit_id)
             if previous is not None:
                 return previous, False
         parent, name = need_parent_dir(conn, ns, req.path)

@@ -313,6 +313,11 @@ class RemoteClient:
         params: dict[str, str | int] = {"path": path} if path is not None else {"id": file_id or 1}
         return await self._record("GET", "/api/v1/meta", params=params)
 
+    async def made_by_commit(self, commit_id: str) -> FileRecord:
+        """The version commit `commit_id` made (NotFound: it made none), for a commit whose
+        answer never came."""
+        return await self._record("GET", "/api/v1/meta", params={"commit_id": commit_id})
+
     async def list_dir(
         self, path: str, limit: int = 5000, *, file_id: int | None = None
     ) -> list[FileRecord]:

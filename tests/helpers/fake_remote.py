@@ -41,7 +41,8 @@ class FakeRemote:
     def __init__(self) -> None:
         self.entries: dict[int, Entry] = {1: Entry(1, 1, "", "dir")}
         self.blocks: dict[BlockId, bytes] = {}
-        self.commit_ids: dict[str, int] = {}
+        self.commit_ids: dict[str, tuple[int, int]] = {}
+        """Commit id -> (file id, revision) of the version it made."""
         self._next = 100
         self.hook: Callable[[str], Awaitable[None]] | None = None
         """Awaited with the method's name at the start of every call."""
@@ -179,8 +180,8 @@ class FakeRemote:
         commit_id: str,
         base_id: int | None = None,
     ) -> FileRecord:
-        if commit_id in self.commit_ids and self.commit_ids[commit_id] in self.entries:
-            return self._record(self.entries[self.commit_ids[commit_id]])
+        if commit_id in self.commit_ids and self.commit_ids[commit_id][0] in self.entries:
+            return self._record(self.entries[self.commit_ids[commit_id][0]])
         for bid, n in blocks:
             if bid not in self.blocks or len(self.blocks[bid]) != n:
                 raise errors.BlocksMissing("missing blocks", {"missing": [bid]})
@@ -201,7 +202,7 @@ class FakeRemote:
             e.history.append(e.blocks)
         e.rev += 1
         e.blocks, e.size, e.mtime_ns, e.mode = tuple(blocks), size, mtime_ns, mode
-        self.commit_ids[commit_id] = e.id
+        self.commit_ids[commit_id] = (e.id, e.rev)
         return self._record(e)
 
     async def commit_batch(
@@ -258,6 +259,13 @@ class FakeRemote:
         if e is None or not self._live(e):
             raise errors.NotFound(f"no such entry: {path or file_id}")
         return self._record(e)
+
+    async def made_by_commit(self, commit_id: str) -> FileRecord:
+        await self._enter("made_by_commit")
+        if commit_id not in self.commit_ids or self.commit_ids[commit_id][0] not in self.entries:
+            raise errors.NotFound(f"no version was made by commit {commit_id}")
+        file_id, rev = self.commit_ids[commit_id]
+        return replace(self._record(self.entries[file_id]), rev=rev)
 
     async def move(
         self,

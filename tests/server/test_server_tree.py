@@ -141,6 +141,20 @@ def test_mkdir_symlink_setattr_list_paging(http: httpx.Client) -> None:
     assert by_id["path"] == "/d"
 
 
+def test_a_client_that_lost_a_commits_answer_asks_what_it_made(http: httpx.Client) -> None:
+    """`meta?commit_id=`: the version a commit made, where its file is now, or 404."""
+    first = commit(http, "/lost.txt", None, [put(http, b"v1")], "lost-1").json()
+    commit(http, "/lost.txt", 1, [put(http, b"v2")], "lost-2")
+    http.post("/api/v1/move", json={"from": "/lost.txt", "to": "/found.txt"})
+    made = http.get("/api/v1/meta", params={"commit_id": "lost-1"}).json()
+    assert (made["id"], made["rev"], made["path"]) == (first["id"], 1, "/found.txt")
+    assert http.get("/api/v1/meta", params={"commit_id": "lost-2"}).json()["rev"] == 2
+    never = http.get("/api/v1/meta", params={"commit_id": "never-sent"})
+    assert (never.status_code, never.json()["error"]) == (404, "not_found")
+    assert http.get("/api/v1/meta", params={"commit_id": ""}).status_code == 400
+    assert http.get("/api/v1/meta", params={"commit_id": "x" * 1025}).status_code == 400
+
+
 def test_a_folder_is_listed_by_id_wherever_it_moved(http: httpx.Client) -> None:
     """A client whose view of the tree is behind lists the folder it means by its id: by
     the old path it would get nothing, or another folder made there since."""

@@ -821,3 +821,55 @@ async def test_a_rename_refused_twice_in_one_second_keeps_both_copies_shown() ->
             assert len([n for n in local if "conflicted copy" in n]) == 2, local
         finally:
             h.close()
+
+
+async def test_a_file_whose_commit_answer_was_lost_and_was_then_replaced_is_not_left_behind() -> (
+    None
+):
+    """Seed 1540 of the convergence runs: `sed -i` wrote `.sed475` and renamed it over `a`;
+    the connection dropped while the server made `.sed475` (its answer lost), and a second
+    `sed -i` renamed `.sed481` over it before the retry. The retry skipped the commit (the
+    file was gone here), so the rename of `.sed475` was skipped too ("never reached the
+    server"), and `.sed475` stayed on the server and every other device, shown nowhere
+    here. The uploader asks what the lost commit made before it gives up on it."""
+    from syncd import errors
+
+    with tempfile.TemporaryDirectory() as tmp:
+        h = Harness(Path(tmp), random.Random(0))
+        remote = h.remote
+        sent, go_on = trio.Event(), trio.Event()
+        commit, commit_batch = remote.commit, remote.commit_batch
+
+        async def lose_first_answer(result: object) -> None:
+            if not sent.is_set():
+                sent.set()
+                await go_on.wait()  # the test renames the second file over it now
+                raise errors.Offline("connection dropped after the request was sent")
+
+        async def commit_lost(*args: object, **kw: object) -> FileRecord:
+            rec = await commit(*args, **kw)  # type: ignore[arg-type]
+            await lose_first_answer(rec)
+            return rec
+
+        async def commit_batch_lost(*args: object, **kw: object) -> object:
+            res = await commit_batch(*args, **kw)  # type: ignore[arg-type]
+            await lose_first_answer(res)
+            return res
+
+        try:
+            async with h.running():
+                await h.write("a", 0, 10, 1)
+                await h.idle()
+                remote.commit, remote.commit_batch = commit_lost, commit_batch_lost  # type: ignore[method-assign]
+                await h.write(".t1", 0, 10, 2)
+                await h.rename(".t1", "a")
+                with trio.fail_after(10):
+                    await sent.wait()
+                await h.write(".t2", 0, 10, 3)
+                await h.rename(".t2", "a")
+                go_on.set()
+                await h.idle()
+            assert remote.tree() == {"/a": bytes([3]) * 10}
+            assert sorted(name for name, _ in h.state.children(ROOT_INO)) == ["a"]
+        finally:
+            h.close()

@@ -321,6 +321,33 @@ def test_a_stale_delete_loses_to_a_newer_edit(
     assert (b.mnt / "x.txt").read_bytes() == b"B's newer edit\n"
 
 
+def test_two_saves_offline_over_a_file_replaced_elsewhere_leave_no_temporary_file(
+    a_offline_b: tuple[MountProcess, MountProcess, TcpProxy],
+) -> None:
+    """A saves `a` twice offline with `sed -i` (temporary file renamed over it) while B
+    moves `a` away and makes a new `a`. A's saves may not replace B's new file (another
+    file than A saw), so A's latest save becomes a conflicted copy, and no temporary file
+    is left anywhere. (Convergence seed 1540 left one behind when the first save's commit
+    answer was lost: tests/sync/test_sync_model.py.)"""
+    a, b, proxy = a_offline_b
+    (b.mnt / "a").write_bytes(b"v1\n")
+    wait_for(lambda: read_or_none(a.mnt / "a") == b"v1\n", "a on A")
+    go_offline(a, proxy)
+    os.rename(b.mnt / "a", b.mnt / "moved")
+    (b.mnt / "a").write_bytes(b"B's new a\n")
+    b.wait_synced()
+    subprocess.run(["sed", "-i", "s/v1/v2/", str(a.mnt / "a")], check=True)
+    subprocess.run(["sed", "-i", "s/v2/v3/", str(a.mnt / "a")], check=True)
+    proxy.restore()
+    final = converge(a, b)
+    names = sorted(final)
+    assert not [n for n in names if n.startswith((".sed", "sed"))], names
+    assert (b.mnt / "a").read_bytes() == b"B's new a\n"
+    assert (b.mnt / "moved").read_bytes() == b"v1\n"
+    copies = [n for n in names if n.startswith("a (conflicted copy")]
+    assert [(b.mnt / n).read_bytes() for n in copies] == [b"v3\n"], names
+
+
 def test_sed_in_place_keeps_the_history(
     a_offline_b: tuple[MountProcess, MountProcess, TcpProxy],
 ) -> None:
