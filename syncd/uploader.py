@@ -526,6 +526,10 @@ class Uploader:
                 try:
                     src = await self.remote.meta(file_id=node.server_id)
                 except errors.NotFound:
+                    if op.mode == "replace":
+                        landed = await self._landed_over(node, dst_id)
+                        if landed is not None:
+                            return landed
                     return await self._recreate_at(node, op)
                 if src.path != op.src:
                     op.src = src.path
@@ -553,6 +557,23 @@ class Uploader:
             rec = await self.remote.meta(file_id=node.server_id)
             self.conflicts.relocate(node, rec, own_moves=1)
             self._show_theirs(rec)
+
+    async def _landed_over(self, node: Node, dst_id: int | None) -> FileRecord | None:
+        """Our file is gone from the server after a rename over file `dst_id`: if that file
+        holds exactly our content, the rename is what took ours (its answer lost with the
+        connection, or to a kill; a rename over a file makes ours the next revision of it and
+        removes our entry), and that file is ours now. Else None: deleted elsewhere."""
+        node = self.state.current(node)
+        if dst_id is None or node.kind != "file" or node.blocks is None:
+            return None
+        try:
+            rec = await self.remote.meta(file_id=dst_id)
+        except errors.NotFound:
+            return None
+        if rec.kind != "file" or rec.blocks is None or tuple(rec.blocks) != node.blocks:
+            return None
+        log.info("%s: the rename over it was done, its answer lost", rec.path)
+        return rec
 
     async def _recreate_at(self, node: Node, op: Move) -> FileRecord | None:
         """A file moved here was deleted elsewhere meanwhile: keep what this device shows,

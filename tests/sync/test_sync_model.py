@@ -873,3 +873,48 @@ async def test_a_file_whose_commit_answer_was_lost_and_was_then_replaced_is_not_
             assert sorted(name for name, _ in h.state.children(ROOT_INO)) == ["a"]
         finally:
             h.close()
+
+
+async def test_a_rename_over_a_file_whose_answer_was_lost_is_not_done_twice() -> None:
+    """The rename of an editor's save (a temporary file over the original) reached the
+    server and its answer was lost. The retry finds the temporary file gone (the server
+    made it the next revision of the original and removed its entry) and took it for
+    deleted elsewhere: it committed the content again at the name, which conflicted with
+    the very revision it had made, and this device ended up showing only a conflicted copy
+    while the server also had the file under its name. The file it replaced holding
+    exactly our content says the rename was done."""
+    from syncd import errors
+
+    with tempfile.TemporaryDirectory() as tmp:
+        h = Harness(Path(tmp), random.Random(0))
+        remote = h.remote
+        move = remote.move
+        lost: list[bool] = []
+
+        async def move_answer_lost(*args: object, **kw: object) -> FileRecord:
+            rec = await move(*args, **kw)  # type: ignore[arg-type]
+            if not lost:
+                lost.append(True)
+                raise errors.Offline("connection dropped after the request was sent")
+            return rec
+
+        try:
+            async with h.running():
+                await h.write("a", 0, 10, 1)
+                await h.write(".save", 0, 10, 2)
+                await h.idle()
+                remote.move = move_answer_lost  # type: ignore[method-assign]
+                await h.rename(".save", "a")
+                await h.idle()
+            assert lost
+            assert remote.tree() == {"/a": bytes([2]) * 10}
+            assert sorted(name for name, _ in h.state.children(ROOT_INO)) == ["a"]
+            ino = await h._ino("a")
+            assert ino is not None
+            fh, _ = await h.vfs.open(ino, os.O_RDONLY)
+            try:
+                assert await h.vfs.read(fh, 0, 100) == bytes([2]) * 10
+            finally:
+                await h.vfs.release(fh)
+        finally:
+            h.close()
