@@ -235,9 +235,10 @@ class ConflictResolver:
             w.put_node(node)
             if not node.linked:
                 w.unlink(node.parent, node.name)
-        if node.linked and cur.kind == "file" and cur.path != path:
-            self.relocate(node, cur)  # the server's version is elsewhere now (renamed
-            # there): show it there, as the change feed (which was held back) would have
+        if node.linked and cur.kind == "file":
+            self.relocate(node, cur)  # show the server's version where the server has it:
+            # renamed there, or this inode was moved by the change feed (it kept its edit
+            # against a delete) while the name it was committed to got another file
         if self.on_entry is not None:
             self.on_entry(parent_ino, rec.name, rec.id)
         if self.on_changed is not None:

@@ -12,6 +12,7 @@ import os
 import random
 import tempfile
 from collections.abc import AsyncIterator
+from dataclasses import replace
 from pathlib import Path
 
 import trio
@@ -658,7 +659,6 @@ async def test_a_queued_commit_of_a_file_taken_out_of_the_tree_is_not_dropped() 
     queued) was out of the tree when the uploader came to it, though no program here had
     removed it, and the uploader dropped the commit as if the file had been deleted. It
     asks the mount first: the file comes back (under its name, if free) and is committed."""
-    from dataclasses import replace
 
     with tempfile.TemporaryDirectory() as tmp:
         h = Harness(Path(tmp), random.Random(0), reconciler=True)
@@ -916,5 +916,47 @@ async def test_a_rename_over_a_file_whose_answer_was_lost_is_not_done_twice() ->
                 assert await h.vfs.read(fh, 0, 100) == bytes([2]) * 10
             finally:
                 await h.vfs.release(fh)
+        finally:
+            h.close()
+
+
+async def test_a_conflict_shows_the_servers_file_at_its_name_not_where_the_feed_moved_ours() -> (
+    None
+):
+    """Seed 1540 of the convergence runs: this device appends to `c` offline; another
+    device moves `c` into `d` and deletes it there, and a third makes a new `c`. Back
+    online, the feed moves our inode into `d` (it keeps its local edit against the delete),
+    and our commit, sent to `/c`, conflicts with the new `c`: ours becomes a conflicted copy
+    and the inode shows the server's `c`. It stayed in `d`, where the server has nothing,
+    because it was relocated only when the server's file was elsewhere than the commit's
+    path, not than where the inode is shown."""
+    with tempfile.TemporaryDirectory() as tmp:
+        h = Harness(Path(tmp), random.Random(0), reconciler=True)
+        try:
+            async with h.running():
+                await h.write("c", 0, 10, 1)
+                await h.idle()
+            await h.write("c", 10, 5, 2)  # queued: the uploader is not running
+            ino = await h._ino("c")
+            d = await h.remote.mkdir("/d", 0o755)
+            moved = await h.remote.move("/c", "/d/c", "noreplace")
+            await h.remote.delete("/d/c", False)
+            bid = await _put_block(h.remote, bytes([3]) * 7)
+            new_c = await h.remote.commit("/c", None, [(bid, 7)], 7, 1, 0o644, "elsewhere-1")
+            gone = replace(moved, deleted=True)
+            h.tree.reconciler.apply_all([
+                _from_elsewhere(1, "mkdir", d),
+                _from_elsewhere(2, "move", moved, "/c"),
+                _from_elsewhere(3, "delete", gone),
+                _from_elsewhere(4, "create", new_c),
+            ])  # fmt: skip
+            async with h.running():
+                await h.idle()
+            server = h.remote.tree()
+            copies = [p for p in server if p.startswith("/c (conflicted copy")]
+            assert server["/c"] == bytes([3]) * 7
+            assert [server[p] for p in copies] == [bytes([1]) * 10 + bytes([2]) * 5], server
+            assert await h._ino("c") == ino
+            assert h.state.children(await h._ino("d") or 0) == []
         finally:
             h.close()
