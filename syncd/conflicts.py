@@ -80,6 +80,7 @@ class ConflictResolver:
         *,
         on_changed: Callable[[int], None] | None = None,
         on_entry: Callable[[int, str, int], None] | None = None,
+        relist_folder: Callable[[int], None] | None = None,
     ) -> None:
         self.state = state
         self.content = content
@@ -87,6 +88,7 @@ class ConflictResolver:
         self.device = device
         self.on_changed = on_changed
         self.on_entry = on_entry
+        self.relist_folder = relist_folder or (lambda ino: None)
 
     async def resolve(
         self,
@@ -180,7 +182,11 @@ class ConflictResolver:
             if node is None or node.server_id == rec.id or self.shown_elsewhere(rec.id, node):
                 continue
             with self.state.write() as w:
-                w.put_node(replace(node, server_id=rec.id))
+                w.put_node(replace(self.state.current(node), server_id=rec.id, listed=False))
+            # another device made that folder (and maybe put entries in it) while this one
+            # showed its own: the change feed could not show them here, not knowing the
+            # folder by that id yet (convergence seed 1571)
+            self.relist_folder(node.ino)
 
     def shown_elsewhere(self, server_id: int, node: Node) -> bool:
         """Whether a linked inode other than `node` shows the server's entry `server_id`."""
@@ -232,9 +238,8 @@ class ConflictResolver:
             node = replace(node, linked=False)
         node = replace(node, version=node.version + 1)
         with self.state.write() as w:
-            w.put_node(node)
-            if not node.linked:
-                w.unlink(node.parent, node.name)
+            w.put_node(node)  # unlinked: its entry goes, if it still names this inode (a
+            # program here may have renamed another file over it while we asked the server)
         if node.linked and cur.kind == "file":
             self.relocate(node, cur)  # show the server's version where the server has it:
             # renamed there, or this inode was moved by the change feed (it kept its edit

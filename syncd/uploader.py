@@ -117,11 +117,11 @@ class Uploader:
         here whose name the server already had as a folder (adopted: it may hold entries
         this device never heard of, since it showed its own empty folder)."""
         self.release_unlinked: Callable[[int], None] = lambda ino: None
+        """Set by the mount: drop the record of a removed file that nothing uses any more
+        (called once the last queued op naming it is done)."""
         self.keep_written: Callable[[int], bool] = lambda ino: False
         """Set by the mount (`Vfs.keep_written`): a written file out of the tree that no
         program here removed comes back, and its commit goes on."""
-        """Set by the mount: drop the record of a removed file that nothing uses any more
-        (called once the last queued op naming it is done)."""
         self._held_seq: int | None = None
         self.state = state
         self.content = content
@@ -131,8 +131,9 @@ class Uploader:
         self.on_changed = on_changed
         self.on_entry = on_entry
         self.conflicts = ConflictResolver(
-            state, content, remote, device, on_changed=on_changed, on_entry=on_entry
-        )
+            state, content, remote, device, on_changed=on_changed, on_entry=on_entry,
+            relist_folder=lambda ino: self.relist_folder(ino),
+        )  # fmt: skip
         self.online = True
         self.last_error: str | None = None
         self._wake = trio.Event()
@@ -633,6 +634,30 @@ class Uploader:
             return
         with self.state.write() as w:
             w.put_node(replace(node, rev=rec.rev, server_id=rec.id))
+        self._follow_folder(node, rec)
+
+    def _follow_folder(self, node: Node, rec: FileRecord) -> None:
+        """The server put our entry `rec` (shown here as `node`) into its folder by path.
+        If the folder shown here there is another one on the server (deleted and made
+        again elsewhere, or replaced by a folder of that name), it is that folder now, and
+        it is listed again: the change feed could not show the entries another device put
+        in it (it did not know that folder here), and never will (convergence seed 1571).
+        A folder shown elsewhere here under that id keeps it (moves show entries there)."""
+        node = self.state.current(node)
+        parent = self.state.node(node.parent) if node.linked else None
+        if (
+            parent is None
+            or rec.parent_id is None
+            or parent.ino == ROOT_INO
+            or parent.server_id in (None, rec.parent_id)
+            or self.conflicts.shown_elsewhere(rec.parent_id, parent)
+        ):
+            return
+        log.info("%s: its folder here is another folder on the server now; listing it",
+                 rec.path)  # fmt: skip
+        with self.state.write() as w:
+            w.put_node(replace(self.state.current(parent), server_id=rec.parent_id, listed=False))
+        self.relist_folder(parent.ino)
 
     def _adopt_moved(self, ino: int, rec: FileRecord) -> None:
         """After a move: this device shows what the server has for the entry now (the
@@ -662,6 +687,7 @@ class Uploader:
         if node.linked:  # where the server put it: in its folder by id (this device may
             self.conflicts.relocate(node, rec, own_moves=1)  # show that folder elsewhere, or
             # another local folder of that name), under the name it got (a copy's)
+            self._follow_folder(node, rec)
         if moved_on and self.on_changed is not None:
             self.on_changed(node.ino)
 
@@ -863,6 +889,7 @@ class Uploader:
         self.commits += 1
         # the record as it is now, after the answer: was the file written meanwhile?
         node = replace(self._now(it), server_id=res.id, rev=res.rev)
+        self._follow_folder(node, res)
         if node.dirty is not None and node.dirty.gen == it.gen:
             node = replace(node, blocks=tuple(it.blocks), size=it.size)
             node = self.content.finish_clean(node)

@@ -260,6 +260,16 @@ class FakeRemote:
             raise errors.NotFound(f"no such entry: {path or file_id}")
         return self._record(e)
 
+    async def list_dir(
+        self, path: str, limit: int = 5000, *, file_id: int | None = None
+    ) -> list[FileRecord]:
+        await self._enter("list_dir")
+        e = self.entries.get(file_id) if file_id is not None else self._find(path)
+        if e is None or not self._live(e) or e.kind != "dir":
+            raise errors.NotFound(f"no such folder: {path}")
+        kids = sorted(self._children(e.id).items(), key=lambda kv: kv[0].encode())
+        return [replace(self._record(c), blocks=None) for _, c in kids]
+
     async def made_by_commit(self, commit_id: str) -> FileRecord:
         await self._enter("made_by_commit")
         if commit_id not in self.commit_ids or self.commit_ids[commit_id][0] not in self.entries:

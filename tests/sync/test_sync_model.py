@@ -127,8 +127,8 @@ class Harness:
     async def _dir(self, path: str) -> tuple[int, bytes]:
         folder, _, name = path.rpartition("/")
         parent = ROOT_INO
-        if folder:
-            parent = (await self.vfs.lookup(ROOT_INO, folder.encode())).ino
+        for part in filter(None, folder.split("/")):
+            parent = (await self.vfs.lookup(parent, part.encode())).ino
         return parent, name.encode()
 
     async def _ino(self, path: str) -> int | None:
@@ -958,5 +958,98 @@ async def test_a_conflict_shows_the_servers_file_at_its_name_not_where_the_feed_
             assert [server[p] for p in copies] == [bytes([1]) * 10 + bytes([2]) * 5], server
             assert await h._ino("c") == ino
             assert h.state.children(await h._ino("d") or 0) == []
+        finally:
+            h.close()
+
+
+async def test_a_folder_re_created_elsewhere_and_adopted_here_is_listed_again() -> None:
+    """Seed 1571 of the convergence runs: this device puts a file into `y/z` offline while
+    another device deletes `y/z`, makes a new `y/z` and a file in it. The feed keeps our
+    `z` (it holds local work) and cannot show the new folder's file (it does not know that
+    folder); our commit, sent by path, lands in the new `y/z` (or, if the path is gone
+    when it is sent, re-creates it and finds the new one there). Our `z` takes that
+    folder's id and is listed again: else the other device's file is on the server and
+    every other device, never here."""
+    with tempfile.TemporaryDirectory() as tmp:
+        h = Harness(Path(tmp), random.Random(0), reconciler=True)
+        relisted: list[int] = []
+        h.uploader.relist_folder = relisted.append
+        try:
+            async with h.running():
+                await h.vfs.mkdir(ROOT_INO, b"y", 0o755)
+                y = await h._ino("y")
+                assert y is not None
+                await h.vfs.mkdir(y, b"z", 0o755)
+                await h.write("y/z/a", 0, 10, 1)
+                await h.idle()
+            await h.write("y/z/mine", 0, 10, 2)  # queued: the uploader is not running
+            z = await h._ino("y/z")
+            old_z = await h.remote.meta(path="/y/z")
+            old_a = await h.remote.meta(path="/y/z/a")
+            await h.remote.delete("/y/z", True)
+            new_z = await h.remote.mkdir("/y/z", 0o755)
+            bid = await _put_block(h.remote, bytes([3]) * 7)
+            theirs = await h.remote.commit("/y/z/new", None, [(bid, 7)], 7, 1, 0o644, "else-1")
+            h.tree.reconciler.apply_all([
+                _from_elsewhere(1, "delete", replace(old_a, deleted=True)),
+                _from_elsewhere(2, "delete", replace(old_z, deleted=True)),
+                _from_elsewhere(3, "mkdir", new_z),
+                _from_elsewhere(4, "create", theirs),
+            ])  # fmt: skip
+            async with h.running():
+                await h.idle()
+            assert z is not None
+            assert relisted == [z]
+            node = h.state.node(z)
+            assert node is not None
+            assert node.server_id == new_z.id
+            h.tree.remote = h.remote  # type: ignore[assignment]
+            h.tree.fresh.discard(z)
+            await h.tree.ensure_listed(z)
+            assert sorted(name for name, _ in h.state.children(z)) == ["mine", "new"]
+            assert h.remote.tree()["/y/z/mine"] == bytes([2]) * 10
+        finally:
+            h.close()
+
+
+async def test_a_save_over_a_file_whose_commit_conflicts_keeps_its_name() -> None:
+    """Seed 1576 of the convergence runs: `a` is written here and its commit is on the
+    wire when `sed -i` renames its temporary file over `a`; the commit then conflicts
+    (another device wrote `a`). The resolution, taking the replaced inode out of the tree,
+    removed the name `a` whatever it named by then: the saved file lost its entry here
+    while its record still said it was there, so `a` was on the server and every other
+    device, never again here."""
+    with tempfile.TemporaryDirectory() as tmp:
+        h = Harness(Path(tmp), random.Random(0))
+        try:
+            async with h.running():
+                await h.write("a", 0, 10, 1)
+                await h.idle()
+                a = await h.remote.meta(path="/a")
+                bid = await _put_block(h.remote, bytes([9]) * 10)
+                await h.remote.commit("/a", a.rev, [(bid, 10)], 10, 1, 0o644, "elsewhere-1")
+                h.want_inside, h.inside, h.release = True, trio.Event(), trio.Event()
+                await h.write("a", 0, 10, 2)
+                with trio.fail_after(5):
+                    await h.inside.wait()  # our commit of `a` is on the wire
+                await h.write(".save", 0, 10, 3)
+                await h.rename(".save", "a")
+                h.want_inside = False
+                h.release.set()
+                await h.idle()
+            names = sorted(name for name, _ in h.state.children(ROOT_INO))
+            assert names[0] == "a", names
+            assert names[1].startswith("a (conflicted copy from devT"), names
+            assert len(names) == 2, names
+            server = h.remote.tree()
+            assert server["/a"] == bytes([3]) * 10
+            assert server[f"/{names[1]}"] == bytes([2]) * 10
+            ino = await h._ino("a")
+            assert ino is not None
+            fh, _ = await h.vfs.open(ino, os.O_RDONLY)
+            try:
+                assert await h.vfs.read(fh, 0, 100) == bytes([3]) * 10
+            finally:
+                await h.vfs.release(fh)
         finally:
             h.close()
