@@ -480,7 +480,7 @@ class Uploader:
         if node is not None and node.server_id is None:
             log.debug("move of %s skipped: it never reached the server", op.src)
             return None  # the name on the server (if any) is another device's entry
-        taken: list[str] = []
+        taken: list[tuple[str, int | None]] = []  # names taken elsewhere, by what (if known)
         replaced = self.state.node(op.dst_ino) if op.dst_ino is not None else None
         dst_id = op.dst_id
         if dst_id is None and replaced is not None:
@@ -512,7 +512,9 @@ class Uploader:
                 # got entries: ours takes a conflicted-copy name, theirs stays
                 if node is None or op.mode == "exchange":
                     raise
-                taken.append(op.dst)
+                current = exc.current if isinstance(exc, errors.Conflict) else None
+                holder = current.get("id") if current is not None else None
+                taken.append((op.dst, holder if isinstance(holder, int) else None))
                 op.dst = self._rename_local(node, op.dst)
                 op.mode, op.dst_rev = "noreplace", None
                 continue
@@ -537,9 +539,12 @@ class Uploader:
                     continue
                 op.dst = await self._place_for(node, op.dst)
                 continue
-            for path in taken:  # show the other device's entry under the name it took
-                with contextlib.suppress(errors.NotFound):
-                    self._show_theirs(await self.remote.meta(path=path))
+            for path, holder in taken:  # show the other device's entry under the name it
+                with contextlib.suppress(errors.NotFound):  # took (by id: it may have moved on)
+                    if holder is None:
+                        self._show_theirs(await self.remote.meta(path=path))
+                    else:
+                        self._show_theirs(await self.remote.meta(file_id=holder))
             return rec
         raise errors.Conflict(f"could not move {op.src} to {op.dst}")
 

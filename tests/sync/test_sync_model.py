@@ -1053,3 +1053,43 @@ async def test_a_save_over_a_file_whose_commit_conflicts_keeps_its_name() -> Non
                 await h.vfs.release(fh)
         finally:
             h.close()
+
+
+async def test_a_name_taken_elsewhere_shows_the_entry_that_took_it_even_if_it_moved_on() -> None:
+    """This device renames `y/a` over `y/c`; meanwhile another device edits `c` (edits
+    beat the replace, so ours takes a conflicted-copy name) and renames `y` to `x`. The
+    entry that kept the name is shown by its id, in the folder the server has it in: asked
+    for by its old path, it was not found, and this device never showed it again."""
+    with tempfile.TemporaryDirectory() as tmp:
+        h = Harness(Path(tmp), random.Random(0))
+        try:
+            async with h.running():
+                await h.vfs.mkdir(ROOT_INO, b"y", 0o755)
+                await h.write("y/a", 0, 10, 1)
+                await h.write("y/c", 0, 10, 2)
+                await h.idle()
+            y = await h._ino("y")
+            await h.rename("y/a", "y/c")  # queued: the uploader is not running
+            c = await h.remote.meta(path="/y/c")
+            bid = await _put_block(h.remote, bytes([3]) * 10)
+            await h.remote.commit("/y/c", c.rev, [(bid, 10)], 10, 1, 0o644, "elsewhere-1")
+            renamed: list[bool] = []
+
+            async def rename_y_once_the_name_was_refused(name: str) -> None:
+                if name == "meta" and not renamed:  # asked for what kept the name
+                    renamed.append(True)
+                    await h.remote.move("/y", "/x", "noreplace")
+
+            h.remote.hook = rename_y_once_the_name_was_refused
+            async with h.running():
+                await h.idle()
+            assert renamed
+            assert y is not None
+            names = sorted(name for name, _ in h.state.children(y))
+            assert names[0] == "c", names
+            assert names[1].startswith("c (conflicted copy from devT"), names
+            server = h.remote.tree()
+            assert server["/x/c"] == bytes([3]) * 10
+            assert server[f"/x/{names[1]}"] == bytes([1]) * 10
+        finally:
+            h.close()
