@@ -14,6 +14,7 @@ Concurrency: trio thread; LMDB writes in short `with state.write()` blocks, no a
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import time
 from collections.abc import Callable
@@ -116,13 +117,16 @@ class ConflictResolver:
                 cur = FileRecord.from_json(current)
             except ValueError:
                 cur = None
-        if cur is None and node.server_id is not None and node.rev is not None:
-            try:
-                cur = await self.remote.meta(file_id=node.server_id)
-            except errors.NotFound:
-                cur = None
+        mine = node.server_id
+        if mine is not None and node.rev is not None and (cur is None or cur.id != mine):
+            # the path has no file, or another one: ours was renamed (and maybe edited)
+            # elsewhere, and another device may have made a file at its old name; the
+            # conflict is with ours, where it is now (else that one would be shown nowhere
+            # here once this inode shows the file at the path: convergence seed 1590)
+            with contextlib.suppress(errors.NotFound):
+                cur = await self.remote.meta(file_id=mine)
             node = self.state.current(node)  # as it is after the request
-            if cur is not None and cur.rev == node.rev and cur.kind == "file":
+            if cur is not None and cur.id == mine and cur.rev == node.rev and cur.kind == "file":
                 log.info("%s was renamed to %s meanwhile; committing there", path, cur.path)
                 try:
                     rec = await self._commit(cur.path, node.rev, node, blocks, size,

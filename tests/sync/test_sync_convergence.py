@@ -5,8 +5,8 @@ tree, nothing is pending or parked, and every acknowledged write is on the serve
 a file's history or in the trash). A failing seed prints its numbered operation log, the
 trees and the mounts' logs; `scripts/convergence --seed S --ops N` runs longer plans.
 
-Below them, minimal deterministic reproductions of the product bugs the random runs found
-(strict xfail: remove the mark with the fix)."""
+Below them, minimal deterministic reproductions of product bugs the random runs found (more
+are in tests/sync/test_sync_model.py and test_sync_never_lose.py, each naming its seed)."""
 
 from __future__ import annotations
 

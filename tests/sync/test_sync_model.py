@@ -1093,3 +1093,44 @@ async def test_a_name_taken_elsewhere_shows_the_entry_that_took_it_even_if_it_mo
             assert server[f"/x/{names[1]}"] == bytes([1]) * 10
         finally:
             h.close()
+
+
+async def test_an_edit_follows_its_file_renamed_elsewhere_past_a_new_file_at_its_name() -> None:
+    """Seed 1590 of the convergence runs: this device edits `c` while another device moves
+    `c` into `y` and a third makes a new `c`. Our commit (to `/c`, naming our file) meets
+    the new file there: it was taken for a conflict with it, so ours became a copy and our
+    inode showed the new file, and our own file, in `y`, was shown nowhere here. The edit
+    follows our file instead, as it does when nothing is at the old name."""
+    with tempfile.TemporaryDirectory() as tmp:
+        h = Harness(Path(tmp), random.Random(0), reconciler=True)
+        try:
+            async with h.running():
+                await h.write("c", 0, 10, 1)
+                await h.idle()
+            await h.write("c", 0, 5, 2)  # queued: the uploader is not running
+            ino = await h._ino("c")
+            y = await h.remote.mkdir("/y", 0o755)
+            moved = await h.remote.move("/c", "/y/c", "noreplace")
+            bid = await _put_block(h.remote, bytes([3]) * 7)
+            new_c = await h.remote.commit("/c", None, [(bid, 7)], 7, 1, 0o644, "elsewhere-1")
+            h.tree.reconciler.apply_all([
+                _from_elsewhere(1, "mkdir", y),
+                _from_elsewhere(2, "move", moved, "/c"),
+                _from_elsewhere(3, "create", new_c),
+            ])  # fmt: skip
+            async with h.running():
+                await h.idle()
+            assert h.remote.tree() == {
+                "/y": None,
+                "/y/c": bytes([2]) * 5 + bytes([1]) * 5,
+                "/c": bytes([3]) * 7,
+            }
+            h.tree.remote = h.remote  # type: ignore[assignment]
+            h.tree.fresh.clear()  # what the mount does once the queue is empty: list the
+            await h.tree.ensure_listed(ROOT_INO)  # folders the feed could not update
+            assert await h._ino("y/c") == ino
+            theirs = await h._ino("c")
+            assert theirs is not None
+            assert theirs != ino
+        finally:
+            h.close()
