@@ -176,18 +176,22 @@ class Harness:
         await self.vfs.rename(p_src, n_src, p_dst, n_dst, 0)
         self.model[dst] = self.model.pop(src)
 
+    async def read(self, path: str) -> bytes:
+        """The whole content of `path` as a program here reads it."""
+        ino = await self._ino(path)
+        assert ino is not None, f"{path} is missing"
+        fh, _ = await self.vfs.open(ino, os.O_RDONLY)
+        try:
+            return await self.vfs.read(fh, 0, 1 << 20)
+        finally:
+            await self.vfs.release(fh)
+
     async def check_reads(self) -> None:
         for path in FILES:
-            ino = await self._ino(path)
             if path not in self.model:
-                assert ino is None, f"{path} exists here but not in the model"
+                assert await self._ino(path) is None, f"{path} exists here but not in the model"
                 continue
-            assert ino is not None, f"{path} is missing"
-            fh, _ = await self.vfs.open(ino, os.O_RDONLY)
-            try:
-                got = await self.vfs.read(fh, 0, 1 << 20)
-            finally:
-                await self.vfs.release(fh)
+            got = await self.read(path)
             want = self.model[path]
             assert len(got) == len(want), f"{path}: {len(got)} bytes, model {len(want)}"
             assert got == want, f"{path}: first difference at {_first_diff(got, want)}"
@@ -909,13 +913,7 @@ async def test_a_rename_over_a_file_whose_answer_was_lost_is_not_done_twice() ->
             assert lost
             assert remote.tree() == {"/a": bytes([2]) * 10}
             assert sorted(name for name, _ in h.state.children(ROOT_INO)) == ["a"]
-            ino = await h._ino("a")
-            assert ino is not None
-            fh, _ = await h.vfs.open(ino, os.O_RDONLY)
-            try:
-                assert await h.vfs.read(fh, 0, 100) == bytes([2]) * 10
-            finally:
-                await h.vfs.release(fh)
+            assert await h.read("a") == bytes([2]) * 10
         finally:
             h.close()
 
@@ -1044,13 +1042,7 @@ async def test_a_save_over_a_file_whose_commit_conflicts_keeps_its_name() -> Non
             server = h.remote.tree()
             assert server["/a"] == bytes([3]) * 10
             assert server[f"/{names[1]}"] == bytes([2]) * 10
-            ino = await h._ino("a")
-            assert ino is not None
-            fh, _ = await h.vfs.open(ino, os.O_RDONLY)
-            try:
-                assert await h.vfs.read(fh, 0, 100) == bytes([3]) * 10
-            finally:
-                await h.vfs.release(fh)
+            assert await h.read("a") == bytes([3]) * 10
         finally:
             h.close()
 
