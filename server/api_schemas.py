@@ -141,6 +141,7 @@ COMMIT = obj(
     {
         "base_rev": nullable(count()),
         "base_id": nullable(count()),
+        "parent_id": nullable(count()),
         "mtime_ns": MTIME_NS,
         "mode": MODE,
         "commit_id": {"type": "string"},

@@ -93,9 +93,11 @@ class Metadata:
         await self.feed.notify(who.ns_id)
         return results
 
-    async def mkdir(self, who: Principal, path: str, mode: int) -> FileRecord:
-        """Create a directory."""
-        rec = await self.db.run(files.mkdir, actor_of(who), path, mode)
+    async def mkdir(
+        self, who: Principal, path: str, mode: int, parent_id: int | None = None
+    ) -> FileRecord:
+        """Create a directory (in the folder `parent_id`, if given)."""
+        rec = await self.db.run(files.mkdir, actor_of(who), path, mode, parent_id)
         await self.feed.notify(who.ns_id)
         return rec
 
@@ -105,9 +107,11 @@ class Metadata:
         if await self.db.run(files.make_parents, actor_of(who), path):
             await self.feed.notify(who.ns_id)
 
-    async def symlink(self, who: Principal, path: str, target: str) -> FileRecord:
-        """Create a symlink."""
-        rec = await self.db.run(files.symlink, actor_of(who), path, target)
+    async def symlink(
+        self, who: Principal, path: str, target: str, parent_id: int | None = None
+    ) -> FileRecord:
+        """Create a symlink (in the folder `parent_id`, if given)."""
+        rec = await self.db.run(files.symlink, actor_of(who), path, target, parent_id)
         await self.feed.notify(who.ns_id)
         return rec
 
@@ -129,11 +133,13 @@ class Metadata:
         dst_rev: int | None = None,
         src_id: int | None = None,
         dst_id: int | None = None,
+        dst_parent_id: int | None = None,
     ) -> FileRecord:
         """Move or rename atomically (a file renamed over a file becomes its next revision)."""
         rec = await self.db.run(
             moves.move, actor_of(who), src, dst, mode, keep=self.limits.revisions_kept,
             src_rev=src_rev, dst_rev=dst_rev, src_id=src_id, dst_id=dst_id,
+            dst_parent_id=dst_parent_id,
         )  # fmt: skip
         await self.feed.notify(who.ns_id)
         return rec

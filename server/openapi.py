@@ -225,10 +225,12 @@ PATHS: dict[str, dict[str, Schema]] = {
         errors=(413, 507))},
     "/api/v1/mkdir": {"post": op(
         "mkdir", "Make a directory", {200: record()},
-        body=obj({"path": PATH}, {"mode": MODE}), errors=WRITE)},
+        body=obj({"path": PATH}, {"mode": MODE, "parent_id": nullable(count())}),
+        errors=WRITE)},
     "/api/v1/symlink": {"post": op(
         "symlink", "Make a symbolic link", {200: record()},
-        body=obj({"path": PATH, "target": {"type": "string", "minLength": 1}}), errors=WRITE)},
+        body=obj({"path": PATH, "target": {"type": "string", "minLength": 1}},
+                 {"parent_id": nullable(count())}), errors=WRITE)},
     "/api/v1/setattr": {"post": op(
         "setattr", "Change mode or mtime", {200: record()},
         body=obj({"path": PATH}, {"mode": MODE, "mtime_ns": MTIME_NS}), errors=WRITE)},
@@ -236,7 +238,8 @@ PATHS: dict[str, dict[str, Schema]] = {
         "move", "Rename or move an entry (atomic)", {200: record()},
         body=obj({"from": PATH, "to": PATH},
                  {"mode": MOVE_MODE, "src_rev": nullable(count()), "dst_rev": nullable(count()),
-                  "src_id": nullable(count()), "dst_id": nullable(count())}),
+                  "src_id": nullable(count()), "dst_id": nullable(count()),
+                  "dst_parent_id": nullable(count())}),
         errors=WRITE)},
     "/api/v1/delete": {"post": op(
         "delete", "Move an entry to the trash", {200: answer(obj({"deleted": FILE}))},

@@ -158,6 +158,7 @@ def commit_request(item: object) -> CommitRequest:
         path=check_path(item.get("path"), entry=True),
         base_rev=get_int(item, "base_rev", optional=True),
         base_id=get_int(item, "base_id", optional=True),
+        parent_id=get_int(item, "parent_id", optional=True),
         blocks=blocks,
         size=get_int(item, "size") or 0,
         mtime_ns=get_int(item, "mtime_ns", optional=True, minimum=None) or time.time_ns(),
@@ -180,7 +181,9 @@ async def mkdir(request: Request) -> Response:
     body = await read_json(request, s.config.max_json_bytes)
     mode = get_mode(body)
     path = check_path(body.get("path"), entry=True)
-    rec = await s.metadata.mkdir(who, path, 0o755 if mode is None else mode)
+    rec = await s.metadata.mkdir(
+        who, path, 0o755 if mode is None else mode, get_int(body, "parent_id", optional=True)
+    )
     return json_response(rec.to_json())
 
 
@@ -191,7 +194,10 @@ async def symlink(request: Request) -> Response:
     target = get_str(body, "target")
     if not target or "\x00" in target or len(target.encode("utf-8")) > 4096:
         raise BadRequest("symlink target must be 1-4096 bytes without NUL")
-    rec = await s.metadata.symlink(who, check_path(body.get("path"), entry=True), target)
+    rec = await s.metadata.symlink(
+        who, check_path(body.get("path"), entry=True), target,
+        get_int(body, "parent_id", optional=True),
+    )  # fmt: skip
     return json_response(rec.to_json())
 
 
@@ -219,6 +225,7 @@ async def move(request: Request) -> Response:
         dst_rev=get_int(body, "dst_rev", optional=True),
         src_id=get_int(body, "src_id", optional=True),
         dst_id=get_int(body, "dst_id", optional=True),
+        dst_parent_id=get_int(body, "dst_parent_id", optional=True),
     )  # fmt: skip
     return json_response(rec.to_json())
 

@@ -443,11 +443,12 @@ class Uploader:
         (see `_place_for`), an existing entry of that name and kind is adopted, another kind
         there makes ours take a conflicted-copy name."""
         want = "dir" if isinstance(op, Mkdir) else "symlink"
-        for _ in range(MAX_RESOLVE_STEPS):
+        for step in range(MAX_RESOLVE_STEPS):
+            parent_id = self._folder_meant(node, op.path) if node and step == 0 else None
             try:
                 if isinstance(op, Mkdir):
-                    return await self.remote.mkdir(op.path, op.mode)
-                return await self.remote.symlink(op.path, op.target)
+                    return await self.remote.mkdir(op.path, op.mode, parent_id=parent_id)
+                return await self.remote.symlink(op.path, op.target, parent_id=parent_id)
             except errors.Exists:
                 rec = await self.remote.meta(path=op.path)
                 if node is not None and self.conflicts.shown_elsewhere(rec.id, node):
@@ -489,7 +490,7 @@ class Uploader:
             op.mode = "noreplace"  # what it replaces here never reached the server: the
             # name there, if taken, is another device's entry (then ours gets a copy name)
         src_rev = node.rev if node is not None and node.kind == "file" else None
-        for _ in range(MAX_RESOLVE_STEPS):
+        for step in range(MAX_RESOLVE_STEPS):
             if node is not None:
                 node = self.state.current(node)  # as it is after the last request
             try:
@@ -498,6 +499,7 @@ class Uploader:
                     op.src, op.dst, op.mode, dst_rev=seen, src_rev=src_rev,
                     src_id=node.server_id if node else None,
                     dst_id=dst_id if op.mode != "noreplace" else None,
+                    dst_parent_id=self._folder_meant(node, op.dst) if node and step == 0 else None,
                 )  # fmt: skip
             except (errors.Exists, errors.Conflict, errors.NotEmpty) as exc:
                 node = self.state.current(node) if node is not None else None
@@ -745,6 +747,7 @@ class Uploader:
                 res: FileRecord | errors.RemoteError = await self.remote.commit(
                     it.op.path, node.rev, it.blocks, it.size, node.mtime_ns, node.mode,
                     it.op.commit_id or "", base_id=node.server_id,
+                    parent_id=self._folder_meant(node, it.op.path),
                 )  # fmt: skip
             except errors.RemoteError as exc:
                 res = exc
@@ -864,7 +867,27 @@ class Uploader:
         }
         if node.rev is not None and node.server_id is not None:
             body["base_id"] = node.server_id
+        parent_id = self._folder_meant(node, it.op.path)
+        if parent_id is not None:
+            body["parent_id"] = parent_id
         return body
+
+    def _folder_meant(self, node: Node, path: str) -> int | None:
+        """The server id of the folder this device shows `node` in, if it shows it at `path`
+        (else None: by path). Sent with a change's first try, so that an entry whose folder
+        was renamed elsewhere, another folder made at the old path, follows its folder
+        (ParentMissing, then `_place_for`) instead of landing in the new one. Retries go by
+        path: `_place_for` has decided where the entry goes."""
+        node = self.state.current(node)
+        if not node.linked or node.parent == ROOT_INO:
+            return None
+        try:
+            if path_of(self.state, node.ino) != path:
+                return None
+        except KeyError:
+            return None
+        parent = self.state.node(node.parent)
+        return parent.server_id if parent is not None else None
 
     async def _finish(self, it: _Item, res: FileRecord | errors.RemoteError) -> bool:
         """Apply the server's answer to one commit; False if it was refused for now (the

@@ -59,12 +59,20 @@ def need(conn: Conn, ns_id: int, path: str) -> Row:
     return row
 
 
-def need_parent_dir(conn: Conn, ns_id: int, path: str) -> tuple[Row, str]:
-    """The live parent directory of `path` and the last name; 404 `no_parent` / 400."""
+def need_parent_dir(
+    conn: Conn, ns_id: int, path: str, parent_id: int | None = None
+) -> tuple[Row, str]:
+    """The live parent directory of `path` and the last name; 404 `no_parent` / 400.
+
+    `parent_id`: the folder the caller means. Another folder at that path (the caller's was
+    renamed or deleted elsewhere and a new one made there) is `no_parent` too, so the entry
+    follows its folder instead of landing in a stranger's."""
     parent_path, name = split_path(path)
     parent = resolve(conn, ns_id, parent_path)
     if parent is None:
         raise ParentMissing(f"parent directory does not exist: {parent_path}")
+    if parent_id is not None and int(parent["id"]) != parent_id:
+        raise ParentMissing(f"{parent_path} is another folder now (not id {parent_id})")
     if parent["kind"] != "dir":
         raise BadRequest(f"parent is not a directory: {parent_path}")
     return parent, name
@@ -216,18 +224,20 @@ def insert_entry(
 
 
 def _make(
-    conn: Conn, actor: Actor, path: str, kind: str, mode: int, target: str | None
-) -> FileRecord:
+    conn: Conn, actor: Actor, path: str, kind: str, mode: int, target: str | None,
+    parent_id: int | None,
+) -> FileRecord:  # fmt: skip
     with write_txn(conn):
         lock_namespace(conn, actor.ns_id)
-        return _make_in_txn(conn, actor, path, kind, mode, target)
+        return _make_in_txn(conn, actor, path, kind, mode, target, parent_id)
 
 
 def _make_in_txn(
-    conn: Conn, actor: Actor, path: str, kind: str, mode: int, target: str | None
-) -> FileRecord:
+    conn: Conn, actor: Actor, path: str, kind: str, mode: int, target: str | None,
+    parent_id: int | None = None,
+) -> FileRecord:  # fmt: skip
     """Create and journal one entry inside the caller's write transaction."""
-    parent, name = need_parent_dir(conn, actor.ns_id, path)
+    parent, name = need_parent_dir(conn, actor.ns_id, path, parent_id)
     existing = child(conn, actor.ns_id, int(parent["id"]), name)
     if existing is not None:
         raise Exists(f"already exists: {path}")
@@ -241,9 +251,11 @@ def _make_in_txn(
     return rec
 
 
-def mkdir(conn: Conn, actor: Actor, path: str, mode: int) -> FileRecord:
-    """POST /mkdir."""
-    return _make(conn, actor, path, "dir", mode, None)
+def mkdir(
+    conn: Conn, actor: Actor, path: str, mode: int, parent_id: int | None = None
+) -> FileRecord:
+    """POST /mkdir (`parent_id`: see `need_parent_dir`)."""
+    return _make(conn, actor, path, "dir", mode, None, parent_id)
 
 
 def make_parents(conn: Conn, actor: Actor, path: str) -> int:
@@ -268,9 +280,11 @@ def make_parents(conn: Conn, actor: Actor, path: str) -> int:
     return made
 
 
-def symlink(conn: Conn, actor: Actor, path: str, target: str) -> FileRecord:
-    """POST /symlink."""
-    return _make(conn, actor, path, "symlink", 0o777, target)
+def symlink(
+    conn: Conn, actor: Actor, path: str, target: str, parent_id: int | None = None
+) -> FileRecord:
+    """POST /symlink (`parent_id`: see `need_parent_dir`)."""
+    return _make(conn, actor, path, "symlink", 0o777, target, parent_id)
 
 
 def setattr_(

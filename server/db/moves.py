@@ -195,13 +195,15 @@ def move(
     dst_rev: int | None = None,
     src_id: int | None = None,
     dst_id: int | None = None,
+    dst_parent_id: int | None = None,
 ) -> FileRecord:
     """POST /move with mode noreplace | replace | exchange.
 
     `keep` is the number of revisions a file keeps (a rename-over adds one to the target);
     `src_rev`/`dst_rev` are the revisions the caller saw of the source and target files,
     `src_id`/`dst_id` their ids: a source that is another entry now is 404 (the caller's
-    entry is elsewhere or gone), a target that is another entry is 409 `conflict`.
+    entry is elsewhere or gone), a target that is another entry is 409 `conflict`;
+    `dst_parent_id` the destination folder (see `files.need_parent_dir`).
     """
     ns = actor.ns_id
     if src == ROOT_PATH or dst == ROOT_PATH:
@@ -212,7 +214,7 @@ def move(
         _check_rev(conn, ns, row, src, src_rev)
         if row["kind"] == "dir" and is_within(dst, src) and dst != src:
             raise IntoItself(f"cannot move a directory into itself: {src} -> {dst}")
-        parent, name = need_parent_dir(conn, ns, dst)
+        parent, name = need_parent_dir(conn, ns, dst, dst_parent_id)
         target = child(conn, ns, int(parent["id"]), name)
         if target is not None and int(target["id"]) == int(row["id"]):
             return record(conn, ns, row, src)

@@ -60,6 +60,8 @@ class CommitRequest:
     """The id of the file `base_rev` is a revision of: another file now at `path` (the
     caller's moved or deleted elsewhere, a new one made there) is a conflict, even at the
     same revision number (revisions count per file)."""
+    parent_id: int | None = None
+    """The folder the caller means (see `files.need_parent_dir`)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -230,7 +232,7 @@ def commit(conn: Conn, actor: Actor, req: CommitRequest, limits: Limits) -> tupl
             previous = made_by_commit(conn, ns, req.commit_id)
             if previous is not None:
                 return previous, False
-        parent, name = need_parent_dir(conn, ns, req.path)
+        parent, name = need_parent_dir(conn, ns, req.path, req.parent_id)
         row = child(conn, ns, int(parent["id"]), name)
         if row is not None and row["kind"] != "file":
             if req.base_rev is None and not req.overwrite:

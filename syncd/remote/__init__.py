@@ -340,11 +340,19 @@ class RemoteClient:
                 return out
             after = nxt
 
-    async def mkdir(self, path: str, mode: int) -> FileRecord:
-        return await self._record("POST", "/api/v1/mkdir", json={"path": path, "mode": mode})
+    async def mkdir(self, path: str, mode: int, *, parent_id: int | None = None) -> FileRecord:
+        """`POST /api/v1/mkdir`. `parent_id`: the folder meant (ParentMissing if the folder
+        at that path is another one now); the same for `symlink` and `commit`."""
+        body: dict[str, Any] = {"path": path, "mode": mode}
+        if parent_id is not None:
+            body["parent_id"] = parent_id
+        return await self._record("POST", "/api/v1/mkdir", json=body)
 
-    async def symlink(self, path: str, target: str) -> FileRecord:
-        return await self._record("POST", "/api/v1/symlink", json={"path": path, "target": target})
+    async def symlink(self, path: str, target: str, *, parent_id: int | None = None) -> FileRecord:
+        body: dict[str, Any] = {"path": path, "target": target}
+        if parent_id is not None:
+            body["parent_id"] = parent_id
+        return await self._record("POST", "/api/v1/symlink", json=body)
 
     async def setattr(
         self, path: str, mode: int | None = None, mtime_ns: int | None = None
@@ -366,15 +374,17 @@ class RemoteClient:
         dst_rev: int | None = None,
         src_id: int | None = None,
         dst_id: int | None = None,
+        dst_parent_id: int | None = None,
     ) -> FileRecord:
         """`POST /api/v1/move`. `src_rev`/`dst_rev`: the revisions this device saw of the
         source and target files; the server refuses (Conflict) if either moved on.
         `src_id`/`dst_id`: the entries this device means (NotFound if the source, Conflict
-        if the target, is another entry now). A file renamed over a file answers the
-        target's record (its id, a new revision)."""
+        if the target, is another entry now); `dst_parent_id` the destination folder
+        (ParentMissing if another folder has its path now). A file renamed over a file
+        answers the target's record (its id, a new revision)."""
         body: dict[str, Any] = {"from": src, "to": dst, "mode": mode}
         for key, value in (("src_rev", src_rev), ("dst_rev", dst_rev), ("src_id", src_id),
-                           ("dst_id", dst_id)):  # fmt: skip
+                           ("dst_id", dst_id), ("dst_parent_id", dst_parent_id)):  # fmt: skip
             if value is not None:
                 body[key] = value
         return await self._record("POST", "/api/v1/move", json=body)
@@ -500,9 +510,11 @@ class RemoteClient:
         commit_id: str,
         *,
         base_id: int | None = None,
+        parent_id: int | None = None,
     ) -> FileRecord:
         """`POST /api/v1/commit`. `base_id`: the server id of the file `base_rev` is a
-        revision of (another file now at `path` is then a conflict, whatever its revision)."""
+        revision of (another file now at `path` is then a conflict, whatever its revision);
+        `parent_id`: the folder meant (ParentMissing if another folder has its path now)."""
         body: dict[str, Any] = {
             "path": path,
             "base_rev": base_rev,
@@ -514,6 +526,8 @@ class RemoteClient:
         }
         if base_rev is not None and base_id is not None:
             body["base_id"] = base_id
+        if parent_id is not None:
+            body["parent_id"] = parent_id
         return await self._record("POST", "/api/v1/commit", json=body)
 
     async def put_blocks_batch(self, items: Sequence[tuple[BlockId, Sequence[Buffer]]]) -> None:

@@ -75,11 +75,13 @@ class FakeRemote:
             e = nxt
         return e
 
-    def _parent(self, path: str) -> tuple[Entry, str]:
+    def _parent(self, path: str, parent_id: int | None = None) -> tuple[Entry, str]:
         head, _, name = path.rpartition("/")
         parent = self._find(head or "/")
         if parent is None or parent.kind != "dir":
             raise errors.ParentMissing(f"parent directory does not exist: {path}")
+        if parent_id is not None and parent.id != parent_id:
+            raise errors.ParentMissing(f"{head} is another folder now: {path}")
         return parent, name
 
     def _record(self, e: Entry) -> FileRecord:
@@ -165,9 +167,12 @@ class FakeRemote:
         commit_id: str,
         *,
         base_id: int | None = None,
+        parent_id: int | None = None,
     ) -> FileRecord:
         await self._enter("commit")
-        return self._commit(path, base_rev, blocks, size, mtime_ns, mode, commit_id, base_id)
+        return self._commit(
+            path, base_rev, blocks, size, mtime_ns, mode, commit_id, base_id, parent_id
+        )
 
     def _commit(
         self,
@@ -179,13 +184,14 @@ class FakeRemote:
         mode: int,
         commit_id: str,
         base_id: int | None = None,
+        parent_id: int | None = None,
     ) -> FileRecord:
         if commit_id in self.commit_ids and self.commit_ids[commit_id][0] in self.entries:
             return self._record(self.entries[self.commit_ids[commit_id][0]])
         for bid, n in blocks:
             if bid not in self.blocks or len(self.blocks[bid]) != n:
                 raise errors.BlocksMissing("missing blocks", {"missing": [bid]})
-        parent, name = self._parent(path)
+        parent, name = self._parent(path, parent_id)
         e = self._children(parent.id).get(name)
         if e is not None and e.kind != "file":
             raise errors.Conflict(f"not a file: {path}", {"current": self._record(e).to_json()})
@@ -222,22 +228,23 @@ class FakeRemote:
                         c["mode"],
                         c["commit_id"],
                         c.get("base_id"),
+                        c.get("parent_id"),
                     )
                 )
             except errors.RemoteError as exc:
                 out.append(exc)
         return out
 
-    async def mkdir(self, path: str, mode: int) -> FileRecord:
+    async def mkdir(self, path: str, mode: int, *, parent_id: int | None = None) -> FileRecord:
         await self._enter("mkdir")
-        parent, name = self._parent(path)
+        parent, name = self._parent(path, parent_id)
         if name in self._children(parent.id):
             raise errors.Exists(f"exists: {path}")
         return self._record(self._new(parent, name, "dir", mode=mode))
 
-    async def symlink(self, path: str, target: str) -> FileRecord:
+    async def symlink(self, path: str, target: str, *, parent_id: int | None = None) -> FileRecord:
         await self._enter("symlink")
-        parent, name = self._parent(path)
+        parent, name = self._parent(path, parent_id)
         if name in self._children(parent.id):
             raise errors.Exists(f"exists: {path}")
         return self._record(self._new(parent, name, "symlink", mode=0o777, target=target))
@@ -287,6 +294,7 @@ class FakeRemote:
         dst_rev: int | None = None,
         src_id: int | None = None,
         dst_id: int | None = None,
+        dst_parent_id: int | None = None,
     ) -> FileRecord:
         await self._enter("move")
         e = self._find(src)
@@ -294,7 +302,7 @@ class FakeRemote:
             raise errors.NotFound(f"no such entry: {src}")
         if src_rev is not None and e.kind == "file" and e.rev != src_rev:
             raise errors.Conflict("source moved on", {"current": self._record(e).to_json()})
-        parent, name = self._parent(dst)
+        parent, name = self._parent(dst, dst_parent_id)
         target = self._children(parent.id).get(name)
         if target is e:
             return self._record(e)

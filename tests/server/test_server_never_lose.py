@@ -215,6 +215,43 @@ def test_missing_parent_is_no_parent(http: httpx.Client) -> None:
     assert _meta(http, "/missing/f").json()["error"] == "not_found"
 
 
+def test_a_change_names_the_folder_it_means(http: httpx.Client) -> None:
+    """A folder renamed elsewhere, a new one made at its old path: a change that names the
+    old folder's id is `no_parent` (it follows its folder), not put in the new folder."""
+    old = http.post("/api/v1/mkdir", json={"path": "/docs"}).json()
+    assert http.post("/api/v1/move", json={"from": "/docs", "to": "/archive"}).status_code == 200
+    new = http.post("/api/v1/mkdir", json={"path": "/docs"}).json()
+    b = put(http, b"meant for the old folder")
+    body = {"path": "/docs/f", "base_rev": None, "blocks": [b], "size": b[1], "mtime_ns": 1,
+            "commit_id": "pid1", "parent_id": old["id"]}  # fmt: skip
+    r = http.post("/api/v1/commit", json=body)
+    assert (r.status_code, r.json()["error"]) == (404, "no_parent")
+    (item,) = http.post("/api/v1/commit/batch", json={"commits": [body]}).json()["results"]
+    assert item["error"] == "no_parent"
+    assert (
+        http.post("/api/v1/mkdir", json={"path": "/docs/d", "parent_id": old["id"]}).json()["error"]
+        == "no_parent"
+    )
+    answer = http.post(
+        "/api/v1/symlink", json={"path": "/docs/l", "target": "x", "parent_id": old["id"]}
+    )
+    assert answer.json()["error"] == "no_parent"
+    commit(http, "/loose", None, [b], "pid2")
+    moved = http.post("/api/v1/move", json={"from": "/loose", "to": "/docs/loose",
+                                             "dst_parent_id": old["id"]})  # fmt: skip
+    assert moved.json()["error"] == "no_parent"
+    listing = http.get("/api/v1/list", params={"path": "/docs"}).json()["entries"]
+    assert listing == []  # nothing landed in the new folder
+    # Naming the folder that is there (or none, as older clients do) goes ahead.
+    ok = http.post("/api/v1/commit", json={**body, "commit_id": "pid3", "parent_id": new["id"]})
+    assert (ok.status_code, ok.json()["path"]) == (200, "/docs/f")
+    there = http.post("/api/v1/commit", json={**body, "path": "/archive/f", "commit_id": "pid4"})
+    assert there.status_code == 200
+    moved = http.post("/api/v1/move", json={"from": "/loose", "to": "/archive/loose",
+                                             "dst_parent_id": old["id"]})  # fmt: skip
+    assert moved.json()["path"] == "/archive/loose"
+
+
 async def test_remote_client_sends_revisions_and_maps_no_parent(
     shared_server: ServerProcess, new_user: tuple[str, str]
 ) -> None:

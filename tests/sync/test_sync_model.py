@@ -1126,3 +1126,53 @@ async def test_an_edit_follows_its_file_renamed_elsewhere_past_a_new_file_at_its
             assert theirs != ino
         finally:
             h.close()
+
+
+async def test_new_entries_follow_their_folder_renamed_elsewhere_past_a_new_one_there() -> None:
+    """This device makes a file, a folder and a link in `d` and moves a file into it while
+    another device renames `d` to `e` and makes a new `d`. Sent by path, they would land in
+    the new `d`; they name the folder they mean (`parent_id`), so they follow it to `e`,
+    and the new `d` stays empty."""
+    with tempfile.TemporaryDirectory() as tmp:
+        h = Harness(Path(tmp), random.Random(0), reconciler=True)
+        try:
+            async with h.running():
+                await h.vfs.mkdir(ROOT_INO, b"d", 0o755)
+                await h.write("loose", 0, 10, 4)
+                await h.idle()
+            d = await h._ino("d")
+            assert d is not None
+            await h.write("d/new", 0, 10, 1)  # queued: the uploader is not running
+            await h.vfs.mkdir(d, b"sub", 0o755)
+            await h.vfs.symlink(d, b"link", b"new")
+            await h.rename("loose", "d/loose")
+            old = await h.remote.move("/d", "/e", "noreplace")
+            new_d = await h.remote.mkdir("/d", 0o755)
+            async with h.running():
+                await h.idle()
+            tree = h.remote.tree()
+            assert tree["/e/new"] == bytes([1]) * 10
+            assert tree["/e/loose"] == bytes([4]) * 10
+            assert "/e/sub" in tree and "/e/link" in tree
+            assert [p for p in tree if p.startswith("/d/")] == []
+            h.tree.reconciler.apply_all([
+                _from_elsewhere(1, "move", old, "/d"),
+                _from_elsewhere(2, "mkdir", new_d),
+            ])  # fmt: skip
+            h.tree.remote = h.remote  # type: ignore[assignment]
+            h.tree.fresh.clear()
+            await h.tree.ensure_listed(ROOT_INO)
+            assert await h._ino("e") == d
+            assert sorted(name for name, _ in h.state.children(d)) == [
+                "link",
+                "loose",
+                "new",
+                "sub",
+            ]
+            new_here = await h._ino("d")
+            assert new_here is not None and new_here != d
+            await h.tree.ensure_listed(new_here)
+            assert list(h.state.children(new_here)) == []
+            assert h.state.parked() == []
+        finally:
+            h.close()
