@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import errno
 import logging
-import time
+import math
 from dataclasses import replace
 from typing import TYPE_CHECKING
 
@@ -96,15 +96,20 @@ class TreeSync:
         self.reconciler = reconciler
         self.fresh: set[int] = set()
         self.online = remote is not None
-        self._offline_since = 0.0
+        self._offline_since = -math.inf
         self._locks: dict[int, trio.Lock] = {}
 
     def mark_offline(self) -> None:
         self.online = False
-        self._offline_since = time.monotonic()
+        self._offline_since = trio.current_time()
 
     def mark_online(self) -> None:
         self.online = True
+
+    def _may_ask(self) -> bool:
+        """Whether to ask the server now: online, or offline long enough to try again
+        (else a program waits for a timeout at every request while the server is away)."""
+        return self.online or trio.current_time() - self._offline_since > OFFLINE_RECHECK_S
 
     async def ensure_listed(self, dir_ino: int) -> None:
         """List `dir_ino` from the server if not done this session.
@@ -120,8 +125,7 @@ class TreeSync:
         if node.server_id is None:
             self.fresh.add(dir_ino)  # created here, the server has nothing more
             return
-        recheck = time.monotonic() - self._offline_since > OFFLINE_RECHECK_S
-        if self.remote is None or self.reconciler is None or (not self.online and not recheck):
+        if self.remote is None or self.reconciler is None or not self._may_ask():
             if node.listed:
                 return
             raise errors.Offline("directory never listed and the server is unreachable")
@@ -161,13 +165,19 @@ class TreeSync:
             return
         if self.remote is None:
             raise errors.Offline("no server configured")
+        if not self._may_ask():
+            raise errors.Offline(f"{node.name}: its content was never fetched here")
         try:
             with trio.fail_after(LIST_TIMEOUT_S * 2):
                 rec = await self.remote.meta(file_id=node.server_id)
+        except (errors.Offline, trio.TooSlowError) as exc:
+            self.mark_offline()
+            raise errors.Offline(f"{node.name}: cannot fetch its block list: {exc}") from exc
         except errors.NotFound:
             if self.reconciler is not None:  # deleted elsewhere and the feed did not say
                 self.reconciler.gone(node.ino)
             raise FileNotFoundError(errno.ENOENT, f"{node.name} was deleted elsewhere") from None
+        self.mark_online()
         node = self.state.current(node)  # as it is now, after the request
         if node.dirty is not None or node.blocks is not None:
             return  # written here meanwhile, or updated by the feed: newer than this answer

@@ -19,6 +19,7 @@ import trio.testing
 from blockstore.chunker import chunk_bytes
 from blockstore.ids import BlockId, block_id
 from blockstore.wire import Change, FileRecord
+from syncd import errors
 from syncd import ranges as rg
 from syncd.changes import ChangeApplier
 from syncd.follower import MAX_BACKOFF_S, Follower, backoff_delay
@@ -26,7 +27,7 @@ from syncd.queue_ops import Commit
 from syncd.rechunk import WINDOW_BYTES, NewChunk, plan, rechunk
 from syncd.remote import RemoteClient
 from syncd.state import LOCAL_INO_BASE, ROOT_INO, Dirty, Node, StateDB, WouldCycle
-from syncd.tree import TreeSync, path_of
+from syncd.tree import OFFLINE_RECHECK_S, TreeSync, path_of
 
 MIB = 1 << 20
 
@@ -526,6 +527,49 @@ async def test_a_block_list_that_arrives_after_a_write_here_is_not_applied(
     assert after.size == 3
     assert after.dirty is not None
     assert after.blocks is None
+
+
+async def test_a_block_list_is_not_waited_for_while_the_server_is_known_away(
+    state: StateDB, autojump_clock: trio.testing.MockClock
+) -> None:
+    """Offline, opening a file whose block list never came (listings carry none) fails
+    at once with Offline, not after a timeout each time; the server is asked again after
+    OFFLINE_RECHECK_S, and an answer marks it reachable."""
+    with state.write() as w:
+        w.put_node(Node(ino=91, parent=ROOT_INO, name="g", kind="file", mode=0o644, size=2,
+                        server_id=91, rev=1))  # fmt: skip
+        w.link(ROOT_INO, "g", 91)
+    asked: list[float] = []
+
+    class Away:
+        up = False
+
+        async def meta(self, path: str | None = None, file_id: int | None = None) -> FileRecord:
+            asked.append(trio.current_time())
+            if not self.up:
+                await trio.sleep(3)  # a connect that takes its time, then fails
+                raise errors.Offline("connection refused")
+            return FileRecord.from_json(_rec(91, 1, "/g", size=2))
+
+    remote = Away()
+    tree = TreeSync(state, remote)  # type: ignore[arg-type]
+    node = state.node(91)
+    assert node is not None
+    with pytest.raises(errors.Offline):
+        await tree.load_blocks(node)
+    assert not tree.online
+    start = trio.current_time()
+    with pytest.raises(errors.Offline, match="never fetched"):
+        await tree.load_blocks(node)
+    assert trio.current_time() == start  # at once, the server not asked
+    assert len(asked) == 1
+    await trio.sleep(OFFLINE_RECHECK_S + 0.1)
+    remote.up = True
+    await tree.load_blocks(node)
+    assert tree.online
+    after = state.node(91)
+    assert after is not None
+    assert after.blocks is not None
 
 
 def test_a_name_never_leads_to_an_inode_whose_record_is_elsewhere(state: StateDB) -> None:
