@@ -52,6 +52,21 @@ class Web:
     def go(self, path: str) -> None:
         self.d.get(self.srv.url + path)
 
+    def sign_in(self) -> None:
+        """Sign in through the login page unless the session is still on."""
+        self.go("/")
+        if self.d.current_url.endswith("/login"):
+            self.css("#user").send_keys(self.user)
+            self.css("#password").send_keys(self.password)
+            self.css("form.login button").click()
+        self.wait(lambda: self.d.find_elements(By.ID, "listing"))
+
+    def sign_out(self) -> None:
+        self.go("/")
+        if not self.d.current_url.endswith("/login"):
+            self.css("form.signout button").click()
+            self.wait(lambda: self.d.current_url.endswith("/login"))
+
     def wait(self, what: Callable[[], Any], timeout: float = WAIT) -> Any:
         return WebDriverWait(self.d, timeout, ignored_exceptions=[StaleElementReferenceException]
                              ).until(lambda _: what())  # fmt: skip
@@ -127,7 +142,9 @@ def _label(link: WebElement) -> str:
 
 
 @pytest.fixture(scope="module")
-def web(shared_server: ServerProcess, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Web]:
+def browser(
+    shared_server: ServerProcess, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[Web]:
     root = tmp_path_factory.mktemp("web")
     user = f"w{uuid.uuid4().hex[:8]}"
     shared_server.add_user(user, "pw-" + user)
@@ -137,6 +154,13 @@ def web(shared_server: ServerProcess, tmp_path_factory: pytest.TempPathFactory) 
         yield Web(driver, shared_server, user, root)
     finally:
         driver.quit()
+
+
+@pytest.fixture
+def web(browser: Web) -> Web:
+    """The module's browser, signed in: each test also runs alone."""
+    browser.sign_in()
+    return browser
 
 
 def _png(width: int, height: int) -> bytes:
@@ -151,7 +175,9 @@ def _png(width: int, height: int) -> bytes:
             + chunk(b"IEND", b""))  # fmt: skip
 
 
-def test_sign_in(web: Web) -> None:
+def test_sign_in(browser: Web) -> None:
+    web = browser
+    web.sign_out()
     web.go("/")
     assert web.d.current_url.endswith("/login")
     web.css("#user").send_keys(web.user)
@@ -234,6 +260,9 @@ def test_drag_and_drop_uploads(web: Web) -> None:
 
 
 def test_rename_move_delete_and_restore_from_trash(web: Web) -> None:
+    with web.srv.client(web.token()) as http:
+        r = http.post("/files/upload", params={"path": "/report.bin"}, content=b"figures")
+        r.raise_for_status()
     web.go("/")
     web.css("#new-folder").send_keys("Projects")
     web.css("#new-folder + button").click()
@@ -317,7 +346,7 @@ def test_a_hostile_name_is_shown_as_text(web: Web) -> None:
 @requires_fuse
 def test_a_file_written_on_a_mount_appears(web: Web) -> None:
     web.go("/")
-    web.row("Projects")
+    web.wait(lambda: web.d.find_elements(By.ID, "listing"))
     home = login_home(web.srv, web.root / "home", web.user, web.password, device="laptop")
     with MountProcess(home, web.root / "mnt") as m:
         (m.mnt / "from-laptop.txt").write_text("hello from the laptop")
