@@ -649,7 +649,10 @@ class Uploader:
         again elsewhere, or replaced by a folder of that name), it is that folder now, and
         it is listed again: the change feed could not show the entries another device put
         in it (it did not know that folder here), and never will (convergence seed 1571).
-        A folder shown elsewhere here under that id keeps it (moves show entries there)."""
+        A folder shown elsewhere here under that id keeps it, and our entry is shown in it:
+        left in the folder here, which the server no longer has for it, it went from this
+        device's view when the feed removed that folder, and the feed skips our own change
+        that made it (convergence seed 1638)."""
         node = self.state.current(node)
         parent = self.state.node(node.parent) if node.linked else None
         if (
@@ -657,8 +660,10 @@ class Uploader:
             or rec.parent_id is None
             or parent.ino == ROOT_INO
             or parent.server_id in (None, rec.parent_id)
-            or self.conflicts.shown_elsewhere(rec.parent_id, parent)
         ):
+            return
+        if self.conflicts.shown_elsewhere(rec.parent_id, parent):
+            self.conflicts.relocate(node, rec)
             return
         log.info("%s: its folder here is another folder on the server now; listing it",
                  rec.path)  # fmt: skip

@@ -1153,7 +1153,8 @@ async def test_new_entries_follow_their_folder_renamed_elsewhere_past_a_new_one_
             tree = h.remote.tree()
             assert tree["/e/new"] == bytes([1]) * 10
             assert tree["/e/loose"] == bytes([4]) * 10
-            assert "/e/sub" in tree and "/e/link" in tree
+            assert "/e/sub" in tree
+            assert "/e/link" in tree
             assert [p for p in tree if p.startswith("/d/")] == []
             h.tree.reconciler.apply_all([
                 _from_elsewhere(1, "move", old, "/d"),
@@ -1170,9 +1171,44 @@ async def test_new_entries_follow_their_folder_renamed_elsewhere_past_a_new_one_
                 "sub",
             ]
             new_here = await h._ino("d")
-            assert new_here is not None and new_here != d
+            assert new_here is not None
+            assert new_here != d
             await h.tree.ensure_listed(new_here)
             assert list(h.state.children(new_here)) == []
             assert h.state.parked() == []
+        finally:
+            h.close()
+
+
+async def test_a_file_committed_into_a_folder_shown_elsewhere_here_is_shown_there() -> None:
+    """Seed 1638 of the convergence runs: this device writes `x/b` while another device
+    renames `y/z` over the empty folder `x`. Our commit finds `x` to be `y/z`'s folder
+    now and lands there, but here `b` stayed in our old `x`, which the server no longer
+    has; when the feed then deleted that folder, `b` went with it from this device's view
+    (and the feed skips our own change that made it). It is shown in the folder the
+    server put it in, wherever this device shows that folder."""
+    with tempfile.TemporaryDirectory() as tmp:
+        h = Harness(Path(tmp), random.Random(0), reconciler=True)
+        try:
+            async with h.running():
+                await h.vfs.mkdir(ROOT_INO, b"x", 0o755)
+                await h.vfs.mkdir(ROOT_INO, b"y", 0o755)
+                y = await h._ino("y")
+                assert y is not None
+                await h.vfs.mkdir(y, b"z", 0o755)
+                await h.idle()
+            await h.write("x/b", 0, 10, 1)  # queued: the uploader is not running
+            b = await h._ino("x/b")
+            old_x = await h.remote.meta(path="/x")
+            moved = await h.remote.move("/y/z", "/x", "replace")
+            async with h.running():
+                await h.idle()
+            assert h.remote.tree()["/x/b"] == bytes([1]) * 10
+            h.tree.reconciler.apply_all([
+                _from_elsewhere(1, "delete", replace(old_x, deleted=True)),
+                _from_elsewhere(2, "move", moved, "/y/z"),
+            ])  # fmt: skip
+            assert await h._ino("x/b") == b
+            assert await h.read("x/b") == bytes([1]) * 10
         finally:
             h.close()
