@@ -234,7 +234,7 @@ class ConflictResolver:
                 w.link(parent_ino, rec.name, copy.ino)
         node = self.content.finish_clean(node)
         if cur.kind == "file":
-            self._unshow_other(cur.id, node.ino)
+            self.unshow_other(cur.id, node.ino)
             blocks_now = None if cur.blocks is None else tuple(cur.blocks)
             node = replace(node, server_id=cur.id, rev=cur.rev, size=cur.size,
                            mtime_ns=cur.mtime_ns, blocks=blocks_now)  # fmt: skip
@@ -265,7 +265,7 @@ class ConflictResolver:
         node = replace(node, server_id=rec.id, rev=rec.rev)
         holder = self.state.lookup(old_parent, old_name)
         if cur.kind == "file":
-            self._unshow_other(cur.id, node.ino)  # "theirs" below shows it
+            self.unshow_other(cur.id, node.ino)  # "theirs" below shows it
         with self.state.write() as w:
             if holder == node.ino:
                 w.unlink(old_parent, old_name)
@@ -350,7 +350,7 @@ class ConflictResolver:
         if self.on_changed is not None:
             self.on_changed(parent)
 
-    def _unshow_other(self, server_id: int, keep: int) -> None:
+    def unshow_other(self, server_id: int, keep: int) -> None:
         """Inode `keep` shows the server's file `server_id` now: another inode that still
         shows it elsewhere (a place the change feed could not update while a local entry
         held the name it moved to) goes, so one server file is never two files here."""

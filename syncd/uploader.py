@@ -923,6 +923,11 @@ class Uploader:
         # the record as it is now, after the answer: was the file written meanwhile?
         node = replace(self._now(it), server_id=res.id, rev=res.rev)
         self._follow_folder(node, res)
+        if node.linked:
+            # a folder listing merged while this round's answers were being taken in may
+            # show this entry already, as a new inode at the name it was committed under
+            # (renamed here since): one server entry is one inode here (seed 1638)
+            self.conflicts.unshow_other(res.id, node.ino)
         if node.dirty is not None and node.dirty.gen == it.gen:
             node = replace(node, blocks=tuple(it.blocks), size=it.size)
             node = self.content.finish_clean(node)

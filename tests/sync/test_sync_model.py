@@ -14,6 +14,7 @@ import tempfile
 from collections.abc import AsyncIterator
 from dataclasses import replace
 from pathlib import Path
+from typing import Any
 
 import trio
 from hypothesis import HealthCheck, example, given, settings
@@ -1210,5 +1211,44 @@ async def test_a_file_committed_into_a_folder_shown_elsewhere_here_is_shown_ther
             ])  # fmt: skip
             assert await h._ino("x/b") == b
             assert await h.read("x/b") == bytes([1]) * 10
+        finally:
+            h.close()
+
+
+async def test_a_listing_merged_while_a_commit_is_answered_leaves_no_second_copy() -> None:
+    """Seed 1638 of the convergence runs, again: `sed -i` here (a temporary file renamed
+    over `c`); the temporary file's commit lands, and a listing of the folder, answered
+    meanwhile, is merged before the uploader takes the answer in. The listing shows the
+    temporary file's server entry, whose name is free here (renamed to `c`), as a new
+    inode; once the uploader gives our inode the same server id, that second copy must
+    go, or it stays forever (the feed skips our own rename that removed it)."""
+    with tempfile.TemporaryDirectory() as tmp:
+        h = Harness(Path(tmp), random.Random(0), reconciler=True)
+        try:
+            async with h.running():
+                await h.vfs.mkdir(ROOT_INO, b"d", 0o755)
+                await h.write("d/c", 0, 10, 1)
+                await h.idle()
+            d = await h._ino("d")
+            assert d is not None
+            await h.write("d/.tmp", 0, 12, 2)  # queued: the uploader is not running
+            await h.rename("d/.tmp", "d/c")
+            real_commit = h.remote.commit
+
+            async def listing_merged_meanwhile(*args: Any, **kw: Any) -> FileRecord:
+                rec = await real_commit(*args, **kw)
+                folder = h.state.node(d)
+                assert folder is not None
+                known = {ino: h.state.node(ino).server_id  # type: ignore[union-attr]
+                         for _, ino in h.state.children(d)}  # fmt: skip
+                h.tree.reconciler.merge_listing(folder, await h.remote.list_dir("/d"), known)
+                return rec
+
+            h.remote.commit = listing_merged_meanwhile  # type: ignore[method-assign]
+            async with h.running():
+                await h.idle()
+            assert h.remote.tree() == {"/d": None, "/d/c": bytes([2]) * 12}
+            assert sorted(name for name, _ in h.state.children(d)) == ["c"]
+            assert await h.read("d/c") == bytes([2]) * 12
         finally:
             h.close()
