@@ -490,7 +490,8 @@ class Uploader:
             op.mode = "noreplace"  # what it replaces here never reached the server: the
             # name there, if taken, is another device's entry (then ours gets a copy name)
         src_rev = node.rev if node is not None and node.kind == "file" else None
-        for step in range(MAX_RESOLVE_STEPS):
+        by_id = node is not None  # the destination folder is named until it is placed again
+        for _ in range(MAX_RESOLVE_STEPS):
             if node is not None:
                 node = self.state.current(node)  # as it is after the last request
             try:
@@ -499,7 +500,7 @@ class Uploader:
                     op.src, op.dst, op.mode, dst_rev=seen, src_rev=src_rev,
                     src_id=node.server_id if node else None,
                     dst_id=dst_id if op.mode != "noreplace" else None,
-                    dst_parent_id=self._folder_meant(node, op.dst) if node and step == 0 else None,
+                    dst_parent_id=self._folder_meant(node, op.dst) if node and by_id else None,
                 )  # fmt: skip
             except (errors.Exists, errors.Conflict, errors.NotEmpty) as exc:
                 node = self.state.current(node) if node is not None else None
@@ -517,7 +518,7 @@ class Uploader:
                 current = exc.current if isinstance(exc, errors.Conflict) else None
                 holder = current.get("id") if current is not None else None
                 taken.append((op.dst, holder if isinstance(holder, int) else None))
-                op.dst = self._rename_local(node, op.dst)
+                op.dst, by_id = self._rename_local(node, op.dst), False
                 op.mode, op.dst_rev = "noreplace", None
                 continue
             except errors.IntoItself:
@@ -536,10 +537,10 @@ class Uploader:
                         if landed is not None:
                             return landed
                     return await self._recreate_at(node, op)
-                if src.path != op.src:
-                    op.src = src.path
+                if src.path != op.src:  # the source moved: sent again from there, to the
+                    op.src = src.path  # destination folder still named by id
                     continue
-                op.dst = await self._place_for(node, op.dst)
+                op.dst, by_id = await self._place_for(node, op.dst), False
                 continue
             for path, holder in taken:  # show the other device's entry under the name it
                 with contextlib.suppress(errors.NotFound):  # took (by id: it may have moved on)

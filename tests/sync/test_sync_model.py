@@ -1252,3 +1252,73 @@ async def test_a_listing_merged_while_a_commit_is_answered_leaves_no_second_copy
             assert await h.read("d/c") == bytes([2]) * 12
         finally:
             h.close()
+
+
+async def test_a_rename_over_a_file_whose_folder_moved_elsewhere_follows_the_folder() -> None:
+    """Seed 1576 of the convergence runs: this device renames `y/z/a` over `y/c` offline
+    while another device renames `y` to `w` (its `c` goes along and is edited) and a new
+    `y` is made. The move, sent again from where the source is now, was sent by path and
+    landed in the new `y` as a plain move: this device took `c` as replaced, and the
+    other devices' `w/c` was never shown here. The retry still names the folder meant,
+    so the move follows it to `w`, finds `c` edited there (edits beat the replace), and
+    ours becomes a conflicted copy beside it."""
+    with tempfile.TemporaryDirectory() as tmp:
+        h = Harness(Path(tmp), random.Random(0), reconciler=True)
+        try:
+            async with h.running():
+                await h.vfs.mkdir(ROOT_INO, b"y", 0o755)
+                y = await h._ino("y")
+                assert y is not None
+                await h.vfs.mkdir(y, b"z", 0o755)
+                await h.write("y/c", 0, 10, 1)
+                await h.write("y/z/a", 0, 7, 2)
+                await h.idle()
+            await h.rename("y/z/a", "y/c")  # queued: the uploader is not running
+            old_y = await h.remote.move("/y", "/w", "noreplace")
+            bid = await _put_block(h.remote, bytes([3]) * 5)
+            c = await h.remote.meta(path="/w/c")
+            edited = await h.remote.commit(
+                "/w/c", c.rev, [(bid, 5)], 5, 1, 0o644, "else-1", base_id=c.id
+            )
+            new_y = await h.remote.mkdir("/y", 0o755)
+            async with h.running():
+                await h.idle()
+            tree = h.remote.tree()
+            assert tree["/w/c"] == bytes([3]) * 5
+            copies = [p for p in tree if p.startswith("/w/c (conflicted copy")]
+            assert len(copies) == 1
+            assert tree[copies[0]] == bytes([2]) * 7
+            assert [p for p in tree if p.startswith("/y/")] == []
+            h.tree.reconciler.apply_all([
+                _from_elsewhere(1, "move", old_y, "/y"),
+                _from_elsewhere(2, "update", edited),
+                _from_elsewhere(3, "mkdir", new_y),
+            ])  # fmt: skip
+            assert await h.read("w/c") == bytes([3]) * 5
+            assert await h.read(copies[0][1:]) == bytes([2]) * 7
+        finally:
+            h.close()
+
+
+async def test_a_rename_over_a_file_renamed_elsewhere_shows_that_file_where_it_went() -> None:
+    """This device renames `a` over `c` offline while another device renames `c` to `d`.
+    Nothing is at `c` on the server, so the move just takes the name; `c`, which this
+    device took as replaced, lives on as `d` and must be shown here (the feed's rename of
+    it found only the record of the replaced file)."""
+    with tempfile.TemporaryDirectory() as tmp:
+        h = Harness(Path(tmp), random.Random(0), reconciler=True)
+        try:
+            async with h.running():
+                await h.write("c", 0, 10, 1)
+                await h.write("a", 0, 7, 2)
+                await h.idle()
+            await h.rename("a", "c")  # queued: the uploader is not running
+            moved = await h.remote.move("/c", "/d", "noreplace")
+            async with h.running():
+                await h.idle()
+            h.tree.reconciler.apply_all([_from_elsewhere(1, "move", moved, "/c")])
+            assert h.remote.tree() == {"/c": bytes([2]) * 7, "/d": bytes([1]) * 10}
+            assert await h.read("c") == bytes([2]) * 7
+            assert await h.read("d") == bytes([1]) * 10
+        finally:
+            h.close()
