@@ -155,6 +155,10 @@ class Harness:
         new[off : off + n] = bytes([value]) * n
         self.model[path] = bytes(new)
 
+    async def mkdir(self, path: str) -> None:
+        parent, name = await self._dir(path)
+        await self.vfs.mkdir(parent, name, 0o755)
+
     async def truncate(self, path: str, size: int) -> None:
         ino = await self._ino(path)
         if ino is None:
@@ -975,10 +979,8 @@ async def test_a_folder_re_created_elsewhere_and_adopted_here_is_listed_again() 
         h.uploader.relist_folder = relisted.append
         try:
             async with h.running():
-                await h.vfs.mkdir(ROOT_INO, b"y", 0o755)
-                y = await h._ino("y")
-                assert y is not None
-                await h.vfs.mkdir(y, b"z", 0o755)
+                await h.mkdir("y")
+                await h.mkdir("y/z")
                 await h.write("y/z/a", 0, 10, 1)
                 await h.idle()
             await h.write("y/z/mine", 0, 10, 2)  # queued: the uploader is not running
@@ -1193,10 +1195,8 @@ async def test_a_file_committed_into_a_folder_shown_elsewhere_here_is_shown_ther
         try:
             async with h.running():
                 await h.vfs.mkdir(ROOT_INO, b"x", 0o755)
-                await h.vfs.mkdir(ROOT_INO, b"y", 0o755)
-                y = await h._ino("y")
-                assert y is not None
-                await h.vfs.mkdir(y, b"z", 0o755)
+                await h.mkdir("y")
+                await h.mkdir("y/z")
                 await h.idle()
             await h.write("x/b", 0, 10, 1)  # queued: the uploader is not running
             b = await h._ino("x/b")
@@ -1266,10 +1266,8 @@ async def test_a_rename_over_a_file_whose_folder_moved_elsewhere_follows_the_fol
         h = Harness(Path(tmp), random.Random(0), reconciler=True)
         try:
             async with h.running():
-                await h.vfs.mkdir(ROOT_INO, b"y", 0o755)
-                y = await h._ino("y")
-                assert y is not None
-                await h.vfs.mkdir(y, b"z", 0o755)
+                await h.mkdir("y")
+                await h.mkdir("y/z")
                 await h.write("y/c", 0, 10, 1)
                 await h.write("y/z/a", 0, 7, 2)
                 await h.idle()
