@@ -880,10 +880,10 @@ class Uploader:
 
     def _folder_meant(self, node: Node, path: str) -> int | None:
         """The server id of the folder this device shows `node` in, if it shows it at `path`
-        (else None: by path). Sent with a change's first try, so that an entry whose folder
-        was renamed elsewhere, another folder made at the old path, follows its folder
-        (ParentMissing, then `_place_for`) instead of landing in the new one. Retries go by
-        path: `_place_for` has decided where the entry goes."""
+        (else None: by path). Sent until a resolution placed the change again, so that an
+        entry whose folder was renamed elsewhere, another folder made at the old path,
+        follows its folder (ParentMissing, then `_place_for`) instead of landing in the new
+        one; after `_place_for` it goes by path (it has decided where the entry goes)."""
         node = self.state.current(node)
         if not node.linked or node.parent == ROOT_INO:
             return None
