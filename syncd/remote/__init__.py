@@ -343,25 +343,17 @@ class RemoteClient:
     async def mkdir(self, path: str, mode: int, *, parent_id: int | None = None) -> FileRecord:
         """`POST /api/v1/mkdir`. `parent_id`: the folder meant (ParentMissing if the folder
         at that path is another one now); the same for `symlink` and `commit`."""
-        body: dict[str, Any] = {"path": path, "mode": mode}
-        if parent_id is not None:
-            body["parent_id"] = parent_id
+        body = _given({"path": path, "mode": mode}, parent_id=parent_id)
         return await self._record("POST", "/api/v1/mkdir", json=body)
 
     async def symlink(self, path: str, target: str, *, parent_id: int | None = None) -> FileRecord:
-        body: dict[str, Any] = {"path": path, "target": target}
-        if parent_id is not None:
-            body["parent_id"] = parent_id
+        body = _given({"path": path, "target": target}, parent_id=parent_id)
         return await self._record("POST", "/api/v1/symlink", json=body)
 
     async def setattr(
         self, path: str, mode: int | None = None, mtime_ns: int | None = None
     ) -> FileRecord:
-        body: dict[str, Any] = {"path": path}
-        if mode is not None:
-            body["mode"] = mode
-        if mtime_ns is not None:
-            body["mtime_ns"] = mtime_ns
+        body = _given({"path": path}, mode=mode, mtime_ns=mtime_ns)
         return await self._record("POST", "/api/v1/setattr", json=body)
 
     async def move(
@@ -382,11 +374,9 @@ class RemoteClient:
         if the target, is another entry now); `dst_parent_id` the destination folder
         (ParentMissing if another folder has its path now). A file renamed over a file
         answers the target's record (its id, a new revision)."""
-        body: dict[str, Any] = {"from": src, "to": dst, "mode": mode}
-        for key, value in (("src_rev", src_rev), ("dst_rev", dst_rev), ("src_id", src_id),
-                           ("dst_id", dst_id), ("dst_parent_id", dst_parent_id)):  # fmt: skip
-            if value is not None:
-                body[key] = value
+        body = _given({"from": src, "to": dst, "mode": mode}, src_rev=src_rev,
+                      dst_rev=dst_rev, src_id=src_id, dst_id=dst_id,
+                      dst_parent_id=dst_parent_id)  # fmt: skip
         return await self._record("POST", "/api/v1/move", json=body)
 
     async def delete(
@@ -395,11 +385,7 @@ class RemoteClient:
         """`POST /api/v1/delete`. `base_rev`: the revision this device saw; a file edited
         since is not deleted (Conflict carrying its current record). `file_id`: the entry
         this device means (NotFound, nothing deleted, if another entry has the name now)."""
-        body: dict[str, Any] = {"path": path, "recursive": recursive}
-        if base_rev is not None:
-            body["base_rev"] = base_rev
-        if file_id is not None:
-            body["id"] = file_id
+        body = _given({"path": path, "recursive": recursive}, base_rev=base_rev, id=file_id)
         await self.request("POST", "/api/v1/delete", json=body)
 
     # -- blocks and commits ---------------------------------------------------------------
@@ -524,10 +510,8 @@ class RemoteClient:
             "mode": mode,
             "commit_id": commit_id,
         }
-        if base_rev is not None and base_id is not None:
-            body["base_id"] = base_id
-        if parent_id is not None:
-            body["parent_id"] = parent_id
+        body = _given(body, base_id=base_id if base_rev is not None else None,
+                      parent_id=parent_id)  # fmt: skip
         return await self._record("POST", "/api/v1/commit", json=body)
 
     async def put_blocks_batch(self, items: Sequence[tuple[BlockId, Sequence[Buffer]]]) -> None:
@@ -646,3 +630,9 @@ def _check_client_id(client_id: str | None) -> None:
 
 def _decode_verified(frame: bytes | bytearray | memoryview, bid: BlockId) -> bytes:
     return decode_wire(frame, expected_id=bid)
+
+
+def _given(body: dict[str, Any], **optional: object) -> dict[str, Any]:
+    """`body` with the optional fields that have a value (absent means "no check" to the
+    server, so None is never sent)."""
+    return body | {key: value for key, value in optional.items() if value is not None}
