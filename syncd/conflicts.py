@@ -224,7 +224,7 @@ class ConflictResolver:
             w.set_meta("conflicts", conflicts[-MAX_CONFLICTS_KEPT:])
         node = self.state.current(node)  # written again during the requests?
         parent_ino = self._folder_of(rec, self._dir_ino(where, node.parent))
-        if node.dirty is not None and node.dirty.gen != gen and node.linked:
+        if node.dirty is not None and not self.content.unchanged_since(node, gen) and node.linked:
             self._become_copy(node, rec, cur, blocks, size, gen, parent_ino)
             return
         with self.state.write() as w:

@@ -145,6 +145,7 @@ class ContentStore:
         self._direct = True  # until the filesystem refuses O_DIRECT (tmpfs)
         self._locks: dict[int, trio.Lock] = {}
         self._inflight: dict[int, int] = {}
+        self._editing: dict[int, int] = {}
         self._retired: dict[int, list[int]] = {}
         self._pinned: set[int] = set()
         self.room: Callable[[], int] | None = None
@@ -201,17 +202,26 @@ class ContentStore:
     @contextlib.contextmanager
     def _in_use(self, ino: int) -> Iterator[None]:
         """Keep `ino`'s descriptors open meanwhile, even if `close_fd` is called."""
-        self._inflight[ino] = self._inflight.get(ino, 0) + 1
         try:
-            yield
+            with _counted(self._inflight, ino):
+                yield
         finally:
-            left = self._inflight[ino] - 1
-            if left:
-                self._inflight[ino] = left
-            else:
-                del self._inflight[ino]
+            if ino not in self._inflight:
                 for fd in self._retired.pop(ino, ()):
                     os.close(fd)
+
+    def _edit(self, ino: int) -> contextlib.AbstractContextManager[None]:
+        """Mark a write or truncate of `ino` as under way until it has landed: see
+        `unchanged_since`."""
+        return _counted(self._editing, ino)
+
+    def unchanged_since(self, node: Node, gen: int) -> bool:
+        """Whether `node`'s content is still what an upload read at dirty generation `gen`:
+        not written since, and no write or truncate halfway. One halfway keeps `gen` while
+        its bytes land (or the file shrinks) in a worker thread; taking the upload as the
+        file's clean content then would drop that edit, or bring back bytes it cut off."""
+        dirty = node.dirty
+        return dirty is not None and dirty.gen == gen and not self._editing.get(node.ino)
 
     async def _io(self, ino: int, fn: Callable[..., T], *args: Any) -> T:
         """`run_io(fn, *args)` for I/O on `ino`'s descriptors (see `close_fd`)."""
@@ -326,6 +336,11 @@ class ContentStore:
         end = off + len(data)
         if end > MAX_FILE_BYTES:
             raise TooBig(f"files are limited to {MAX_FILE_BYTES} bytes")
+        with self._edit(node.ino):
+            return await self._write(node, off, data)
+
+    async def _write(self, node: Node, off: int, data: bytes) -> int:
+        end = off + len(data)
         node, dirty = self._dirty_now(node)
         # no await since start_dirty: an upload finishing now keeps it dirty
         node = self._stage(replace(node, dirty=replace(dirty, gen=dirty.gen + 1)))
@@ -351,26 +366,30 @@ class ContentStore:
     async def truncate(self, node: Node, size: int) -> None:
         if size > MAX_FILE_BYTES:
             raise TooBig(f"files are limited to {MAX_FILE_BYTES} bytes")
-        node, dirty = self._dirty_now(node, empty=size == 0)
-        dirty = replace(dirty, gen=dirty.gen + 1)  # as in `write`
-        if size < node.size:  # also before any await: see `rebase`
-            dirty = replace(dirty, shrunk_gen=dirty.gen)
-        node = self._stage(replace(node, dirty=dirty))
-        await self._pin_base(node)
-        async with self._lock(node.ino):
-            node, dirty = self._dirty_now(node)
-            if size < node.size:
-                before = rg.total(dirty.ranges)
-                dirty = replace(dirty, ranges=rg.clip(dirty.ranges, size),
-                                base_size=min(dirty.base_size, size))  # fmt: skip
-                node = self._stage(replace(node, dirty=dirty))
-                self.dirty_bytes -= before - rg.total(dirty.ranges)
-                await self._io(node.ino, os.ftruncate, self._fd(node.ino), size)
+        with self._edit(node.ino):
+            node, dirty = self._dirty_now(node, empty=size == 0)
+            dirty = replace(dirty, gen=dirty.gen + 1)  # as in `write`
+            if size < node.size:  # also before any await: see `rebase`
+                dirty = replace(dirty, shrunk_gen=dirty.gen)
+            node = self._stage(replace(node, dirty=dirty))
+            await self._pin_base(node)
+            async with self._lock(node.ino):
                 node, dirty = self._dirty_now(node)
-                dirty = replace(dirty, shrunk_gen=dirty.gen + 1)
-            now = time.time_ns()
-            self._stage(replace(node, dirty=replace(dirty, gen=dirty.gen + 1), size=size,
-                                mtime_ns=now, ctime_ns=now, version=node.version + 1))  # fmt: skip
+                shrinks = size < node.size
+                if shrinks:  # an upload that read the file before this saw the cut bytes
+                    before = rg.total(dirty.ranges)
+                    dirty = replace(dirty, ranges=rg.clip(dirty.ranges, size),
+                                    base_size=min(dirty.base_size, size),
+                                    shrunk_gen=dirty.gen + 1)  # fmt: skip
+                    self.dirty_bytes -= before - rg.total(dirty.ranges)
+                now = time.time_ns()
+                # the whole new state in one record (an upload may read it from here on)
+                # before the dirty file shrinks: its bytes below `size` stay as they are
+                dirty = replace(dirty, gen=dirty.gen + 1)
+                self._stage(replace(node, dirty=dirty, size=size, mtime_ns=now, ctime_ns=now,
+                                    version=node.version + 1))  # fmt: skip
+                if shrinks:
+                    await self._io(node.ino, os.ftruncate, self._fd(node.ino), size)
 
     async def flush(self, node: Node) -> None:
         """Record the dirty state of `node` (on close): it survives a crash of the client.
@@ -470,6 +489,20 @@ class ContentStore:
     def discard(self, node: Node) -> None:
         """The file is gone (unlinked and forgotten): drop local content."""
         self.finish_clean(node)
+
+
+@contextlib.contextmanager
+def _counted(counts: dict[int, int], key: int) -> Iterator[None]:
+    """Count `key` in `counts` meanwhile (absent at zero)."""
+    counts[key] = counts.get(key, 0) + 1
+    try:
+        yield
+    finally:
+        left = counts[key] - 1
+        if left:
+            counts[key] = left
+        else:
+            del counts[key]
 
 
 def _write_at(fd: int, direct_fd: int | None, data: bytes, off: int) -> int:

@@ -741,7 +741,7 @@ class Uploader:
             if node.dirty is None or not node.linked:
                 await self._settle_sent(it.op, node)
                 done.append(it.seq)
-            elif node.dirty.gen == it.gen:
+            elif self.content.unchanged_since(node, it.gen):
                 if it.op.digest != self._digest(it):  # another commit than the one sent
                     await self._settle_sent(it.op, node)
                 self._set_commit_id(it)
@@ -783,7 +783,7 @@ class Uploader:
             """The file's record now, unless it was written, truncated or removed since the
             upload started (read again: `node` is the record as it was then)."""
             now = self.state.current(node)
-            if now.dirty is None or now.dirty.gen != gen or not now.linked:
+            if not self.content.unchanged_since(now, gen) or not now.linked:
                 raise _Torn
             return now
 
@@ -929,7 +929,7 @@ class Uploader:
             # show this entry already, as a new inode at the name it was committed under
             # (renamed here since): one server entry is one inode here (seed 1638)
             self.conflicts.unshow_other(res.id, node.ino)
-        if node.dirty is not None and node.dirty.gen == it.gen:
+        if self.content.unchanged_since(node, it.gen):
             node = replace(node, blocks=tuple(it.blocks), size=it.size)
             node = self.content.finish_clean(node)
             with self.state.write() as w:

@@ -11,6 +11,7 @@ import contextlib
 import os
 import random
 import tempfile
+import threading
 from collections.abc import AsyncIterator
 from dataclasses import replace
 from pathlib import Path
@@ -27,7 +28,7 @@ from mountfs.attrs import VfsError
 from mountfs.vfs import Vfs
 from syncd.blocks import BlockFetcher
 from syncd.changes import ChangeApplier
-from syncd.content import ContentStore
+from syncd.content import ContentStore, _write_at
 from syncd.state import ROOT_INO, StateDB
 from syncd.tree import TreeSync
 from syncd.uploader import Uploader
@@ -282,6 +283,103 @@ async def test_truncate_and_extend_racing_a_commit_answer_read_zeros() -> None:
                 assert h.remote.tree()["/a"] == bytes([1]) * 10_000 + bytes(65_000) + b"\x02"
             finally:
                 h.close()
+
+
+class _HeldIo:
+    """Holds the dirty-file I/O call `fn` of `h` in its worker thread until `go_on` is set
+    (`reached` is set when it got there): an interleaving of the uploader with a write or
+    truncate halfway, held in place."""
+
+    def __init__(self, h: Harness, fn: Any) -> None:
+        self.reached, self.go_on = trio.Event(), threading.Event()
+        io = h.content._io
+
+        def held(*args: Any) -> Any:  # in the worker thread
+            trio.from_thread.run_sync(self.reached.set)
+            self.go_on.wait(10)
+            return fn(*args)
+
+        async def held_io(ino: int, f: Any, *args: Any) -> Any:
+            return await io(ino, held if f is fn else f, *args)
+
+        h.content._io = held_io  # type: ignore[method-assign]
+
+    async def answer_then_land(self, h: Harness, done: trio.Event) -> None:
+        """The commit on the wire is answered, then the held call goes on: once the edit
+        is `done`, the mount and then the server must hold what the model says."""
+        h.release.set()
+        await trio.sleep(0.05)
+        self.go_on.set()
+        await done.wait()
+        await h.check_reads()
+        await h.idle()
+        await h.check_reads()
+
+
+async def test_an_answer_arriving_while_a_truncate_cuts_the_file_keeps_the_cut_bytes_out() -> None:
+    """Issue item 1, one interleaving held in place: an upload read the whole file, the
+    truncate then cut it while its commit was on the wire, and the answer came while the
+    dirty file was still being shrunk in a worker thread. Taking that upload as the file's
+    clean content brought the cut bytes back in the hole of the next extend."""
+    with tempfile.TemporaryDirectory() as tmp:
+        h = Harness(Path(tmp), random.Random(0))
+        try:
+            await h.vfs.mkdir(ROOT_INO, b"d", 0o755)
+            await h.write("a", 0, 200_000, 1)
+            ino = await h._ino("a")
+            assert ino is not None
+            held = _HeldIo(h, os.ftruncate)
+            h.want_inside = True
+            done = trio.Event()
+
+            async def cut_and_extend() -> None:
+                await h.truncate("a", 10_000)
+                await h.write("a", 75_000, 1, 2)
+                done.set()
+
+            async with trio.open_nursery() as nursery:
+                lock = h.content._lock(ino)
+                await lock.acquire()  # the truncate begins and waits for the file
+                nursery.start_soon(cut_and_extend)
+                await trio.sleep(0.01)
+                async with h.running():
+                    with trio.move_on_after(1):  # an upload of the whole old file is sent
+                        await h.inside.wait()
+                    lock.release()
+                    await held.reached.wait()  # the file is being cut
+                    await held.answer_then_land(h, done)
+            assert h.remote.tree()["/a"] == bytes([1]) * 10_000 + bytes(65_000) + b"\x02"
+        finally:
+            h.close()
+
+
+async def test_an_answer_arriving_while_a_write_lands_keeps_the_write() -> None:
+    """The same for a write: an upload read the file while a write's bytes were landing in
+    a worker thread, and its answer came before they had landed. Taking that upload as the
+    file's clean content removed the dirty file under the write, whose bytes were lost."""
+    with tempfile.TemporaryDirectory() as tmp:
+        h = Harness(Path(tmp), random.Random(0))
+        try:
+            await h.vfs.mkdir(ROOT_INO, b"d", 0o755)
+            await h.write("a", 0, 200_000, 1)
+            held = _HeldIo(h, _write_at)
+            h.want_inside = True
+            done = trio.Event()
+
+            async def write() -> None:
+                await h.write("a", 100, 5, 9)
+                done.set()
+
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(write)
+                await held.reached.wait()  # the bytes are landing
+                async with h.running():
+                    with trio.move_on_after(1):  # an upload read the file meanwhile
+                        await h.inside.wait()
+                    await held.answer_then_land(h, done)
+            assert h.remote.tree()["/a"] == bytes([1]) * 100 + bytes([9]) * 5 + bytes([1]) * 199_895
+        finally:
+            h.close()
 
 
 async def test_a_changed_file_with_nothing_queued_is_queued_again_once() -> None:
