@@ -113,7 +113,8 @@ class ChangeApplier:
         """
         busy, pending = self.queue_sets()
         self._pending = busy | pending
-        own = {ch.file.id: ch.seq for ch in changes if ch.client == self.client_id}
+        own = {ch.file.id: ch.seq for ch in changes  # a presence notice changes nothing
+               if ch.client == self.client_id and ch.op != "pending"}  # fmt: skip
         self._own = own
         n = 0
         try:

@@ -351,6 +351,24 @@ def test_a_change_older_than_this_mounts_own_later_change_is_not_applied(
     assert state.lookup(ROOT_INO, "b") == 52
 
 
+def test_a_presence_notice_of_this_mount_does_not_hide_an_older_move_from_elsewhere(
+    state: StateDB,
+) -> None:
+    """Seed 1663 of the convergence runs: A renamed `x/b` to `x/c` (seq 256); this mount,
+    offline from the feed, then wrote to the file it showed at `x/c`, and its "editing"
+    notice named the file now at that path (A's, seq 257). Taken as this mount's own later
+    change of that file, it made the feed skip A's rename: the file stayed at its old name
+    here for good. A notice changes nothing, so it hides nothing."""
+    applier = ChangeApplier(state, "me")
+    applier.apply_all([Change.from_json(_change(1, "create", _rec(48, 1, "/b")))])
+    applier.apply_all([
+        Change.from_json(_change(256, "move", _rec(48, 1, "/c"))),
+        Change.from_json(_change(257, "pending", _rec(48, 1, "/c"), device="me", client="me")),
+    ])  # fmt: skip
+    assert state.lookup(ROOT_INO, "c") == 48
+    assert state.lookup(ROOT_INO, "b") is None
+
+
 def test_an_older_change_from_elsewhere_does_not_take_a_name_this_mount_took_later(
     state: StateDB,
 ) -> None:
