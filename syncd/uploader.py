@@ -427,6 +427,15 @@ class Uploader:
         if rec.kind == "dir" and shown is not None:
             self.relist_folder(shown)
 
+    async def _show_kept(self, file_id: int) -> None:
+        """The file this device renamed another over was not replaced: edited or renamed
+        elsewhere, or put under a copy name by one of our own resolutions (seed 1692). If the
+        server still has it, it is shown where it is (the feed skips our own moves)."""
+        with contextlib.suppress(errors.NotFound):
+            rec = await self.remote.meta(file_id=file_id)
+            if not rec.deleted:
+                self._show_theirs(rec)
+
     def _seen_rev(self, ino: int | None, queued: int | None) -> int | None:
         """The revision of a file this device deleted or renamed over, as it last saw it:
         when the op was queued, or newer if this device's own commit, queued before the op,
@@ -548,6 +557,8 @@ class Uploader:
                         self._show_theirs(await self.remote.meta(path=path))
                     else:
                         self._show_theirs(await self.remote.meta(file_id=holder))
+            if dst_id is not None and rec.id != dst_id:
+                await self._show_kept(dst_id)
             return rec
         raise errors.Conflict(f"could not move {op.src} to {op.dst}")
 

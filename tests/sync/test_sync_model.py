@@ -29,6 +29,7 @@ from mountfs.vfs import Vfs
 from syncd.blocks import BlockFetcher
 from syncd.changes import ChangeApplier
 from syncd.content import ContentStore, _write_at
+from syncd.queue_ops import Commit
 from syncd.state import ROOT_INO, StateDB
 from syncd.tree import TreeSync
 from syncd.uploader import Uploader
@@ -1416,5 +1417,38 @@ async def test_a_rename_over_a_file_renamed_elsewhere_shows_that_file_where_it_w
             assert h.remote.tree() == {"/c": bytes([2]) * 7, "/d": bytes([1]) * 10}
             assert await h.read("c") == bytes([2]) * 7
             assert await h.read("d") == bytes([1]) * 10
+        finally:
+            h.close()
+
+
+async def test_a_file_meant_to_be_replaced_that_lives_on_is_shown_where_it_is() -> None:
+    """Seed 1692 of the convergence runs: offline, this device renames `c` to `x` and a new
+    file `z` over `x`, while another device edits `c`. In that run `z`'s commit went out at
+    its new path `/x` before the two moves: the move of `c` then found `x` taken and gave
+    `c` a copy name, and the rename over it had nothing left to do. `c` lived on under its
+    copy name on the server only (the feed skips this device's own moves)."""
+    with tempfile.TemporaryDirectory() as tmp:
+        h = Harness(Path(tmp), random.Random(0), reconciler=True)
+        try:
+            async with h.running():
+                await h.write("c", 0, 10, 1)
+                await h.idle()
+            c = h.state.node(await h._ino("c") or 0)
+            assert c is not None
+            await h.write("z", 0, 7, 2)  # queued: the uploader is not running
+            await h.rename("c", "x")
+            await h.rename("z", "x")
+            (seq, commit), *_ = h.state.ops()
+            assert isinstance(commit, Commit)
+            with h.state.write() as w:
+                w.replace_op(seq, replace(commit, path="/x"))
+            bid = await _put_block(h.remote, bytes([3]) * 5)
+            edited = await h.remote.commit("/c", c.rev, [(bid, 5)], 5, 1, 0o644, "other-1")
+            h.tree.reconciler.apply_all([_from_elsewhere(1, "update", edited)])
+            async with h.running():
+                await h.idle()
+            here = {"/" + name: await h.read(name) for name, _ in h.state.children(ROOT_INO)}
+            assert here == h.remote.tree()
+            assert sorted(here.values()) == [bytes([2]) * 7, bytes([3]) * 5]
         finally:
             h.close()
