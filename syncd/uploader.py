@@ -664,7 +664,9 @@ class Uploader:
         A folder shown elsewhere here under that id keeps it, and our entry is shown in it:
         left in the folder here, which the server no longer has for it, it went from this
         device's view when the feed removed that folder, and the feed skips our own change
-        that made it (convergence seed 1638)."""
+        that made it (convergence seed 1638).
+        A folder the entry was moved into here since is not the one the server put it in:
+        taking that folder's id made it another folder on the server (seed 1706)."""
         node = self.state.current(node)
         parent = self.state.node(node.parent) if node.linked else None
         if (
@@ -677,6 +679,12 @@ class Uploader:
         if self.conflicts.shown_elsewhere(rec.parent_id, parent):
             self.conflicts.relocate(node, rec)
             return
+        try:
+            here = path_of(self.state, parent.ino)
+        except KeyError:
+            return
+        if here != rec.path.rpartition("/")[0]:
+            return  # moved here since: a queued move of ours takes it on from there
         log.info("%s: its folder here is another folder on the server now; listing it",
                  rec.path)  # fmt: skip
         with self.state.write() as w:

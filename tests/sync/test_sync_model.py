@@ -1112,6 +1112,43 @@ async def test_a_folder_re_created_elsewhere_and_adopted_here_is_listed_again() 
             h.close()
 
 
+async def test_a_file_moved_on_here_leaves_its_new_folder_its_own_id() -> None:
+    """Seed 1706 of the convergence runs: this device writes `y/z/a` offline and then moves
+    it to `x/z/b`, while another device replaces `y/z` with a new folder. Our commit lands
+    in the new `y/z`; the file is in `x/z` here by then, and `x/z` took the new folder's id
+    as if it were that folder. Our move then "followed" `x/z` to `/y/z` on the server, and a
+    later `rm -r y/z` here, refused for the other device's files, could not show `y/z` again:
+    this device believed it showed that folder as `x/z`."""
+    with tempfile.TemporaryDirectory() as tmp:
+        h = Harness(Path(tmp), random.Random(0), reconciler=True)
+        relisted: list[int] = []
+        h.uploader.relist_folder = relisted.append
+        try:
+            async with h.running():
+                await h.mkdir("x")
+                await h.mkdir("x/z")
+                await h.mkdir("y")
+                await h.mkdir("y/z")
+                await h.idle()
+            await h.write("y/z/a", 0, 10, 1)  # queued: the uploader is not running
+            await h.rename("y/z/a", "x/z/b")
+            xz = await h._ino("x/z")
+            assert xz is not None
+            xz_id = (await h.remote.meta(path="/x/z")).id
+            await h.remote.delete("/y/z", True)
+            await h.remote.mkdir("/y/z", 0o755)
+            async with h.running():
+                await h.idle()
+            node = h.state.node(xz)
+            assert node is not None
+            assert node.server_id == xz_id
+            assert relisted == []
+            assert h.remote.tree()["/x/z/b"] == bytes([1]) * 10
+            assert "/y/z/b" not in h.remote.tree()
+        finally:
+            h.close()
+
+
 async def test_a_save_over_a_file_whose_commit_conflicts_keeps_its_name() -> None:
     """Seed 1576 of the convergence runs: `a` is written here and its commit is on the
     wire when `sed -i` renames its temporary file over `a`; the commit then conflicts
