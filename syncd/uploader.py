@@ -427,10 +427,8 @@ class Uploader:
         if rec.kind == "dir" and shown is not None:
             self.relist_folder(shown)
 
-    async def _show_kept(self, file_id: int) -> None:
-        """The file this device renamed another over was not replaced: edited or renamed
-        elsewhere, or put under a copy name by one of our own resolutions (seed 1692). If the
-        server still has it, it is shown where it is (the feed skips our own moves)."""
+    async def _show_live(self, file_id: int) -> None:
+        """Show the server's entry `file_id` where it is now, if the server still has it."""
         with contextlib.suppress(errors.NotFound):
             rec = await self.remote.meta(file_id=file_id)
             if not rec.deleted:
@@ -552,13 +550,16 @@ class Uploader:
                 op.dst, by_id = await self._place_for(node, op.dst), False
                 continue
             for path, holder in taken:  # show the other device's entry under the name it
-                with contextlib.suppress(errors.NotFound):  # took (by id: it may have moved on)
-                    if holder is None:
-                        self._show_theirs(await self.remote.meta(path=path))
-                    else:
-                        self._show_theirs(await self.remote.meta(file_id=holder))
+                if holder is not None:  # took (by id: it may have moved on)
+                    await self._show_live(holder)
+                    continue
+                with contextlib.suppress(errors.NotFound):
+                    self._show_theirs(await self.remote.meta(path=path))
             if dst_id is not None and rec.id != dst_id:
-                await self._show_kept(dst_id)
+                # the file we renamed over was not replaced: edited or renamed elsewhere,
+                # or given a copy name by one of our own resolutions (seed 1692); the feed
+                # skips our own moves, so it is shown where the server has it
+                await self._show_live(dst_id)
             return rec
         raise errors.Conflict(f"could not move {op.src} to {op.dst}")
 
