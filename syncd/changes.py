@@ -160,27 +160,37 @@ class ChangeApplier:
         return sid is not None and self._own.get(sid, -1) > self._seq > 0
 
     def merge_listing(
-        self, folder: Node, records: list[FileRecord], known: dict[int, int | None]
-    ) -> None:
+        self, folder: Node, records: list[FileRecord], known: dict[int, int | None],
+        since: int | None = None,
+    ) -> None:  # fmt: skip
         """Merge the server's listing of `folder` by the same rules as the change feed.
 
         `known`: the folder's children (ino -> server id) when the listing was asked for.
         Only those are removed when the listing lacks them: an entry this device uploaded
         while the request was under way is newer than the listing. `folder` may be a record
         read before the request: its inode's record now is the one marked listed.
+        `since`: the state's `finished_mark()` when the listing was asked for. An entry one
+        of our own ops changed after that may be shown as it was before (a rename undone,
+        a second inode at its old name), and the feed skips our own changes: it is left as
+        this device has it, which is what the server answered that op.
         """
         busy, pending = self.queue_sets()
         self._pending = busy | pending
         seen: set[int] = set()
+
+        def ours_since(ino: int | None) -> bool:
+            return ino is not None and since is not None and self.state.finished_since(ino, since)
+
         with self.state.write() as w:  # one folder: the names in a listing are distinct
             for rec in records:
-                self._merge_record(w, folder, rec, busy)
                 seen.add(rec.id)
+                if not ours_since(self.state.ino_for_server_id(rec.id)):
+                    self._merge_record(w, folder, rec, busy)
             for _, ino in self.state.children(folder.ino):
                 child = self.state.node(ino)
                 if child is None or child.server_id is None or child.server_id in seen:
                     continue
-                if known.get(ino) == child.server_id:
+                if known.get(ino) == child.server_id and not ours_since(ino):
                     self._remove(w, child, busy)
             w.put_node(replace(self.state.current(folder), listed=True))
         self.announce()

@@ -315,6 +315,10 @@ class Writer:
         return _U64.unpack(cur.key())[0], op_from_json(json.loads(bytes(cur.value())))
 
     def delete_op(self, seq: int) -> None:
+        """Take a done op off the queue (its answer is in the tree: see `finished_since`)."""
+        raw = self._txn.get(_k(seq), db=self._db._ops)
+        if raw is not None:
+            self._db._note_finished(op_from_json(json.loads(bytes(raw))))
         self._txn.delete(_k(seq), db=self._db._ops)
 
     def park(self, seq: int, op: QueuedOp, reason: str) -> None:
@@ -362,6 +366,8 @@ class StateDB:
         self._parked = self._env.open_db(b"parked")
         self._subdirs = self._env.open_db(b"subdirs")
         self._cache: dict[int, Node] = {}
+        self._finished: dict[int, int] = {}  # ino -> when an op of it last left the queue
+        self._finished_count = 0  # (counted in ops, this session only)
         if not self.get_meta("subdirs_counted", False):
             self._count_all_subdirs()
 
@@ -479,6 +485,21 @@ class StateDB:
         with self._env.begin() as txn:
             cur = txn.cursor(db=self._dirents)
             return bool(cur.set_range(prefix)) and cur.key().startswith(prefix)
+
+    def _note_finished(self, op: QueuedOp) -> None:
+        self._finished_count += 1
+        for ino in (op.ino, getattr(op, "dst_ino", None)):
+            if ino is not None:
+                self._finished[ino] = self._finished_count
+
+    def finished_mark(self) -> int:
+        """A mark for `finished_since`: take it before asking the server for a listing."""
+        return self._finished_count
+
+    def finished_since(self, ino: int, mark: int) -> bool:
+        """Whether an op of `ino` (or one that replaced it) left the queue, done, after
+        `mark`: a listing asked for before then may show it as it was before that op."""
+        return self._finished.get(ino, 0) > mark
 
     def ino_for_server_id(self, server_id: int) -> int | None:
         with self._env.begin() as txn:

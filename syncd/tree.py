@@ -134,6 +134,7 @@ class TreeSync:
             if dir_ino in self.fresh:
                 return
             known = {ino: self._server_id(ino) for _, ino in self.state.children(dir_ino)}
+            since = self.state.finished_mark()
             try:
                 path = path_of(self.state, dir_ino)
             except KeyError:  # not reachable from the root (a folder above it went)
@@ -152,7 +153,7 @@ class TreeSync:
                 self.fresh.add(dir_ino)
                 return
             self.mark_online()
-            self.reconciler.merge_listing(node, records, known)
+            self.reconciler.merge_listing(node, records, known, since)
             self.fresh.add(dir_ino)
 
     def _server_id(self, ino: int) -> int | None:

@@ -1149,6 +1149,42 @@ async def test_a_file_moved_on_here_leaves_its_new_folder_its_own_id() -> None:
             h.close()
 
 
+async def test_a_listing_older_than_our_own_answered_changes_does_not_undo_them() -> None:
+    """A listing of `d` asked for before this device's own rename and delete in it were
+    answered, and merged after: it shows the entries as they were before. Merged as it
+    stands it undid the rename here (or showed the file a second time) and brought the
+    deleted file back, for good: the change feed skips this device's own changes."""
+    with tempfile.TemporaryDirectory() as tmp:
+        h = Harness(Path(tmp), random.Random(0), reconciler=True)
+        try:
+            async with h.running():
+                await h.mkdir("d")
+                await h.write("d/a", 0, 10, 1)
+                await h.write("d/c", 0, 10, 3)
+                await h.idle()
+            d, a = await h._ino("d"), await h._ino("d/a")
+            assert d is not None
+            await h.rename("d/a", "d/b")  # queued: the uploader is not running
+            await h.unlink("d/c")
+            older = await h.remote.list_dir("/d")
+
+            async def answered_after_our_changes(*args: Any, **kw: Any) -> list[FileRecord]:
+                async with h.running():
+                    await h.idle()
+                return older
+
+            h.remote.list_dir = answered_after_our_changes  # type: ignore[method-assign]
+            h.tree.remote = h.remote  # type: ignore[assignment]
+            h.tree.fresh.discard(d)
+            await h.tree.ensure_listed(d)
+            assert h.remote.tree() == {"/d": None, "/d/b": bytes([1]) * 10}
+            assert sorted(name for name, _ in h.state.children(d)) == ["b"]
+            assert await h._ino("d/b") == a
+            assert await h.read("d/b") == bytes([1]) * 10
+        finally:
+            h.close()
+
+
 async def test_a_save_over_a_file_whose_commit_conflicts_keeps_its_name() -> None:
     """Seed 1576 of the convergence runs: `a` is written here and its commit is on the
     wire when `sed -i` renames its temporary file over `a`; the commit then conflicts
