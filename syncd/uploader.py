@@ -918,6 +918,7 @@ class Uploader:
     async def _finish(self, it: _Item, res: FileRecord | errors.RemoteError) -> bool:
         """Apply the server's answer to one commit; False if it was refused for now (the
         caller parks the op). Every refusal has a resolution (docs/protocol.md "Rules")."""
+        resolved = False
         for step in range(1, MAX_RESOLVE_STEPS + 1):
             if isinstance(res, errors.NotFound):  # its folder is not at that path any more
                 it.op.path = await self._place_for(self._now(it), it.op.path)
@@ -929,7 +930,7 @@ class Uploader:
                 )  # fmt: skip
                 if rec is None:
                     return True
-                res = rec
+                res, resolved = rec, True
             else:
                 break
         if isinstance(res, errors.BlocksMissing):
@@ -949,6 +950,9 @@ class Uploader:
             # show this entry already, as a new inode at the name it was committed under
             # (renamed here since): one server entry is one inode here (seed 1638)
             self.conflicts.unshow_other(res.id, node.ino)
+            if resolved:  # committed where the file went elsewhere; its place there may
+                self.conflicts.relocate(node, res)  # have been held by an inode that
+                # showed it from an older answer, which `unshow_other` just took away
         if self.content.unchanged_since(node, it.gen):
             node = replace(node, blocks=tuple(it.blocks), size=it.size)
             node = self.content.finish_clean(node)

@@ -17,6 +17,7 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
+import pytest
 import trio
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
@@ -1181,6 +1182,43 @@ async def test_a_listing_older_than_our_own_answered_changes_does_not_undo_them(
             assert sorted(name for name, _ in h.state.children(d)) == ["b"]
             assert await h._ino("d/b") == a
             assert await h.read("d/b") == bytes([1]) * 10
+        finally:
+            h.close()
+
+
+@pytest.mark.parametrize("first", ["a", "y/c"])
+async def test_a_file_renamed_elsewhere_over_a_name_edited_here_shows_our_newer_revision(
+    first: str,
+) -> None:
+    """Seed 1713 of the convergence runs: offline, this device edits `a` and `y/c`; another
+    device deletes `a` and renames `y/c` to `a`. Back online, our `y/c` is committed where
+    it went (`a`, a new revision), and our `a` conflicts with the file now at `a` (ours
+    becomes a conflicted copy; the name shows theirs). The 409 named the file as it was
+    before our own commit of it; showing that left the older revision at `a` here for good
+    (the feed skips our own change), and in the other order our `y/c` stayed at `y/c`."""
+    with tempfile.TemporaryDirectory() as tmp:
+        h = Harness(Path(tmp), random.Random(0), reconciler=True)
+        try:
+            async with h.running():
+                await h.mkdir("y")
+                await h.write("a", 0, 10, 1)
+                await h.write("y/c", 0, 10, 2)
+                await h.idle()
+            second = "y/c" if first == "a" else "a"
+            await h.write(first, 0, 5, 3 if first == "a" else 4)  # queued: offline
+            await h.write(second, 0, 5, 4 if first == "a" else 3)
+            await h.remote.delete("/a", False)
+            await h.remote.move("/y/c", "/a", "noreplace")
+            async with h.running():
+                await h.idle()
+            server = h.remote.tree()
+            copies = [p for p in server if p.startswith("/a (conflicted copy")]
+            assert server["/a"] == bytes([4]) * 5 + bytes([2]) * 5, server
+            assert [server[p] for p in copies] == [bytes([3]) * 5 + bytes([1]) * 5], server
+            here = sorted(name for name, _ in h.state.children(ROOT_INO))
+            assert here == sorted(p[1:] for p in server if p.count("/") == 1), here
+            assert h.state.children(await h._ino("y") or 0) == []
+            assert await h.read("a") == server["/a"]
         finally:
             h.close()
 
