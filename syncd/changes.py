@@ -328,7 +328,11 @@ class ChangeApplier:
         return True
 
     def _prune(self, w: Writer, folder: Node) -> None:
-        """Remove what is clean below `folder` (deleted elsewhere), keep what is pending."""
+        """Remove what is clean below `folder` (deleted elsewhere), keep what is pending.
+        The folder is marked unlisted: if it comes back into view (it had been moved where
+        this device shows nothing), it is listed again, or the entries removed here would
+        be on the server and every other device, never here (convergence seed 1728)."""
+        w.put_node(replace(self.state.current(folder), listed=False))
         for name, ino in self.state.children(folder.ino):
             child = self.state.node(ino)
             if child is None or not child.linked:
@@ -408,8 +412,9 @@ class ChangeApplier:
                 w.unlink(*where)
                 self._entries.append((where[0], where[1], node.ino))
                 self._inodes.append(where[0])
-            if not node.linked and node.kind == "dir" and self.on_folder is not None:
-                self.on_folder(node.ino)  # back after a local delete: its entries went
+            if node.kind == "dir" and not (node.linked and node.listed) and self.on_folder:
+                self.on_folder(node.ino)  # back after a local delete, or pruned while out
+                # of view: its entries went
             node = replace(node, parent=parent.ino, name=rec.name, linked=True)
             w.link(parent.ino, rec.name, node.ino)
             self._entries.append((parent.ino, rec.name, node.ino))

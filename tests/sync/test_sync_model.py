@@ -1223,6 +1223,48 @@ async def test_a_file_renamed_elsewhere_over_a_name_edited_here_shows_our_newer_
             h.close()
 
 
+async def test_a_folder_pruned_while_out_of_view_is_listed_again_when_it_comes_back() -> None:
+    """Seed 1728 of the convergence runs: another device moved `x` into a folder this
+    device did not show (it had just removed it; its delete was then refused). `x` held a
+    local edit, so it stayed here with only that, its clean entries taken away; when the
+    folder came back into view, `x` was moved into it but never listed again, and its
+    other entries were on the server and every other device, never here."""
+    with tempfile.TemporaryDirectory() as tmp:
+        h = Harness(Path(tmp), random.Random(0), reconciler=True)
+        folders: list[int] = []
+        h.tree.reconciler.on_folder = folders.append
+        h.tree.remote = h.remote  # type: ignore[assignment]
+        try:
+            async with h.running():
+                await h.mkdir("x")
+                await h.write("x/a", 0, 10, 1)
+                await h.write("x/b", 0, 10, 2)
+                await h.idle()
+            await h.write("x/c", 0, 10, 3)  # queued: the uploader is not running
+            x = await h._ino("x")
+            assert x is not None
+            p = await h.remote.mkdir("/p", 0o755)
+            moved = await h.remote.move("/x", "/p/x", "noreplace")
+            h.tree.reconciler.apply_all([_from_elsewhere(1, "move", moved, "/x")])
+            assert sorted(name for name, _ in h.state.children(x)) == ["c"]
+            h.tree.reconciler.apply_all([_from_elsewhere(2, "mkdir", p)])
+            while folders:  # what the background mirror does with them
+                ino = folders.pop(0)
+                h.tree.fresh.discard(ino)
+                await h.tree.ensure_listed(ino)
+            assert await h._ino("p/x") == x
+            assert sorted(name for name, _ in h.state.children(x)) == ["a", "b", "c"]
+            async with h.running():
+                await h.idle()
+            assert h.remote.tree() == {
+                "/p": None, "/p/x": None, "/p/x/a": bytes([1]) * 10,
+                "/p/x/b": bytes([2]) * 10, "/p/x/c": bytes([3]) * 10,
+            }  # fmt: skip
+            assert await h.read("p/x/b") == bytes([2]) * 10
+        finally:
+            h.close()
+
+
 async def test_a_save_over_a_file_whose_commit_conflicts_keeps_its_name() -> None:
     """Seed 1576 of the convergence runs: `a` is written here and its commit is on the
     wire when `sed -i` renames its temporary file over `a`; the commit then conflicts
