@@ -37,6 +37,7 @@ import random
 import shutil
 import signal
 import sqlite3
+import stat
 import subprocess
 import sys
 import tempfile
@@ -366,14 +367,21 @@ def _mkdir_p(mnt: Path, path: str) -> None:
         os.makedirs(mnt / parent, exist_ok=True)
 
 
-def _inodes_below(path: Path) -> set[int]:
-    found: set[int] = set()
-    with contextlib.suppress(OSError):
-        for dirpath, _, filenames in os.walk(path):
-            for name in filenames:
-                with contextlib.suppress(OSError):
-                    found.add(os.lstat(Path(dirpath) / name).st_ino)
-    return found
+def _remove_tree(path: Path, removed: set[int]) -> None:
+    """`rm -r path`, adding the inode of each file to `removed` as it goes: the change feed
+    may move entries in meanwhile (a walk made before the removal missed a file moved in
+    after it, then removed with the rest: convergence seed 1747)."""
+    with os.scandir(path) as entries:
+        names = [e.name for e in entries]
+    for name in names:
+        p = path / name
+        st = os.lstat(p)
+        if stat.S_ISDIR(st.st_mode):
+            _remove_tree(p, removed)
+        else:
+            os.unlink(p)
+            removed.add(st.st_ino)
+    os.rmdir(path)
 
 
 def _diff(a: dict[str, str], b: dict[str, str]) -> str:
@@ -764,8 +772,7 @@ class Run:
         p = dev.mnt / op.path
         if not p.is_dir():
             raise OSError(errno.ENOENT, "no such folder")
-        out.touched |= _inodes_below(p)
-        shutil.rmtree(p)
+        _remove_tree(p, out.touched)
 
     def _op_pause(self, op: Op, dev: Device, out: Outcome) -> None:
         time.sleep(op.n / 1000)
