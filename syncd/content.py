@@ -458,6 +458,19 @@ class ContentStore:
             ranges = ((0, node.size),) if node.size else ()
             self._stage(replace(node, dirty=replace(node.dirty, ranges=ranges)))
 
+    def dirty_file_short(self, node: Node) -> bool:
+        """Whether `node`'s dirty file lacks bytes its record says it holds. A kill between
+        `finish_clean`, which removes the file, and the write of the clean record leaves it
+        so (blocking: call it from a worker thread)."""
+        dirty = node.dirty
+        if dirty is None or not dirty.ranges:
+            return False
+        try:
+            size = os.stat(self.path(node.ino)).st_size
+        except FileNotFoundError:
+            return True
+        return size < max(end for _, end in dirty.ranges)
+
     def finish_clean(self, node: Node) -> Node:
         """The uploaded content is on the server: drop the dirty file and its pins. Returns
         `node` clean (staged; the caller writes it)."""

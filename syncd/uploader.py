@@ -744,6 +744,9 @@ class Uploader:
                         await self._settle_sent(op, node)
                     done.append(seq)  # committed by an earlier op, deleted, or not a file
                     continue
+                if op.commit_id is not None and await self._landed_before_a_kill(seq, op, node):
+                    done.append(seq)
+                    continue
                 if _small_and_new(node):
                     small.append((seq, op, node))
                     continue
@@ -841,6 +844,35 @@ class Uploader:
             blocks = [(bid, len(data))] if data else []
             out.append(_Item(seq, op, node, gen, blocks, len(data)))
         return out
+
+    async def _landed_before_a_kill(self, seq: int, op: Commit, node: Node) -> bool:
+        """`op` was sent before; if its file's dirty data is gone (a kill between the dirty
+        file's removal and the write of the clean record, which only a landed commit does:
+        seed 1764), the file is the version that commit made. Without that version the bytes
+        are lost to this disk (a machine crash before they were written out): not synced,
+        with that reason, rather than retried for ever. Returns whether the op is done."""
+        gen = node.dirty.gen if node.dirty is not None else -1
+        if not await run_io(self.content.dirty_file_short, node):
+            return False
+        node = self.state.current(node)
+        if not self.content.unchanged_since(node, gen):
+            return False  # written meanwhile: not what was left by a kill
+        try:
+            rec = await self.remote.made_by_commit(op.commit_id or "")
+        except errors.NotFound:
+            self._refused[seq] = "its unsynced bytes were lost from this disk in a crash"
+            return False
+        node = self.state.current(node)
+        if not self.content.unchanged_since(node, gen) or rec.blocks is None:
+            return False
+        log.warning("%s: its upload landed just before the mount stopped; it is that version",
+                    op.path)  # fmt: skip
+        node = replace(node, server_id=rec.id, rev=rec.rev, size=rec.size,
+                       mtime_ns=rec.mtime_ns, blocks=tuple(rec.blocks))  # fmt: skip
+        node = self.content.finish_clean(node)
+        with self.state.write() as w:
+            w.put_node(node)
+        return True
 
     def _now(self, it: _Item) -> Node:
         return self.state.current(it.node)

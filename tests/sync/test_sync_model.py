@@ -1265,6 +1265,47 @@ async def test_a_folder_pruned_while_out_of_view_is_listed_again_when_it_comes_b
             h.close()
 
 
+class _Killed(BaseException):
+    """The mount process dies here (kill -9): nothing after this point runs."""
+
+
+async def test_a_kill_between_the_dirty_files_removal_and_the_clean_record_keeps_the_version() -> (
+    None
+):
+    """Seed 1764 of the convergence runs: a commit landed; the uploader removed the file's
+    dirty data and was killed before it wrote the clean record. After the restart the
+    record said dirty over an empty dirty file: the file read as empty here, and its
+    commit was retried for ever, silently (the short read looked like a write under way).
+    The file is the version that commit made."""
+    with tempfile.TemporaryDirectory() as tmp:
+        h = Harness(Path(tmp), random.Random(0))
+
+        def killed_halfway(node: Any) -> Any:
+            with contextlib.suppress(FileNotFoundError):
+                h.content.path(node.ino).unlink()
+            raise _Killed
+
+        h.content.finish_clean = killed_halfway  # type: ignore[method-assign]
+        await h.write("a", 0, 34, 7)
+        with contextlib.suppress(_Killed, BaseExceptionGroup):
+            async with h.running():
+                await h.idle()
+        assert h.state.ops(), "the kill came before the op was done"
+        h.close()
+        h = Harness(Path(tmp), random.Random(0), h.remote)  # the mount starts again
+        try:
+            async with h.running():
+                await h.idle()
+            assert h.state.parked() == []
+            assert h.remote.tree() == {"/a": bytes([7]) * 34}
+            assert await h.read("a") == bytes([7]) * 34
+            node = h.state.node(await h._ino("a") or 0)
+            assert node is not None
+            assert node.dirty is None
+        finally:
+            h.close()
+
+
 async def test_a_save_over_a_file_whose_commit_conflicts_keeps_its_name() -> None:
     """Seed 1576 of the convergence runs: `a` is written here and its commit is on the
     wire when `sed -i` renames its temporary file over `a`; the commit then conflicts
