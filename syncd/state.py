@@ -314,11 +314,14 @@ class Writer:
             return None
         return _U64.unpack(cur.key())[0], op_from_json(json.loads(bytes(cur.value())))
 
-    def delete_op(self, seq: int) -> None:
-        """Take a done op off the queue (its answer is in the tree: see `finished_since`)."""
-        raw = self._txn.get(_k(seq), db=self._db._ops)
-        if raw is not None:
-            self._db._note_finished(op_from_json(json.loads(bytes(raw))))
+    def delete_op(self, seq: int, op: QueuedOp | None = None) -> None:
+        """Take the done op `seq` off the queue (its answer is in the tree: see
+        `finished_since`); `op` is that op, if the caller has it (else it is read)."""
+        if op is None:
+            raw = self._txn.get(_k(seq), db=self._db._ops)
+            op = op_from_json(json.loads(bytes(raw))) if raw is not None else None
+        if op is not None:
+            self._db._note_finished(op)
         self._txn.delete(_k(seq), db=self._db._ops)
 
     def park(self, seq: int, op: QueuedOp, reason: str) -> None:

@@ -293,7 +293,7 @@ class Uploader:
         ops = dict(batch)
         with self.state.write() as w:
             for s in done:
-                w.delete_op(s)
+                w.delete_op(s, ops.get(s))
             for s, reason in self._refused.items():
                 if s in ops and s not in done:
                     w.park(s, ops[s], reason)
