@@ -35,6 +35,11 @@ holds up progress."""
 Blocks = Sequence[tuple[BlockId, int]]
 
 
+class ShortRead(OSError):
+    """The content ended before its recorded size: written meanwhile, or its dirty data
+    was lost (the uploader tells which)."""
+
+
 @dataclass(frozen=True, slots=True)
 class NewChunk:
     """A chunk that is not in the base block list at its position (maybe on the server)."""
@@ -146,7 +151,7 @@ async def _steps(
             ahead.start(read_end, want)
         data = await ahead.take()
         if len(data) != want:
-            raise OSError(f"short read of dirty content at {read_end}: {len(data)} of {want}")
+            raise ShortRead(f"short read of dirty content at {read_end}: {len(data)} of {want}")
         buf = b"".join((carry, data)) if carry else data  # one copy of the carried chunk
         read_end += want
         final = read_end >= new_size

@@ -331,6 +331,11 @@ class Writer:
         entry = {"op": op_to_json(op), "reason": reason, "since": time.time()}
         self._txn.put(_k(seq), json.dumps(entry).encode(), db=self._db._parked)
 
+    def settle_parked(self, seq: int) -> None:
+        """Take the parked op `seq` off the list: a later op did what it was for (its
+        file committed since, as it is now)."""
+        self._txn.delete(_k(seq), db=self._db._parked)
+
     def unpark_all(self) -> int:
         """Put every parked op back at the end of the queue; returns how many."""
         cur = self._txn.cursor(db=self._db._parked)

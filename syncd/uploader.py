@@ -43,7 +43,7 @@ from syncd.blocks import BlockCacheLike
 from syncd.conflicts import MAX_COPY_NAME_TRIES, ConflictResolver, conflicted_name
 from syncd.content import ContentStore
 from syncd.queue_ops import Commit, Delete, Mkdir, Move, QueuedOp, SetAttr, Symlink
-from syncd.rechunk import NewChunk, plan, rechunk
+from syncd.rechunk import NewChunk, ShortRead, plan, rechunk
 from syncd.remote import RemoteClient
 from syncd.state import ROOT_INO, Node, StateDB
 from syncd.tree import path_of
@@ -60,6 +60,7 @@ RETRY_TORN_S = 0.2
 MAX_RESOLVE_STEPS = 4
 """Resolution steps for one refused commit (follow a renamed folder, re-create a deleted
 one, make a conflicted copy) before it is parked and retried later."""
+LOST_IN_A_CRASH = "its unsynced bytes were lost from this disk in a crash; save it again"
 MAX_CRASHES = 5
 PARK_RETRY_S = 60.0
 """How often changes the server refused (over quota, say) are tried again."""
@@ -302,12 +303,28 @@ class Uploader:
                               ops[s].kind, ops[s].where, reason, PARK_RETRY_S)  # fmt: skip
         if self._refused:
             self.last_error = next(iter(self._refused.values()))
+        self._settle_parked_commits({ops[s].ino for s in done if isinstance(ops[s], Commit)})
         for s in done:
             op = ops[s]
             for ino in (op.ino, op.dst_ino if isinstance(op, Move) else None):
                 node = self.state.node(ino) if ino is not None else None
                 if node is not None and not node.linked:
                     self.release_unlinked(node.ino)
+
+    def _settle_parked_commits(self, inos: set[int]) -> None:
+        """A parked commit of a file a later commit left clean is done: "not synced" no
+        longer (not only at the next retry, `PARK_RETRY_S` later)."""
+        if not inos:
+            return
+        settled = []
+        for s, op, _, _ in self.state.parked():
+            node = self.state.node(op.ino) if isinstance(op, Commit) else None
+            if node is not None and node.ino in inos and node.dirty is None:
+                settled.append(s)
+        if settled:
+            with self.state.write() as w:
+                for s in settled:
+                    w.settle_parked(s)
 
     def _unpark(self) -> None:
         with self.state.write() as w:
@@ -744,18 +761,26 @@ class Uploader:
                         await self._settle_sent(op, node)
                     done.append(seq)  # committed by an earlier op, deleted, or not a file
                     continue
-                if op.commit_id is not None and await self._landed_before_a_kill(seq, op, node):
-                    done.append(seq)
-                    continue
                 if _small_and_new(node):
                     small.append((seq, op, node))
                     continue
                 self._preparing = (seq, op)  # until it is read: see `run`
-                with contextlib.suppress(_Torn):
+                try:
                     items.append(await self._prepare(seq, op, node, pusher))
+                except _Torn:
+                    pass
+                except ShortRead:
+                    if await self._dirty_data_gone(seq, op, node, _gen(node)):
+                        done.append(seq)
+                    elif seq not in self._refused:
+                        raise
                 self._preparing = None
             if small:
-                items.extend(await self._prepare_small(small, pusher))
+                read_small, short = await self._prepare_small(small, pusher)
+                items.extend(read_small)
+                for seq, op, node, gen in short:
+                    if await self._dirty_data_gone(seq, op, node, gen):
+                        done.append(seq)
         self.bytes_uploaded += pusher.bytes_sent
         t1 = trio.current_time()
         ready: list[_Item] = []
@@ -825,45 +850,55 @@ class Uploader:
         blocks = await rechunk(dirty.base_blocks, p, size, read, sink)
         return _Item(seq, op, node, gen, blocks, sum(s for _, s in blocks))
 
-    async def _prepare_small(self, small: list[tuple[int, Commit, Node]],
-                             pusher: BlockPusher) -> list[_Item]:  # fmt: skip
+    async def _prepare_small(
+        self, small: list[tuple[int, Commit, Node]], pusher: BlockPusher
+    ) -> tuple[list[_Item], list[tuple[int, Commit, Node, int]]]:
         """New files below the minimum chunk size are one block each: read, hash and cache
-        all of them in one worker-thread call instead of three thread hops per file."""
+        all of them in one worker-thread call instead of three thread hops per file.
+        Returns the files read, and those found shorter than recorded, with the generation
+        their read started from."""
         # the records as they are now, after the larger files' uploads
         small = [(seq, op, self.state.current(node)) for seq, op, node in small]
-        gens = [node.dirty.gen if node.dirty is not None else -1 for _, _, node in small]
+        gens = [_gen(node) for _, _, node in small]
         paths = [(self.content.path(node.ino), node.size) for _, _, node in small]
         got = await run_io(_read_hash_cache, paths, self.cache)
         out: list[_Item] = []
+        short: list[tuple[int, Commit, Node, int]] = []
         for (seq, op, node), gen, res in zip(small, gens, got, strict=True):
             if res is None:
-                continue  # changed under us (shorter than recorded): next round
+                short.append((seq, op, node, gen))
+                continue
             bid, data = res
             if data:
                 await pusher.add(NewChunk(0, bid, data), put_in_cache=False)  # cached already
             blocks = [(bid, len(data))] if data else []
             out.append(_Item(seq, op, node, gen, blocks, len(data)))
-        return out
+        return out, short
 
-    async def _landed_before_a_kill(self, seq: int, op: Commit, node: Node) -> bool:
-        """`op` was sent before; if its file's dirty data is gone (a kill between the dirty
-        file's removal and the write of the clean record, which only a landed commit does:
-        seed 1764), the file is the version that commit made. Without that version the bytes
-        are lost to this disk (a machine crash before they were written out): not synced,
-        with that reason, rather than retried for ever. Returns whether the op is done."""
-        gen = node.dirty.gen if node.dirty is not None else -1
+    async def _dirty_data_gone(self, seq: int, op: Commit, node: Node, gen: int) -> bool:
+        """`op`'s file read shorter than its record (`node`, at dirty generation `gen`) says.
+        Written meanwhile: the next round reads it again (False). Else its dirty data is
+        gone from this disk: a kill between the dirty file's removal and the write of the
+        clean record, which only a landed commit does (seed 1764), makes the file the
+        version that commit made (True); otherwise the bytes were lost in a crash of the
+        machine before they were written out, and the op is not synced, with that reason,
+        rather than retried for ever (False)."""
+        if not self.content.unchanged_since(self.state.current(node), gen):
+            return False
         if not await run_io(self.content.dirty_file_short, node):
             return False
         node = self.state.current(node)
         if not self.content.unchanged_since(node, gen):
-            return False  # written meanwhile: not what was left by a kill
-        try:
-            rec = await self.remote.made_by_commit(op.commit_id or "")
-        except errors.NotFound:
-            self._refused[seq] = "its unsynced bytes were lost from this disk in a crash"
-            return False
-        node = self.state.current(node)
-        if not self.content.unchanged_since(node, gen) or rec.blocks is None:
+            return False  # written meanwhile: not what a crash left
+        rec: FileRecord | None = None
+        if op.commit_id is not None:
+            with contextlib.suppress(errors.NotFound):
+                rec = await self.remote.made_by_commit(op.commit_id)
+            node = self.state.current(node)
+            if not self.content.unchanged_since(node, gen):
+                return False
+        if rec is None or rec.blocks is None:
+            self._refused[seq] = LOST_IN_A_CRASH
             return False
         log.warning("%s: its upload landed just before the mount stopped; it is that version",
                     op.path)  # fmt: skip
@@ -1044,6 +1079,11 @@ def _names(exc: errors.Conflict, node: Node | None) -> bool:
     """Whether a 409 `conflict` is about `node`'s own server entry (its revision moved on)."""
     current = exc.current
     return node is not None and current is not None and current.get("id") == node.server_id
+
+
+def _gen(node: Node) -> int:
+    """`node`'s dirty generation (-1 if clean)."""
+    return node.dirty.gen if node.dirty is not None else -1
 
 
 def _small_and_new(node: Node) -> bool:

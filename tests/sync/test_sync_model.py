@@ -33,7 +33,7 @@ from syncd.content import ContentStore, _write_at
 from syncd.queue_ops import Commit
 from syncd.state import ROOT_INO, StateDB
 from syncd.tree import TreeSync
-from syncd.uploader import Uploader
+from syncd.uploader import LOST_IN_A_CRASH, Uploader
 from tests.helpers.fake_remote import FakeRemote
 
 FILES = ["a", "b", "d/a", "d/c"]
@@ -1302,6 +1302,37 @@ async def test_a_kill_between_the_dirty_files_removal_and_the_clean_record_keeps
             node = h.state.node(await h._ino("a") or 0)
             assert node is not None
             assert node.dirty is None
+        finally:
+            h.close()
+
+
+@pytest.mark.parametrize("size", [34, 300_000], ids=["read-whole", "re-chunked"])
+async def test_dirty_data_a_crash_lost_is_not_synced_with_the_reason(size: int) -> None:
+    """A file closed but not `fsync`ed, its commit never sent: the machine crashes and its
+    dirty data is half gone, its record not. That commit was retried for ever without a
+    word (a small file: the short read looked like a write under way) or parked after
+    five attempts as an internal error (a large one). It is parked with the reason, and
+    saving the file again syncs it."""
+    with tempfile.TemporaryDirectory() as tmp:
+        h = Harness(Path(tmp), random.Random(0))
+        await h.write("a", 0, size, 7)  # the uploader is not running: nothing is sent
+        ino = await h._ino("a")
+        assert ino is not None
+        h.close()
+        os.truncate(h.content.path(ino), size // 2)  # not written out before the crash
+        h = Harness(Path(tmp), random.Random(0), h.remote)  # the machine is back
+        try:
+            async with h.running():
+                await h.idle()
+                parked = [(op.ino, reason) for _, op, reason, _ in h.state.parked()]
+                assert parked == [(ino, LOST_IN_A_CRASH)]
+                assert "/a" not in h.remote.tree()
+                await h.vfs.setattr(ino, size=0)  # saved again
+                await h.write("a", 0, size, 8)
+                h.uploader.wake()
+                await h.idle()
+            assert h.state.parked() == []
+            assert h.remote.tree() == {"/a": bytes([8]) * size}
         finally:
             h.close()
 
