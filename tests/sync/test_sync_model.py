@@ -1269,9 +1269,10 @@ class _Killed(BaseException):
     """The mount process dies here (kill -9): nothing after this point runs."""
 
 
-async def test_a_kill_between_the_dirty_files_removal_and_the_clean_record_keeps_the_version() -> (
-    None
-):
+@pytest.mark.parametrize("size", [34, 300_000], ids=["read-whole", "re-chunked"])
+async def test_a_kill_between_the_dirty_files_removal_and_the_clean_record_keeps_the_version(
+    size: int,
+) -> None:
     """Seed 1764 of the convergence runs: a commit landed; the uploader removed the file's
     dirty data and was killed before it wrote the clean record. After the restart the
     record said dirty over an empty dirty file: the file read as empty here, and its
@@ -1286,7 +1287,7 @@ async def test_a_kill_between_the_dirty_files_removal_and_the_clean_record_keeps
             raise _Killed
 
         h.content.finish_clean = killed_halfway  # type: ignore[method-assign]
-        await h.write("a", 0, 34, 7)
+        await h.write("a", 0, size, 7)
         with contextlib.suppress(_Killed, BaseExceptionGroup):
             async with h.running():
                 await h.idle()
@@ -1297,8 +1298,8 @@ async def test_a_kill_between_the_dirty_files_removal_and_the_clean_record_keeps
             async with h.running():
                 await h.idle()
             assert h.state.parked() == []
-            assert h.remote.tree() == {"/a": bytes([7]) * 34}
-            assert await h.read("a") == bytes([7]) * 34
+            assert h.remote.tree() == {"/a": bytes([7]) * size}
+            assert await h.read("a") == bytes([7]) * size
             node = h.state.node(await h._ino("a") or 0)
             assert node is not None
             assert node.dirty is None
